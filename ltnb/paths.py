@@ -1,0 +1,51 @@
+"""Where things live: the corpus cache (outside the git tree) and the layout of a study folder.
+
+A study folder (``outputs/<study>/``) holds everything one study writes::
+
+    data/            corpus.parquet (text, label, domain, source, split), summary.json,
+                     vocab/<key>/ (SentencePiece model + encoded token ids per domain)
+    divergence/      jsd.parquet, figure1.{png,svg}
+    obtain/<domain>/<strategy>/seed<k>/     one IMP chain (folders named by a settings hash inside)
+    transfer/<source>__<target>/<strategy>/seed<k>/
+    report/          figures and tables of the whole study
+
+Each of these ``cell`` folders is complete when its ``_COMPLETE.json`` marker exists.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ENV = "LTNB_CACHE"
+COMPLETE_MARKER = "_COMPLETE.json"
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """The corpus cache: ``override``, else ``$LTNB_CACHE``, else ``$XDG_CACHE_HOME/ltnb``
+    (``~/.cache/ltnb``)."""
+    if override:
+        return Path(override).expanduser().resolve()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser().resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return (Path(base) / "ltnb").resolve()
+
+
+def data_dir(study_dir: str | os.PathLike) -> Path:
+    return Path(study_dir) / "data"
+
+
+def divergence_dir(study_dir: str | os.PathLike) -> Path:
+    return Path(study_dir) / "divergence"
+
+
+def obtain_dir(study_dir: str | os.PathLike, domain: str, strategy: str, seed: int) -> Path:
+    return Path(study_dir) / "obtain" / domain / strategy / f"seed{int(seed)}"
+
+
+def transfer_dir(study_dir: str | os.PathLike, source: str, target: str, strategy: str, seed: int) -> Path:
+    return Path(study_dir) / "transfer" / f"{source}__{target}" / strategy / f"seed{int(seed)}"
+
+
+def report_dir(study_dir: str | os.PathLike) -> Path:
+    return Path(study_dir) / "report"

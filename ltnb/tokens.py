@@ -1,0 +1,78 @@
+"""Encoded token ids: one ``TokenSplit`` per (domain, split), stored flat with offsets.
+
+This is the hand-off between the data side (vocabulary, encodings) and the training side
+(length-bucketed batches). Saved with safetensors (no pickle).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ._io import atomic_path
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class TokenSplit:
+    """``n`` sequences of token ids: sequence ``i`` is ``ids[offsets[i]:offsets[i+1]]``."""
+
+    ids: torch.Tensor  # int64 [total]
+    offsets: torch.Tensor  # int64 [n + 1], offsets[0] == 0
+    labels: torch.Tensor  # int64 [n], 0 = negative, 1 = positive
+
+    def __post_init__(self):
+        if self.offsets.ndim != 1 or self.offsets.numel() != self.labels.numel() + 1:
+            raise ValueError(
+                f"TokenSplit: offsets has {self.offsets.numel()} entries, expected labels + 1 = {self.labels.numel() + 1}"
+            )
+        if int(self.offsets[-1]) != self.ids.numel():
+            raise ValueError(f"TokenSplit: last offset {int(self.offsets[-1])} != number of ids {self.ids.numel()}")
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def sequence(self, i: int) -> torch.Tensor:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    @classmethod
+    def from_lists(cls, sequences: list[list[int]], labels: list[int]) -> "TokenSplit":
+        if len(sequences) != len(labels):
+            raise ValueError(f"TokenSplit.from_lists: {len(sequences)} sequences but {len(labels)} labels")
+        lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
+        offsets = torch.zeros(len(sequences) + 1, dtype=torch.int64)
+        offsets[1:] = torch.cumsum(lengths, 0)
+        flat = [t for s in sequences for t in s]
+        return cls(torch.tensor(flat, dtype=torch.int64), offsets, torch.tensor(labels, dtype=torch.int64))
+
+
+def save_splits(path: str | os.PathLike, splits: dict[str, TokenSplit]) -> Path:
+    """Save ``{split: TokenSplit}`` to one safetensors file, atomically."""
+    tensors = {}
+    for name, s in splits.items():
+        tensors[f"{name}.ids"] = s.ids.contiguous()
+        tensors[f"{name}.offsets"] = s.offsets.contiguous()
+        tensors[f"{name}.labels"] = s.labels.contiguous()
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    return Path(path)
+
+
+def load_splits(path: str | os.PathLike) -> dict[str, TokenSplit]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no encoded tokens at {path}: run the data stage (notebooks/01_data.ipynb) first")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    names = sorted({k.split(".")[0] for k in tensors})
+    return {n: TokenSplit(tensors[f"{n}.ids"], tensors[f"{n}.offsets"], tensors[f"{n}.labels"]) for n in names}
