@@ -49,3 +49,28 @@ def transfer_dir(study_dir: str | os.PathLike, source: str, target: str, strateg
 
 def report_dir(study_dir: str | os.PathLike) -> Path:
     return Path(study_dir) / "report"
+
+
+def project_root(start: str | os.PathLike | None = None) -> Path | None:
+    """The ltnb checkout holding ``start`` (default: the working folder), if any.
+
+    Recognised by ``notebooks/`` and ``params/`` beside ``pyproject.toml``.
+    """
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").exists() and (folder / "notebooks").is_dir() and (folder / "params").is_dir():
+            return folder
+    return None
+
+
+def resolve_study(study_dir: str | os.PathLike) -> Path:
+    """A study folder as an absolute path.
+
+    Relative paths are taken from the project's root (so ``outputs/demo`` means the same folder
+    whether a notebook runs from ``notebooks/`` in JupyterLab or from the root under papermill);
+    outside a checkout, from the working folder.
+    """
+    p = Path(study_dir).expanduser()
+    if p.is_absolute():
+        return p
+    return ((project_root() or Path.cwd()) / p).resolve()

