@@ -1,0 +1,351 @@
+"""The data stage's table: load a corpus, de-duplicate, balance, split 2:1:1, write ``study/data/``.
+
+Choices (the paper gives only "20K / 10K / 10K per category, balanced"):
+
+- **De-duplication** per ``(domain, text)`` on the exact (cleaned) text, before anything is sampled, so
+  a duplicate can never sit in two splits. A text that occurs with one label is kept once (its first
+  row, so its first source). A text that occurs with both labels keeps its majority label; on a tie it
+  is dropped. The counts removed are reported in ``summary.json``.
+- **Balance**: every domain gives the same number of texts, ``per_domain``, half of each class.
+  The default is the largest even number every domain can give (after de-duplication).
+- **Split** within each class: validation and test each get ``floor(n * 1/4)`` of the ``n`` texts of a
+  class, train gets the rest (so train absorbs the rounding, at most 2 extra per class for 2:1:1).
+  Both classes have the same ``n``, so every split is exactly balanced and the same size in every domain.
+- **Determinism**: within each (domain, class) the texts are sorted, then permuted by a generator
+  seeded with ``(seed, hash(domain), class)``; the result depends only on the seed and the set of texts,
+  not on the input row order or on which other domains are present.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import paths
+from ._io import read_json, write_json, write_parquet
+
+SPLITS = ("train", "validation", "test")
+CORPORA = ("builtin", "amazon", "blitzer")
+COLUMNS = ["text", "label", "domain", "source", "split"]
+PAPER_PER_DOMAIN = 40_000  # 20K train + 10K validation + 10K test
+LABEL_NAMES = {0: "negative", 1: "positive"}
+
+
+class NotEnoughData(ValueError):
+    """A domain cannot give the requested number of texts of a class."""
+
+
+class SettingsMismatch(RuntimeError):
+    """The study already holds a corpus built with different settings."""
+
+
+# ------------------------------------------------------------------------------------- dedup + split
+
+
+def deduplicate(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """One row per ``(domain, text)``; see the module docstring for the rule. Returns the table and
+    ``{domain: {"duplicates_removed", "conflicts_resolved", "conflicts_dropped"}}``."""
+    df = df.reset_index(drop=True)
+    g = df.groupby(["domain", "text"], sort=False)["label"]
+    n = g.transform("size")
+    pos = g.transform("sum")
+    neg = n - pos
+    majority = np.where(pos > neg, 1, 0)
+    tie = (pos == neg) & (n > 1)
+    conflict = (pos > 0) & (neg > 0)
+    first = ~df.duplicated(["domain", "text"], keep="first")
+    out = df[first & ~tie].copy()
+    out["label"] = majority[(first & ~tie).to_numpy()].astype("int64")
+    stats = {}
+    for d in pd.unique(df["domain"]):
+        m = (df["domain"] == d).to_numpy()
+        stats[str(d)] = {
+            "rows_in": int(m.sum()),
+            "duplicates_removed": int((m & ~first.to_numpy()).sum()),
+            "conflicts_resolved": int((m & first.to_numpy() & conflict.to_numpy() & ~tie.to_numpy()).sum()),
+            "conflicts_dropped": int((m & first.to_numpy() & tie.to_numpy()).sum()),
+        }
+        stats[str(d)]["rows_out"] = stats[str(d)]["rows_in"] - stats[str(d)]["duplicates_removed"] - stats[str(d)]["conflicts_dropped"]
+    return out.reset_index(drop=True), stats
+
+
+def available(df: pd.DataFrame, domains: Sequence[str] | None = None) -> pd.DataFrame:
+    """Texts per domain and class (rows: ``domains``, default those of ``df`` in order of appearance;
+    columns 0, 1)."""
+    domains = list(pd.unique(df["domain"])) if domains is None else list(domains)
+    return (df.groupby(["domain", "label"]).size().unstack("label")
+            .reindex(index=domains, columns=[0, 1]).fillna(0).astype(int))
+
+
+def largest_per_domain(df: pd.DataFrame) -> int:
+    """The largest even ``per_domain`` every domain of ``df`` (already de-duplicated) can give."""
+    avail = available(df)
+    return 2 * int(avail.to_numpy().min()) if len(avail) else 0
+
+
+def split_sizes(n: int, ratios: Sequence[int] = (2, 1, 1)) -> dict[str, int]:
+    """Sizes of train / validation / test for ``n`` texts of one class: validation and test get
+    ``floor(n * r / sum)``, train gets the rest."""
+    total = sum(ratios)
+    val = n * ratios[1] // total
+    test = n * ratios[2] // total
+    return {"train": n - val - test, "validation": val, "test": test}
+
+
+def _check_ratios(ratios) -> tuple[int, int, int]:
+    if (len(ratios) != 3 or any(not isinstance(r, (int, np.integer)) or isinstance(r, bool) or r < 1 for r in ratios)):
+        raise ValueError(f"ratios={ratios!r}: must be three positive ints (train, validation, test), e.g. (2, 1, 1)")
+    return tuple(int(r) for r in ratios)
+
+
+def _domain_seed(domain: str) -> int:
+    return int(hashlib.sha256(domain.encode()).hexdigest()[:8], 16)
+
+
+def sample_and_split(df: pd.DataFrame, *, per_domain: int | None = None, seed: int = 0,
+                     ratios: Sequence[int] = (2, 1, 1)) -> pd.DataFrame:
+    """De-duplicate, take ``per_domain`` texts per domain (half per class) and add a ``split`` column.
+
+    Raises ``NotEnoughData`` naming the domain, class and counts when a domain is short.
+    The de-duplication counts are in ``result.attrs["dedup"]``.
+    """
+    out, stats = _sample_and_split(df, per_domain=per_domain, seed=seed, ratios=ratios)
+    out.attrs["dedup"] = stats
+    return out
+
+
+def _sample_and_split(df, *, per_domain=None, seed=0, ratios=(2, 1, 1)) -> tuple[pd.DataFrame, dict]:
+    ratios = _check_ratios(ratios)
+    missing = [c for c in ("text", "label", "domain", "source") if c not in df.columns]
+    if missing:
+        raise ValueError(f"sample_and_split: table lacks column(s) {missing}; expected text, label, domain, source")
+    bad = sorted(set(pd.unique(df["label"])) - {0, 1})
+    if bad:
+        raise ValueError(f"sample_and_split: labels must be 0 or 1, found {bad[:5]}")
+    if len(df) == 0:
+        raise NotEnoughData("sample_and_split: the table is empty")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"seed={seed!r}: must be an int")
+    dedup, stats = deduplicate(df[["text", "label", "domain", "source"]])
+    avail = available(dedup, pd.unique(df["domain"]))
+    largest = 2 * int(avail.to_numpy().min())
+    min_per_class = sum(ratios)  # so that every split gets at least one text of each class
+    if per_domain is None:
+        per_domain = largest
+        if per_domain // 2 < min_per_class:
+            d, y = _argmin(avail)
+            raise NotEnoughData(
+                f"domain {d!r} has only {avail.loc[d, y]} {LABEL_NAMES[y]} (label {y}) texts after de-duplication; "
+                f"at least {min_per_class} per class are needed for non-empty splits"
+            )
+    if not isinstance(per_domain, (int, np.integer)) or isinstance(per_domain, bool) or per_domain < 2 * min_per_class \
+            or per_domain % 2:
+        raise ValueError(f"per_domain={per_domain!r}: must be an even int >= {2 * min_per_class} "
+                         f"(half of it per class; largest possible here: {largest})")
+    n = int(per_domain) // 2
+    for d in avail.index:
+        for y in (0, 1):
+            if avail.loc[d, y] < n:
+                raise NotEnoughData(
+                    f"domain {d!r} has only {avail.loc[d, y]} {LABEL_NAMES[y]} (label {y}) texts after de-duplication "
+                    f"({LABEL_NAMES[1 - y]}: {avail.loc[d, 1 - y]}), but per_domain={per_domain} needs {n} per class. "
+                    f"The largest per_domain every domain can give is {largest}."
+                )
+    sizes = split_sizes(n, ratios)
+    split_col = np.array([s for s in SPLITS for _ in range(sizes[s])], dtype=object)
+    order = {s: i for i, s in enumerate(SPLITS)}
+    parts = []
+    for d in avail.index:
+        per_class = []
+        for y in (0, 1):
+            sub = dedup[(dedup["domain"] == d) & (dedup["label"] == y)].sort_values("text", kind="stable")
+            rng = np.random.default_rng([int(seed), _domain_seed(str(d)), y])
+            take = sub.iloc[rng.permutation(len(sub))[:n]].copy()
+            take["split"] = split_col
+            per_class.append(take)
+        # Interleave the two classes in a seeded random order within each split, so the table reads naturally.
+        dom = pd.concat(per_class, ignore_index=True)
+        shuffle = np.random.default_rng([int(seed), _domain_seed(str(d)), 2]).permutation(len(dom))
+        dom = dom.iloc[shuffle]
+        dom = dom.iloc[np.argsort(dom["split"].map(order).to_numpy(), kind="stable")]
+        parts.append(dom)
+    out = pd.concat(parts, ignore_index=True)
+    out["label"] = out["label"].astype("int64")
+    for d in stats:
+        stats[d]["available"] = {LABEL_NAMES[y]: int(avail.loc[d, y]) for y in (0, 1)} if d in avail.index else {}
+    return out[COLUMNS], stats
+
+
+def _argmin(avail: pd.DataFrame) -> tuple[str, int]:
+    arr = avail.to_numpy()
+    i, j = np.unravel_index(arr.argmin(), arr.shape)
+    return avail.index[i], int(avail.columns[j])
+
+
+def counts(df: pd.DataFrame) -> pd.DataFrame:
+    """Texts per (domain, split) and class: columns ``negative, positive, total`` (for display)."""
+    domains = list(pd.unique(df["domain"]))
+    idx = pd.MultiIndex.from_product([domains, list(SPLITS)], names=["domain", "split"])
+    c = (df.groupby(["domain", "split", "label"]).size().unstack("label")
+         .reindex(index=idx, columns=[0, 1]).fillna(0).astype(int))
+    c.columns = [LABEL_NAMES[y] for y in c.columns]
+    c["total"] = c["negative"] + c["positive"]
+    return c
+
+
+# ------------------------------------------------------------------------------------------ the stage
+
+
+def corpus_path(study_dir) -> Path:
+    return paths.data_dir(study_dir) / "corpus.parquet"
+
+
+def load_corpus(study_dir: str | os.PathLike) -> pd.DataFrame:
+    """The study's corpus table ``text, label, domain, source, split``."""
+    path = corpus_path(study_dir)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no corpus at {path}: run the data stage first (notebooks/01_data.ipynb, or ltnb.data.build({str(study_dir)!r}))"
+        )
+    df = pd.read_parquet(path)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: lacks column(s) {missing}; rebuild the data stage")
+    return df
+
+
+def _resolve_domains(corpus: str, domains, amazon_files) -> tuple[list[str], dict | None]:
+    from .corpus import BUILTIN_DOMAINS
+
+    if corpus not in CORPORA:
+        raise ValueError(f"corpus={corpus!r}: allowed values are {', '.join(map(repr, CORPORA))}")
+    if isinstance(domains, str):
+        domains = [domains]
+    if corpus == "builtin":
+        allowed = list(BUILTIN_DOMAINS)
+        files = None
+    else:
+        if not amazon_files:
+            what = "file" if corpus == "amazon" else "folder with positive.review and negative.review"
+            raise ValueError(f"corpus={corpus!r} needs amazon_files: a dict {{domain: path to the {what}}}")
+        files = {str(d): str(Path(p).expanduser().resolve()) for d, p in amazon_files.items()}
+        allowed = list(files)
+    if domains is None:
+        return allowed, files
+    domains = [str(d) for d in domains]
+    unknown = [d for d in domains if d not in allowed]
+    if unknown:
+        raise ValueError(f"unknown domain(s) {unknown} for corpus={corpus!r}; allowed: {', '.join(allowed)}")
+    if len(set(domains)) != len(domains):
+        raise ValueError(f"domains={domains}: a domain is listed twice")
+    if len(domains) < 1:
+        raise ValueError("domains: give at least one domain")
+    return domains, ({d: files[d] for d in domains} if files is not None else None)
+
+
+def _check_settings(settings_path: Path, corpus_file: Path, settings: dict, keys=None) -> None:
+    if not (settings_path.exists() and corpus_file.exists()):
+        return
+    old = read_json(settings_path)
+    keys = keys or sorted(set(old) | set(settings))
+    diff = [k for k in keys if old.get(k) != settings.get(k)]
+    if diff:
+        details = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diff)
+        raise SettingsMismatch(
+            f"{corpus_file.parent} already holds a corpus built with different settings ({details}). "
+            "Use a new study_dir, or delete that data folder (and everything built from it) to rebuild."
+        )
+
+
+def build(study_dir: str | os.PathLike, *, corpus: str = "builtin", domains: Sequence[str] | None = None,
+          per_domain: int | None = None, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+          amazon_files: dict | None = None, pos_threshold: float = 1.0, neg_threshold: float = -1.0,
+          strict: bool = False, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run the data stage: load ``corpus``, restrict it to ``domains``, de-duplicate, balance and split,
+    then write ``study/data/corpus.parquet``, ``summary.json`` and ``settings.json``.
+
+    ``corpus``: ``"builtin"`` (fetched with ``ltnb data fetch``), ``"amazon"`` (``amazon_files`` =
+    ``{domain: McAuley file}``) or ``"blitzer"`` (``{domain: folder}``). ``per_domain`` defaults to the
+    largest even size every domain can give (for ``"amazon"``: the paper's 40,000 when available).
+    Rebuilding a study with the same settings is allowed (the result is the same); with different
+    settings it raises ``SettingsMismatch``.
+    """
+    from . import amazon as amazon_mod
+    from . import corpus as corpus_mod
+
+    domains, files = _resolve_domains(corpus, domains, amazon_files)
+    requested = per_domain
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"seed={seed!r}: must be an int")
+    settings = {"corpus": corpus, "domains": domains, "seed": int(seed), "ratios": [2, 1, 1]}
+    if corpus == "builtin":
+        corpus_mod.check_thresholds(pos_threshold, neg_threshold)
+        settings.update(pos_threshold=float(pos_threshold), neg_threshold=float(neg_threshold))
+    else:
+        settings["files"] = files
+    ddir = paths.data_dir(study_dir)
+    settings_path, corpus_file = ddir / "settings.json", ddir / "corpus.parquet"
+    _check_settings(settings_path, corpus_file, settings, keys=sorted(settings))  # fail fast, before loading
+
+    load_report = None
+    if corpus == "builtin":
+        raw, src_report = corpus_mod._load_builtin(cache_dir, pos_threshold=pos_threshold, neg_threshold=neg_threshold)
+        raw = raw[raw["domain"].isin(domains)]
+        load_report = {"sources": src_report}
+    else:
+        rep = amazon_mod.LoadReport()
+        if corpus == "amazon":
+            target = PAPER_PER_DOMAIN if per_domain is None else int(per_domain)
+            per_class = target // 2 + max(100, target // 40)  # a margin for duplicates removed later
+        else:
+            per_class = None
+        raw = amazon_mod.load_files(files, kind=corpus, per_class=per_class, seed=seed, strict=strict, report=rep)
+        log(rep.summary())
+        load_report = {"files": rep.to_dict(), "skipped_total": rep.n_skipped}
+    if per_domain is None and corpus == "amazon":
+        dd, _ = deduplicate(raw)
+        per_domain = min(PAPER_PER_DOMAIN, largest_per_domain(dd))
+    df, dedup_stats = _sample_and_split(raw, per_domain=per_domain, seed=seed)
+    settings["per_domain"] = int(len(df) // len(domains))
+    _check_settings(settings_path, corpus_file, settings)
+
+    c = counts(df)
+    summary = {
+        "settings": settings,
+        "strict": bool(strict),
+        "per_domain": settings["per_domain"],
+        "per_domain_requested": requested,
+        "rows": int(len(df)),
+        "counts": {d: {s: {k: int(c.loc[(d, s), k]) for k in ("negative", "positive")} for s in SPLITS}
+                   for d in domains},
+        "sources": {d: {str(k): int(v) for k, v in df[df["domain"] == d]["source"].value_counts().sort_index().items()}
+                    for d in domains},
+        "dedup": dedup_stats,
+        "load": load_report,
+        "corpus_hash": corpus_hash(df),
+    }
+    if corpus == "builtin":
+        summary["citations"] = list(corpus_mod.CITATIONS)
+    write_parquet(corpus_file, df)
+    write_json(ddir / "summary.json", summary)
+    write_json(settings_path, settings)
+    log(f"data stage: {len(df)} texts, {settings['per_domain']} per domain "
+        f"({', '.join(domains)}), written to {corpus_file}")
+    return df
+
+
+def corpus_hash(df: pd.DataFrame) -> str:
+    """A content hash of the corpus table (independent of the Parquet writer's bytes)."""
+    h = pd.util.hash_pandas_object(df[COLUMNS], index=False).to_numpy()
+    return hashlib.sha256(h.tobytes()).hexdigest()[:16]
+
+
+def load_summary(study_dir: str | os.PathLike) -> dict:
+    path = paths.data_dir(study_dir) / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no data summary at {path}: run the data stage first")
+    return read_json(path)
