@@ -1,0 +1,326 @@
+"""Run a batch plan: execute the cells that are not complete with papermill, in parallel on Dask.
+
+``main(plan_path, ...)`` is what ``ltnb batch PLAN`` calls. What it does:
+
+1. Load and check the plan (``ltnb.plan.load_plan``); on any problem print them all and return 2,
+   having run nothing and created nothing.
+2. Find the complete cells: ``<cell_dir>/_COMPLETE.json`` exists and holds the cell's
+   ``params_hash``. ``--dry-run`` lists every cell with its state and stops there.
+3. Submit each remaining cell to Dask once the cells it reads from are done: a
+   ``distributed.LocalCluster`` (one process per worker, one task per worker, ``cores // threads``
+   workers) by default, or the scheduler at ``scheduler`` so many machines sharing the outputs folder
+   run one plan. A cell whose input failed is not run, with the reason.
+4. On a worker, ``run_cell`` executes the notebook with papermill into ``<cell_dir>/<stem>.ipynb``
+   (kept as the record of what ran, also when it failed), with ``OMP_NUM_THREADS``,
+   ``MKL_NUM_THREADS`` and ``LTNB_TORCH_THREADS`` set for the kernel, and writes the marker
+   atomically only when the notebook finished without error. A cell killed mid-way has no marker,
+   so the next run reruns it (and its notebook resumes from its finished rounds).
+5. Print a summary (done, skipped, failed with notebook path and error, not run with reason) and
+   return 0, 1 when anything failed or was not run, or 130 after Ctrl-C (pending cells cancelled,
+   cluster closed, partial summary printed).
+
+The papermill working directory of every cell is the plan's root (see ``ltnb.plan``), so relative
+paths in parameters (e.g. ``amazon_files``) resolve against it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from ltnb._io import read_json, write_json
+from ltnb.plan import Cell, Plan, PlanError, load_plan
+
+TORCH_THREADS_ENV = "LTNB_TORCH_THREADS"
+KERNEL_NAME = "python3"
+FALLBACK_KERNEL = "ltnb-venv"
+
+
+# ------------------------------------------------------------------------------------ completeness
+def is_complete(cell: Cell) -> bool:
+    """True when the cell's marker exists and records this cell's parameters hash."""
+    try:
+        marker = read_json(cell.marker)
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("params_hash") == cell.params_hash
+
+
+def _marker_exists(study_dir: Path, key: str) -> bool:
+    return (study_dir / key / "_COMPLETE.json").is_file()
+
+
+# ------------------------------------------------------------------------------------ on a worker
+def kernel_name() -> str:
+    """The kernel papermill should start: ``python3`` when it resolves to this Python.
+
+    jupyter_client replaces a kernelspec's ``python``/``python3`` command with ``sys.executable``, and
+    ipykernel installs such a ``python3`` spec into the venv, so in the project venv this is
+    ``python3``. If another ``python3`` spec shadows it (e.g. one in ``~/.local/share/jupyter`` for a
+    different interpreter), install a spec for this interpreter into ``sys.prefix`` and use that.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    ksm = KernelSpecManager()
+    names = {"python", f"python{sys.version_info[0]}", "python%i.%i" % sys.version_info[:2]}
+    for name in (KERNEL_NAME, FALLBACK_KERNEL):
+        try:
+            argv0 = ksm.get_kernel_spec(name).argv[0]
+        except NoSuchKernel:
+            continue
+        if argv0 in names or os.path.realpath(argv0) == os.path.realpath(sys.executable):
+            return name
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=FALLBACK_KERNEL, prefix=sys.prefix, display_name=f"Python (ltnb, {sys.prefix})")
+    return FALLBACK_KERNEL
+
+
+def run_cell(spec: dict) -> dict:
+    """Execute one cell's notebook (on a Dask worker); return a plain dict with the outcome.
+
+    ``spec``: notebook, executed, cell_dir, marker, parameters, params_hash, stage, key, threads, cwd.
+    Failures are returned, not raised, so one failing cell never disturbs the others.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    threads = str(int(spec["threads"]))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", TORCH_THREADS_ENV):
+        os.environ[var] = threads  # the kernel is a child process and inherits these
+    marker = Path(spec["marker"])
+    Path(spec["cell_dir"]).mkdir(parents=True, exist_ok=True)
+    if marker.exists():  # a stale marker (other parameters) must not survive a crash of this run
+        marker.unlink()
+    start = time.time()
+    out = {"key": spec["key"], "executed": spec["executed"], "host": socket.gethostname()}
+    try:
+        papermill.execute_notebook(
+            spec["notebook"], spec["executed"], parameters=spec["parameters"], kernel_name=kernel_name(),
+            cwd=spec["cwd"], progress_bar=False, log_output=False,
+            # quiet the kernel's own log (ipykernel 7 warns about TCP on every start); errors in the
+            # notebook still arrive as PapermillExecutionError and in the executed notebook
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        )
+    except PapermillExecutionError as e:
+        return {**out, "status": "failed", "ename": e.ename, "evalue": e.evalue, "seconds": time.time() - start}
+    except Exception as e:  # noqa: BLE001 - kernel died, notebook unreadable, ...: a failed cell
+        return {**out, "status": "failed", "ename": type(e).__name__, "evalue": str(e), "seconds": time.time() - start}
+    seconds = time.time() - start
+    write_json(marker, {
+        "params_hash": spec["params_hash"],
+        "stage": spec["stage"],
+        "cell": spec["key"],
+        "parameters": spec["parameters"],
+        "notebook": spec["notebook"],
+        "executed": spec["executed"],
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "host": out["host"],
+        "python": sys.executable,
+    })
+    return {**out, "status": "done", "seconds": seconds}
+
+
+def _spec(cell: Cell, plan: Plan, threads: int) -> dict:
+    return {
+        "notebook": str(cell.notebook), "executed": str(cell.executed), "cell_dir": str(cell.cell_dir),
+        "marker": str(cell.marker), "parameters": cell.parameters, "params_hash": cell.params_hash,
+        "stage": cell.stage, "key": cell.key, "threads": threads, "cwd": str(plan.root),
+    }
+
+
+# ------------------------------------------------------------------------------------ summary
+@dataclass
+class Outcome:
+    cell: Cell
+    state: str  # done | skipped | failed | not run
+    detail: str = ""  # failed: "ename: evalue"; not run: the reason
+    seconds: float = 0.0
+
+
+def _fmt_params(cell: Cell) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(cell.params.items()))
+
+
+def print_summary(outcomes: list[Outcome], plan: Plan, out: TextIO, *, interrupted: bool = False) -> None:
+    groups = {s: [o for o in outcomes if o.state == s] for s in ("done", "skipped", "failed", "not run")}
+    title = "partial summary (interrupted)" if interrupted else "summary"
+    print(f"\n{title}: study {plan.study} at {plan.study_dir}", file=out)
+    print(f"  done:    {len(groups['done'])}", file=out)
+    print(f"  skipped: {len(groups['skipped'])} (complete)", file=out)
+    print(f"  failed:  {len(groups['failed'])}", file=out)
+    for o in groups["failed"]:
+        print(f"    {o.cell.key}: {o.detail}\n      notebook: {o.cell.executed}", file=out)
+    print(f"  not run: {len(groups['not run'])}", file=out)
+    for o in groups["not run"]:
+        print(f"    {o.cell.key}: {o.detail}", file=out)
+
+
+def print_dry_run(plan: Plan, cells: list[Cell], out: TextIO) -> None:
+    print(f"plan {plan.path} -> study {plan.study} at {plan.study_dir} ({len(cells)} cells)", file=out)
+    for c in cells:
+        state = "complete" if is_complete(c) else "to run"
+        print(f"  [{state:>8}] {c.stage:<10} {c.key:<45} {_fmt_params(c)}\n             -> {c.cell_dir}", file=out)
+
+
+# ------------------------------------------------------------------------------------ running
+def default_workers(threads_per_worker: int) -> int:
+    """One worker per ``threads_per_worker`` cores this process may use (at least one)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, threads_per_worker))
+
+
+def main(plan_path, *, workers: int | None = None, scheduler: str | None = None, only: str | None = None,
+         dry_run: bool = False, threads_per_worker: int | None = None, out: TextIO | None = None) -> int:
+    """Run (or list, with ``dry_run``) the plan; return the exit code (0 ok, 1 failures, 2 bad plan
+    or arguments, 130 interrupted)."""
+    out = out or sys.stdout
+    try:
+        plan = load_plan(plan_path)
+    except PlanError as e:
+        print(e, file=sys.stderr)
+        return 2
+    threads = int(threads_per_worker or 1)
+    if threads < 1 or (workers is not None and int(workers) < 1):
+        print("--workers and --threads must be at least 1", file=sys.stderr)
+        return 2
+    if only is not None and only not in plan.stages:
+        print(f"--only {only!r}: not a stage of {plan.path}; its stages: {', '.join(plan.stages)}", file=sys.stderr)
+        return 2
+    selected = [c for c in plan.cells if only is None or c.stage == only]
+    if dry_run:
+        print_dry_run(plan, selected, out)
+        return 0
+
+    complete = {c.key: is_complete(c) for c in plan.cells}
+    outcomes: dict[str, Outcome] = {}
+    for c in selected:
+        if complete[c.key]:
+            outcomes[c.key] = Outcome(c, "skipped")
+    todo = [c for c in selected if not complete[c.key]]
+    print(f"plan {plan.path}: study {plan.study} at {plan.study_dir}; {len(selected)} cells, "
+          f"{len(selected) - len(todo)} complete, {len(todo)} to run", file=out)
+    if not todo:
+        print_summary(list(outcomes.values()), plan, out)
+        return 0
+    code = _execute(plan, todo, complete, outcomes, workers=workers, scheduler=scheduler, threads=threads, out=out)
+    ordered = [outcomes[c.key] for c in selected if c.key in outcomes]
+    print_summary(ordered, plan, out, interrupted=code == 130)
+    if code:
+        return code
+    return 1 if any(o.state in ("failed", "not run") for o in ordered) else 0
+
+
+def _blocker(cell: Cell, plan: Plan, state: dict[str, str], complete: dict[str, bool]) -> str | None:
+    """Why ``cell`` cannot run: ``""`` while an input is still running (decide once all are settled,
+    so the reason names every failed input), ``None`` when it is ready."""
+    bad: list[str] = []
+    for dep in cell.deps:
+        s = state.get(dep)
+        if s in ("done", "skipped") or (s is None and complete.get(dep)):
+            continue
+        if s in ("pending", "running"):
+            return ""
+        if s is None:  # not selected (--only) and not complete
+            bad.append(f"input {dep} is not complete; run its stage first (without --only)")
+        else:
+            bad.append(f"input {dep} {'failed' if s == 'failed' else 'was not run'}")
+    for key in cell.external:
+        if not _marker_exists(plan.study_dir, key):
+            bad.append(f"input {key} is not produced by this plan and is not complete in {plan.study_dir}")
+    if not bad:
+        return None
+    more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+    return "; ".join(bad[:3]) + more
+
+
+def _execute(plan: Plan, todo: list[Cell], complete: dict[str, bool], outcomes: dict[str, Outcome], *,
+             workers: int | None, scheduler: str | None, threads: int, out: TextIO) -> int:
+    from distributed import Client, LocalCluster, as_completed
+    from tqdm.auto import tqdm
+
+    state: dict[str, str] = {k: o.state for k, o in outcomes.items()}
+    pending = list(todo)
+    for c in todo:
+        state[c.key] = "pending"
+    cluster = client = None
+    bar = tqdm(total=len(todo), unit="cell", desc=f"ltnb {plan.study}", file=sys.stderr, dynamic_ncols=True)
+    futures: dict[Any, Cell] = {}
+
+    def finish(cell: Cell, st: str, detail: str = "", seconds: float = 0.0) -> None:
+        state[cell.key] = st
+        outcomes[cell.key] = Outcome(cell, st, detail, seconds)
+        line = {"done": f"done     {cell.key} ({seconds:.1f} s)",
+                "failed": f"FAILED   {cell.key}: {detail} -> {cell.executed}",
+                "not run": f"not run  {cell.key}: {detail}"}[st]
+        bar.write(line, file=out)
+        bar.update(1)
+
+    def release(ac) -> None:
+        """Submit every pending cell whose inputs are done; mark those whose inputs failed."""
+        changed = True
+        while changed:
+            changed = False
+            for c in list(pending):
+                why = _blocker(c, plan, state, complete)
+                if why == "":
+                    continue
+                pending.remove(c)
+                changed = True
+                if why is not None:
+                    finish(c, "not run", why)
+                else:
+                    state[c.key] = "running"
+                    f = client.submit(run_cell, _spec(c, plan, threads), key=f"ltnb-{plan.study}-{c.key}-{time.time_ns()}",
+                                      pure=False, retries=0)
+                    futures[f] = c
+                    ac.add(f)
+
+    try:
+        if scheduler:
+            client = Client(scheduler)
+        else:
+            n = min(int(workers) if workers else default_workers(threads), len(todo))
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
+            client = Client(cluster)
+        ac = as_completed()
+        release(ac)
+        for f in ac:
+            c = futures.pop(f)
+            try:
+                r = f.result()
+            except Exception as e:  # noqa: BLE001 - worker killed (KilledWorker), cancelled, ...
+                finish(c, "failed", f"{type(e).__name__}: {e}")
+            else:
+                if r["status"] == "done":
+                    finish(c, "done", seconds=r["seconds"])
+                else:
+                    finish(c, "failed", f"{r['ename']}: {r['evalue']}", r["seconds"])
+            release(ac)
+        return 0
+    except KeyboardInterrupt:
+        if client is not None and futures:
+            try:
+                client.cancel(list(futures))
+            except Exception:  # noqa: BLE001 - best effort while shutting down
+                pass
+        for c in list(futures.values()) + pending:
+            outcomes[c.key] = Outcome(c, "not run", "interrupted")
+        return 130
+    finally:
+        bar.close()
+        for thing in (client, cluster):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:  # noqa: BLE001
+                    pass
