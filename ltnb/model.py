@@ -1,0 +1,142 @@
+"""The Kim CNN for sentence classification, as described in the paper (Section 4.2).
+
+Token ids -> embedding (417-d, trained, dropout 0.285) -> three Conv1d over time (heights 3, 4, 5;
+127 channels each; no stride, padding or dilation) -> ReLU -> 1-max pooling over time -> concatenate
+(381) -> Linear 381->117 -> ReLU -> Linear 117->2 (logits).
+
+Choices the paper leaves open, made here:
+
+* **Padding.** Batches are padded with id ``PAD_ID = 0`` (SentencePiece's pad/unk id in our vocabulary).
+  Id 0 is an ordinary trainable embedding row (no ``padding_idx``), because in a SentencePiece model
+  without a pad piece id 0 is ``<unk>``, which must stay learnable. A sequence shorter than the
+  widest filter is padded to that width, so every input, even one token, gives an output. When
+  ``lengths`` is passed (training and evaluation always pass it), pooling only looks at the
+  windows of each sequence's own (width-padded) length: the batch's extra padding is invisible,
+  and a sequence's logits do not depend on which other sequences share its batch (up to dropout).
+* **Initialisation.** Embedding ~ N(0, 1). Conv and linear weights He-uniform:
+  ``kaiming_uniform_(a=0, nonlinearity="relu")``, U(-b, b) with b = sqrt(6 / fan_in) (the bound
+  sqrt(6 / ((1 + a^2) fan_in)) with a = 0). Biases: PyTorch's default rule for these layers,
+  U(-1/sqrt(fan_in), 1/sqrt(fan_in)). fan_in is in_channels * height for a conv, in_features for a
+  linear layer. All draws come from an explicit ``torch.Generator`` seeded by ``seed``, on the CPU,
+  so theta_0 is the same on every device.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelSettings
+
+PAD_ID = 0
+
+
+class KimCNN(nn.Module):
+    """Kim (2014) CNN. ``forward(ids [batch, time], lengths [batch] | None) -> logits [batch, classes]``.
+
+    Parameter names (the keys of masks and tickets): ``embedding.weight``, ``convs.{i}.weight``,
+    ``convs.{i}.bias``, ``fc1.weight``, ``fc1.bias``, ``fc2.weight``, ``fc2.bias``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        embed_dim: int = 417,
+        kernel_sizes: Iterable[int] = (3, 4, 5),
+        channels: int = 127,
+        hidden: int = 117,
+        classes: int = 2,
+        dropout: float = 0.285,
+        seed: int | None = 0,
+    ):
+        super().__init__()
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+            raise ValueError(f"KimCNN: vocab_size = {vocab_size!r}: expected a positive integer")
+        self.kernel_sizes = tuple(int(k) for k in kernel_sizes)
+        # torch's layers draw default values from the global generator when built; fork it so that
+        # building a model never changes the caller's random state (our values come from ``seed``)
+        with torch.random.fork_rng(devices=[]):
+            self.embedding = nn.Embedding(vocab_size, embed_dim)
+            self.dropout = nn.Dropout(dropout)
+            self.convs = nn.ModuleList(nn.Conv1d(embed_dim, channels, h) for h in self.kernel_sizes)
+            self.fc1 = nn.Linear(channels * len(self.kernel_sizes), hidden)
+            self.fc2 = nn.Linear(hidden, classes)
+        if seed is not None:
+            init_parameters(self, torch.Generator().manual_seed(int(seed)))
+
+    @classmethod
+    def from_settings(cls, vocab_size: int, settings: ModelSettings, *, seed: int | None = 0) -> "KimCNN":
+        return cls(
+            vocab_size,
+            embed_dim=settings.embed_dim,
+            kernel_sizes=settings.kernel_sizes,
+            channels=settings.channels,
+            hidden=settings.hidden,
+            dropout=settings.dropout,
+            seed=seed,
+        )
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        width = max(self.kernel_sizes)
+        if ids.shape[1] < width:
+            ids = F.pad(ids, (0, width - ids.shape[1]), value=PAD_ID)
+        x = self.dropout(self.embedding(ids)).transpose(1, 2)  # [batch, embed, time]
+        if lengths is not None:
+            padded = lengths.to(ids.device).clamp(min=width)
+            positions = torch.arange(ids.shape[1], device=ids.device)
+        pooled = []
+        for h, conv in zip(self.kernel_sizes, self.convs):
+            y = F.relu(conv(x))  # [batch, channels, time - h + 1], all >= 0
+            if lengths is not None:
+                # windows that start past the sequence's own (width-padded) end are set to 0;
+                # since ReLU outputs are >= 0 this leaves the max over the valid windows unchanged.
+                valid = positions[: y.shape[2]].unsqueeze(0) < (padded - h + 1).unsqueeze(1)
+                y = y * valid.unsqueeze(1)
+            pooled.append(y.amax(dim=2))
+        z = torch.cat(pooled, dim=1)
+        return self.fc2(F.relu(self.fc1(z)))
+
+
+def init_parameters(model: KimCNN, generator: torch.Generator) -> None:
+    """Draw theta_0 in place: embedding N(0, 1); weights He-uniform (a=0); biases U(+-1/sqrt(fan_in))."""
+    with torch.no_grad():
+        nn.init.normal_(model.embedding.weight, 0.0, 1.0, generator=generator)
+        for layer in [*model.convs, model.fc1, model.fc2]:
+            nn.init.kaiming_uniform_(layer.weight, a=0, nonlinearity="relu", generator=generator)
+            bound = 1.0 / math.sqrt(fan_in(layer.weight))
+            nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+
+
+def fan_in(weight: torch.Tensor) -> int:
+    """in_features (linear) or in_channels * height (conv): ``weight[0].numel()``."""
+    return weight[0].numel()
+
+
+def init_bounds(name: str, shape: tuple[int, ...], embed_dim: int | None = None) -> tuple[str, float]:
+    """The initial distribution of parameter ``name``: ("normal", 1.0) or ("uniform", bound).
+
+    ``shape`` is the weight's shape; for a bias pass the shape of its layer's weight.
+    """
+    if name.startswith("embedding"):
+        return "normal", 1.0
+    fi = math.prod(shape[1:])
+    if name.endswith("weight"):
+        return "uniform", math.sqrt(6.0 / fi)
+    return "uniform", 1.0 / math.sqrt(fi)
+
+
+def initial_state(vocab_size: int, settings: ModelSettings, seed: int) -> dict[str, torch.Tensor]:
+    """Fresh initial values (a dict name -> tensor, on the CPU) drawn with ``seed``."""
+    model = KimCNN.from_settings(vocab_size, settings, seed=seed)
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def parameter_shapes(vocab_size: int, settings: ModelSettings) -> dict[str, tuple[int, ...]]:
+    """Shapes of every parameter, without allocating the model (meta device)."""
+    with torch.device("meta"):
+        model = KimCNN.from_settings(vocab_size, settings, seed=None)
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}

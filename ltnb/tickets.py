@@ -1,0 +1,192 @@
+"""Tickets on disk: safetensors files with JSON metadata in the header (no pickle).
+
+A ticket file ``round_RR.safetensors`` holds, for every parameter ``name``:
+
+* ``mask/<name>``: the round's mask (True = survives), bit-packed with ``numpy.packbits`` into a
+  uint8 vector (8x smaller than bool; the shape is in the metadata);
+* ``trained/<name>``: the weights after the round's training, stored compactly as the 1-D vector
+  of surviving entries in row-major order (pruned entries are exactly 0, so nothing is lost; at
+  high sparsity this is a fraction of the dense size).
+
+Its header metadata (strings) holds ``format``, ``round``, ``sparsity``, ``shapes``, ``settings``
+(the chain's ``LotterySettings`` as JSON), ``vocab_size`` and a reference to theta_0: the file name
+``theta_0`` (beside the ticket) and its SHA-256, checked on load. theta_0 is stored once per chain in
+``theta_0.safetensors`` (a plain tensor file written by ``save_state``).
+
+``load`` refuses, with the file name and what is wrong: unreadable or truncated files, a missing
+or changed theta_0, missing tensors, shapes that do not match the recorded shapes, and (when asked
+with ``model=`` or ``settings=``) a ticket made for another model.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ._io import atomic_path, sha256_file
+from .config import LotterySettings, ModelSettings
+from .pruning import Mask
+
+FORMAT = "ltnb-ticket/1"
+
+
+@dataclass
+class Ticket:
+    masks: Mask
+    init: dict[str, torch.Tensor]  # theta_0 of the chain (dense)
+    trained: dict[str, torch.Tensor]  # dense, pruned entries 0
+    round: int
+    sparsity: float
+    settings: LotterySettings
+    vocab_size: int
+    path: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, model: torch.nn.Module) -> None:
+        """Refuse (ValueError) if ``model``'s parameters do not have this ticket's names and shapes."""
+        _check_shapes(self.path, {n: tuple(m.shape) for n, m in self.masks.items()}, model)
+
+
+def _pack(mask: torch.Tensor) -> torch.Tensor:
+    """bool tensor -> uint8 bit-packed 1-D tensor (numpy.packbits, big-endian bit order)."""
+    return torch.from_numpy(np.packbits(mask.reshape(-1).numpy()))
+
+
+def _unpack(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    n = math.prod(shape)
+    return torch.from_numpy(np.unpackbits(packed.numpy())[:n].astype(bool)).reshape(shape)
+
+
+def _check_shapes(path, shapes: Mapping[str, tuple], model: torch.nn.Module) -> None:
+    want = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    if set(want) != set(shapes):
+        raise ValueError(f"{path}: ticket parameters {sorted(shapes)} do not match the model's {sorted(want)}")
+    bad = [f"{n}: ticket {shapes[n]} vs model {want[n]}" for n in want if tuple(shapes[n]) != want[n]]
+    if bad:
+        raise ValueError(f"{path}: ticket shapes do not match the model: " + "; ".join(bad))
+
+
+def save_state(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
+    """Save a dict of tensors (CPU, contiguous) atomically."""
+    with atomic_path(path) as tmp:
+        save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(tmp), metadata=dict(metadata or {}))
+    return Path(path)
+
+
+def load_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file, with a clear error for missing or corrupted files."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for bad headers / truncation
+        raise ValueError(f"{path}: not a readable safetensors file, probably corrupted or truncated ({e})") from None
+    return tensors, meta
+
+
+def save(
+    path: str | os.PathLike,
+    *,
+    masks: Mapping[str, torch.Tensor],
+    trained: Mapping[str, torch.Tensor],
+    round: int,
+    settings: LotterySettings,
+    vocab_size: int,
+    theta_0: str | os.PathLike,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write one ticket atomically. ``theta_0`` is the path of the chain's theta_0 file."""
+    path, theta_0 = Path(path), Path(theta_0)
+    mask = Mask(masks)
+    tensors = {}
+    for name, m in mask.items():
+        m = m.cpu()
+        tensors[f"mask/{name}"] = _pack(m)
+        tensors[f"trained/{name}"] = trained[name].detach().cpu().reshape(-1)[m.reshape(-1)]
+    rel = os.path.relpath(theta_0, path.parent)
+    meta = {
+        "format": FORMAT,
+        "round": str(int(round)),
+        "sparsity": repr(mask.sparsity()),
+        "shapes": json.dumps({n: list(m.shape) for n, m in mask.items()}),
+        "settings": json.dumps(settings.to_dict(), sort_keys=True),
+        "vocab_size": str(int(vocab_size)),
+        "theta_0": rel,
+        "theta_0_sha256": sha256_file(theta_0),
+        "extra": json.dumps(dict(extra or {}), sort_keys=True, default=str),
+    }
+    return save_state(path, tensors, meta)
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    model: torch.nn.Module | None = None,
+    settings: LotterySettings | ModelSettings | None = None,
+) -> Ticket:
+    """Read a ticket; with ``model`` or ``settings`` also refuse one made for a different model."""
+    path = Path(path)
+    tensors, meta = load_state(path)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an ltnb ticket (format {meta.get('format')!r}, expected {FORMAT!r})")
+    try:
+        shapes = {n: tuple(s) for n, s in json.loads(meta["shapes"]).items()}
+        ticket_settings = LotterySettings.from_dict(json.loads(meta["settings"]))
+        rnd, vocab_size = int(meta["round"]), int(meta["vocab_size"])
+        extra = json.loads(meta.get("extra", "{}"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: ticket metadata is damaged ({type(e).__name__}: {e})") from None
+
+    masks, trained = {}, {}
+    for name, shape in shapes.items():
+        m, t = tensors.get(f"mask/{name}"), tensors.get(f"trained/{name}")
+        if m is None or t is None:
+            raise ValueError(f"{path}: ticket lacks the mask or the trained values of {name}")
+        n_bytes = -(-math.prod(shape) // 8)
+        if m.dtype != torch.uint8 or tuple(m.shape) != (n_bytes,):
+            raise ValueError(f"{path}: mask/{name} is {m.dtype} {tuple(m.shape)}, expected {n_bytes} packed bytes (uint8)")
+        m = _unpack(m, shape)
+        if t.ndim != 1 or t.numel() != int(m.sum()):
+            raise ValueError(f"{path}: trained/{name} has {t.numel()} values for {int(m.sum())} surviving weights")
+        dense = torch.zeros(shape, dtype=t.dtype)
+        dense.reshape(-1)[m.reshape(-1)] = t
+        masks[name], trained[name] = m, dense
+
+    theta_path = (path.parent / meta["theta_0"]).resolve()
+    if not theta_path.exists():
+        raise FileNotFoundError(f"{path}: its theta_0 file {theta_path} is missing")
+    if sha256_file(theta_path) != meta.get("theta_0_sha256"):
+        raise ValueError(f"{path}: theta_0 file {theta_path} has changed since the ticket was written (SHA-256 differs)")
+    init, _ = load_state(theta_path)
+    bad = [n for n in shapes if n not in init or tuple(init[n].shape) != shapes[n]]
+    if bad:
+        raise ValueError(f"{path}: theta_0 file {theta_path} does not match the ticket's shapes for {bad}")
+
+    if settings is not None:
+        want = settings.model if isinstance(settings, LotterySettings) else settings
+        if want != ticket_settings.model:
+            raise ValueError(f"{path}: ticket was made for model settings {ticket_settings.model}, not {want}")
+    if model is not None:
+        _check_shapes(path, shapes, model)
+    return Ticket(
+        masks=Mask(masks),
+        init={n: init[n] for n in shapes},
+        trained=trained,
+        round=rnd,
+        sparsity=float(meta["sparsity"]),
+        settings=ticket_settings,
+        vocab_size=vocab_size,
+        path=path,
+        meta=extra,
+    )

@@ -1,0 +1,233 @@
+"""Training one (possibly pruned) network: length-bucketed batches, Adam, best-epoch selection.
+
+* Batches: sequences are truncated to ``max_len`` and grouped by length (a seeded random permutation,
+  then a stable sort by length, cut into batches of ``batch_size``, batch order shuffled), each batch
+  padded only to its own longest sequence with id 0. The model is told each sequence's length, so
+  padding never changes a sequence's logits.
+* Optimizer: ``torch.optim.Adam(lr, weight_decay)`` (L2 added to the gradient, as the paper's "L2
+  weight"; not AdamW). A fresh optimizer for every call, so no Adam state crosses rounds.
+* Pruned weights stay exactly 0: gradients of pruned entries are zeroed before each step and the
+  mask is multiplied in again after each step. (With a zero gradient and a zero weight Adam's update
+  of that entry is already 0; the re-application makes it a guarantee.)
+* Epochs: at most ``max_epochs``; after each, validation accuracy; the best epoch's weights (first
+  best on ties) are restored at the end. ``patience`` stops early after that many epochs without
+  improvement; ``None`` runs every epoch.
+* Randomness: shuffling uses its own ``torch.Generator``; dropout uses torch's global generator,
+  seeded inside ``torch.random.fork_rng`` so the caller's random state is untouched. Both are derived
+  from ``seed``; on the CPU the same seed gives the same numbers.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import TrainSettings, derive_seed
+from .model import PAD_ID
+from .tokens import TokenSplit
+
+EVAL_BATCH = 256
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor  # int64 [batch, time], padded with PAD_ID
+    lengths: torch.Tensor  # int64 [batch]
+    labels: torch.Tensor  # int64 [batch]
+
+    def to(self, device) -> "Batch":
+        return Batch(self.ids.to(device), self.lengths.to(device), self.labels.to(device))
+
+
+def make_batches(
+    split: TokenSplit, batch_size: int, *, max_len: int, generator: torch.Generator | None = None
+) -> list[Batch]:
+    """Length-bucketed batches (see module doc). ``generator=None``: no shuffling (evaluation)."""
+    n = len(split)
+    if n == 0:
+        return []
+    lengths = split.lengths.clamp(max=max_len)
+    if generator is not None:
+        perm = torch.randperm(n, generator=generator)
+        order = perm[torch.sort(lengths[perm], stable=True).indices]
+    else:
+        order = torch.sort(lengths, stable=True).indices
+    chunks = list(torch.split(order, batch_size))
+    if generator is not None:
+        chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
+    offsets = split.offsets.tolist()
+    batches = []
+    for idx in chunks:
+        idx_list = idx.tolist()
+        lens = lengths[idx]
+        ids = torch.full((len(idx_list), max(int(lens.max()), 1)), PAD_ID, dtype=torch.int64)
+        for row, i in enumerate(idx_list):
+            k = int(lens[row])
+            ids[row, :k] = split.ids[offsets[i] : offsets[i] + k]
+        batches.append(Batch(ids, lens.clone(), split.labels[idx].clone()))
+    return batches
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: list[Batch]) -> float:
+    """Accuracy over ``batches`` (already on the model's device); eval mode, no dropout."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for b in batches:
+        pred = model(b.ids, b.lengths).argmax(dim=1)
+        correct += int((pred == b.labels).sum())
+        total += b.labels.numel()
+    model.train(was_training)
+    return correct / total if total else float("nan")
+
+
+def make_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """Adam with L2 as ``weight_decay``. The fused implementation (CPU and CUDA) is ~4x faster per
+    step than the default loop at the paper's size (the 3.3M-entry embedding dominates); it falls
+    back to the default where fused kernels are unavailable."""
+    kw = dict(lr=settings.lr, weight_decay=settings.weight_decay)
+    try:
+        return torch.optim.Adam(model.parameters(), fused=True, **kw)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(model.parameters(), **kw)
+
+
+@dataclass
+class FitResult:
+    val_acc: float  # best epoch's validation accuracy
+    test_acc: float  # test accuracy of the best epoch's weights
+    best_epoch: int  # 1-based
+    epochs_run: int
+    steps: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)  # per epoch: epoch, loss, val_acc, seconds
+
+
+def fit(
+    model: torch.nn.Module,
+    data: Mapping[str, TokenSplit],
+    settings: TrainSettings,
+    *,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    on_step: Callable[[int, torch.nn.Module], None] | None = None,
+) -> FitResult:
+    """Train ``model`` in place on ``data["train"]``; keep the best validation epoch; test it.
+
+    ``masks``: name -> bool tensor for (some of) ``model.named_parameters()``; masked entries are
+    set to 0 first and stay 0. ``on_step(step, model)`` is called after every optimizer step
+    (1-based), e.g. to capture rewind weights.
+    """
+    for split in ("train", "validation", "test"):
+        if split not in data:
+            raise ValueError(f"fit: data has no {split!r} split (has {sorted(data)})")
+        if len(data[split]) == 0:
+            raise ValueError(f"fit: the {split!r} split is empty")
+    device = torch.device(device or default_device())
+    t_start = time.perf_counter()
+    model.to(device)
+    params = dict(model.named_parameters())
+    # float masks, only for tensors that are actually pruned (dense tensors need no work)
+    fmasks: dict[str, torch.Tensor] = {}
+    for name, m in (masks or {}).items():
+        if name not in params:
+            raise ValueError(f"fit: mask for unknown parameter {name!r}; parameters: {sorted(params)}")
+        if tuple(m.shape) != tuple(params[name].shape):
+            raise ValueError(f"fit: mask {name} has shape {tuple(m.shape)}, parameter has {tuple(params[name].shape)}")
+        if not bool(m.all()):
+            fmasks[name] = m.to(device=device, dtype=params[name].dtype)
+    masked = [(params[n], fm) for n, fm in fmasks.items()]
+
+    def apply_masks():
+        with torch.no_grad():
+            for p, fm in masked:
+                p.mul_(fm)
+
+    apply_masks()
+    optimizer = make_optimizer(model, settings)
+    shuffle = torch.Generator().manual_seed(derive_seed(seed, "shuffle"))
+    val = [b.to(device) for b in make_batches(data["validation"], EVAL_BATCH, max_len=settings.max_len)]
+
+    best_acc, best_epoch, best_state, since_best = -1.0, 0, None, 0
+    history, step, epochs_run = [], 0, 0
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(derive_seed(seed, "dropout"))
+        bar = tqdm(range(1, settings.max_epochs + 1), desc=desc, disable=not progress, leave=False, unit="epoch")
+        for epoch in bar:
+            t_epoch = time.perf_counter()
+            model.train()
+            total_loss, n_seen = 0.0, 0
+            for b in make_batches(data["train"], settings.batch_size, max_len=settings.max_len, generator=shuffle):
+                b = b.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(b.ids, b.lengths), b.labels)
+                loss.backward()
+                for p, fm in masked:
+                    if p.grad is not None:
+                        p.grad.mul_(fm)
+                optimizer.step()
+                apply_masks()
+                step += 1
+                total_loss += float(loss.detach()) * b.labels.numel()
+                n_seen += b.labels.numel()
+                if on_step is not None:
+                    on_step(step, model)
+            epochs_run = epoch
+            val_acc = evaluate(model, val)
+            history.append(
+                {"epoch": epoch, "loss": total_loss / max(n_seen, 1), "val_acc": val_acc, "seconds": time.perf_counter() - t_epoch}
+            )
+            bar.set_postfix(val_acc=f"{val_acc:.3f}")
+            if val_acc > best_acc:
+                best_acc, best_epoch, since_best = val_acc, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+                if settings.patience is not None and since_best >= settings.patience:
+                    break
+        bar.close()
+    model.load_state_dict(best_state)
+    test = [b.to(device) for b in make_batches(data["test"], EVAL_BATCH, max_len=settings.max_len)]
+    test_acc = evaluate(model, test)
+    return FitResult(best_acc, test_acc, best_epoch, epochs_run, step, time.perf_counter() - t_start, history)
+
+
+def synthetic_data(
+    vocab_size: int = 50,
+    *,
+    sizes: tuple[int, int, int] = (200, 100, 100),
+    length: tuple[int, int] = (3, 20),
+    signal: float = 0.3,
+    seed: int = 0,
+) -> dict[str, TokenSplit]:
+    """Separable synthetic token data (tests, timing): each token is, with probability ``signal``,
+    drawn from the label's own block of ids (label 0: ids 2..9, label 1: ids 10..17), else from the
+    whole vocabulary; lengths uniform in ``length``; classes balanced. Needs ``vocab_size >= 18``."""
+    if vocab_size < 18:
+        raise ValueError(f"synthetic_data: vocab_size = {vocab_size}: expected >= 18")
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, n in zip(("train", "validation", "test"), sizes):
+        labels = (torch.arange(n) % 2)[torch.randperm(n, generator=g)]
+        seqs = []
+        for y in labels.tolist():
+            k = int(torch.randint(length[0], length[1] + 1, (1,), generator=g))
+            noise = torch.randint(1, vocab_size, (k,), generator=g)
+            cue = torch.randint(2 + 8 * y, 10 + 8 * y, (k,), generator=g)
+            pick = torch.rand(k, generator=g) < signal
+            seqs.append(torch.where(pick, cue, noise).tolist())
+        out[name] = TokenSplit.from_lists(seqs, labels.tolist())
+    return out

@@ -1,0 +1,187 @@
+import pandas as pd
+import pytest
+import torch
+
+from ltnb import lottery, paths, results, tickets
+from ltnb import train as _train
+from ltnb.config import LotterySettings, ModelSettings, TrainSettings
+from ltnb.train import synthetic_data
+
+DATA_A = synthetic_data(50, signal=0.5, seed=0)
+DATA_B = synthetic_data(50, signal=0.5, seed=1)
+KEY = "synthetic-v1"
+SMALL = LotterySettings(rounds=3, model=ModelSettings(embed_dim=16, channels=8, hidden=16),
+                        train=TrainSettings(max_epochs=4, lr=5e-3))
+NUMBERS = ["round", "sparsity", "val_acc", "test_acc", "best_epoch", "epochs_run"]
+
+
+def _obtain(study, settings=SMALL, data=DATA_A, domain="a", **kw):
+    return lottery.obtain(study, domain, settings=settings, data=data, vocab_size=50, data_key=KEY,
+                          device="cpu", progress=False, **kw)
+
+
+def test_chain_learns_keeps_learning_at_90_percent_and_records_everything(tmp_path):
+    s = LotterySettings(rounds=6, model=ModelSettings(embed_dim=32, channels=16, hidden=16),
+                        train=TrainSettings(max_epochs=6, lr=5e-3))
+    df = _obtain(tmp_path, settings=s)
+    assert list(df.columns) == lottery.COLUMNS
+    assert df["round"].tolist() == list(range(7))
+    for r, sp in zip(df["round"], df["sparsity"]):
+        assert sp == pytest.approx(1 - 0.65**r, abs=0.01)
+    assert df["test_acc"].iloc[0] > 0.75
+    assert df["sparsity"].iloc[-1] > 0.9 and df["test_acc"].iloc[-1] > 0.7
+    assert (df["stage"] == "obtain").all() and (df["pair"] == "a").all()
+    run = lottery.chain_dir(tmp_path, "a", "reset", 0, s, KEY, 50)
+    assert (run / paths.COMPLETE_MARKER).exists() and (run / "settings.json").exists()
+    t = tickets.load(run / "round_06.safetensors")
+    assert t.round == 6 and t.sparsity == pytest.approx(df["sparsity"].iloc[-1])
+    for n in t.masks:  # trained weights are zero exactly where pruned
+        assert (t.trained[n][~t.masks[n]] == 0).all()
+    # rerun: nothing to do, same rows
+    pd.testing.assert_frame_equal(_obtain(tmp_path, settings=s), df)
+
+
+def _wrap_fit(monkeypatch, crash_round, crash_step):
+    real, calls = _train.fit, []
+
+    def fit(*args, on_step=None, desc="", **kw):
+        calls.append(desc)
+        if desc == f"round {crash_round}":
+            def boom(step, model):
+                if on_step:
+                    on_step(step, model)
+                if step >= crash_step:
+                    raise KeyboardInterrupt("simulated crash")
+            return real(*args, on_step=boom, desc=desc, **kw)
+        return real(*args, on_step=on_step, desc=desc, **kw)
+
+    monkeypatch.setattr(_train, "fit", fit)
+    return calls
+
+
+@pytest.mark.parametrize("strategy", ["reset", "random"])
+def test_resume_after_crash_mid_round_and_between_rounds_equals_uninterrupted(tmp_path, monkeypatch, strategy):
+    s = LotterySettings(rounds=4, model=SMALL.model, train=SMALL.train)
+    full = _obtain(tmp_path / "full", settings=s, strategy=strategy)
+    # crash mid-round (3 steps into round 2's training)
+    with monkeypatch.context() as mp:
+        _wrap_fit(mp, crash_round=2, crash_step=3)
+        with pytest.raises(KeyboardInterrupt):
+            _obtain(tmp_path / "crash", settings=s, strategy=strategy)
+    partial = pd.read_parquet(lottery.chain_dir(tmp_path / "crash", "a", strategy, 0, s, KEY, 50) / "results.parquet")
+    assert partial["round"].tolist() == [0, 1]
+    # crash between rounds: stop before round 3 does anything
+    with monkeypatch.context() as mp:
+        _wrap_fit(mp, crash_round=3, crash_step=0)
+        with pytest.raises(KeyboardInterrupt):
+            _obtain(tmp_path / "crash", settings=s, strategy=strategy)
+    with monkeypatch.context() as mp:
+        calls = _wrap_fit(mp, crash_round=-1, crash_step=0)
+        resumed = _obtain(tmp_path / "crash", settings=s, strategy=strategy)
+        assert calls == ["round 3", "round 4"]
+    pd.testing.assert_frame_equal(resumed[NUMBERS], full[NUMBERS])
+    # extending a chain (more rounds) continues the same folder; fewer rounds just reads
+    short = _obtain(tmp_path / "ext", settings=LotterySettings(rounds=2, model=s.model, train=s.train), strategy=strategy)
+    pd.testing.assert_frame_equal(short[NUMBERS], full[NUMBERS].iloc[:3])
+    pd.testing.assert_frame_equal(_obtain(tmp_path / "ext", settings=s, strategy=strategy)[NUMBERS], full[NUMBERS])
+
+
+def test_changed_settings_get_a_new_folder(tmp_path):
+    s1 = LotterySettings(rounds=1, model=SMALL.model, train=TrainSettings(max_epochs=1))
+    s2 = LotterySettings(rounds=1, model=SMALL.model, train=TrainSettings(max_epochs=2))
+    a, b = _obtain(tmp_path, settings=s1), _obtain(tmp_path, settings=s2)
+    assert a["settings_hash"].iloc[0] != b["settings_hash"].iloc[0]
+    assert len(results.load(tmp_path)) == 4
+    assert len(results.load(tmp_path, settings_hash=a["settings_hash"].iloc[0])) == 2
+
+
+def test_transfer_uses_source_masks_and_results_load(tmp_path):
+    src = _obtain(tmp_path)
+    run = lottery.chain_dir(tmp_path, "a", "reset", 0, SMALL, KEY, 50)
+    rows = {}
+    for strategy in ("masks-reset", "masks-random"):
+        rows[strategy] = lottery.transfer(tmp_path, "a", "b", strategy=strategy, settings=SMALL, data=DATA_B,
+                                          vocab_size=50, data_key=KEY, device="cpu", progress=False)
+        df = rows[strategy]
+        assert df["round"].tolist() == [1, 2, 3]
+        assert df["sparsity"].tolist() == src["sparsity"].iloc[1:].tolist()
+        assert (df["pair"] == "a->b").all() and (df["domain"] == "b").all() and (df["stage"] == "transfer").all()
+        tdir = paths.transfer_dir(tmp_path, "a", "b", strategy, 0) / df["settings_hash"].iloc[0]
+        t = tickets.load(tdir / "round_02.safetensors")
+        s = tickets.load(run / "round_02.safetensors")
+        for n in t.masks:
+            assert torch.equal(t.masks[n], s.masks[n])
+            assert torch.equal(t.init[n], s.init[n])
+    all_rows = results.load(tmp_path)
+    assert len(all_rows) == 4 + 3 + 3
+    summary = results.summarize(all_rows)
+    assert set(summary["pair"]) == {"a", "a->b"} and (summary["n"] == 1).all()
+    assert {"sparsity", "test_acc_mean", "test_acc_std", "n"} <= set(summary.columns)
+
+
+def test_rewind_strategy_runs(tmp_path):
+    s = LotterySettings(rounds=1, rewind_steps=3, model=SMALL.model, train=TrainSettings(max_epochs=1))
+    df = _obtain(tmp_path, settings=s, strategy="rewind")
+    assert df["round"].tolist() == [0, 1]
+    run = lottery.chain_dir(tmp_path, "a", "rewind", 0, s, KEY, 50)
+    assert (run / "theta_rewind.safetensors").exists()
+
+
+def test_empty_study(tmp_path):
+    df = results.load(tmp_path)
+    assert df.empty and list(df.columns) == lottery.COLUMNS
+    with pytest.raises(FileNotFoundError):
+        results.load(tmp_path / "missing")
+
+
+def test_bad_parameters_fail_before_training(tmp_path, monkeypatch):
+    def no_training(*a, **k):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(_train, "fit", no_training)
+    with pytest.raises(ValueError, match="prune_fraction"):
+        LotterySettings(prune_fraction=1.5)
+    with pytest.raises(ValueError, match="prune_fraction"):
+        LotterySettings(prune_fraction=0)
+    with pytest.raises(ValueError, match="rounds"):
+        LotterySettings(rounds=-1)
+    with pytest.raises(ValueError, match=r"strategy = 'bogus'.*\['random', 'reset', 'rewind'\]"):
+        _obtain(tmp_path, strategy="bogus")
+    with pytest.raises(ValueError, match="strategy"):
+        _obtain(tmp_path, strategy="masks-reset")
+    with pytest.raises(ValueError, match="seed"):
+        _obtain(tmp_path, seed=-1)
+    with pytest.raises(ValueError, match="vocab_size"):
+        lottery.obtain(tmp_path, "a", data=DATA_A, vocab_size=10, progress=False)
+    kw = dict(settings=SMALL, data=DATA_B, vocab_size=50, data_key=KEY, device="cpu", progress=False)
+    with pytest.raises(FileNotFoundError, match=r"(?s)obtain/a/reset/seed0.*strategy='reset'"):
+        lottery.transfer(tmp_path, "a", "b", **kw)
+    with pytest.raises(ValueError, match="target = source"):
+        lottery.transfer(tmp_path, "a", "a", **kw)
+    with pytest.raises(ValueError, match=r"strategy = 'reset'.*masks-random"):
+        lottery.transfer(tmp_path, "a", "b", strategy="reset", **kw)
+    assert not (tmp_path / "transfer").exists()
+
+
+def test_settings_from_params_and_hash():
+    s = LotterySettings.from_params(rounds=5, prune_fraction=0.2, max_epochs=3, patience=None, embed_dim=32,
+                                    channels=8, hidden=10, dropout=0.1, batch_size=16, lr=0.01,
+                                    weight_decay=0.0, prune_biases=False, rewind_steps=2)
+    assert s.rounds == 5 and s.train.max_epochs == 3 and s.model.embed_dim == 32 and not s.prune_biases
+    assert LotterySettings.from_dict(s.to_dict()) == s
+    assert s.settings_hash() == LotterySettings.from_dict(s.to_dict()).settings_hash()
+    assert s.settings_hash() != LotterySettings().settings_hash()
+    with pytest.raises(ValueError, match="unknown parameter.*'epochs'"):
+        LotterySettings.from_params(epochs=3)
+    with pytest.raises(ValueError, match="TrainSettings.patience"):
+        LotterySettings.from_params(patience=0)
+    with pytest.raises(ValueError, match="ModelSettings.dropout"):
+        LotterySettings.from_params(dropout=1.0)
+    with pytest.raises(ValueError, match="prune_biases"):
+        LotterySettings.from_params(prune_biases="yes")
+
+
+def test_rewind_steps_beyond_round_0_refused_before_training(tmp_path):
+    s = LotterySettings(rounds=1, rewind_steps=10_000, model=SMALL.model, train=TrainSettings(max_epochs=1))
+    with pytest.raises(ValueError, match="rewind_steps = 10000"):
+        _obtain(tmp_path, settings=s, strategy="rewind")

@@ -1,0 +1,58 @@
+import math
+
+import torch
+
+from ltnb.config import ModelSettings
+from ltnb.model import KimCNN, initial_state, parameter_shapes
+
+
+def test_parameter_counts_at_paper_size():
+    counts = {n: math.prod(s) for n, s in parameter_shapes(8000, ModelSettings()).items()}
+    assert counts == {
+        "embedding.weight": 3_336_000,
+        "convs.0.weight": 158_877,
+        "convs.0.bias": 127,
+        "convs.1.weight": 211_836,
+        "convs.1.bias": 127,
+        "convs.2.weight": 264_795,
+        "convs.2.bias": 127,
+        "fc1.weight": 44_577,
+        "fc1.bias": 117,
+        "fc2.weight": 234,
+        "fc2.bias": 2,
+    }
+    assert sum(counts.values()) == 4_016_819
+
+
+def test_forward_shapes_short_inputs_and_padding_invariance():
+    m = KimCNN(50, embed_dim=16, channels=8, hidden=16, seed=0).eval()
+    assert m(torch.tensor([[7]])).shape == (1, 2)  # shorter than the widest filter
+    a = torch.tensor([3, 4, 5, 6, 7, 8])
+    b = torch.tensor([9, 10])
+    batch = torch.zeros(2, 6, dtype=torch.long)
+    batch[0], batch[1, :2] = a, b
+    with torch.no_grad():
+        both = m(batch, torch.tensor([6, 2]))
+        alone_a = m(a[None], torch.tensor([6]))
+        alone_b = m(b[None], torch.tensor([2]))
+        longer_pad = m(torch.cat([batch, torch.zeros(2, 30, dtype=torch.long)], 1), torch.tensor([6, 2]))
+    torch.testing.assert_close(both[0], alone_a[0])
+    torch.testing.assert_close(both[1], alone_b[0])
+    torch.testing.assert_close(longer_pad, both)
+
+
+def test_init_distributions_and_seed():
+    m = KimCNN(2000, embed_dim=64, channels=32, hidden=20, seed=3)
+    emb = m.embedding.weight.detach()
+    assert abs(emb.mean()) < 0.02 and abs(emb.std() - 1) < 0.02
+    for layer in [*m.convs, m.fc1, m.fc2]:
+        fi = layer.weight[0].numel()
+        w, b = layer.weight.detach(), layer.bias.detach()
+        bound = math.sqrt(6 / fi)  # kaiming_uniform_(a=0): sqrt(6 / ((1 + a^2) fan_in))
+        assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+        assert b.abs().max() <= 1 / math.sqrt(fi)
+    same = initial_state(2000, ModelSettings(embed_dim=64, channels=32, hidden=20), 3)
+    other = initial_state(2000, ModelSettings(embed_dim=64, channels=32, hidden=20), 4)
+    for n, p in m.named_parameters():
+        assert torch.equal(same[n], p.detach())
+        assert not torch.equal(other[n], p.detach())

@@ -1,0 +1,67 @@
+import math
+
+import torch
+from scipy import stats
+
+from ltnb import strategies
+from ltnb.config import ModelSettings
+from ltnb.model import initial_state
+from ltnb.pruning import Mask, prune_step
+
+SETTINGS = ModelSettings(embed_dim=32, channels=16, hidden=20)
+VOCAB = 300
+
+
+def _setup(rounds=3):
+    theta_0 = initial_state(VOCAB, SETTINGS, seed=11)
+    trained = {n: t + 0.1 * torch.randn(t.shape, generator=torch.Generator().manual_seed(1)) for n, t in theta_0.items()}
+    mask = Mask.ones_like(theta_0)
+    for _ in range(rounds):
+        mask = prune_step(trained, mask, 0.35)
+    return theta_0, mask
+
+
+def _start(theta_0, strategy, round=3, seed=0, rewound=None):
+    return strategies.Start(theta_0=theta_0, vocab_size=VOCAB, model=SETTINGS, seed=seed, round=round,
+                            strategy=strategy, rewound=rewound)
+
+
+def test_reset_restores_theta_0_on_survivors():
+    theta_0, mask = _setup()
+    w = strategies.reset(mask, _start(theta_0, "reset"))
+    for n in theta_0:
+        assert torch.equal(w[n][mask[n]], theta_0[n][mask[n]])
+        assert (w[n][~mask[n]] == 0).all()
+    assert strategies.TRANSFER["masks-reset"] is strategies.reset
+
+
+def test_random_differs_from_theta_0_but_has_the_init_distributions():
+    theta_0, mask = _setup()
+    w = strategies.random(mask, _start(theta_0, "random"))
+    again = strategies.random(mask, _start(theta_0, "random"))
+    next_round = strategies.random(mask, _start(theta_0, "random", round=4))
+    for n in theta_0:
+        assert torch.equal(w[n], again[n])  # seeded from (seed, round)
+        assert (w[n][~mask[n]] == 0).all()
+        assert not torch.equal(w[n][mask[n]], theta_0[n][mask[n]])
+        assert not torch.equal(w[n], next_round[n])
+    # survivors follow the initial distributions (KS test): N(0, 1) for the embedding,
+    # U(-b, b) for conv / linear weights (b = sqrt(6 / fan_in)) and biases (b = 1 / sqrt(fan_in))
+    fresh = initial_state(VOCAB, SETTINGS, seed=12345)  # all entries, to test the distributions
+    for source in (fresh, {n: w[n][mask[n]] for n in w}):
+        emb = source["embedding.weight"].flatten().double().numpy()
+        assert stats.kstest(emb, "norm").pvalue > 1e-3
+        for layer in ("convs.0", "convs.2", "fc1"):
+            fi = theta_0[f"{layer}.weight"][0].numel()
+            for kind, b in (("weight", math.sqrt(6 / fi)), ("bias", 1 / math.sqrt(fi))):
+                x = source[f"{layer}.{kind}"].flatten().double().numpy()
+                if x.size >= 8:
+                    assert stats.kstest(x, "uniform", args=(-b, 2 * b)).pvalue > 1e-3, (layer, kind)
+
+
+def test_rewind_uses_rewound_values():
+    theta_0, mask = _setup()
+    rewound = {n: t * 2 for n, t in theta_0.items()}
+    w = strategies.rewind(mask, _start(theta_0, "rewind", rewound=rewound))
+    for n in theta_0:
+        assert torch.equal(w[n], torch.where(mask[n], rewound[n], torch.zeros(())))
