@@ -1,0 +1,128 @@
+"""The smoke plan end to end: the real notebooks, the real runner, a real Dask LocalCluster of 2 workers."""
+import io
+import json
+import xml.etree.ElementTree as ET
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+from ltnb import batch, results
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, builtin_cache):
+    """Run params/smoke.yaml once (outputs redirected to a temporary folder)."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    plan = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
+    plan["outputs"] = str(tmp / "outputs")
+    for stage in plan["stages"]:  # the plan lives outside the repo: name the repo's notebooks
+        stage.setdefault("notebook", str(ROOT / "notebooks" / {
+            "data": "01_data.ipynb", "divergence": "02_divergence.ipynb", "obtain": "03_obtain.ipynb",
+            "transfer": "04_transfer.ipynb", "report": "06_report.ipynb"}[stage["stage"]]))
+    path = tmp / "smoke.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    out = io.StringIO()
+    code = batch.main(path, workers=2, out=out)
+    return {"plan": path, "study": tmp / "outputs" / "smoke", "code": code, "log": out.getvalue(), "raw": plan}
+
+
+def _run(smoke, **kw):
+    out = io.StringIO()
+    code = batch.main(smoke["plan"], workers=2, out=out, **kw)
+    return code, out.getvalue()
+
+
+def test_smoke_plan_runs_every_stage(smoke):
+    assert smoke["code"] == 0, smoke["log"]
+    study = smoke["study"]
+    rows = results.load(study)
+    rounds = smoke["raw"]["defaults"]["rounds"]
+    ob = rows[rows.stage == "obtain"]
+    assert set(ob.groupby(["pair", "strategy", "seed"]).size()) == {rounds + 1}  # rounds 0..R per chain
+    assert len(ob.groupby(["pair", "strategy", "seed"])) == 4
+    tr = rows[rows.stage == "transfer"]
+    assert set(tr.strategy) == {"masks-reset", "masks-random"} and set(tr.pair) == {"products->movies"}
+    assert sorted(tr["round"].unique()) == list(range(1, rounds + 1))
+    assert rows.sparsity.between(0, 1).all() and rows.test_acc.between(0, 1).all()
+    # the sparsity of round r is 1 - 0.65^r up to the rounding of tiny tensors
+    for r, s in ob.groupby("round").sparsity.mean().items():
+        assert s == pytest.approx(1 - 0.65 ** r, abs=0.01)
+    # executed notebooks kept next to the outputs, all without errors
+    executed = sorted(study.rglob("*.ipynb"))
+    assert len(executed) == 1 + 1 + 4 + 2 + 1
+    for nb_path in executed:
+        nb = nbformat.read(nb_path, as_version=4)
+        assert not any(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs), nb_path
+    # figures: valid PNG and SVG; the report page inlines them
+    for fig in (study / "divergence" / "figure1", study / "report" / "figure3", study / "report" / "figure4"):
+        assert fig.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert ET.parse(fig.with_suffix(".svg")).getroot().tag.endswith("svg")
+    page = (study / "report" / "index.html").read_text()
+    assert page.count("<svg") >= 3 and "TICKET-RANDOM" in page and "MASKS-RESET" in page
+    assert "http://" not in page.replace("http://www.w3.org", "")  # nothing fetched from the web
+    summary = pd.read_csv(study / "report" / "summary.csv")
+    assert len(summary) == len(rows.groupby(["stage", "pair", "strategy", "round"]))
+
+
+def test_rerun_does_nothing_and_a_deleted_cell_reruns_alone(smoke):
+    assert smoke["code"] == 0, smoke["log"]
+    code, log = _run(smoke)
+    assert code == 0 and "0 to run" in log, log
+    import shutil
+
+    victim = smoke["study"] / "obtain" / "movies" / "random" / "seed0"
+    shutil.rmtree(victim)
+    code, log = _run(smoke, only="obtain")
+    assert code == 0 and "1 to run" in log, log
+    assert (victim / "_COMPLETE.json").exists()
+
+
+def test_a_cell_killed_mid_way_keeps_its_finished_rounds(smoke):
+    assert smoke["code"] == 0, smoke["log"]
+    cell = smoke["study"] / "obtain" / "products" / "reset" / "seed0"
+    run = next(p.parent for p in cell.glob("*/results.parquet"))
+    before = results.load(smoke["study"])
+    # what a kill during the last round leaves: no cell marker, no last ticket, no last row
+    (cell / "_COMPLETE.json").unlink()
+    for marker in run.glob("_COMPLETE.json"):
+        marker.unlink()
+    last = max(int(p.stem.split("_")[1]) for p in run.glob("round_*.safetensors"))
+    (run / f"round_{last:02d}.safetensors").unlink()
+    table = pd.read_parquet(run / "results.parquet")
+    table[table["round"] < last].to_parquet(run / "results.parquet", index=False)
+    kept = {p.name: p.stat().st_mtime_ns for p in run.glob("round_*.safetensors")}
+    code, log = _run(smoke, only="obtain")
+    assert code == 0 and "1 to run" in log, log
+    assert {p.name: p.stat().st_mtime_ns for p in run.glob("round_*.safetensors") if p.name in kept} == kept
+    assert (run / f"round_{last:02d}.safetensors").exists()
+    after = results.load(smoke["study"])
+    key = ["stage", "pair", "strategy", "seed", "round"]
+    pd.testing.assert_frame_equal(  # the same numbers as the uninterrupted run (CPU, same seed)
+        before.sort_values(key).reset_index(drop=True).drop(columns="seconds"),
+        after.sort_values(key).reset_index(drop=True).drop(columns="seconds"))
+
+
+def test_a_failing_cell_is_reported_and_the_others_finish(tmp_path, builtin_cache, smoke):
+    """`rewind` chains asking to rewind past the end of round 0 fail inside their notebooks; the reset
+    chains of the same stage and the transfer (which needs only reset chains) finish; exit code 1."""
+    plan = json.loads(json.dumps(smoke["raw"]))
+    plan["outputs"] = str(tmp_path / "outputs")
+    study = tmp_path / "outputs" / "smoke"
+    plan["stages"] = [s for s in plan["stages"] if s["stage"] in ("data", "obtain", "transfer")]
+    plan["stages"][1]["grid"] = {"domain": ["products", "movies"], "strategy": ["reset", "rewind"], "seed": [0]}
+    plan["stages"][1]["params"] = {"rewind_steps": 10**6}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    out = io.StringIO()
+    code = batch.main(path, workers=2, out=out)
+    log = out.getvalue()
+    assert code == 1, log
+    for domain in ("products", "movies"):
+        assert (study / "obtain" / domain / "reset" / "seed0" / "_COMPLETE.json").exists()
+        failed_nb = study / "obtain" / domain / "rewind" / "seed0" / "03_obtain.ipynb"
+        assert failed_nb.exists() and str(failed_nb) in log
+        assert not (failed_nb.parent / "_COMPLETE.json").exists()
+    assert "rewind_steps" in log  # the notebook's error is in the summary
