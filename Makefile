@@ -29,6 +29,7 @@ setup: $(STAMP)
 study: $(STAMP)
 	$(VENV)/bin/ltnb data fetch
 	$(VENV)/bin/ltnb batch $(PLAN)
+	@echo "report: $(CURDIR)/outputs/$$(basename $(PLAN) .yaml)/report/index.html"
 
 smoke: $(STAMP)
 	$(VENV)/bin/ltnb data fetch
