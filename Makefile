@@ -5,14 +5,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ltnb-installed
 PLAN   ?= params/demo.yaml
+STUDY  ?= outputs/demo
 
-.PHONY: setup study smoke test test-slow bench clean-venv help
+.PHONY: setup study smoke explore browser test test-slow bench clean-venv help
 
 help:
 	@echo "make study      set up, fetch the corpus, run the demo study (params/demo.yaml) -> outputs/demo/report"
 	@echo "make test       set up and run the test suite (what CI runs)"
 	@echo "make test-slow  the slow tests (full-size model timings, real long runs)"
 	@echo "make smoke      the smoke plan (seconds) -> outputs/smoke"
+	@echo "make explore    serve the phase-transition explorer of STUDY=outputs/demo at http://127.0.0.1:8866/"
 	@echo "make setup      only create $(VENV) and install ltnb with its pinned dependencies"
 
 # torch is installed first and pinned to the CPU build, so nothing later pulls a CUDA build.
@@ -35,7 +37,18 @@ smoke: $(STAMP)
 	$(VENV)/bin/ltnb data fetch
 	$(VENV)/bin/ltnb batch params/smoke.yaml
 
-test: $(STAMP)
+explore: $(STAMP)
+	$(VENV)/bin/ltnb explore $(STUDY)
+
+# The browser tests drive Debian's Chromium (no test tool downloads a browser of its own).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  S=""; [ "$$(id -u)" -eq 0 ] || S="sudo"; \
+	  echo "installing Debian's chromium + chromium-driver for the browser tests"; \
+	  $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq chromium chromium-driver >/dev/null \
+	  || echo "WARNING: could not install chromium; the browser tests will be skipped"; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

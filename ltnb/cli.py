@@ -49,6 +49,12 @@ def _report(args) -> int:
     return 0
 
 
+def _explore(args) -> int:
+    from . import explore
+
+    return explore.serve(args.study, port=args.port, open_browser=args.open)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ltnb",
@@ -61,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
               ltnb batch params/demo.yaml         run the demo study (data -> divergence -> obtain
                                                   -> transfer -> report) under outputs/demo/
               ltnb report outputs/demo            redraw the figures and tables of a study
+              ltnb explore outputs/demo           the phase-transition explorer as a web app (Voila)
             """),
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -108,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="draw Figures 1, 3, 4 and the tables of a study into STUDY/report/")
     rep.add_argument("study", metavar="STUDY", help="study folder, e.g. outputs/demo")
     rep.set_defaults(func=_report)
+
+    e = sub.add_parser("explore", help="serve the phase-transition explorer of a study as a Voila app "
+                       "(controls and views only, no code) on http://127.0.0.1:PORT/")
+    e.add_argument("study", metavar="STUDY", help="study folder, e.g. outputs/demo")
+    e.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866)")
+    e.add_argument("--open", action="store_true", help="open a web browser on the app")
+    e.set_defaults(func=_explore)
     return p
 
 

@@ -7,7 +7,8 @@ A study folder (``outputs/<study>/``) holds everything one study writes::
     divergence/      jsd.parquet, figure1.{png,svg}
     obtain/<domain>/<strategy>/seed<k>/     one IMP chain (folders named by a settings hash inside)
     transfer/<source>__<target>/<strategy>/seed<k>/
-    report/          figures and tables of the whole study
+    report/          figures and tables of the whole study (phase_transition.csv too)
+    phase/           the executed phase-transition notebook
 
 Each of these ``cell`` folders is complete when its ``_COMPLETE.json`` marker exists.
 """
@@ -49,6 +50,11 @@ def transfer_dir(study_dir: str | os.PathLike, source: str, target: str, strateg
 
 def report_dir(study_dir: str | os.PathLike) -> Path:
     return Path(study_dir) / "report"
+
+
+def phase_dir(study_dir: str | os.PathLike) -> Path:
+    """The executed phase-transition notebook (its tables go to ``report_dir``)."""
+    return Path(study_dir) / "phase"
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path | None:

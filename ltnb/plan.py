@@ -52,20 +52,21 @@ import yaml
 from ltnb import paths
 from ltnb._io import stable_hash
 
-STAGES = ("data", "divergence", "obtain", "transfer", "report")
+STAGES = ("data", "divergence", "obtain", "transfer", "report", "phase")
 DEFAULT_NOTEBOOKS = {
     "data": "notebooks/01_data.ipynb",
     "divergence": "notebooks/02_divergence.ipynb",
     "obtain": "notebooks/03_obtain.ipynb",
     "transfer": "notebooks/04_transfer.ipynb",
     "report": "notebooks/06_report.ipynb",
+    "phase": "notebooks/05_phase_transition.ipynb",
 }
 STRATEGIES = {"obtain": ("reset", "random", "rewind"), "transfer": ("masks-reset", "masks-random")}
 CORPORA = ("builtin", "amazon", "blitzer")
 # Transfer reads the masks and theta_0 of the source's TICKET-RESET chain and compares with the
 # target's TICKET-RESET chain (TICKET-TARGET), so both obtain cells are its inputs.
 TRANSFER_NEEDS_STRATEGY = "reset"
-SINGLE_CELL_STAGES = ("data", "divergence", "report")
+SINGLE_CELL_STAGES = ("data", "divergence", "report", "phase")
 TOP_KEYS = ("study", "outputs", "defaults", "stages")
 STAGE_KEYS = ("stage", "notebook", "params", "grid")
 
@@ -543,7 +544,7 @@ def load_plan(plan_path: str | os.PathLike, *, root: str | os.PathLike | None = 
                                                  f"seed {c.params['seed']} needs the obtain cell {k} (domain {dom}, "
                                                  f"strategy {TRANSFER_NEEDS_STRATEGY}, seed {c.params['seed']}), which the "
                                                  f"obtain stage does not produce; add it to the obtain grid")
-            if name == "report":
+            if name in ("report", "phase"):  # summaries of everything run before them
                 deps.extend(k.key for k in final)
             h = stable_hash({"cell": c.params_hash, "inputs": [hashes.get(d, d) for d in deps]})
             hashes[c.key] = h
@@ -565,6 +566,8 @@ def _cell_dir(stage: str, study_dir: Path, values: dict, dflt) -> tuple[Path, di
         return paths.divergence_dir(study_dir), {}, None
     if stage == "report":
         return paths.report_dir(study_dir), {}, None
+    if stage == "phase":
+        return paths.phase_dir(study_dir), {}, None
     need = ("domain", "strategy", "seed") if stage == "obtain" else ("source", "target", "strategy", "seed")
     got = {}
     for k in need:

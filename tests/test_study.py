@@ -21,7 +21,8 @@ def smoke(tmp_path_factory, builtin_cache):
     for stage in plan["stages"]:  # the plan lives outside the repo: name the repo's notebooks
         stage.setdefault("notebook", str(ROOT / "notebooks" / {
             "data": "01_data.ipynb", "divergence": "02_divergence.ipynb", "obtain": "03_obtain.ipynb",
-            "transfer": "04_transfer.ipynb", "report": "06_report.ipynb"}[stage["stage"]]))
+            "transfer": "04_transfer.ipynb", "report": "06_report.ipynb",
+            "phase": "05_phase_transition.ipynb"}[stage["stage"]]))
     path = tmp / "smoke.yaml"
     path.write_text(yaml.safe_dump(plan))
     out = io.StringIO()
@@ -52,7 +53,7 @@ def test_smoke_plan_runs_every_stage(smoke):
         assert s == pytest.approx(1 - 0.65 ** r, abs=0.01)
     # executed notebooks kept next to the outputs, all without errors
     executed = sorted(study.rglob("*.ipynb"))
-    assert len(executed) == 1 + 1 + 4 + 2 + 1
+    assert len(executed) == 1 + 1 + 4 + 2 + 1 + 1
     for nb_path in executed:
         nb = nbformat.read(nb_path, as_version=4)
         assert not any(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs), nb_path
@@ -63,6 +64,8 @@ def test_smoke_plan_runs_every_stage(smoke):
     page = (study / "report" / "index.html").read_text()
     assert page.count("<svg") >= 3 and "TICKET-RANDOM" in page and "MASKS-RESET" in page
     assert "http://" not in page.replace("http://www.w3.org", "")  # nothing fetched from the web
+    phase = pd.read_csv(study / "report" / "phase_transition.csv")
+    assert set(phase["transition"]) == {"too few seeds"}  # one seed: a message, not a number
     summary = pd.read_csv(study / "report" / "summary.csv")
     assert len(summary) == len(rows.groupby(["stage", "pair", "strategy", "round"]))
 

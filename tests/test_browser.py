@@ -1,0 +1,251 @@
+"""The phase-transition explorer in a real browser: the Voila app and the notebook in JupyterLab.
+
+Each server binds 127.0.0.1 on a free port and is torn down after its test. Headless Chromium (Debian's
+``chromium`` package) is driven by Playwright's Python package with ``executable_path`` (Playwright's
+own browser download is never used). Requests leaving localhost are blocked and recorded, so the test
+also shows that the views need no CDN. Screenshots go to the test's tmp_path and outputs/screenshots/.
+
+The widget logic itself (no browser) is tested first, so a failure says which side broke.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import ROOT
+from test_phase import write_study
+
+from ltnb import explore
+
+CHROMIUM = os.environ.get("LTNB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser") \
+    or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage"]
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install "
+                                    "chromium chromium-driver); the browser tests need it")
+SHOTS = ROOT / "outputs" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return write_study(tmp_path_factory.mktemp("phase") / "study")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a server we started (its whole process group when it has its own), then kill if stuck."""
+    if proc.poll() is not None:
+        return
+    group = os.getpgid(proc.pid) == proc.pid
+    (os.killpg if group else os.kill)(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        (os.killpg if group else os.kill)(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def shoot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SHOTS / path.name)
+    return path
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def offline_page(browser, blocked: list):
+    """A page that may only talk to 127.0.0.1; anything else is aborted and recorded in ``blocked``."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1200})
+
+    def route(r):
+        if r.request.url.startswith(("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:")):
+            r.continue_()
+        else:
+            blocked.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    return page
+
+
+def html_of(page, selector: str) -> str:
+    return page.locator(selector).first.inner_html()
+
+
+def wait_changed(page, selector: str, before: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = html_of(page, selector)
+        if now != before:
+            return now
+        page.wait_for_timeout(200)
+    raise AssertionError(f"{selector} did not change within {timeout:.0f} s")
+
+
+# ---------------------------------------------------------------- no browser: the widget logic
+
+def test_explorer_widgets_update_every_view(study):
+    app = explore.app(study)
+    c, v = app.controls, app.views
+    assert list(c["pair"].options) == ["movies", "products", "products->movies"]
+    before = {k: w.value for k, w in v.items()}
+    assert "transition not detected" in before["estimate"] and before["accuracy"].startswith("<svg")
+    c["pair"].value = "products"
+    assert "transition 96.8%" in v["estimate"].value and "gap transition 96.8%" in v["accuracy"].value
+    after = {k: w.value for k, w in v.items()}
+    assert all(after[k] != before[k] for k in ("estimate", "accuracy", "gap", "spread", "table"))
+    for name, value in (("mode", explore.SEEDS), ("alpha", 0.001), ("spread_factor", 50.0)):
+        old = v["accuracy"].value + v["gap"].value + v["table"].value + v["estimate"].value
+        c[name].value = value
+        assert v["accuracy"].value + v["gap"].value + v["table"].value + v["estimate"].value != old, name
+    assert "spread: not detected" in v["estimate"].value
+    app._zoom(0.9)
+    assert c["rounds"].value == (6, 12) and "<td>5</td>" not in v["table"].value
+    c["strategies"].value = ("reset",)
+    assert "TICKET-RANDOM" not in v["accuracy"].value and "TICKET-RESET" in v["accuracy"].value
+
+
+def test_explorer_on_an_empty_study_says_so(tmp_path):
+    (tmp_path / "obtain").mkdir()
+    app = explore.app(tmp_path)
+    assert "No obtain or transfer result rows" in app.views["estimate"].value
+
+
+def test_study_comes_from_query_string_then_env(monkeypatch):
+    monkeypatch.delenv(explore.STUDY_ENV, raising=False)
+    monkeypatch.delenv("QUERY_STRING", raising=False)
+    assert explore.study_from_env("outputs/demo") == "outputs/demo" and not explore.app_mode()
+    monkeypatch.setenv(explore.STUDY_ENV, "/x/study")
+    assert explore.study_from_env("outputs/demo") == "/x/study" and explore.app_mode()
+    monkeypatch.setenv("QUERY_STRING", "study=%2Fy%2Fother&x=1")
+    assert explore.study_from_env("outputs/demo") == "/y/other"
+
+
+def test_serve_names_a_missing_study(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        explore.serve(tmp_path / "nope", wait=False)
+    cmd = explore.voila_command("nb.ipynb", port=1234)
+    assert "--port=1234" in cmd and "--Voila.ip=127.0.0.1" in cmd and "--no-browser" in cmd
+
+
+# ---------------------------------------------------------------- Voila app in Chromium
+
+@needs_chromium
+def test_voila_app_in_chromium(study, browser, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    proc = explore.serve(study, port=port, wait=False)
+    try:
+        explore.wait_for_http(url, proc=proc, timeout=60)
+        blocked = []
+        page = offline_page(browser, blocked)
+        page.goto(url)
+        page.wait_for_selector(".ltnb-accuracy svg", timeout=120_000)
+        # an app: controls and views, no code
+        assert page.locator(".jp-CodeMirrorEditor, .cm-editor").count() == 0
+        assert "explore.app(" not in page.content()
+        assert "movies: transition not detected" in page.inner_text(".ltnb-estimate")
+        acc, gap, table = (html_of(page, s) for s in (".ltnb-accuracy", ".ltnb-gap", ".ltnb-table"))
+        assert "movies: test accuracy" in acc and "<svg" in acc
+        shoot(page, tmp_path, "voila_movies")
+
+        # choose another domain: every view changes, the estimate is drawn on the chart
+        page.locator(".widget-dropdown", has_text="domain / pair").locator("select").select_option("products")
+        acc2 = wait_changed(page, ".ltnb-accuracy", acc)
+        assert "products: test accuracy" in acc2 and "gap transition 96.8%" in acc2
+        assert "products: reset - random" in wait_changed(page, ".ltnb-gap", gap)
+        assert "<td>96.8</td>" in wait_changed(page, ".ltnb-table", table)
+        page.wait_for_function("() => document.querySelector('.ltnb-estimate').innerText"
+                               ".includes('products: transition 96.8%')", timeout=30_000)
+
+        # zoom into the high-sparsity end: the table starts at round 6 (92.5%)
+        table2 = html_of(page, ".ltnb-table")
+        page.get_by_role("button", name="zoom: >= 90% sparsity").click()
+        wait_changed(page, ".ltnb-table", table2)
+        first = page.locator(".ltnb-table tbody tr").first.locator("td")
+        assert [first.nth(0).inner_text(), first.nth(1).inner_text()] == ["6", "92.5"]
+        shot = shoot(page, tmp_path, "voila_products_zoomed")
+        assert shot.stat().st_size > 10_000
+        assert not [u for u in blocked if "vega" in u or "altair" in u], blocked  # charts need no CDN
+    finally:
+        stop(proc)
+
+
+# ---------------------------------------------------------------- the notebook in JupyterLab
+
+@needs_chromium
+def test_notebook_runs_in_jupyterlab(study, browser, tmp_path):
+    root = tmp_path / "lab"
+    root.mkdir()
+    nb = nbformat.read(ROOT / "notebooks" / explore.NOTEBOOK, as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source = params.source.replace('study_dir = "outputs/demo"', f"study_dir = {str(study)!r}")
+    assert repr(str(study)) in params.source
+    nbformat.write(nb, root / explore.NOTEBOOK)  # a copy: JupyterLab may save outputs into it
+    port, token = free_port(), "ltnb-test-token"
+    env = {k: v for k, v in os.environ.items() if k not in (explore.STUDY_ENV, "QUERY_STRING")}
+    env.update(JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
+               JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"))
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--ServerApp.port={port}",
+           "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+           "--LabApp.expose_app_in_browser=True", "--allow-root", "--LabApp.news_url=None",
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    labconfig = tmp_path / "cfg" / "labconfig"
+    labconfig.mkdir(parents=True)  # no "Jupyter news?" toast over the views
+    (labconfig / "page_config.json").write_text('{"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": true}}')
+    log = open(tmp_path / "jupyterlab.log", "w")
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        try:
+            explore.wait_for_http(f"http://127.0.0.1:{port}/api?token={token}", proc=proc, timeout=90)
+        except (RuntimeError, TimeoutError) as e:
+            log.flush()
+            raise AssertionError(f"{e}; JupyterLab's log ends:\n{(tmp_path / 'jupyterlab.log').read_text()[-2000:]}")
+        blocked = []
+        page = offline_page(browser, blocked)
+        page.goto(f"http://127.0.0.1:{port}/lab/tree/{explore.NOTEBOOK}?token={token}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+        page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
+                               "&& window.jupyterapp.shell.currentWidget.sessionContext "
+                               "&& window.jupyterapp.shell.currentWidget.sessionContext.session", timeout=60_000)
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        page.wait_for_selector(".ltnb-accuracy svg", timeout=120_000)
+        assert "movies: transition not detected" in page.inner_text(".ltnb-estimate")
+        # the last cell (not in app mode) shows the measured transition of every domain and pair
+        page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea-output table')]"
+                               ".some(t => t.innerText.includes('96.8%'))", timeout=60_000)
+        acc = html_of(page, ".ltnb-accuracy")
+        page.locator(".ltnb-accuracy").scroll_into_view_if_needed()
+        page.get_by_role("button", name="each seed").click()
+        acc2 = wait_changed(page, ".ltnb-accuracy", acc)
+        assert acc2.count("<path") > acc.count("<path")  # one line per seed now
+        shoot(page, tmp_path, "jupyterlab_each_seed")
+        assert (study / "report" / "phase_transition.csv").exists()
+        assert not [u for u in blocked if "vega" in u or "altair" in u], blocked
+    finally:
+        stop(proc)
+        log.close()
