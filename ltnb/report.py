@@ -21,7 +21,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from . import paths, plots
+from . import paths, plots, results
 from ._io import write_parquet, write_text
 
 LABELS = {
@@ -45,21 +45,26 @@ COLORS = {
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std and count of test/validation accuracy over seeds per (stage, pair, strategy, round)."""
-    keys = ["stage", "pair", "strategy", "round"]
-    if rows.empty:
-        return pd.DataFrame(columns=keys + ["sparsity", "test_mean", "test_std", "val_mean", "val_std", "n"])
-    g = rows.groupby(keys, sort=True)
-    out = g.agg(
-        sparsity=("sparsity", "mean"),
-        test_mean=("test_acc", "mean"),
-        test_std=("test_acc", "std"),
-        val_mean=("val_acc", "mean"),
-        val_std=("val_acc", "std"),
-        n=("seed", "nunique"),
-    ).reset_index()
-    out[["test_std", "val_std"]] = out[["test_std", "val_std"]].fillna(0.0)  # one seed: no spread
+    """``ltnb.results.summarize`` (mean, std, n over seeds per stage, pair, strategy, round and
+    settings), with the std of a single seed drawn as 0 (no band) instead of NaN."""
+    out = results.summarize(rows)
+    out[["test_acc_std", "val_acc_std"]] = out[["test_acc_std", "val_acc_std"]].astype(float).fillna(0.0)
     return out
+
+
+def one_setting(rows: pd.DataFrame, log=print) -> pd.DataFrame:
+    """Keep, per stage, the rows of the settings hash with the most rows; say what was left out.
+
+    A study whose plan changed holds runs of several settings side by side (they never overwrite each
+    other); one figure must not average over them."""
+    keep = []
+    for stage, part in rows.groupby("stage", sort=False):
+        counts = part["settings_hash"].value_counts()
+        if len(counts) > 1:
+            log(f"report: stage {stage} has runs of {len(counts)} settings; drawing {counts.index[0]} "
+                f"({counts.iloc[0]} rows), leaving out " + ", ".join(f"{h} ({n} rows)" for h, n in counts.iloc[1:].items()))
+        keep.append(part[part["settings_hash"] == counts.index[0]])
+    return pd.concat(keep, ignore_index=True) if keep else rows
 
 
 def _curves_obtain(summary: pd.DataFrame) -> pd.DataFrame:
@@ -68,7 +73,8 @@ def _curves_obtain(summary: pd.DataFrame) -> pd.DataFrame:
         return ob
     ob["series"] = ob["strategy"].map(LABELS).fillna(ob["strategy"])
     # FULL-MODEL: the dense round 0 (shared by every chain of a domain and seed); a flat reference.
-    full = ob[ob["round"] == 0].groupby("pair").agg(test_mean=("test_mean", "mean"), test_std=("test_std", "mean")).reset_index()
+    full = ob[ob["round"] == 0].groupby("pair").agg(test_acc_mean=("test_acc_mean", "mean"),
+                                                    test_acc_std=("test_acc_std", "mean")).reset_index()
     rounds = ob[["pair", "round", "sparsity"]].drop_duplicates(["pair", "round"])
     full = rounds.merge(full, on="pair")
     full["series"] = LABELS["full"]
@@ -118,9 +124,9 @@ def _pct(s: float) -> str:
 def accuracy_chart(curves: pd.DataFrame, *, facet: str = "pair", title: str = "", columns: int = 3) -> alt.FacetChart:
     """Mean line and +-1 std band of test accuracy against the rounds' sparsity, one panel per ``facet``."""
     c = curves.copy()
-    c["acc"] = 100 * c["test_mean"]
-    c["lo"] = 100 * (c["test_mean"] - c["test_std"])
-    c["hi"] = 100 * (c["test_mean"] + c["test_std"])
+    c["acc"] = 100 * c["test_acc_mean"]
+    c["lo"] = 100 * (c["test_acc_mean"] - c["test_acc_std"])
+    c["hi"] = 100 * (c["test_acc_mean"] + c["test_acc_std"])
     c["sparsity_pct"] = 100 * c["sparsity"]
     series = [s for s in COLORS if s in set(c["series"])]
     color = alt.Color("series:N", title=None, scale=alt.Scale(domain=series, range=[COLORS[s] for s in series]),
@@ -132,7 +138,7 @@ def accuracy_chart(curves: pd.DataFrame, *, facet: str = "pair", title: str = ""
         y=alt.Y("acc:Q", scale=alt.Scale(zero=False)),
         strokeDash=alt.condition(alt.datum.series == "FULL-MODEL", alt.value([5, 4]), alt.value([1, 0])),
         tooltip=["series", "round", alt.Tooltip("sparsity_pct:Q", format=".2f", title="sparsity %"),
-                 alt.Tooltip("acc:Q", format=".2f"), alt.Tooltip("test_std:Q", format=".4f")],
+                 alt.Tooltip("acc:Q", format=".2f"), alt.Tooltip("test_acc_std:Q", format=".4f")],
     )
     layer = alt.layer(band, line, data=c).properties(width=260, height=190)
     return layer.facet(facet=alt.Facet(f"{facet}:N", title=None), columns=columns).properties(title=title).resolve_scale(y="independent")
@@ -157,7 +163,7 @@ def table(summary: pd.DataFrame) -> pd.DataFrame:
     if summary.empty:
         return pd.DataFrame()
     s = summary.copy()
-    s["cell"] = [f"{100*m:.1f} ± {100*d:.1f}" for m, d in zip(s["test_mean"], s["test_std"])]
+    s["cell"] = [f"{100*m:.1f} ± {100*d:.1f}" for m, d in zip(s["test_acc_mean"], s["test_acc_std"])]
     s["column"] = [f"r{int(r)} ({_pct(sp)}%)" for r, sp in zip(s["round"], s["sparsity"])]
     wide = s.pivot_table(index=["stage", "pair", "strategy"], columns="round", values="cell", aggfunc="first")
     names = s.drop_duplicates("round").set_index("round")["column"]
@@ -167,11 +173,9 @@ def table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def build(study_dir: str | os.PathLike, *, log=print) -> dict:
     """Write the report of a study; returns the paths written."""
-    from . import results
-
     study = paths.resolve_study(study_dir)
     out = paths.report_dir(study)
-    rows = results.load(study)
+    rows = one_setting(results.load(study), log=log)
     summary = summarize(rows)
     written: dict[str, list[Path] | Path] = {}
     write_parquet(out / "summary.parquet", summary)

@@ -47,7 +47,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     (stage, pair, strategy, round, settings_hash). ``std`` is the sample std (NaN for n = 1)."""
     groups = ["stage", "source", "target", "pair", "strategy", "round", "settings_hash"]
     if df.empty:
-        return pd.DataFrame(columns=groups + ["sparsity", "test_acc_mean", "test_acc_std", "val_acc_mean", "n"])
+        return pd.DataFrame(columns=groups + ["sparsity", "test_acc_mean", "test_acc_std", "val_acc_mean",
+                                              "val_acc_std", "n"])
     out = (
         df.groupby(groups, dropna=False, sort=True)
         .agg(
@@ -55,6 +56,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             test_acc_mean=("test_acc", "mean"),
             test_acc_std=("test_acc", "std"),
             val_acc_mean=("val_acc", "mean"),
+            val_acc_std=("val_acc", "std"),
             n=("seed", "nunique"),
         )
         .reset_index()

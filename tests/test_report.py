@@ -28,11 +28,11 @@ def test_summary_matches_pandas_by_hand():
     s = report.summarize(rows)
     sel = rows[(rows.pair == "movies") & (rows.strategy == "random") & (rows["round"] == 2)]
     got = s[(s.pair == "movies") & (s.strategy == "random") & (s["round"] == 2)].iloc[0]
-    assert got.test_mean == pytest.approx(sel.test_acc.mean())
-    assert got.test_std == pytest.approx(np.std(sel.test_acc.values, ddof=1))  # sample std over seeds
+    assert got.test_acc_mean == pytest.approx(sel.test_acc.mean())
+    assert got.test_acc_std == pytest.approx(np.std(sel.test_acc.values, ddof=1))  # sample std over seeds
     assert got.n == 3 and got.sparsity == pytest.approx(1 - 0.65 ** 2)
     one = report.summarize(rows[rows.seed == 0])
-    assert (one.test_std == 0).all()
+    assert (one.test_acc_std == 0).all()
 
 
 def test_tick_labels_are_readable_sparsities():
@@ -55,3 +55,12 @@ def test_figures_and_table(tmp_path):
     wide = report.table(s)
     assert wide.loc[("obtain", "movies", "random")].iloc[0].count("±") == 1
     assert list(wide.columns)[:3] == ["r0 (0%)", "r1 (35%)", "r2 (58%)"]
+
+
+def test_one_setting_keeps_the_main_settings_and_says_what_it_left_out():
+    rows = synthetic_rows()
+    other = rows[(rows.stage == "obtain") & (rows.pair == "movies")].head(5).assign(settings_hash="old")
+    said = []
+    kept = report.one_setting(pd.concat([rows, other]), log=said.append)
+    assert set(kept.settings_hash) == {"h"} and len(kept) == len(rows)
+    assert len(said) == 1 and "old (5 rows)" in said[0]
