@@ -5,6 +5,7 @@ JavaScript that vl-convert ships, so nothing is loaded from a CDN at view time.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def jsd_heatmap(matrix: pd.DataFrame, *, scale: float = 1e5, title: str | None =
     t.columns = ["domain", "other", "jsd"]
     t["value"] = t["jsd"] * scale
     order = list(matrix.index)
-    label = f"JSD x {scale:g}" if scale != 1 else "JSD"
+    label = "JSD" if scale == 1 else f"JSD x 1e{round(math.log10(scale))}" if math.log10(scale).is_integer() else f"JSD x {scale:g}"
     base = alt.Chart(t).encode(
         x=alt.X("other:N", sort=order, title=None, axis=alt.Axis(labelAngle=0)),
         y=alt.Y("domain:N", sort=order, title=None),
