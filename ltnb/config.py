@@ -67,6 +67,10 @@ class TrainSettings:
     ``patience=None`` is the paper's literal reading: run all ``max_epochs`` and keep the epoch with
     the best validation accuracy. An integer stops after that many epochs without improvement.
     ``max_len`` truncates every sequence at batching time (the paper: 500 subwords).
+    ``bf16=True`` runs forward and loss under ``torch.autocast(dtype=torch.bfloat16)`` (fast on
+    GPUs with bf16 tensor cores; weights and Adam stay float32). It changes the numbers, so it is
+    part of the run hash when on; off (the default) it is left out of ``LotterySettings.to_dict``
+    so the hashes of existing runs do not change.
     """
 
     max_epochs: int = 15
@@ -75,6 +79,7 @@ class TrainSettings:
     lr: float = 1e-3
     weight_decay: float = 1e-5
     max_len: int = 500
+    bf16: bool = False
 
     def __post_init__(self):
         o = "TrainSettings"
@@ -85,6 +90,8 @@ class TrainSettings:
         _float(o, "lr", self.lr, low=0.0, high=float("inf"), low_open=True)
         _float(o, "weight_decay", self.weight_decay, low=0.0, high=float("inf"))
         _int(o, "max_len", self.max_len, minimum=1)
+        if not isinstance(self.bf16, bool):
+            raise ValueError(f"{o}.bf16 = {self.bf16!r}: expected True or False")
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,7 @@ class LotterySettings:
         "lr": ("train", "lr"),
         "weight_decay": ("train", "weight_decay"),
         "max_len": ("train", "max_len"),
+        "bf16": ("train", "bf16"),
         "embed_dim": ("model", "embed_dim"),
         "kernel_sizes": ("model", "kernel_sizes"),
         "channels": ("model", "channels"),
@@ -161,7 +169,11 @@ class LotterySettings:
         return cls(model=ModelSettings(**d.pop("model")), train=TrainSettings(**d.pop("train")), **d)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """All settings as plain data; ``train.bf16`` only when on (older runs' hashes stay valid)."""
+        d = dataclasses.asdict(self)
+        if not d["train"].get("bf16"):
+            d["train"].pop("bf16", None)
+        return d
 
     def settings_hash(self, **extra: Any) -> str:
         """A 10-character hash of every setting plus ``extra`` (e.g. ``data_key=...``)."""

@@ -67,13 +67,19 @@ def data_fingerprint(data: Mapping[str, TokenSplit]) -> str:
     return "data-" + h.hexdigest()[:16]
 
 
+#: Bumped whenever the engine's arithmetic changes (here: sparse kernels, packed embedding, eval
+#: batching changed float rounding), so a chain resumed by a newer engine never mixes its rounds
+#: with rounds of an older one: it starts a new folder instead.
+ENGINE_VERSION = 2
+
+
 def run_hash(settings: LotterySettings, *, data_key: str, vocab_size: int, strategy: str) -> str:
     """The folder name of a run (see the module doc for what it covers)."""
     d = settings.to_dict()
     d.pop("rounds")
     if strategy != "rewind":
         d.pop("rewind_steps")
-    return stable_hash({"settings": d, "data_key": data_key, "vocab_size": int(vocab_size)})
+    return stable_hash({"settings": d, "data_key": data_key, "vocab_size": int(vocab_size), "engine": ENGINE_VERSION})
 
 
 def chain_dir(study_dir, domain: str, strategy: str, seed: int, settings: LotterySettings, data_key: str, vocab_size: int | None = None) -> Path:
@@ -227,6 +233,7 @@ def obtain(
             "seed": seed, "strategy": strategy, "settings_hash": h}
     bar = tqdm(range(start_round, settings.rounds + 1), desc=f"obtain {domain} {strategy} seed{seed}",
                disable=not progress, unit="round")
+    model = None
     for r in bar:
         t0 = time.perf_counter()
         if r == 0:
@@ -237,7 +244,8 @@ def obtain(
             start = strategies.Start(theta_0=theta_0, vocab_size=vocab_size, model=settings.model, seed=seed,
                                      round=r, strategy=strategy, rewound=rewound)
             init = strategies.OBTAIN[strategy](mask, start)
-        model = KimCNN.from_settings(vocab_size, settings.model, seed=None)
+        if model is None:  # built once per chain (~0.1 s); every round overwrites all its values
+            model = KimCNN.from_settings(vocab_size, settings.model, seed=None)
         _load_weights(model, init)
 
         on_step = None
@@ -340,6 +348,7 @@ def transfer(
             "seed": seed, "strategy": strategy, "settings_hash": h}
     todo = [r for r in range(1, settings.rounds + 1) if r not in done]
     bar = tqdm(todo, desc=f"transfer {source}->{target} {strategy} seed{seed}", disable=not progress, unit="round")
+    model = None
     for r in bar:
         t0 = time.perf_counter()
         ticket = tickets.load(src / ticket_name(r))
@@ -348,7 +357,8 @@ def transfer(
         start = strategies.Start(theta_0=ticket.init, vocab_size=vocab_size, model=settings.model, seed=seed,
                                  round=r, strategy=strategy)
         init = strategies.TRANSFER[strategy](ticket.masks, start)
-        model = KimCNN.from_settings(vocab_size, settings.model, seed=None)
+        if model is None:  # built once per run; every round overwrites all its values
+            model = KimCNN.from_settings(vocab_size, settings.model, seed=None)
         ticket.check(model)
         _load_weights(model, init)
         result = _train.fit(model, data, settings.train, masks=ticket.masks, seed=derive_seed(seed, r, "transfer", target),

@@ -67,6 +67,10 @@ class KimCNN(nn.Module):
             self.fc2 = nn.Linear(hidden, classes)
         if seed is not None:
             init_parameters(self, torch.Generator().manual_seed(int(seed)))
+        # set by ltnb.train.fit while training a pruned model whose convs are sparse enough
+        # (ltnb.sparse); None: dense convolutions. Not a parameter or buffer: never saved.
+        self.sparse_plan = None
+        self.packed_embedding = None  # likewise: a ltnb.sparse.PackedEmbedding of a pruned table
 
     @classmethod
     def from_settings(cls, vocab_size: int, settings: ModelSettings, *, seed: int | None = 0) -> "KimCNN":
@@ -84,13 +88,22 @@ class KimCNN(nn.Module):
         width = max(self.kernel_sizes)
         if ids.shape[1] < width:
             ids = F.pad(ids, (0, width - ids.shape[1]), value=PAD_ID)
-        x = self.dropout(self.embedding(ids)).transpose(1, 2)  # [batch, embed, time]
+        packed = getattr(self, "packed_embedding", None)
+        e = self.dropout(packed(ids) if packed is not None else self.embedding(ids))  # [batch, time, embed]
         if lengths is not None:
             padded = lengths.to(ids.device).clamp(min=width)
             positions = torch.arange(ids.shape[1], device=ids.device)
+        plan = getattr(self, "sparse_plan", None)
+        if plan is not None:
+            from .sparse import sparse_convs
+
+            outs = sparse_convs(plan, e, [c.weight for c in self.convs], [c.bias for c in self.convs])
+        else:
+            x = e.transpose(1, 2)  # [batch, embed, time]
+            outs = [conv(x) for conv in self.convs]
         pooled = []
-        for h, conv in zip(self.kernel_sizes, self.convs):
-            y = F.relu(conv(x))  # [batch, channels, time - h + 1], all >= 0
+        for h, out in zip(self.kernel_sizes, outs):
+            y = F.relu(out)  # [batch, channels, time - h + 1], all >= 0
             if lengths is not None:
                 # windows that start past the sequence's own (width-padded) end are set to 0;
                 # since ReLU outputs are >= 0 this leaves the max over the valid windows unchanged.

@@ -178,7 +178,7 @@ CONTRACT = {
 }
 
 
-@pytest.mark.parametrize("name,cells", [("smoke", 10), ("demo", 1 + 1 + 20 + 16 + 1 + 1), ("paper", 1 + 1 + 50 + 90 + 1 + 1)])
+@pytest.mark.parametrize("name,cells", [("smoke", 10), ("demo", 1 + 1 + 30 + 16 + 1 + 1), ("paper", 1 + 1 + 50 + 90 + 1 + 1)])
 def test_shipped_plans_are_valid(tmp_path, name, cells):
     (tmp_path / "notebooks").mkdir()
     for stem, params in CONTRACT.items():

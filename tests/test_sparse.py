@@ -1,0 +1,94 @@
+"""The sparse conv path (ltnb.sparse) equals the dense one up to float rounding."""
+import json
+
+import pytest
+import torch
+
+from ltnb import sparse
+from ltnb.config import TrainSettings
+from ltnb.model import KimCNN
+from ltnb.pruning import Mask, prune_step
+from ltnb.train import fit, synthetic_data
+
+CONVS = ("convs.0.weight", "convs.1.weight", "convs.2.weight")
+
+
+def _pruned(rounds=6, seed=0, vocab=60, **kw):
+    m = KimCNN(vocab, embed_dim=kw.get("embed_dim", 24), channels=kw.get("channels", 10), hidden=12, seed=seed)
+    w = {n: p.detach().clone() for n, p in m.named_parameters()}
+    mask = Mask.ones_like(w)
+    for _ in range(rounds):
+        mask = prune_step(w, mask, 0.35)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            p.mul_(mask[n])
+    return m, mask
+
+
+def _batch(vocab=60, B=7, T=13, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (B, T), generator=g), torch.randint(1, T + 1, (B,), generator=g)
+
+
+def test_forward_and_grads_match_dense():
+    m, mask = _pruned()
+    ids, lengths = _batch()
+    plan = sparse.build_plan([mask[n] for n in CONVS])
+    assert 0 < plan.density < 0.2
+    out = {}
+    for name, p in (("dense", None), ("sparse", plan)):
+        m.sparse_plan = p
+        m.zero_grad()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # same dropout
+            logits = m(ids, lengths)
+        logits.pow(2).sum().backward()
+        out[name] = (logits.detach(), {n: q.grad * mask[n] for n, q in m.named_parameters()})
+    torch.testing.assert_close(out["sparse"][0], out["dense"][0])
+    for n in out["dense"][1]:
+        torch.testing.assert_close(out["sparse"][1][n], out["dense"][1][n], msg=n)
+    # eval mode, a one-token sequence (width padding) too
+    m.eval()
+    ids1, len1 = torch.tensor([[5]]), torch.tensor([1])
+    m.sparse_plan = None
+    d = m(ids1, len1)
+    m.sparse_plan = plan
+    torch.testing.assert_close(m(ids1, len1), d)
+
+
+def test_training_steps_match_dense():
+    data = synthetic_data(60, sizes=(64, 32, 32), seed=0)
+    settings = TrainSettings(max_epochs=2, lr=1e-3)
+    res, params = {}, {}
+    for mode in ("off", "on"):
+        m, mask = _pruned()
+        res[mode] = fit(m, data, settings, masks=mask, seed=2, device="cpu", progress=False, sparse=mode)
+        assert m.sparse_plan is None
+        params[mode] = {n: p.detach() for n, p in m.named_parameters()}
+    for n in params["off"]:
+        torch.testing.assert_close(params["on"][n], params["off"][n], rtol=1e-4, atol=1e-5, msg=n)
+        assert ((params["on"][n] == 0) == (params["off"][n] == 0)).all()
+    assert res["on"].steps == res["off"].steps
+
+
+def test_plan_choice_and_crossover_file(tmp_path, monkeypatch):
+    m, mask = _pruned(rounds=1)  # 35% pruned: dense
+    assert sparse.plan_for(m, mask, mode="auto") is None
+    assert sparse.plan_for(m, mask, mode="off") is None
+    assert sparse.plan_for(m, mask, mode="on") is not None
+    calls = []
+    monkeypatch.setattr(sparse, "calibrate", lambda device="cpu": calls.append(1) or {"density": 0.25})
+    assert sparse.crossover(cache_dir=tmp_path) == 0.25
+    assert sparse.crossover(cache_dir=tmp_path) == 0.25 and len(calls) == 1  # stored, not re-measured
+    table = json.loads((tmp_path / sparse.CROSSOVER_FILE).read_text())
+    assert list(table) == [sparse.machine_key("cpu")]
+    monkeypatch.setenv("LTNB_CACHE", str(tmp_path))
+    m2, mask2 = _pruned(rounds=6)
+    assert sparse.plan_for(m2, mask2, mode="auto") is not None  # density < 0.25
+    with pytest.raises(ValueError, match="sparse"):
+        sparse.plan_for(m2, mask2, mode="fast")
+
+
+def test_calibrate_small_runs():
+    r = sparse.calibrate(embed_dim=16, channels=8, batch=4, length=10, densities=(0.5, 0.05))
+    assert 0.0 <= r["density"] <= 0.5 and r["dense_ms"] > 0
