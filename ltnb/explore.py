@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from . import phase
-from .report import COLORS, LABELS, _pct
+from .report import COLORS, LABELS, sparsity_label
 
 STUDY_ENV = "LTNB_STUDY"
 NOTEBOOK = "05_phase_transition.ipynb"
@@ -105,7 +105,7 @@ def _marker(sparsity: float | None, text: str, color: str, ydatum: str = "top") 
     """A vertical rule at an estimated sparsity, labelled."""
     if sparsity is None:
         return []
-    d = pd.DataFrame({"remaining": [max(1 - sparsity, 1e-9)], "label": [f"{text} {_pct(sparsity)}%"]})
+    d = pd.DataFrame({"remaining": [max(1 - sparsity, 1e-9)], "label": [f"{text} {sparsity_label(sparsity)}%"]})
     rule = alt.Chart(d).mark_rule(color=color, strokeDash=[6, 3], strokeWidth=2).encode(x="remaining:Q")
     label = alt.Chart(d).mark_text(color=color, align="left", dx=4, dy=8, y=0 if ydatum == "top" else HEIGHT - 12,
                                    fontWeight="bold").encode(x="remaining:Q", text="label:N")
@@ -204,7 +204,7 @@ def numbers(rows: pd.DataFrame, gaps: pd.DataFrame, *, strategies, rounds: tuple
     wide = wide[[x for x in strategies if x in wide.columns]]
     wide.columns = [_series(c) for c in wide.columns]
     sp = s.groupby("round")["sparsity"].mean()
-    wide.insert(0, "sparsity %", [f"{_pct(v)}" for v in sp.reindex(wide.index)])
+    wide.insert(0, "sparsity %", [f"{sparsity_label(v)}" for v in sp.reindex(wide.index)])
     g = _in_range(gaps, rounds).set_index("round") if len(gaps) else pd.DataFrame()
     if len(g):
         def fmt(v, spec):
@@ -314,7 +314,7 @@ class Explorer:
         try:
             c["strategies"].options = strategies
             c["strategies"].value = tuple(strategies)
-            c["rounds"].options = [(_pct(s), int(r)) for r, s in levels.items()]
+            c["rounds"].options = [(sparsity_label(s), int(r)) for r, s in levels.items()]
             c["rounds"].index = (0, len(levels) - 1)
         finally:
             self._busy = False

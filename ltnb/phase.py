@@ -253,9 +253,9 @@ class Transition:
 
 
 def _pct_text(s: float) -> str:
-    from .report import _pct
+    from .report import sparsity_label
 
-    return f"{_pct(s)}%"
+    return f"{sparsity_label(s)}%"
 
 
 def _check_alpha(alpha: float) -> None:

@@ -67,7 +67,7 @@ def one_setting(rows: pd.DataFrame, log=print) -> pd.DataFrame:
     return pd.concat(keep, ignore_index=True) if keep else rows
 
 
-def _curves_obtain(summary: pd.DataFrame) -> pd.DataFrame:
+def obtain_curves(summary: pd.DataFrame) -> pd.DataFrame:
     ob = summary[summary["stage"] == "obtain"].copy()
     if ob.empty:
         return ob
@@ -81,7 +81,7 @@ def _curves_obtain(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([ob, full], ignore_index=True)
 
 
-def _curves_transfer(summary: pd.DataFrame) -> pd.DataFrame:
+def transfer_curves(summary: pd.DataFrame) -> pd.DataFrame:
     tr = summary[summary["stage"] == "transfer"].copy()
     if tr.empty:
         return tr
@@ -101,12 +101,12 @@ def _curves_transfer(summary: pd.DataFrame) -> pd.DataFrame:
 
 def _sparsity_axis(curves: pd.DataFrame) -> alt.Axis:
     levels = curves.groupby("round")["sparsity"].mean().sort_index()
-    labels = {int(r): _pct(s) for r, s in levels.items()}
+    labels = {int(r): sparsity_label(s) for r, s in levels.items()}
     expr = "{" + ", ".join(f"'{r}': '{lab}'" for r, lab in labels.items()) + "}[toString(datum.value)]"
     return alt.Axis(values=list(labels), labelExpr=expr, title="sparsity (%) after each round", labelAngle=-45, grid=False)
 
 
-def _pct(s: float) -> str:
+def sparsity_label(s: float) -> str:
     """A short label for a sparsity: whole percent below 90, then as many decimals as it takes to
     tell the remaining weights apart (96.8, 98.7, 99.84, 99.93, 99.98)."""
     p = 100 * float(s)
@@ -145,14 +145,14 @@ def accuracy_chart(curves: pd.DataFrame, *, facet: str = "pair", title: str = ""
 
 
 def figure3(summary: pd.DataFrame):
-    curves = _curves_obtain(summary)
+    curves = obtain_curves(summary)
     if curves.empty:
         return None
     return accuracy_chart(curves, title="Figure 3 - obtaining tickets: test accuracy vs sparsity (mean +-1 std over seeds)")
 
 
 def figure4(summary: pd.DataFrame):
-    curves = _curves_transfer(summary)
+    curves = transfer_curves(summary)
     if curves.empty:
         return None
     return accuracy_chart(curves, title="Figure 4 - transferring tickets (source->target): test accuracy vs sparsity")
@@ -164,7 +164,7 @@ def table(summary: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     s = summary.copy()
     s["cell"] = [f"{100*m:.1f} ± {100*d:.1f}" for m, d in zip(s["test_acc_mean"], s["test_acc_std"])]
-    s["column"] = [f"r{int(r)} ({_pct(sp)}%)" for r, sp in zip(s["round"], s["sparsity"])]
+    s["column"] = [f"r{int(r)} ({sparsity_label(sp)}%)" for r, sp in zip(s["round"], s["sparsity"])]
     wide = s.pivot_table(index=["stage", "pair", "strategy"], columns="round", values="cell", aggfunc="first")
     names = s.drop_duplicates("round").set_index("round")["column"]
     wide.columns = [names[r] for r in wide.columns]

@@ -36,15 +36,15 @@ def test_summary_matches_pandas_by_hand():
 
 
 def test_tick_labels_are_readable_sparsities():
-    assert [report._pct(1 - 0.65 ** r) for r in (0, 1, 2, 5, 8, 10, 11, 15)] == \
+    assert [report.sparsity_label(1 - 0.65 ** r) for r in (0, 1, 2, 5, 8, 10, 11, 15)] == \
         ["0", "35", "58", "88", "96.8", "98.7", "99.1", "99.84"]
 
 
 def test_figures_and_table(tmp_path):
     s = report.summarize(synthetic_rows())
-    curves = report._curves_transfer(s)
+    curves = report.transfer_curves(s)
     assert set(curves.series) == {"MASKS-RESET", "MASKS-RANDOM", "TICKET-TARGET"}
-    obtain = report._curves_obtain(s)
+    obtain = report.obtain_curves(s)
     assert set(obtain.series) == {"FULL-MODEL", "TICKET-RESET", "TICKET-RANDOM"}
     for name, chart in (("f3", report.figure3(s)), ("f4", report.figure4(s))):
         png, svg = plots.save(chart, tmp_path / name)
