@@ -15,30 +15,16 @@ import pytest
 
 from ltnb import batch
 from ltnb.plan import load_plan
+from test_plan import HEADER, OBTAIN, REPORT, TRANSFER
 
 FIX = Path(__file__).parent / "fixtures"
 
 
 def plan_text(obtain_params: str = "rounds: 2", transfer_grid: str = "[[products, movies]]") -> str:
-    return f"""\
-study: t
-defaults: {{seed: 0, max_epochs: 1}}
-stages:
-  - stage: data
-    notebook: {FIX / 'data.ipynb'}
-    params: {{corpus: builtin, per_domain: 120, domains: [products, movies]}}
-  - stage: divergence
-    notebook: {FIX / 'divergence.ipynb'}
-  - stage: obtain
-    notebook: {FIX / 'obtain.ipynb'}
-    params: {{{obtain_params}}}
-    grid: {{domain: [products, movies], strategy: [reset, random], seed: [0]}}
-  - stage: transfer
-    notebook: {FIX / 'transfer.ipynb'}
-    grid: {{pair: {transfer_grid}, strategy: [masks-reset, masks-random], seed: [0]}}
-  - stage: report
-    notebook: {FIX / 'report.ipynb'}
-"""
+    """The fixture plan of tests/test_plan.py, with the obtain parameters and transfer pairs given."""
+    obtain = OBTAIN.replace("params: {rounds: 2}", f"params: {{{obtain_params}}}")
+    transfer = TRANSFER.replace("pair: [[products, movies]]", f"pair: {transfer_grid}")
+    return HEADER + obtain + transfer + REPORT
 
 
 @pytest.fixture(scope="module")
