@@ -17,7 +17,6 @@ from ltnb import batch
 from ltnb.plan import load_plan
 from test_plan import HEADER, OBTAIN, REPORT, TRANSFER
 
-FIX = Path(__file__).parent / "fixtures"
 
 
 def plan_text(obtain_params: str = "rounds: 2", transfer_grid: str = "[[products, movies]]") -> str:
