@@ -1,4 +1,4 @@
-"""GPU check: rounds/second for one chain and for several chains at once (ltnb.multi.fit_many).
+"""GPU check: rounds/second for one chain and for several chains at once (benchmarks/multi.py).
 
 Run by benchmarks/gpu_check.sh on a machine with a CUDA GPU (works on the CPU too, slowly; pass
 --device cpu --quick). Demo-size data (498/248/248 sentences of ~20 subwords; synthetic unless
@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
 from ltnb import lottery  # noqa: E402
 from ltnb.config import LotterySettings, ModelSettings, TrainSettings, derive_seed  # noqa: E402
 from ltnb.model import KimCNN, initial_state  # noqa: E402
-from ltnb.multi import fit_many  # noqa: E402
+from multi import fit_many  # noqa: E402  (benchmarks/multi.py)
 from ltnb.train import default_device, fit, synthetic_data  # noqa: E402
 
 

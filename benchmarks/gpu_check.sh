@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rounds/second on a GPU machine for one IMP chain (float32 and bf16 autocast) and for several
-# chains trained at once with ltnb.multi.fit_many. Finishes in well under 5 minutes on one GPU.
+# chains trained at once with benchmarks/multi.py (fit_many). Finishes in well under 5 minutes on one GPU.
 #   bash benchmarks/gpu_check.sh                 # synthetic demo-size data
 #   bash benchmarks/gpu_check.sh --study outputs/demo --domain products
 set -euo pipefail

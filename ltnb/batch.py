@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from ltnb import paths
 from ltnb._io import read_json, write_json
 from ltnb.plan import Cell, Plan, PlanError, load_plan
 
@@ -53,7 +54,7 @@ def is_complete(cell: Cell) -> bool:
 
 
 def _marker_exists(study_dir: Path, key: str) -> bool:
-    return (study_dir / key / "_COMPLETE.json").is_file()
+    return (study_dir / key / paths.COMPLETE_MARKER).is_file()
 
 
 # ------------------------------------------------------------------------------------ on a worker
@@ -113,10 +114,13 @@ def run_cell(spec: dict) -> dict:
             extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except PapermillExecutionError as e:
-        return {**out, "status": "failed", "ename": e.ename, "evalue": e.evalue, "seconds": time.time() - start}
+        return {**out, "status": "failed", "ename": e.ename, "evalue": e.evalue, "seconds": time.time() - start,
+                "start": start, "end": time.time(), "training": training_seconds(spec["executed"])}
     except Exception as e:  # noqa: BLE001 - kernel died, notebook unreadable, ...: a failed cell
-        return {**out, "status": "failed", "ename": type(e).__name__, "evalue": str(e), "seconds": time.time() - start}
+        return {**out, "status": "failed", "ename": type(e).__name__, "evalue": str(e), "seconds": time.time() - start,
+                "start": start, "end": time.time(), "training": training_seconds(spec["executed"])}
     seconds = time.time() - start
+    out["training"] = training_seconds(spec["executed"])
     write_json(marker, {
         "params_hash": spec["params_hash"],
         "stage": spec["stage"],
@@ -129,7 +133,23 @@ def run_cell(spec: dict) -> dict:
         "host": out["host"],
         "python": sys.executable,
     })
-    return {**out, "status": "done", "seconds": seconds}
+    return {**out, "status": "done", "seconds": seconds, "start": start, "end": time.time()}
+
+
+TRAIN_TAG = "train"
+
+
+def training_seconds(executed: str | os.PathLike) -> float:
+    """Seconds the executed notebook spent in its cells tagged ``train`` (papermill records every
+    cell's duration in its metadata); 0 for notebooks that do not train."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(executed), as_version=4)
+    except Exception:  # noqa: BLE001 - an unreadable record counts as no training, not as a failure
+        return 0.0
+    return float(sum((c.metadata.get("papermill", {}).get("duration") or 0.0) for c in nb.cells
+                     if TRAIN_TAG in c.metadata.get("tags", [])))
 
 
 def _spec(cell: Cell, plan: Plan, threads: int) -> dict:
@@ -147,13 +167,76 @@ class Outcome:
     state: str  # done | skipped | failed | not run
     detail: str = ""  # failed: "ename: evalue"; not run: the reason
     seconds: float = 0.0
+    training: float = 0.0  # seconds in the notebook's training cells
+    start: float = 0.0
+    end: float = 0.0
+    host: str = ""
 
+
+@dataclass
+class RunTimes:
+    """What the workers did with their time during one batch run."""
+    workers: int
+    started: float
+    ended: float
+
+    @property
+    def worker_seconds(self) -> float:
+        return self.workers * max(self.ended - self.started, 0.0)
+
+
+TIMES_FILE = "batch_times.csv"
+
+
+def write_times(plan: Plan, outcomes: list[Outcome], run: RunTimes, estimate: dict | None) -> Path:
+    """``<study>/batch_times.csv``: per cell run in this batch, wall, training and overhead seconds
+    (and the estimate), plus a last row ``(idle)`` with the workers' time outside any cell."""
+    import pandas as pd
+
+    from ltnb._io import write_text
+
+    ran = [o for o in outcomes if o.state in ("done", "failed")]
+    est = (estimate or {}).get("cells", {})
+    rows = [{"cell": o.cell.key, "stage": o.cell.stage, "status": o.state, "host": o.host,
+             "start": round(o.start - run.started, 3), "wall": round(o.seconds, 3), "training": round(o.training, 3),
+             "overhead": round(max(o.seconds - o.training, 0.0), 3), "estimate": round(est.get(o.cell.key, float("nan")), 3)}
+            for o in ran]
+    busy = sum(o.seconds for o in ran)
+    rows.append({"cell": "(idle)", "stage": "", "status": "", "host": "", "start": 0.0,
+                 "wall": round(max(run.worker_seconds - busy, 0.0), 3), "training": 0.0,
+                 "overhead": round(max(run.worker_seconds - busy, 0.0), 3), "estimate": float("nan")})
+    return write_text(plan.study_dir / TIMES_FILE, pd.DataFrame(rows).to_csv(index=False))
+
+
+def print_times(outcomes: list[Outcome], run: RunTimes, estimate: dict | None, out: TextIO) -> None:
+    """The split of the workers' time, and the estimate against what happened."""
+    from ltnb.estimate import fmt_seconds
+
+    ran = [o for o in outcomes if o.state in ("done", "failed")]
+    if not ran or run.worker_seconds <= 0:
+        return
+    total = run.worker_seconds
+    training = sum(o.training for o in ran)
+    busy = sum(o.seconds for o in ran)
+    print(f"  worker time: {fmt_seconds(total)} ({run.workers} worker(s) x {fmt_seconds(run.ended - run.started)}): "
+          f"training {100 * training / total:.1f}%, other work in cells (kernel start, imports, other cells, "
+          f"cells that do not train) {100 * (busy - training) / total:.1f}%, idle (scheduling, waiting on inputs) "
+          f"{100 * max(total - busy, 0) / total:.1f}%", file=out)
+    tr = [o for o in ran if o.cell.stage in ("obtain", "transfer")]
+    if tr:
+        t_wall = sum(o.seconds for o in tr)
+        t_train = sum(o.training for o in tr)
+        print(f"  training cells: overhead {100 * (t_wall - t_train) / t_wall:.1f}% of their {fmt_seconds(t_wall)}", file=out)
+    if estimate:
+        print(f"  estimate vs actual: {fmt_seconds(estimate['wall'])} estimated, {fmt_seconds(run.ended - run.started)} "
+              f"actual wall ({(run.ended - run.started) / max(estimate['wall'], 1e-9):.2f}x)", file=out)
 
 def _fmt_params(cell: Cell) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(cell.params.items()))
 
 
-def print_summary(outcomes: list[Outcome], plan: Plan, out: TextIO, *, interrupted: bool = False) -> None:
+def print_summary(outcomes: list[Outcome], plan: Plan, out: TextIO, *, interrupted: bool = False,
+                  run: RunTimes | None = None, estimate: dict | None = None) -> None:
     groups = {s: [o for o in outcomes if o.state == s] for s in ("done", "skipped", "failed", "not run")}
     title = "partial summary (interrupted)" if interrupted else "summary"
     print(f"\n{title}: study {plan.study} at {plan.study_dir}", file=out)
@@ -165,6 +248,8 @@ def print_summary(outcomes: list[Outcome], plan: Plan, out: TextIO, *, interrupt
     print(f"  not run: {len(groups['not run'])}", file=out)
     for o in groups["not run"]:
         print(f"    {o.cell.key}: {o.detail}", file=out)
+    if run is not None:
+        print_times(outcomes, run, estimate, out)
 
 
 def print_dry_run(plan: Plan, cells: list[Cell], out: TextIO) -> None:
@@ -185,9 +270,11 @@ def default_workers(threads_per_worker: int) -> int:
 
 
 def main(plan_path, *, workers: int | None = None, scheduler: str | None = None, only: str | None = None,
-         dry_run: bool = False, threads_per_worker: int | None = None, out: TextIO | None = None) -> int:
+         dry_run: bool = False, threads_per_worker: int | None = None, out: TextIO | None = None,
+         estimate: bool | None = None) -> int:
     """Run (or list, with ``dry_run``) the plan; return the exit code (0 ok, 1 failures, 2 bad plan
-    or arguments, 130 interrupted)."""
+    or arguments, 130 interrupted). ``estimate``: print the time estimate first (default: on, unless
+    ``$LTNB_ESTIMATE=0``; the first estimate for a model measures its rates, 10-40 s)."""
     out = out or sys.stdout
     try:
         plan = load_plan(plan_path)
@@ -202,27 +289,76 @@ def main(plan_path, *, workers: int | None = None, scheduler: str | None = None,
         print(f"--only {only!r}: not a stage of {plan.path}; its stages: {', '.join(plan.stages)}", file=sys.stderr)
         return 2
     selected = [c for c in plan.cells if only is None or c.stage == only]
+    complete = {c.key: is_complete(c) for c in plan.cells}
+    todo = [c for c in selected if not complete[c.key]]
+    n_workers = max(1, min(int(workers) if workers else default_workers(threads), max(len(todo), 1)))
+    if estimate is None:
+        estimate = os.environ.get("LTNB_ESTIMATE", "1") not in ("0", "off", "false")
+    est = _estimate(plan, todo, n_workers, out) if estimate else None
     if dry_run:
         print_dry_run(plan, selected, out)
+        if est:
+            from ltnb.estimate import print_summary as print_estimate
+
+            print_estimate(est, out)
         return 0
 
-    complete = {c.key: is_complete(c) for c in plan.cells}
     outcomes: dict[str, Outcome] = {}
     for c in selected:
         if complete[c.key]:
             outcomes[c.key] = Outcome(c, "skipped")
-    todo = [c for c in selected if not complete[c.key]]
     print(f"plan {plan.path}: study {plan.study} at {plan.study_dir}; {len(selected)} cells, "
-          f"{len(selected) - len(todo)} complete, {len(todo)} to run", file=out)
+          f"{len(selected) - len(todo)} complete, {len(todo)} to run"
+          + (f"; estimated {_fmt(est['wall'])} on {n_workers} worker(s)" if est else ""), file=out)
     if not todo:
         print_summary(list(outcomes.values()), plan, out)
         return 0
-    code = _execute(plan, todo, complete, outcomes, workers=workers, scheduler=scheduler, threads=threads, out=out)
+    run = RunTimes(n_workers, time.time(), time.time())
+    code = _execute(plan, todo, complete, outcomes, workers=workers, scheduler=scheduler, threads=threads, out=out, run=run)
+    run.ended = time.time()
     ordered = [outcomes[c.key] for c in selected if c.key in outcomes]
-    print_summary(ordered, plan, out, interrupted=code == 130)
+    _record(plan, ordered, run, est)
+    print_summary(ordered, plan, out, interrupted=code == 130, run=run, estimate=est)
     if code:
         return code
     return 1 if any(o.state in ("failed", "not run") for o in ordered) else 0
+
+
+def _fmt(seconds: float) -> str:
+    from ltnb.estimate import fmt_seconds
+
+    return fmt_seconds(seconds)
+
+
+def _estimate(plan: Plan, todo: list[Cell], workers: int, out: TextIO) -> dict | None:
+    """The estimate for the cells to run (``ltnb.estimate``); None, with a note, if it cannot be made."""
+    if not todo:
+        return None
+    from ltnb import estimate
+
+    keys = {c.key for c in todo}
+    sub = Plan(path=plan.path, root=plan.root, study=plan.study, study_dir=plan.study_dir, stages=plan.stages,
+               cells=tuple(Cell(stage=c.stage, key=c.key, notebook=c.notebook, study_dir=c.study_dir, cell_dir=c.cell_dir,
+                                params=c.params, settings_names=c.settings_names,
+                                deps=tuple(d for d in c.deps if d in keys), params_hash=c.params_hash)
+                           for c in plan.cells if c.key in keys))
+    try:
+        return estimate.summary(sub, workers, log=lambda m: print(m, file=out))
+    except Exception as e:  # noqa: BLE001 - an estimate must never stop a run
+        print(f"(no time estimate: {type(e).__name__}: {e})", file=out)
+        return None
+
+
+def _record(plan: Plan, outcomes: list[Outcome], run: RunTimes, est: dict | None) -> None:
+    """batch_times.csv, and the measured overheads for later estimates (never fails the batch)."""
+    try:
+        write_times(plan, outcomes, run, est)
+        from ltnb import estimate
+
+        estimate.record_run([{"stage": o.cell.stage, "status": o.state, "wall": o.seconds,
+                              "overhead": max(o.seconds - o.training, 0.0)} for o in outcomes if o.state == "done"])
+    except Exception as e:  # noqa: BLE001
+        print(f"(could not record the batch's times: {type(e).__name__}: {e})", file=sys.stderr)
 
 
 def _blocker(cell: Cell, plan: Plan, state: dict[str, str], complete: dict[str, bool]) -> str | None:
@@ -249,7 +385,7 @@ def _blocker(cell: Cell, plan: Plan, state: dict[str, str], complete: dict[str, 
 
 
 def _execute(plan: Plan, todo: list[Cell], complete: dict[str, bool], outcomes: dict[str, Outcome], *,
-             workers: int | None, scheduler: str | None, threads: int, out: TextIO) -> int:
+             workers: int | None, scheduler: str | None, threads: int, out: TextIO, run: RunTimes) -> int:
     from distributed import Client, LocalCluster, as_completed
     from tqdm.auto import tqdm
 
@@ -261,9 +397,11 @@ def _execute(plan: Plan, todo: list[Cell], complete: dict[str, bool], outcomes: 
     bar = tqdm(total=len(todo), unit="cell", desc=f"ltnb {plan.study}", file=sys.stderr, dynamic_ncols=True)
     futures: dict[Any, Cell] = {}
 
-    def finish(cell: Cell, st: str, detail: str = "", seconds: float = 0.0) -> None:
+    def finish(cell: Cell, st: str, detail: str = "", seconds: float = 0.0, r: dict | None = None) -> None:
         state[cell.key] = st
-        outcomes[cell.key] = Outcome(cell, st, detail, seconds)
+        r = r or {}
+        outcomes[cell.key] = Outcome(cell, st, detail, seconds, training=r.get("training", 0.0),
+                                     start=r.get("start", 0.0), end=r.get("end", 0.0), host=r.get("host", ""))
         line = {"done": f"done     {cell.key} ({seconds:.1f} s)",
                 "failed": f"FAILED   {cell.key}: {detail} -> {cell.executed}",
                 "not run": f"not run  {cell.key}: {detail}"}[st]
@@ -293,10 +431,13 @@ def _execute(plan: Plan, todo: list[Cell], complete: dict[str, bool], outcomes: 
     try:
         if scheduler:
             client = Client(scheduler)
+            run.workers = max(1, len(client.scheduler_info().get("workers", {})))
         else:
             n = min(int(workers) if workers else default_workers(threads), len(todo))
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
             client = Client(cluster)
+            run.workers = n
+        run.started = time.time()  # worker time counts from when the workers are there
         ac = as_completed()
         release(ac)
         for f in ac:
@@ -307,9 +448,9 @@ def _execute(plan: Plan, todo: list[Cell], complete: dict[str, bool], outcomes: 
                 finish(c, "failed", f"{type(e).__name__}: {e}")
             else:
                 if r["status"] == "done":
-                    finish(c, "done", seconds=r["seconds"])
+                    finish(c, "done", seconds=r["seconds"], r=r)
                 else:
-                    finish(c, "failed", f"{r['ename']}: {r['evalue']}", r["seconds"])
+                    finish(c, "failed", f"{r['ename']}: {r['evalue']}", r["seconds"], r=r)
             release(ac)
         return 0
     except KeyboardInterrupt:

@@ -39,7 +39,7 @@ def _batch(args) -> int:
     from . import batch
 
     return batch.main(args.plan, workers=args.workers, scheduler=args.scheduler, only=args.only,
-                      dry_run=args.dry_run, threads_per_worker=args.threads)
+                      dry_run=args.dry_run, threads_per_worker=args.threads, estimate=not args.no_estimate)
 
 
 def _report(args) -> int:
@@ -108,8 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None, help="torch threads per worker (default 1)")
     r.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="use an existing Dask scheduler (e.g. tcp://host:8786) instead of a local cluster")
-    r.add_argument("--only", metavar="STAGE", default=None, help="run only this stage (data, divergence, obtain, transfer, report)")
-    r.add_argument("--dry-run", action="store_true", help="list the cells and what would run; run nothing")
+    r.add_argument("--only", metavar="STAGE", default=None, help="run only this stage (data, divergence, obtain, "
+                   "transfer, report, phase)")
+    r.add_argument("--dry-run", action="store_true", help="list the cells, what would run and how long it should take "
+                   "on this machine; run nothing")
+    r.add_argument("--no-estimate", action="store_true", help="skip the time estimate (the first one for a model "
+                   "measures its training rates, 10-40 s)")
     r.set_defaults(func=_batch)
 
     rep = sub.add_parser("report", help="draw Figures 1, 3, 4 and the tables of a study into STUDY/report/")

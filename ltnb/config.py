@@ -1,166 +1,312 @@
-"""Settings of the model, the training and the IMP chain: small frozen dataclasses.
+"""Every setting of the study, defined once: frozen dataclasses whose fields carry their own checks.
+
+A setting is one line: ``name: type = setting(default, "help", schema)``. The schema is a JSON
+Schema fragment (``{"type": "integer", "minimum": 1}``); from it come
+
+* the check in ``__post_init__`` (a bad value is refused naming the field and what is allowed),
+* the plan's value checks (``ltnb.plan`` validates every stage's parameters with ``jsonschema``
+  against ``param_schema``, so ``patience: 0`` is refused at ``--dry-run`` with its line),
+* the notebooks' accepted parameters (a notebook takes ``settings = {}``, a dict of overrides by
+  flat name, see ``LotterySettings.from_params``),
+* the command line's options (``ltnb data build`` is generated from ``DataSettings`` and
+  ``VocabSettings``, see ``add_arguments``).
 
 A run's folder is named by a hash of its settings (OpenLTH's idea), so a rerun finds finished work
-and changed settings never overwrite old results. Every field is checked in ``__post_init__`` and a
-bad value is refused with the field's name and the allowed values.
+and changed settings never overwrite old results.
 
 ``derive_seed`` turns (seed, round, purpose) into an independent integer seed: every random draw of a
 chain (theta_0, the shuffling and dropout of each round, fresh random values) is derived from it, so a
 chain resumed at round r draws exactly what an uninterrupted chain draws.
+
+The initialisation (``ModelSettings.init_a``, ``bias_init``): the paper writes the He-uniform bound
+as sqrt(6 / ((1 + a^2) fan_in)) "where a and fan_in are parameters calculated for each weight",
+which is the wording of PyTorch's ``kaiming_uniform_`` docstring, and its other choices (an N(0, 1)
+embedding, biases U(+-1/sqrt(fan_in))) are PyTorch's layer defaults. PyTorch's own Conv1d and Linear
+layers call ``kaiming_uniform_`` with a = sqrt(5), i.e. b = 1/sqrt(fan_in). So the default here is
+the layer default the paper most likely ran, a = sqrt(5); a = 0 (He et al.'s bound for ReLU,
+b = sqrt(6/fan_in), 2.45x wider) is one setting away (``params/init.yaml`` runs both).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import Any
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterable
 
 from ._io import stable_hash
 
+# --------------------------------------------------------------------------------- schemas and checks
 
-def derive_seed(*parts: Any) -> int:
-    """A 60-bit seed from any JSON-able parts, e.g. ``derive_seed(seed, round, "train")``."""
-    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return int(hashlib.sha256(blob).hexdigest()[:15], 16)
+#: names that become folder or file names (domains, studies): letters, digits, _ . - ; no "..", no "__"
+NAME_PATTERN = r"^(?!.*\.\.)(?!.*__)[A-Za-z0-9][A-Za-z0-9_.-]*$"
+NAME = {"type": "string", "pattern": NAME_PATTERN,
+        "x-allowed": "a name of letters, digits, '_', '.' and '-' (no '..' or '__', not starting with '.')"}
 
-
-def _int(owner: str, name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}.{name} = {value!r}: expected an integer >= {minimum}")
-
-
-def _float(owner: str, name: str, value: Any, *, low: float, high: float, low_open=False, high_open=False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{owner}.{name} = {value!r}: expected a number in {lo}{low}, {high}{hi}")
+OBTAIN_STRATEGIES = ("reset", "random", "reinit", "rewind")
+TRANSFER_STRATEGIES = ("masks-reset", "masks-random")
+CORPORA = ("builtin", "amazon", "blitzer")
+BIAS_INITS = ("fan_in", "zero")
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    """The Kim CNN of the paper (``ltnb.model.KimCNN``): 417-d embeddings, filters 3/4/5 x 127, MLP 117."""
+def integer(minimum: int | None = None, *, nullable: bool = False) -> dict:
+    s: dict[str, Any] = {"type": ["integer", "null"] if nullable else "integer"}
+    if minimum is not None:
+        s["minimum"] = minimum
+    return s
 
-    embed_dim: int = 417
-    kernel_sizes: tuple[int, ...] = (3, 4, 5)
-    channels: int = 127
-    hidden: int = 117
-    dropout: float = 0.285
+
+def number(low: float | None = None, high: float | None = None, *, low_open=False, high_open=False) -> dict:
+    s: dict[str, Any] = {"type": "number"}
+    if low is not None:
+        s["exclusiveMinimum" if low_open else "minimum"] = low
+    if high is not None:
+        s["exclusiveMaximum" if high_open else "maximum"] = high
+    return s
+
+
+BOOLEAN = {"type": "boolean"}
+
+
+def one_of(values: Iterable[str]) -> dict:
+    return {"enum": list(values)}
+
+
+def describe(schema: dict) -> str:
+    """What a schema allows, in words: "an integer >= 1", "a number in (0, 1)", "one of a, b" ..."""
+    if "x-allowed" in schema:
+        return schema["x-allowed"]
+    if "enum" in schema:
+        return "one of " + ", ".join(map(str, schema["enum"]))
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    nullable = "null" in types
+    types = [t for t in types if t != "null"]
+    kind = types[0] if types else "value"
+    if kind in ("integer", "number"):
+        noun = "an integer" if kind == "integer" else "a number"
+        lo = schema.get("minimum", schema.get("exclusiveMinimum"))
+        hi = schema.get("maximum", schema.get("exclusiveMaximum"))
+        if lo is not None and hi is not None:
+            left = "(" if "exclusiveMinimum" in schema else "["
+            right = ")" if "exclusiveMaximum" in schema else "]"
+            text = f"{noun} in {left}{lo:g}, {hi:g}{right}"
+        elif lo is not None:
+            text = f"{noun} {'>' if 'exclusiveMinimum' in schema else '>='} {lo:g}"
+        elif hi is not None:
+            text = f"{noun} {'<' if 'exclusiveMaximum' in schema else '<='} {hi:g}"
+        else:
+            text = noun
+    elif kind == "boolean":
+        text = "true or false"
+    elif kind == "array":
+        items = describe(schema.get("items", {}))
+        unique = " distinct" if schema.get("uniqueItems") else ""
+        text = f"a non-empty list of{unique} values, each {items}" if schema.get("minItems") else f"a list of values, each {items}"
+    elif kind == "object":
+        text = "a mapping"
+        if "propertyNames" in schema:
+            text += f" whose keys are each {describe(schema['propertyNames'])}"
+    elif kind == "string":
+        text = "a string"
+    else:
+        text = "a value"
+    return f"{text} or null" if nullable else text
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (JSON), recursively, for validation and hashing."""
+    return json.loads(json.dumps(value, default=str)) if isinstance(value, (tuple, list, dict)) else value
+
+
+def check_value(owner: str, name: str, value: Any, schema: dict) -> None:
+    """Raise ``ValueError("owner.name = value: expected ...")`` unless ``value`` fits ``schema``."""
+    import jsonschema
+
+    if not jsonschema.Draft202012Validator(schema).is_valid(_plain(value)):
+        raise ValueError(f"{owner}.{name} = {value!r}: expected {describe(schema)}")
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", schema: dict | None = None, *,
+            default_factory: Any = dataclasses.MISSING, hashed: bool = True):
+    """A dataclass field with its help text and its JSON schema (see the module doc).
+    ``hashed=False``: the setting does not change the numbers (not part of a run's hash)."""
+    meta = {"help": help, "schema": schema or {}, "hashed": hashed}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class _Checked:
+    """Mixin: check every field against its schema after ``__init__``; tuples for list fields."""
 
     def __post_init__(self):
-        o = "ModelSettings"
-        for name in ("embed_dim", "channels", "hidden"):
-            _int(o, name, getattr(self, name), minimum=1)
-        ks = self.kernel_sizes
-        if not isinstance(ks, (list, tuple)) or not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-            raise ValueError(f"{o}.kernel_sizes = {ks!r}: expected a non-empty list of positive integers, e.g. (3, 4, 5)")
-        object.__setattr__(self, "kernel_sizes", tuple(ks))
-        _float(o, "dropout", self.dropout, low=0.0, high=1.0, high_open=True)
+        owner = type(self).__name__
+        for f in fields(self):
+            schema = f.metadata.get("schema")
+            if not schema:
+                continue
+            value = getattr(self, f.name)
+            check_value(owner, f.name, value, schema)
+            if isinstance(value, list) and f.type.startswith("tuple"):
+                object.__setattr__(self, f.name, tuple(value))
+
+    @classmethod
+    def settings_fields(cls) -> dict[str, dataclasses.Field]:
+        """The fields that carry a schema (the settings), by name."""
+        return {f.name: f for f in fields(cls) if f.metadata.get("schema")}
+
+    def describe_settings(self) -> "list[dict]":
+        """One row per setting: name, value, default, help (for notebooks and the README)."""
+        out = []
+        for name, f in self.settings_fields().items():
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out.append({"setting": name, "value": getattr(self, name), "default": default, "help": f.metadata["help"]})
+        return out
+
+
+# ----------------------------------------------------------------------------------- the settings
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class DataSettings(_Checked):
+    """The data stage (``ltnb.data.build``): which corpus, which domains, how many texts, the split seed."""
+
+    corpus: str = setting("builtin", "which corpus: the built-in five-domain corpus, McAuley's Amazon files, "
+                          "or Blitzer's multi-domain folders", one_of(CORPORA))
+    domains: tuple[str, ...] | None = setting(None, "domains to keep (null: every domain of the corpus)",
+                                              {"type": ["array", "null"], "items": NAME, "minItems": 1,
+                                               "uniqueItems": True})
+    per_domain: int | None = setting(None, "texts per domain, half of each class (null: the largest size every "
+                                     "domain can give; amazon: the paper's 40,000)", integer(4, nullable=True))
+    seed: int = setting(0, "sampling and split seed", integer(0))
+    pos_threshold: float = setting(1.0, "built-in corpus: VADER valence at or above this is positive",
+                                   number(-4, 4))
+    neg_threshold: float = setting(-1.0, "built-in corpus: VADER valence at or below this is negative",
+                                   number(-4, 4))
+    amazon_files: dict | None = setting(None, "corpus amazon or blitzer: {domain: path to the file or folder}",
+                                        {"type": ["object", "null"], "propertyNames": NAME,
+                                         "additionalProperties": {"type": "string", "minLength": 1},
+                                         "minProperties": 1})
+    strict: bool = setting(False, "stop at the first bad record instead of skipping and counting it", BOOLEAN,
+                           hashed=False)
+
+
+@dataclass(frozen=True)
+class VocabSettings(_Checked):
+    """The shared SentencePiece vocabulary (``ltnb.vocab.build``): the paper's 8K BPE pieces."""
+
+    vocab_size: int = setting(8000, "SentencePiece pieces (paper: 8000)", integer(4))
+    character_coverage: float = setting(0.9995, "SentencePiece character coverage (paper: 0.9995)",
+                                        number(0, 1, low_open=True))
+    model_type: str = setting("bpe", "SentencePiece model type (paper: bpe)", one_of(("bpe", "unigram", "char", "word")))
+    max_len: int = setting(500, "subwords kept per text (paper: 500); longer texts are truncated", integer(1))
+
+
+@dataclass(frozen=True)
+class ModelSettings(_Checked):
+    """The Kim CNN of the paper (``ltnb.model.KimCNN``): 417-d embeddings, filters 3/4/5 x 127, MLP 117,
+    and its initial distributions (see the module doc for the default of ``init_a``)."""
+
+    embed_dim: int = setting(417, "embedding dimension (paper: 417)", integer(1))
+    kernel_sizes: tuple[int, ...] = setting((3, 4, 5), "convolution heights (paper: 3, 4, 5)",
+                                            {"type": "array", "items": integer(1), "minItems": 1})
+    channels: int = setting(127, "filters per height (paper: 127)", integer(1))
+    hidden: int = setting(117, "hidden units of the MLP (paper: 117)", integer(1))
+    dropout: float = setting(0.285, "dropout on the embeddings (paper: 0.285)", number(0, 1, high_open=True))
+    init_a: float = setting(math.sqrt(5), "He-uniform's a: weights U(-b, b), b = sqrt(6 / ((1 + a^2) fan_in)); "
+                            "sqrt(5) = 2.236 is PyTorch's layer default (b = 1/sqrt(fan_in)), 0 is He et al. for ReLU",
+                            number(0))
+    bias_init: str = setting("fan_in", "biases: fan_in = U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's layer "
+                             "default), zero = all 0", one_of(BIAS_INITS))
+
+
+@dataclass(frozen=True)
+class TrainSettings(_Checked):
     """Adam (lr 1e-3, L2 1e-5 as Adam weight_decay), batch 32, at most 15 epochs, best epoch kept.
 
     ``patience=None`` is the paper's literal reading: run all ``max_epochs`` and keep the epoch with
-    the best validation accuracy. An integer stops after that many epochs without improvement.
-    ``max_len`` truncates every sequence at batching time (the paper: 500 subwords).
-    ``bf16=True`` runs forward and loss under ``torch.autocast(dtype=torch.bfloat16)`` (fast on
-    GPUs with bf16 tensor cores; weights and Adam stay float32). It changes the numbers, so it is
-    part of the run hash when on; off (the default) it is left out of ``LotterySettings.to_dict``
-    so the hashes of existing runs do not change.
+    the best validation accuracy. ``bf16=True`` runs forward and loss under bf16 autocast (GPUs); it
+    changes the numbers, so it enters the run hash when on, and is left out when off so the hashes of
+    runs without it do not change.
     """
 
-    max_epochs: int = 15
-    patience: int | None = None
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    max_len: int = 500
-    bf16: bool = False
-
-    def __post_init__(self):
-        o = "TrainSettings"
-        _int(o, "max_epochs", self.max_epochs, minimum=1)
-        if self.patience is not None:
-            _int(o, "patience", self.patience, minimum=1)
-        _int(o, "batch_size", self.batch_size, minimum=1)
-        _float(o, "lr", self.lr, low=0.0, high=float("inf"), low_open=True)
-        _float(o, "weight_decay", self.weight_decay, low=0.0, high=float("inf"))
-        _int(o, "max_len", self.max_len, minimum=1)
-        if not isinstance(self.bf16, bool):
-            raise ValueError(f"{o}.bf16 = {self.bf16!r}: expected True or False")
+    max_epochs: int = setting(15, "at most this many epochs per round (paper: 15); the best validation epoch is kept",
+                              integer(1))
+    patience: int | None = setting(None, "stop after this many epochs without a better validation accuracy "
+                                   "(null: run all max_epochs)", integer(1, nullable=True))
+    batch_size: int = setting(32, "examples per batch (paper: 32)", integer(1))
+    lr: float = setting(1e-3, "Adam's learning rate (paper: 1e-3)", number(0, low_open=True))
+    weight_decay: float = setting(1e-5, "L2 weight, as Adam's weight_decay (paper: 1e-5)", number(0))
+    max_len: int = setting(500, "truncate sequences to this many subwords when batching (paper: 500)", integer(1))
+    bf16: bool = setting(False, "bf16 autocast for forward and loss (a GPU option)", BOOLEAN)
 
 
 @dataclass(frozen=True)
-class LotterySettings:
-    """One IMP chain: ``rounds`` pruning rounds of ``prune_fraction`` of each layer's survivors.
+class LotterySettings(_Checked):
+    """One IMP chain: ``rounds`` pruning rounds of ``prune_fraction`` of each layer's survivors, with
+    the model and training settings nested (``model``, ``train``)."""
 
-    ``prune_biases=False`` leaves bias vectors dense (the paper prunes every layer). ``rewind_steps``
-    is used by the ``rewind`` strategy only (values after k optimizer steps of round 0).
-    """
-
-    rounds: int = 20
-    prune_fraction: float = 0.35
-    prune_biases: bool = True
-    rewind_steps: int = 0
+    rounds: int = setting(20, "pruning rounds after the dense round 0 (sparsity 1 - 0.65^rounds; paper: 20)",
+                          integer(0))
+    prune_fraction: float = setting(0.35, "fraction of each layer's surviving weights pruned per round (paper: 0.35)",
+                                    number(0, 1, low_open=True, high_open=True))
+    prune_biases: bool = setting(True, "prune bias vectors too (the paper prunes every layer)", BOOLEAN)
+    rewind_steps: int = setting(0, "strategy rewind only: restart from the weights after this many optimizer "
+                                "steps of round 0", integer(0))
     model: ModelSettings = field(default_factory=ModelSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
     def __post_init__(self):
-        o = "LotterySettings"
-        _int(o, "rounds", self.rounds, minimum=0)
-        _float(o, "prune_fraction", self.prune_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
-        if not isinstance(self.prune_biases, bool):
-            raise ValueError(f"{o}.prune_biases = {self.prune_biases!r}: expected True or False")
-        _int(o, "rewind_steps", self.rewind_steps, minimum=0)
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", ModelSettings(**self.model))
         if isinstance(self.train, dict):
             object.__setattr__(self, "train", TrainSettings(**self.train))
-        if not isinstance(self.model, ModelSettings):
-            raise ValueError(f"{o}.model: expected a ModelSettings, got {type(self.model).__name__}")
-        if not isinstance(self.train, TrainSettings):
-            raise ValueError(f"{o}.train: expected a TrainSettings, got {type(self.train).__name__}")
+        for name, cls in (("model", ModelSettings), ("train", TrainSettings)):
+            if not isinstance(getattr(self, name), cls):
+                raise ValueError(f"LotterySettings.{name}: expected a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        super().__post_init__()
 
-    # flat notebook parameter name -> (section, field)
-    PARAMS = {
-        "rounds": (None, "rounds"),
-        "prune_fraction": (None, "prune_fraction"),
-        "prune_biases": (None, "prune_biases"),
-        "rewind_steps": (None, "rewind_steps"),
-        "max_epochs": ("train", "max_epochs"),
-        "patience": ("train", "patience"),
-        "batch_size": ("train", "batch_size"),
-        "lr": ("train", "lr"),
-        "weight_decay": ("train", "weight_decay"),
-        "max_len": ("train", "max_len"),
-        "bf16": ("train", "bf16"),
-        "embed_dim": ("model", "embed_dim"),
-        "kernel_sizes": ("model", "kernel_sizes"),
-        "channels": ("model", "channels"),
-        "hidden": ("model", "hidden"),
-        "dropout": ("model", "dropout"),
-    }
+    @classmethod
+    def flat_fields(cls) -> dict[str, tuple[str | None, dataclasses.Field]]:
+        """Flat parameter name -> (section or None, field): the names notebooks and plans use."""
+        out: dict[str, tuple[str | None, dataclasses.Field]] = {n: (None, f) for n, f in cls.settings_fields().items()}
+        for section, sub in (("model", ModelSettings), ("train", TrainSettings)):
+            for n, f in sub.settings_fields().items():
+                if n in out:
+                    raise TypeError(f"setting {n!r} is defined twice ({out[n][0]} and {section})")
+                out[n] = (section, f)
+        return out
 
     @classmethod
     def from_params(cls, **params: Any) -> "LotterySettings":
-        """Build from the flat parameter names of notebooks 03/04 (``rounds=5, max_epochs=3, ...``).
-
-        Names not given keep their defaults; unknown names are refused (a typo must not silently run
-        the default).
-        """
-        unknown = sorted(set(params) - set(cls.PARAMS))
+        """Build from flat parameter names (``rounds=5, max_epochs=3, init_a=0, ...``). Names not given
+        keep their defaults; unknown names are refused (a typo must not silently run the default)."""
+        flat = cls.flat_fields()
+        unknown = sorted(set(params) - set(flat))
         if unknown:
-            raise ValueError(f"LotterySettings.from_params: unknown parameter(s) {unknown}; allowed: {sorted(cls.PARAMS)}")
+            raise ValueError(f"LotterySettings.from_params: unknown parameter(s) {unknown}; allowed: {sorted(flat)}")
         top: dict[str, Any] = {}
         sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
         for name, value in params.items():
-            section, fname = cls.PARAMS[name]
-            (top if section is None else sections[section])[fname] = value
+            section = flat[name][0]
+            (top if section is None else sections[section])[name] = value
         return cls(model=ModelSettings(**sections["model"]), train=TrainSettings(**sections["train"]), **top)
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name (the inverse of ``from_params``)."""
+        out = {}
+        for name, (section, _) in self.flat_fields().items():
+            out[name] = getattr(self if section is None else getattr(self, section), name)
+        return out
+
+    def describe_settings(self) -> "list[dict]":
+        rows = []
+        for part in (self, self.model, self.train):
+            rows += _Checked.describe_settings(part)
+        return rows
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LotterySettings":
@@ -178,3 +324,176 @@ class LotterySettings:
     def settings_hash(self, **extra: Any) -> str:
         """A 10-character hash of every setting plus ``extra`` (e.g. ``data_key=...``)."""
         return stable_hash({"settings": self.to_dict(), **extra})
+
+
+@dataclass(frozen=True)
+class DivergenceSettings(_Checked):
+    """Figure 1 (``ltnb.divergence``): the Jensen-Shannon divergence of the domains' unigram distributions."""
+
+    log_base: float = setting(2.0, "logarithm base of the divergence (2: bits, in [0, 1])", number(1, low_open=True))
+
+
+@dataclass(frozen=True)
+class PhaseSettings(_Checked):
+    """The phase-transition statistics (``ltnb.phase``) and the findings' verdicts (``ltnb.findings``)."""
+
+    alpha: float = setting(0.05, "significance level of every test (family-wise, by fixed-sequence testing)",
+                           number(0, 1, low_open=True, high_open=True))
+    delta: float = setting(0.02, "effect size of the effect-size transition, in accuracy (0.02 = 2 points)",
+                           number(0, 1, low_open=True, high_open=True))
+    test: str = setting("signflip", "the per-round test: exact sign-flip permutation, or the t-test",
+                        one_of(("signflip", "t")))
+    n_boot: int = setting(2000, "bootstrap resamples for the intervals", integer(100))
+
+
+def check_transfer(settings: LotterySettings) -> None:
+    """A transfer trains under the source's masks 1..rounds, so it needs at least one round."""
+    if settings.rounds < 1:
+        raise ValueError(f"rounds = {settings.rounds}: a transfer needs at least 1 round (masks 1..rounds of the source)")
+
+
+# ------------------------------------------------------------------ the parameters of each stage's cells
+
+#: The parameters that say *which* cell a notebook runs (not settings): one definition for the
+#: notebooks' parameters cells, the plan's checks and the library's own argument checks.
+CELL_PARAMS: dict[str, dict] = {
+    "seed": {"help": "the replicate: theta_0, shuffling, dropout and fresh values derive from it", "schema": integer(0)},
+    "domain": {"help": "the domain the chain is trained and pruned in", "schema": NAME},
+    "source": {"help": "the domain whose masks are transferred", "schema": NAME},
+    "target": {"help": "the domain the masked network is trained on", "schema": NAME},
+    "strategies": {"help": "the chains this cell runs", "schema": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                                                   "items": {"type": "string"}}},
+    "progress": {"help": "progress bars", "schema": BOOLEAN},
+}
+
+#: flat settings accepted by each stage, by settings class
+STAGE_SETTINGS = {
+    "data": (DataSettings, VocabSettings),
+    "divergence": (DivergenceSettings,),
+    "obtain": (LotterySettings,),
+    "transfer": (LotterySettings,),
+    "report": (PhaseSettings,),
+    "phase": (PhaseSettings,),
+}
+
+#: the strategies a stage's ``strategies`` may name
+STAGE_STRATEGIES = {"obtain": OBTAIN_STRATEGIES, "transfer": TRANSFER_STRATEGIES}
+
+
+def stage_settings(stage: str) -> dict[str, dataclasses.Field]:
+    """Flat setting name -> field, for the settings a stage's notebook takes in ``settings = {}``."""
+    out: dict[str, dataclasses.Field] = {}
+    for cls in STAGE_SETTINGS.get(stage, ()):
+        if cls is LotterySettings:
+            out.update({n: f for n, (_, f) in LotterySettings.flat_fields().items()})
+        else:
+            out.update(cls.settings_fields())
+    return out
+
+
+def for_stage(stage: str, settings: dict | None = None) -> tuple:
+    """The settings objects of a stage from a notebook's ``settings = {...}`` (flat names; the rest keep
+    their defaults); an unknown name is refused, naming the allowed ones."""
+    settings = dict(settings or {})
+    known = stage_settings(stage)
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ValueError(f"settings of stage {stage}: unknown name(s) {unknown}; allowed: {', '.join(sorted(known))}")
+    out = []
+    for cls in STAGE_SETTINGS[stage]:
+        if cls is LotterySettings:
+            out.append(LotterySettings.from_params(**settings))
+        else:
+            out.append(cls(**{k: v for k, v in settings.items() if k in cls.settings_fields()}))
+    return tuple(out)
+
+
+def table(*objects) -> "pd.DataFrame":
+    """The settings of ``objects`` as a table (setting, value, default, help) for notebooks."""
+    import pandas as pd
+
+    rows = []
+    for o in objects:
+        rows += o.describe_settings()
+    t = pd.DataFrame(rows, columns=["setting", "value", "default", "help"])
+    t["changed"] = [json.dumps(_plain(v)) != json.dumps(_plain(d)) for v, d in zip(t["value"], t["default"])]
+    return t.set_index("setting")
+
+
+def kwargs(obj) -> dict:
+    """A settings object's fields as keyword arguments (``data.build(study, **kwargs(data_settings))``)."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+def param_schema(stage: str, name: str) -> dict | None:
+    """The JSON schema of a stage's parameter (a setting or a cell parameter), or None if unchecked."""
+    if name in stage_settings(stage):
+        return stage_settings(stage)[name].metadata["schema"]
+    if name == "strategies" and stage in STAGE_STRATEGIES:
+        return {"type": "array", "minItems": 1, "uniqueItems": True, "items": one_of(STAGE_STRATEGIES[stage])}
+    spec = CELL_PARAMS.get(name)
+    return spec["schema"] if spec else None
+
+
+def split_settings(stage: str, params: dict) -> tuple[dict, dict]:
+    """(cell parameters, settings) of a flat parameter dict for ``stage``."""
+    known = stage_settings(stage)
+    return ({k: v for k, v in params.items() if k not in known}, {k: v for k, v in params.items() if k in known})
+
+
+def add_arguments(parser: argparse.ArgumentParser, *classes) -> None:
+    """Command-line options for every setting of ``classes`` (``--vocab-size``, ``--domains A B``, ...),
+    with each field's help, default and check. Parsed values are validated by the dataclass itself."""
+    for cls in classes:
+        for name, f in cls.settings_fields().items():
+            schema = f.metadata["schema"]
+            flag = "--" + name.replace("_", "-")
+            types = schema.get("type", [])
+            types = [types] if isinstance(types, str) else types
+            default = f.default
+            help_text = f"{f.metadata['help']} (default: {default})"
+            if "boolean" in types:
+                parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            elif "array" in types:
+                parser.add_argument(flag, dest=name, nargs="+", default=default, metavar=name.upper().rstrip("S"),
+                                    help=help_text)
+            elif "object" in types:
+                parser.add_argument(flag, dest=name, nargs="+", default=default, metavar="KEY=VALUE",
+                                    type=_key_value, help=help_text)
+            else:
+                kind = int if "integer" in types else float if "number" in types else str
+                parser.add_argument(flag, dest=name, type=_nullable(kind), default=default,
+                                    choices=schema.get("enum"), help=help_text)
+
+
+def from_arguments(args: argparse.Namespace, cls):
+    """Build ``cls`` from the options ``add_arguments`` made (mappings given as KEY=VALUE pairs)."""
+    values = {}
+    for name in cls.settings_fields():
+        v = getattr(args, name)
+        if isinstance(v, list) and v and isinstance(v[0], tuple):
+            v = dict(v)
+        values[name] = v
+    return cls(**values)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    k, v = text.split("=", 1)
+    return k, v
+
+
+def _nullable(kind):
+    def convert(text: str):
+        if text.lower() in ("null", "none"):
+            return None
+        return kind(text)
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 60-bit seed from any JSON-able parts, e.g. ``derive_seed(seed, round, "train")``."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return int(hashlib.sha256(blob).hexdigest()[:15], 16)

@@ -2,10 +2,14 @@
 
 Choices (the paper gives only "20K / 10K / 10K per category, balanced"):
 
-- **De-duplication** per ``(domain, text)`` on the exact (cleaned) text, before anything is sampled, so
-  a duplicate can never sit in two splits. A text that occurs with one label is kept once (its first
-  row, so its first source). A text that occurs with both labels keeps its majority label; on a tie it
-  is dropped. The counts removed are reported in ``summary.json``.
+- **De-duplication** per ``(domain, normalized text)`` before anything is sampled, where the
+  normalized text is casefolded with runs of whitespace collapsed (``normalize_text``), so a
+  duplicate, even one differing in case or spacing, can never sit in two splits. A text that occurs
+  with one label is kept once (its first row, so its first source and spelling). A text that occurs
+  with both labels keeps its majority label; on a tie it is dropped. A text that occurs in more than
+  one domain is dropped from all of them, so no test text is in another domain's training or
+  validation split, nor in the vocabulary's training text. The counts removed are reported in
+  ``summary.json``, and ``leaks`` counts what would still leak (0 by construction).
 - **Balance**: every domain gives the same number of texts, ``per_domain``, half of each class.
   The default is the largest even number every domain can give (after de-duplication).
 - **Split** within each class: validation and test each get ``floor(n * 1/4)`` of the ``n`` texts of a
@@ -13,7 +17,7 @@ Choices (the paper gives only "20K / 10K / 10K per category, balanced"):
   Both classes have the same ``n``, so every split is exactly balanced and the same size in every domain.
 - **Determinism**: within each (domain, class) the texts are sorted, then permuted by a generator
   seeded with ``(seed, hash(domain), class)``; the result depends only on the seed and the set of texts,
-  not on the input row order or on which other domains are present.
+  not on the input row order (the domains present matter only through texts they share).
 """
 from __future__ import annotations
 
@@ -46,20 +50,30 @@ class SettingsMismatch(RuntimeError):
 # ------------------------------------------------------------------------------------- dedup + split
 
 
+def normalize_text(text: str) -> str:
+    """The form texts are compared in: casefolded, whitespace runs collapsed to one space, stripped."""
+    return " ".join(str(text).casefold().split())
+
+
 def deduplicate(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """One row per ``(domain, text)``; see the module docstring for the rule. Returns the table and
-    ``{domain: {"duplicates_removed", "conflicts_resolved", "conflicts_dropped"}}``."""
+    """One row per ``(domain, normalized text)``, and no normalized text in two domains; see the module
+    docstring for the rule. Returns the table and ``{domain: {"duplicates_removed",
+    "conflicts_resolved", "conflicts_dropped", "cross_domain_dropped", ...}}``."""
     df = df.reset_index(drop=True)
-    g = df.groupby(["domain", "text"], sort=False)["label"]
+    df = df.assign(_norm=df["text"].map(normalize_text))
+    g = df.groupby(["domain", "_norm"], sort=False)["label"]
     n = g.transform("size")
     pos = g.transform("sum")
     neg = n - pos
     majority = np.where(pos > neg, 1, 0)
     tie = (pos == neg) & (n > 1)
     conflict = (pos > 0) & (neg > 0)
-    first = ~df.duplicated(["domain", "text"], keep="first")
+    first = ~df.duplicated(["domain", "_norm"], keep="first")
     out = df[first & ~tie].copy()
     out["label"] = majority[(first & ~tie).to_numpy()].astype("int64")
+    shared = out.groupby("_norm")["domain"].transform("nunique") > 1
+    cross = out.loc[shared, "domain"].value_counts()
+    out = out[~shared].drop(columns="_norm")
     stats = {}
     for d in pd.unique(df["domain"]):
         m = (df["domain"] == d).to_numpy()
@@ -69,8 +83,23 @@ def deduplicate(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
             "conflicts_resolved": int((m & first.to_numpy() & conflict.to_numpy() & ~tie.to_numpy()).sum()),
             "conflicts_dropped": int((m & first.to_numpy() & tie.to_numpy()).sum()),
         }
-        stats[str(d)]["rows_out"] = stats[str(d)]["rows_in"] - stats[str(d)]["duplicates_removed"] - stats[str(d)]["conflicts_dropped"]
+        stats[str(d)]["cross_domain_dropped"] = int(cross.get(d, 0))
+        stats[str(d)]["rows_out"] = (stats[str(d)]["rows_in"] - stats[str(d)]["duplicates_removed"]
+                                     - stats[str(d)]["conflicts_dropped"] - stats[str(d)]["cross_domain_dropped"])
     return out.reset_index(drop=True), stats
+
+
+def leaks(table: pd.DataFrame) -> dict:
+    """Test texts that also occur (normalized) in a training or validation split of any domain, or in
+    the vocabulary's training text (every domain's training split): ``{"test_texts", "in_train_or_validation",
+    "in_vocab_training_text", "examples"}``. The data stage keeps these at 0."""
+    norm = table["text"].map(normalize_text)
+    test = set(norm[table["split"] == "test"])
+    seen = set(norm[table["split"].isin(["train", "validation"])])
+    vocab_text = set(norm[table["split"] == "train"])
+    found = sorted(test & seen)
+    return {"test_texts": int((table["split"] == "test").sum()), "in_train_or_validation": len(found),
+            "in_vocab_training_text": len(test & vocab_text), "examples": found[:5]}
 
 
 def available(df: pd.DataFrame, domains: Sequence[str] | None = None) -> pd.DataFrame:
@@ -325,6 +354,7 @@ def build(study_dir: str | os.PathLike, *, corpus: str = "builtin", domains: Seq
         "sources": {d: {str(k): int(v) for k, v in df[df["domain"] == d]["source"].value_counts().sort_index().items()}
                     for d in domains},
         "dedup": dedup_stats,
+        "leaks": leaks(df),
         "load": load_report,
         "corpus_hash": corpus_hash(df),
     }

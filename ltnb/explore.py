@@ -1,19 +1,16 @@
-"""The phase-transition explorer: ipywidgets controls and Altair views, and its Voila launcher.
+"""The phase-transition explorer: ipywidgets controls over ``ltnb.phase`` and ``ltnb.plots``, and its
+Voila launcher.
 
 ``app(study)`` builds the interactive view of ``notebooks/05_phase_transition.ipynb``; ``serve(study)``
 (``ltnb explore STUDY``) serves that notebook as a standalone Voila app: controls and views only, no
-code.
+code. This module holds no chart and no statistics of its own: the charts are ``ltnb.plots``'s (the
+same as the report's), the numbers ``ltnb.phase``'s.
 
 Rendering choice: every chart is rendered in the kernel to static SVG by vl-convert (which ships its
 own Vega engine inside the Python package) and shown in an ``ipywidgets.HTML``. Nothing is loaded from
 a CDN and nothing depends on a JupyterLab or Voila front-end extension beyond ipywidgets itself, so the
 same notebook shows the same charts in JupyterLab, in Voila, in VS Code and offline. Tooltips are lost;
 the table beside the charts carries the numbers instead.
-
-The x axis of every chart is the fraction of weights that remain, ``1 - sparsity``, on a log scale and
-reversed (sparsity grows to the right), labelled with the sparsity in percent. With a constant pruning
-fraction p the remaining fraction after round r is (1 - p)^r, so this axis spaces the rounds evenly and
-keeps the high-sparsity end (96.8, 98.7, 99.2 ...) as readable as the paper's figures do.
 
 How the app finds its study (Voila passes no papermill parameters): the notebook's ``study_dir``
 parameter, overridden by the environment variable ``LTNB_STUDY`` (``serve`` sets it for the Voila
@@ -31,25 +28,17 @@ import time
 import urllib.parse
 from pathlib import Path
 
-import altair as alt
 import numpy as np
 import pandas as pd
 
-from . import phase
-from .report import COLORS, LABELS, sparsity_label
+from . import phase, plots
+from .plots import MEAN, SEEDS, series_name, sparsity_label
 
 STUDY_ENV = "LTNB_STUDY"
 NOTEBOOK = "05_phase_transition.ipynb"
 ALPHAS = (0.001, 0.01, 0.05, 0.1)
-MEAN, SEEDS = "mean ± std", "each seed"
-WIDTH, HEIGHT = 470, 240
-
-# Vega expression: a remaining fraction -> the sparsity in percent, with as many decimals as the
-# high-sparsity end needs to tell rounds apart.
-_SPARSITY_LABEL = ("datum.value >= 0.1 ? format(100 - 100 * datum.value, '.0f') : "
-                   "datum.value >= 0.01 ? format(100 - 100 * datum.value, '.1f') : "
-                   "datum.value >= 0.001 ? format(100 - 100 * datum.value, '.2f') : "
-                   "format(100 - 100 * datum.value, '.3f')")
+DELTAS = (0.01, 0.02, 0.05)
+STRATEGY_ORDER = ("reset", "random", "reinit", "rewind", "masks-reset", "masks-random")
 
 
 # ---------------------------------------------------------------- where the study comes from
@@ -67,156 +56,41 @@ def app_mode() -> bool:
     return bool(os.environ.get(STUDY_ENV))
 
 
-# ---------------------------------------------------------------- views (pure functions: rows -> chart)
+# ---------------------------------------------------------------- the table behind the views
 
-def svg(chart: alt.TopLevelMixin) -> str:
-    """Render a chart to an SVG string in-process (vl-convert; no browser, no network)."""
-    import vl_convert as vlc
+def numbers(rows: pd.DataFrame, gaps: pd.DataFrame, *, strategies, rounds: tuple[int, int],
+            chance: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per round: each strategy's mean ± std (n), chains at chance, and the difference's test."""
+    from .results import summarize
 
-    version = alt.SCHEMA_VERSION.lstrip("v").rsplit(".", 1)[0]
-    return vlc.vegalite_to_svg(chart.to_dict(), vl_version=version)
-
-
-def _series(strategy: str) -> str:
-    return LABELS.get(strategy, strategy)
-
-
-def _color(strategies) -> alt.Scale:
-    names = [_series(s) for s in strategies]
-    palette = ["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
-    return alt.Scale(domain=names, range=[COLORS.get(n, palette[i % 4]) for i, n in enumerate(names)])
-
-
-def _x(rounds: pd.DataFrame) -> alt.X:
-    """Log-scaled remaining fraction, reversed, ticks at the rounds shown, labelled as sparsity %."""
-    rem = (1 - rounds["sparsity"]).clip(lower=1e-9)
-    lo, hi = float(rem.min()), float(rem.max())
-    if lo == hi:
-        lo, hi = lo / 1.3, hi * 1.3
-    pad = (hi / lo) ** 0.04
-    step = max(1, int(np.ceil(len(rem) / 14)))  # at most ~14 tick labels
-    values = sorted(rem.tolist(), reverse=True)[::step]
-    return alt.X("remaining:Q", title="sparsity (%) - log scale of the remaining weights",
-                 scale=alt.Scale(type="log", reverse=True, domain=[lo / pad, hi * pad], nice=False),
-                 axis=alt.Axis(values=values, labelExpr=_SPARSITY_LABEL, labelAngle=-45, grid=False, labelOverlap=False))
-
-
-def _marker(sparsity: float | None, text: str, color: str, ydatum: str = "top") -> list:
-    """A vertical rule at an estimated sparsity, labelled."""
-    if sparsity is None:
-        return []
-    d = pd.DataFrame({"remaining": [max(1 - sparsity, 1e-9)], "label": [f"{text} {sparsity_label(sparsity)}%"]})
-    rule = alt.Chart(d).mark_rule(color=color, strokeDash=[6, 3], strokeWidth=2).encode(x="remaining:Q")
-    label = alt.Chart(d).mark_text(color=color, align="left", dx=4, dy=8, y=0 if ydatum == "top" else HEIGHT - 12,
-                                   fontWeight="bold").encode(x="remaining:Q", text="label:N")
-    return [rule, label]
-
-
-def _in_range(df: pd.DataFrame, rounds: tuple[int, int]) -> pd.DataFrame:
-    return df[df["round"].between(rounds[0], rounds[1])]
-
-
-def accuracy_chart(rows: pd.DataFrame, *, strategies, rounds: tuple[int, int], mode: str = MEAN,
-                   estimate: phase.Transition | None = None, title: str = "") -> alt.LayerChart:
-    """Test accuracy (%) against sparsity per strategy: mean line and +-1 std band over seeds, or each
-    seed's chain as its own thin line with the mean on top; the estimated transitions as rules."""
-    r = _in_range(rows[rows["strategy"].isin(strategies)], rounds).copy()
-    r["series"] = r["strategy"].map(_series)
-    r["remaining"] = (1 - r["sparsity"]).clip(lower=1e-9)
-    r["acc"] = 100 * r["test_acc"]
-    s = (r.groupby(["series", "round"]).agg(remaining=("remaining", "mean"), mean=("acc", "mean"), std=("acc", "std"))
-         .reset_index().fillna({"std": 0.0}))
-    s["lo"], s["hi"] = s["mean"] - s["std"], s["mean"] + s["std"]
-    color = alt.Color("series:N", title=None, scale=_color([x for x in strategies]), legend=alt.Legend(orient="bottom"))
-    x = _x(r if len(r) else rows)
-    y = alt.Y("mean:Q", title="test accuracy (%)", scale=alt.Scale(zero=False))
-    layers = []
-    if mode == SEEDS:
-        layers.append(alt.Chart(r).mark_line(strokeWidth=1, opacity=0.55, point=alt.OverlayMarkDef(size=12))
-                      .encode(x=x, y=alt.Y("acc:Q", title="test accuracy (%)", scale=alt.Scale(zero=False)),
-                              color=color, detail="seed:N"))
-    else:
-        layers.append(alt.Chart(s).mark_area(opacity=0.2).encode(x=x, y=alt.Y("lo:Q", title="test accuracy (%)",
-                                                                              scale=alt.Scale(zero=False)),
-                                                                  y2="hi:Q", color=color))
-    layers.append(alt.Chart(s).mark_line(point=True, strokeWidth=2.5).encode(x=x, y=y, color=color))
-    if estimate is not None:
-        layers += _marker(estimate.sparsity if estimate.status == "detected" else None, "gap transition", "#111111")
-        layers += _marker(estimate.spread_sparsity if estimate.spread_status == "detected" else None,
-                          "spread", "#7f7f7f", ydatum="bottom")
-    return alt.layer(*layers).properties(width=WIDTH, height=HEIGHT, title=title)
-
-
-def gap_chart(gaps: pd.DataFrame, *, rounds: tuple[int, int], pairs: pd.DataFrame | None = None,
-              estimate: phase.Transition | None = None, title: str = "") -> alt.LayerChart:
-    """The paired gap (percentage points) per round with its 1 - alpha confidence interval; filled when
-    significant after Holm; with ``pairs`` (seeds mode) each seed's own gap as a small tick."""
-    g = _in_range(gaps, rounds).copy()
-    g["remaining"] = (1 - g["sparsity"].astype(float)).clip(lower=1e-9)
-    g["gap"] = 100 * g["mean_gap"].astype(float)
-    g["lo"], g["hi"] = 100 * g["ci_lo"].astype(float), 100 * g["ci_hi"].astype(float)
-    g["verdict"] = np.where(~g["tested"].astype(bool), "too few seeds",
-                            np.where(g["significant"].astype(bool), "significant (Holm)", "not significant"))
-    verdicts = ["significant (Holm)", "not significant", "too few seeds"]
-    color = alt.Color("verdict:N", title=None, scale=alt.Scale(domain=verdicts, range=["#1f77b4", "#d62728", "#aaaaaa"]),
-                      legend=alt.Legend(orient="bottom"))
-    x = _x(g)
-    y_title = "reset - random gap (pp)"
-    layers = [alt.Chart(pd.DataFrame({"zero": [0.0]})).mark_rule(color="#999999").encode(y="zero:Q")]
-    if pairs is not None and len(pairs):
-        p = _in_range(pairs, rounds).copy()
-        p = p[p["round"] >= 1]
-        p["remaining"] = (1 - p["sparsity"]).clip(lower=1e-9)
-        p["seed_gap"] = 100 * p["gap"]
-        layers.append(alt.Chart(p).mark_tick(color="#555555", opacity=0.7, thickness=1.5, size=12, orient="horizontal")
-                      .encode(x="remaining:Q", y=alt.Y("seed_gap:Q", title=y_title)))
-    layers.append(alt.Chart(g).mark_rule(strokeWidth=2).encode(x=x, y=alt.Y("lo:Q", title=y_title), y2="hi:Q", color=color))
-    layers.append(alt.Chart(g).mark_point(size=60, filled=True).encode(x=x, y=alt.Y("gap:Q", title=y_title), color=color))
-    if estimate is not None:
-        layers += _marker(estimate.sparsity if estimate.status == "detected" else None, "transition", "#111111")
-    return alt.layer(*layers).properties(width=WIDTH, height=HEIGHT, title=title)
-
-
-def spread_chart(rows: pd.DataFrame, *, strategies, rounds: tuple[int, int], estimate: phase.Transition | None = None,
-                 title: str = "") -> alt.LayerChart:
-    """Standard deviation across seeds (pp) of test accuracy per strategy and round."""
-    s = _in_range(phase.spread_table(rows[rows["strategy"].isin(strategies)]), rounds).copy()
-    s["series"] = s["strategy"].map(_series)
-    s["remaining"] = (1 - s["sparsity"]).clip(lower=1e-9)
-    s["std_pp"] = 100 * s["std"].astype(float)
-    color = alt.Color("series:N", title=None, scale=_color(strategies), legend=alt.Legend(orient="bottom"))
-    layers = [alt.Chart(s).mark_line(point=True).encode(x=_x(s if len(s) else rows),
-                                                         y=alt.Y("std_pp:Q", title="std across seeds (pp)"), color=color)]
-    if estimate is not None:
-        layers += _marker(estimate.spread_sparsity if estimate.spread_status == "detected" else None,
-                          f"random > {estimate.spread_factor:g} x reset", "#7f7f7f")
-    return alt.layer(*layers).properties(width=WIDTH, height=HEIGHT, title=title)
-
-
-def numbers(rows: pd.DataFrame, gaps: pd.DataFrame, *, strategies, rounds: tuple[int, int]) -> pd.DataFrame:
-    """The table behind the views: per round, each strategy's mean ± std (n) and the gap's test."""
-    s = _in_range(phase.spread_table(rows[rows["strategy"].isin(strategies)]), rounds)
+    r = rows[rows["strategy"].isin(strategies) & rows["round"].between(*rounds)]
+    s = summarize(r, by=["strategy", "round"])
     if s.empty:
         return pd.DataFrame()
     s = s.assign(cell=[f"{100 * m:.2f} ± {0 if np.isnan(d) else 100 * d:.2f} ({n})"
-                       for m, d, n in zip(s["mean"], s["std"], s["n"])])
+                       for m, d, n in zip(s["test_acc_mean"], s["test_acc_std"], s["n"])])
     wide = s.pivot(index="round", columns="strategy", values="cell")
     wide = wide[[x for x in strategies if x in wide.columns]]
-    wide.columns = [_series(c) for c in wide.columns]
+    wide.columns = [series_name(c) for c in wide.columns]
     sp = s.groupby("round")["sparsity"].mean()
-    wide.insert(0, "sparsity %", [f"{sparsity_label(v)}" for v in sp.reindex(wide.index)])
-    g = _in_range(gaps, rounds).set_index("round") if len(gaps) else pd.DataFrame()
+    wide.insert(0, "sparsity %", [sparsity_label(v) for v in sp.reindex(wide.index)])
+    if chance is not None and len(chance) and chance["at_chance"].notna().any():
+        c = chance[chance["strategy"].isin(strategies)]
+        at = c.pivot(index="round", columns="strategy", values="at_chance").reindex(wide.index)
+        n = c.pivot(index="round", columns="strategy", values="chains").reindex(wide.index)
+        wide["at chance"] = [", ".join(f"{series_name(k).split('-')[-1].lower()} {int(at.loc[i, k])}/{int(n.loc[i, k])}"
+                                       for k in at.columns if pd.notna(at.loc[i, k])) for i in wide.index]
+    g = gaps[gaps["round"].between(*rounds)].set_index("round") if len(gaps) else pd.DataFrame()
     if len(g):
         def fmt(v, spec):
             return "" if pd.isna(v) else format(v, spec)
         gap = g.reindex(wide.index)
-        wide["gap (pp)"] = [fmt(100 * v, "+.2f") for v in gap["mean_gap"]]
+        wide["difference (pp)"] = [fmt(100 * v, "+.2f") for v in gap["mean_gap"]]
         wide["CI (pp)"] = ["" if pd.isna(lo) else f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
                            for lo, hi in zip(gap["ci_lo"], gap["ci_hi"])]
-        wide["p"] = [fmt(v, ".2g") for v in gap["p"]]
-        wide["p (Holm)"] = [fmt(v, ".2g") for v in gap["p_holm"]]
-        wide["significant"] = ["" if not t or pd.isna(t) else ("yes" if sig else "no")
-                               for t, sig in zip(gap["tested"], gap["significant"])]
+        wide["p"] = [fmt(v, ".3g") for v in gap["p"]]
+        wide["in run"] = ["" if not t or pd.isna(t) else ("yes" if q else "no")
+                          for t, q in zip(gap["tested"], gap["in_sequence"])]
     wide.index.name = "round"
     return wide.reset_index()
 
@@ -235,27 +109,28 @@ class Explorer:
     ``.views`` name its parts (tests drive them); displaying an Explorer displays ``.widget``."""
 
     def __init__(self, rows: pd.DataFrame, *, study: str = "", alpha: float = phase.ALPHA,
-                 spread_factor: float = phase.SPREAD_FACTOR, min_seeds: int = phase.MIN_SEEDS):
+                 delta: float = phase.DELTA, test: str = "signflip"):
         import ipywidgets as w
 
-        self.rows, self.study, self.min_seeds = rows, study, int(min_seeds)
-        self.sels = {s.label: s for s in phase.selections(rows) if s.stage in phase.COMPARED}
+        self.rows, self.study, self.test = rows, study, test
+        self.sels = {s.label: s for s in phase.selections(rows, pooled=True) if s.stage in ("obtain", "transfer")}
         alphas = sorted(set(ALPHAS) | {float(alpha)})
+        deltas = sorted(set(DELTAS) | {float(delta)})
         self.controls = dict(
             pair=w.Dropdown(options=list(self.sels), description="domain / pair",
                             style={"description_width": "initial"}),
-            strategies=w.SelectMultiple(description="strategies", rows=3, layout=w.Layout(width="260px")),
+            comparison=w.Dropdown(description="compare", style={"description_width": "initial"},
+                                  layout=w.Layout(width="420px")),
+            strategies=w.SelectMultiple(description="strategies", rows=4, layout=w.Layout(width="260px")),
             rounds=w.SelectionRangeSlider(options=[("0", 0)], index=(0, 0), description="sparsity %",
                                           continuous_update=False, layout=w.Layout(width="560px")),
             zoom=w.Button(description="zoom: >= 90% sparsity", tooltip="show the rounds at 90% sparsity and beyond",
                           layout=w.Layout(width="auto")),
             reset_zoom=w.Button(description="all rounds"),
             mode=w.ToggleButtons(options=[MEAN, SEEDS], description="seeds"),
-            alpha=w.Dropdown(options=alphas, value=float(alpha), description="alpha",
-                             layout=w.Layout(width="160px")),
-            spread_factor=w.BoundedFloatText(value=float(spread_factor), min=1.0, max=100.0, step=0.5,
-                                             description="spread factor", style={"description_width": "initial"},
-                                             layout=w.Layout(width="190px")),
+            alpha=w.Dropdown(options=alphas, value=float(alpha), description="alpha", layout=w.Layout(width="160px")),
+            delta=w.Dropdown(options=[(f"{100 * d:g} pp", d) for d in deltas], value=float(delta),
+                             description="delta", layout=w.Layout(width="160px")),
         )
         c = self.controls
         self.views = dict(
@@ -269,32 +144,32 @@ class Explorer:
         v = self.views
         head = w.HTML(_CSS + f"<h2 style='font-family:sans-serif;margin:4px 0'>Phase transition explorer"
                       f"{': ' + html.escape(Path(study).name) if study else ''}</h2>"
-                      f"<div style='font-family:sans-serif;font-size:12px;color:#555'>{len(rows)} result rows"
-                      f"{' from ' + html.escape(str(study)) if study else ''}. Every control redraws the views.</div>")
+                      f"<div style='font-family:sans-serif;font-size:12px;color:#555'>{len(rows)} result rows. "
+                      f"Every control redraws the views.</div>")
         method = w.Accordion(children=[w.HTML(f"<div style='font-family:sans-serif;font-size:13px;max-width:900px'>"
-                                              f"{html.escape(phase.METHOD)}<br>Seeds are paired: the reset and random "
-                                              f"chains of a seed share theta_0 and the dense round 0. Error bars: the "
-                                              f"two-sided 1 - alpha t-interval of the mean gap, not corrected; filled "
-                                              f"blue points: significant after Holm. With fewer than {self.min_seeds} "
-                                              f"paired seeds nothing is estimated.</div>")])
+                                              f"{html.escape(phase.METHOD)} Error bars: the per-round two-sided 1 - alpha "
+                                              f"t-interval of the mean difference (not a simultaneous band); dark blue "
+                                              f"points: the rounds the fixed-sequence transition claims.</div>")])
         method.set_title(0, "How the transition is measured")
         self.widget = w.VBox([
             head,
-            w.HBox([c["pair"], c["strategies"], w.VBox([c["mode"], w.HBox([c["alpha"], c["spread_factor"]])])]),
+            w.HBox([w.VBox([c["pair"], c["comparison"]]), c["strategies"],
+                    w.VBox([c["mode"], w.HBox([c["alpha"], c["delta"]])])]),
             w.HBox([c["rounds"], c["zoom"], c["reset_zoom"]]),
             v["estimate"],
             w.HBox([v["accuracy"], v["gap"]]),
             w.HBox([v["spread"], v["table"]]),
-            w.HTML("<h3 style='font-family:sans-serif'>The transition, measured: every domain and pair</h3>"),
+            w.HTML("<h3 style='font-family:sans-serif'>The transition, measured: every domain, pair and pooled</h3>"),
             v["summary"], method,
         ])
         self._busy = False
+        self._summaries: dict = {}
         if not self.sels:
             v["estimate"].value = (f"<b>No obtain or transfer result rows in {html.escape(str(study) or 'the rows given')}"
                                    " yet</b>: run the study's obtain stage (03_obtain) first.")
             return
         c["pair"].observe(lambda _: self._on_pair(), "value")
-        for name in ("strategies", "rounds", "mode", "alpha", "spread_factor"):
+        for name in ("comparison", "strategies", "rounds", "mode", "alpha", "delta"):
             c[name].observe(lambda _: self.refresh(), "value")
         c["zoom"].on_click(lambda _: self._zoom(0.9))
         c["reset_zoom"].on_click(lambda _: self._zoom(0.0))
@@ -307,11 +182,16 @@ class Explorer:
     def _on_pair(self) -> None:
         c = self.controls
         rows = self._selected()
-        strategies = [s for s in ("reset", "random", "rewind", "masks-reset", "masks-random") if s in set(rows["strategy"])]
-        strategies += sorted(set(rows["strategy"]) - set(strategies))
+        have = set(rows["strategy"])
+        strategies = [s for s in STRATEGY_ORDER if s in have] + sorted(have - set(STRATEGY_ORDER))
+        cmps = phase.comparisons(rows["stage"].iloc[0], have)
         levels = rows.groupby("round")["sparsity"].mean().sort_index()
         self._busy = True
         try:
+            keep = c["comparison"].value
+            c["comparison"].options = [(x.label, x.name) for x in cmps] or [("(needs two strategies)", "")]
+            names = [x.name for x in cmps]
+            c["comparison"].value = keep if keep in names else (names[0] if names else "")
             c["strategies"].options = strategies
             c["strategies"].value = tuple(strategies)
             c["rounds"].options = [(sparsity_label(s), int(r)) for r, s in levels.items()]
@@ -334,29 +214,45 @@ class Explorer:
         sel = self.sels[c["pair"].value]
         rows = self._selected()
         strategies = list(c["strategies"].value) or list(c["strategies"].options)
-        rounds = tuple(c["rounds"].value)
-        alpha, factor = float(c["alpha"].value), float(c["spread_factor"].value or phase.SPREAD_FACTOR)
-        t = phase.transition(rows, alpha=alpha, spread_factor=factor, min_seeds=self.min_seeds)
-        gaps = phase.gap_table(rows, alpha=alpha, min_seeds=self.min_seeds) if t.status != "missing strategy" else \
-            pd.DataFrame(columns=phase.GAP_COLUMNS)
-        pairs = phase.paired(rows, t.reset, t.random) if c["mode"].value == SEEDS else None
+        lo, hi = tuple(c["rounds"].value)
+        alpha, delta = float(c["alpha"].value), float(c["delta"].value)
+        cmp = next((x for x in phase.comparisons(sel.stage, set(rows["strategy"])) if x.name == c["comparison"].value), None)
+        shown = rows[rows["strategy"].isin(strategies) & rows["round"].between(lo, hi)]
+        curves = plots.obtain_curves(shown) if sel.stage == "obtain" else plots.transfer_curves(shown)
+        chance = phase.chance_table(shown, alpha=alpha)
         new = {}  # compute every view first, then swap them in together (no half-updated app)
-        new["estimate"] = (f"<div><b>{html.escape(sel.label)}: transition {html.escape(t.text)}</b> &mdash; "
-                           f"{html.escape(t.message)}</div><div><b>spread: {html.escape(t.spread_text)}</b> &mdash; "
-                           f"{html.escape(t.spread_message)}</div>")
-        new["accuracy"] = svg(accuracy_chart(rows, strategies=strategies, rounds=rounds, mode=c["mode"].value,
-                                             estimate=t, title=f"{sel.label}: test accuracy"))
-        if len(gaps):
-            new["gap"] = svg(gap_chart(gaps, rounds=rounds, pairs=pairs, estimate=t,
-                                       title=f"{sel.label}: {t.reset} - {t.random}, {100 * (1 - alpha):g}% CI"))
+        markers = []
+        if cmp is None:
+            gaps = pd.DataFrame(columns=phase.GAP_COLUMNS)
+            new["estimate"] = f"<div><b>{html.escape(sel.label)}</b>: needs two strategies to compare.</div>"
+            new["gap"] = "<p>needs two strategies to compare</p>"
         else:
-            new["gap"] = f"<p>{html.escape(t.message)}</p>"
-        new["spread"] = svg(spread_chart(rows, strategies=strategies, rounds=rounds, estimate=t,
-                                         title=f"{sel.label}: spread across seeds"))
-        new["table"] = numbers(rows, gaps, strategies=strategies, rounds=rounds).to_html(index=False, border=0)
-        s = phase.summary(self.rows, alpha=alpha, spread_factor=factor, min_seeds=self.min_seeds)
-        cols = ["stage", "pair", "seeds", "rounds_tested", "transition", "spread_transition", "message"]
-        new["summary"] = "<div class='ltnb-table'>" + s[cols].to_html(index=False, border=0) + "</div>"
+            t = phase.transition(rows, cmp, alpha=alpha, delta=delta, test=self.test)
+            gaps = phase.gap_table(rows, cmp, alpha=alpha, test=self.test)
+            markers = [(t.sparsity, "significant from", "#111111"), (t.effect_sparsity, f">= {100 * delta:g} pp from", "#7f7f7f")]
+            new["estimate"] = (f"<div><b>{html.escape(sel.label)}: {html.escape(cmp.label)}: transition {html.escape(t.text)}</b>"
+                               f" &mdash; {html.escape(t.message)}</div><div><b>difference &gt;= {100 * delta:g} pp from: "
+                               f"{html.escape(t.effect_text)}</b> (seed bootstrap interval); detectable effect at a round "
+                               f"(80% power): {html.escape(t.mde_text)}; instability ({html.escape(cmp.b)} spreads more): "
+                               f"{html.escape(t.instability_text)}; at chance at the last round: {html.escape(t.chance_last)}</div>")
+            pairs = phase.paired(rows, cmp.a, cmp.b) if c["mode"].value == SEEDS else None
+            shown_gaps = gaps[gaps["round"].between(lo, hi)]
+            new["gap"] = plots.svg(plots.gap_chart(
+                shown_gaps, pairs=None if pairs is None else pairs[pairs["round"].between(lo, hi)],
+                markers=markers[:1], title=f"{sel.label}: {cmp.a} - {cmp.b}, {100 * (1 - alpha):g}% CI",
+                ylabel=f"{cmp.a} - {cmp.b} (pp)")) if len(shown_gaps) else f"<p>{html.escape(t.message)}</p>"
+        new["accuracy"] = plots.svg(plots.accuracy_chart(curves, facet=None, mode=c["mode"].value, markers=markers,
+                                                         title=f"{sel.label}: test accuracy",
+                                                         width=plots.WIDTH, height=plots.HEIGHT))
+        new["spread"] = plots.svg(plots.spread_chart(curves, chance, title=f"{sel.label}: spread across seeds, "
+                                                     "chains at chance"))
+        new["table"] = numbers(rows, gaps, strategies=strategies, rounds=(lo, hi), chance=chance).to_html(index=False, border=0)
+        if (alpha, delta) not in self._summaries:  # every selection's transitions: computed once per alpha, delta
+            self._summaries[(alpha, delta)] = phase.summary(self.rows, alpha=alpha, delta=delta, test=self.test)
+        s = self._summaries[(alpha, delta)]
+        cols = ["stage", "pair", "comparison", "seeds", "transition", "effect_transition", "mde_pp", "instability",
+                "chance_last"]
+        new["summary"] = "<div class='ltnb-table'>" + s[cols].round({"mde_pp": 1}).to_html(index=False, border=0) + "</div>"
         for name, value in new.items():
             v[name].value = value
 
@@ -365,7 +261,7 @@ class Explorer:
 
 
 def app(study_dir=None, *, rows: pd.DataFrame | None = None, alpha: float = phase.ALPHA,
-        spread_factor: float = phase.SPREAD_FACTOR, min_seeds: int = phase.MIN_SEEDS) -> Explorer:
+        delta: float = phase.DELTA, test: str = "signflip") -> Explorer:
     """The explorer over a study folder (``ltnb.results.load``) or over ``rows`` directly."""
     if rows is None:
         if study_dir is None:
@@ -374,7 +270,7 @@ def app(study_dir=None, *, rows: pd.DataFrame | None = None, alpha: float = phas
 
         study_dir = paths.resolve_study(study_dir)
         rows = results.load(study_dir)
-    return Explorer(rows, study=str(study_dir or ""), alpha=alpha, spread_factor=spread_factor, min_seeds=min_seeds)
+    return Explorer(rows, study=str(study_dir or ""), alpha=alpha, delta=delta, test=test)
 
 
 # ---------------------------------------------------------------- the Voila app

@@ -3,11 +3,22 @@
 One round of ``obtain`` reads like the paper (Section 4.3.2)::
 
     prune 35% of each layer's survivors of the previous round's trained weights   (round >= 1)
-    set the survivors' initial values by strategy (reset / random / rewind)
+    set the survivors' initial values by strategy (reset / random / reinit / rewind)
     train, keep the best validation epoch, evaluate on validation and test
     save the ticket (mask, theta_0 reference, trained weights) and append the round's result row
 
-Round 0 trains the dense network from theta_0 (FULL-MODEL; its rows have ``round == 0``).
+Round 0 trains the dense network from theta_0 (FULL-MODEL; its rows have ``round == 0``). It is
+the same for every strategy of a seed (same theta_0, same training draws), so it is trained once:
+a chain whose round 0 is not done yet takes it from a sibling chain of the same seed and settings
+that has it (``reset``, ``random``, ``reinit``; not ``rewind``, which must watch round 0 train),
+bit for bit what training it again would give.
+
+``reinit`` is the control that separates initial values from mask history: at round r it trains
+the *reset* chain's mask of round r from fresh values (``ltnb.strategies.reinit``), so the reset
+chain must have reached round r first (``obtain_cell`` runs reset first).
+
+A transfer run trains on the target domain under each round's mask (1..rounds) of the source's
+reset chain: the same per-round body (``_train_round``), without pruning.
 
 Folders: ``paths.obtain_dir(study, domain, strategy, seed) / <hash>`` and
 ``paths.transfer_dir(study, source, target, strategy, seed) / <hash>``, each with ``settings.json``,
@@ -30,7 +41,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import pandas as pd
 import torch
@@ -38,23 +49,17 @@ from tqdm.auto import tqdm
 
 from . import paths, strategies, tickets
 from . import train as _train
-from ._io import read_json, stable_hash, write_json, write_parquet
-from .config import LotterySettings, derive_seed
+from ._io import read_json, sha256_file, stable_hash, write_json, write_parquet
+from .config import CELL_PARAMS, LotterySettings, check_transfer, check_value, derive_seed
 from .model import KimCNN, initial_state
+from .paths import RESULTS, REWOUND, THETA_0, ticket_name
+from .paths import ROW_COLUMNS as COLUMNS
 from .pruning import Mask, prune_step
 from .tokens import SPLITS, TokenSplit
 
-COLUMNS = [
-    "stage", "source", "target", "domain", "pair", "seed", "strategy", "round", "sparsity",
-    "val_acc", "test_acc", "best_epoch", "epochs_run", "seconds", "settings_hash",
-]
-RESULTS = "results.parquet"
-THETA_0 = "theta_0.safetensors"
-REWOUND = "theta_rewind.safetensors"
-
-
-def ticket_name(round: int) -> str:
-    return f"round_{int(round):02d}.safetensors"
+#: Bumped whenever the engine's arithmetic changes, so a chain resumed by a newer engine never mixes
+#: its rounds with rounds of an older one: it starts a new folder instead.
+ENGINE_VERSION = 2
 
 
 def data_fingerprint(data: Mapping[str, TokenSplit]) -> str:
@@ -67,12 +72,6 @@ def data_fingerprint(data: Mapping[str, TokenSplit]) -> str:
     return "data-" + h.hexdigest()[:16]
 
 
-#: Bumped whenever the engine's arithmetic changes (here: sparse kernels, packed embedding, eval
-#: batching changed float rounding), so a chain resumed by a newer engine never mixes its rounds
-#: with rounds of an older one: it starts a new folder instead.
-ENGINE_VERSION = 2
-
-
 def run_hash(settings: LotterySettings, *, data_key: str, vocab_size: int, strategy: str) -> str:
     """The folder name of a run (see the module doc for what it covers)."""
     d = settings.to_dict()
@@ -82,20 +81,25 @@ def run_hash(settings: LotterySettings, *, data_key: str, vocab_size: int, strat
     return stable_hash({"settings": d, "data_key": data_key, "vocab_size": int(vocab_size), "engine": ENGINE_VERSION})
 
 
-def chain_dir(study_dir, domain: str, strategy: str, seed: int, settings: LotterySettings, data_key: str, vocab_size: int | None = None) -> Path:
-    """Folder of one obtain chain. ``vocab_size`` defaults to the one recorded by the data key's
-    encodings (``ltnb.vocab.load_encoded``) when omitted."""
+def chain_dir(study_dir, domain: str, strategy: str, seed: int, settings: LotterySettings, data_key: str,
+              vocab_size: int | None = None) -> Path:
+    """Folder of one obtain chain. ``vocab_size`` defaults to the one recorded by the study's encodings."""
     if vocab_size is None:
-        _, vocab_size = _load_encoded(study_dir, domain)
+        from . import vocab
+
+        _, vocab_size = vocab.load_encoded(study_dir, domain)
     h = run_hash(settings, data_key=data_key, vocab_size=vocab_size, strategy=strategy)
     return paths.obtain_dir(study_dir, domain, strategy, seed) / h
 
 
-def _load_encoded(study_dir, domain):
-    from . import vocab  # written by the lead; imported late so the engine works without it
+def study_chain_dir(study_dir, domain: str, strategy: str, seed: int, settings: LotterySettings) -> Path:
+    """``chain_dir`` for the study's own encodings (what notebooks use to find a chain)."""
+    from . import vocab
 
-    return vocab.load_encoded(study_dir, domain)
+    return chain_dir(study_dir, domain, strategy, seed, settings, vocab.data_key(study_dir))
 
+
+# ----------------------------------------------------------------------------------- shared helpers
 
 def _resolve_data(study_dir, domain, data, vocab_size, data_key):
     if data is None:
@@ -118,21 +122,23 @@ def _resolve_data(study_dir, domain, data, vocab_size, data_key):
     return data, vocab_size, data_key
 
 
-def _check_common(seed, settings, progress):
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed = {seed!r}: expected a non-negative integer")
+def _check_common(seed, settings) -> None:
+    check_value("lottery", "seed", seed, CELL_PARAMS["seed"]["schema"])
     if not isinstance(settings, LotterySettings):
         raise ValueError(f"settings: expected a ltnb.config.LotterySettings, got {type(settings).__name__}")
 
 
 def _check_name(param: str, value) -> None:
-    if not isinstance(value, str) or not value or "/" in value or "__" in value:
-        raise ValueError(f"{param} = {value!r}: expected a non-empty domain name without '/' or '__'")
+    check_value("lottery", param, value, CELL_PARAMS[param]["schema"])
 
 
 def _read_rows(run: Path) -> pd.DataFrame:
     f = run / RESULTS
-    return pd.read_parquet(f) if f.exists() else pd.DataFrame(columns=COLUMNS)
+    rows = pd.read_parquet(f) if f.exists() else pd.DataFrame(columns=COLUMNS)
+    for c in COLUMNS:  # rows written before a column existed
+        if c not in rows.columns:
+            rows[c] = pd.NA
+    return rows[COLUMNS]
 
 
 def _finished_rounds(run: Path) -> set[int]:
@@ -163,7 +169,8 @@ def _load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -
 
 def _append_row(run: Path, rows: pd.DataFrame, row: dict) -> pd.DataFrame:
     new = pd.DataFrame([row], columns=COLUMNS)
-    rows = new if rows.empty else pd.concat([rows[rows["round"] != row["round"]], new], ignore_index=True)
+    rest = rows[rows["round"] != row["round"]]
+    rows = new if rest.empty else pd.concat([rest, new], ignore_index=True)
     rows = rows.sort_values("round", kind="stable").reset_index(drop=True)
     write_parquet(run / RESULTS, rows)
     return rows
@@ -171,6 +178,70 @@ def _append_row(run: Path, rows: pd.DataFrame, row: dict) -> pd.DataFrame:
 
 def _trained_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
+
+
+def _mark_complete(run: Path, rows: pd.DataFrame, rounds: int) -> None:
+    marker = run / paths.COMPLETE_MARKER
+    old = read_json(marker) if marker.exists() else {}
+    if int(old.get("rounds", -1)) < rounds:
+        write_json(marker, {"rounds": rounds, "rows": int(len(rows)), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+class _Run:
+    """What every round of one chain or transfer run shares: its folder, data, model, rows."""
+
+    def __init__(self, run: Path, *, data, settings: LotterySettings, vocab_size: int, theta_file: Path,
+                 base: dict, extra: dict, device: str, progress: bool):
+        self.run, self.data, self.settings, self.vocab_size = run, data, settings, vocab_size
+        self.theta_file, self.base, self.extra, self.device, self.progress = theta_file, base, extra, device, progress
+        self.rows = _read_rows(run)
+        self.model = None
+
+    def train_round(self, r: int, mask: Mask, init: Mapping[str, torch.Tensor], *, seed: int,
+                    on_step: Callable | None = None) -> tuple[dict[str, torch.Tensor], _train.FitResult]:
+        """One round: load ``init``, train under ``mask``, save the ticket, append the row."""
+        t0 = time.perf_counter()
+        if self.model is None:  # built once per run (~0.1 s); every round overwrites all its values
+            self.model = KimCNN.from_settings(self.vocab_size, self.settings.model, seed=None)
+        _load_weights(self.model, init)
+        result = _train.fit(self.model, self.data, self.settings.train, masks=mask, seed=seed, device=self.device,
+                            progress=self.progress, desc=f"round {r}", on_step=on_step)
+        trained = _trained_state(self.model)
+        self.save_round(r, mask, trained, result, seconds=time.perf_counter() - t0)
+        return trained, result
+
+    def save_round(self, r: int, mask: Mask, trained: Mapping[str, torch.Tensor], result, *, seconds: float) -> None:
+        tickets.save(self.run / ticket_name(r), masks=mask, trained=trained, round=r, settings=self.settings,
+                     vocab_size=self.vocab_size, theta_0=self.theta_file, extra=self.extra)
+        row = dict(self.base, round=r, sparsity=mask.sparsity(), val_acc=result.val_acc, test_acc=result.test_acc,
+                   test_n=len(self.data["test"]), best_epoch=result.best_epoch, epochs_run=result.epochs_run,
+                   seconds=seconds)
+        self.rows = _append_row(self.run, self.rows, row)
+
+    def finish(self) -> pd.DataFrame:
+        _mark_complete(self.run, self.rows, self.settings.rounds)
+        return self.rows[self.rows["round"] <= self.settings.rounds].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------- obtain
+
+def _shared_round0(study_dir, domain, seed, strategy, h, theta_sha: str):
+    """A finished round 0 of a sibling chain (same seed and settings hash, another strategy whose
+    round 0 is the plain dense training), as ``(ticket, row)``; None if there is none."""
+    if strategy == "rewind":
+        return None
+    for other in strategies.OBTAIN:
+        if other in (strategy, "rewind"):
+            continue
+        sib = paths.obtain_dir(study_dir, domain, other, seed) / h
+        if 0 not in (_finished_rounds(sib) if sib.exists() else set()):
+            continue
+        if sha256_file(sib / THETA_0) != theta_sha:
+            continue  # not the same theta_0 (cannot happen with one settings hash, but never assume)
+        ticket = tickets.load(sib / ticket_name(0))
+        row = _read_rows(sib).set_index("round").loc[0]
+        return ticket, row
+    return None
 
 
 def obtain(
@@ -192,23 +263,28 @@ def obtain(
     and keys the run by ``ltnb.vocab.data_key(study_dir)``. Passing ``data`` (dict split ->
     TokenSplit) needs ``vocab_size``; ``data_key`` then defaults to a fingerprint of the tensors.
     """
-    _check_common(seed, settings, progress)
+    _check_common(seed, settings)
     _check_name("domain", domain)
     if strategy not in strategies.OBTAIN:
         raise ValueError(f"strategy = {strategy!r}: expected one of {sorted(strategies.OBTAIN)} for obtain "
                          f"(transfer strategies {sorted(strategies.TRANSFER)} belong to ltnb.lottery.transfer)")
     data, vocab_size, data_key = _resolve_data(study_dir, domain, data, vocab_size, data_key)
     if strategy == "rewind":
-        steps = settings.train.max_epochs * -(-len(data["train"]) // settings.train.batch_size)
-        if settings.rewind_steps > steps:
-            raise ValueError(f"rewind_steps = {settings.rewind_steps}: round 0 has at most {steps} optimizer steps "
-                             f"({settings.train.max_epochs} epochs x {-(-len(data['train']) // settings.train.batch_size)} batches)")
+        batches = -(-len(data["train"]) // settings.train.batch_size)
+        if settings.rewind_steps > settings.train.max_epochs * batches:
+            raise ValueError(f"rewind_steps = {settings.rewind_steps}: round 0 has at most {settings.train.max_epochs * batches} "
+                             f"optimizer steps ({settings.train.max_epochs} epochs x {batches} batches)")
     h = run_hash(settings, data_key=data_key, vocab_size=vocab_size, strategy=strategy)
     run = paths.obtain_dir(study_dir, domain, strategy, seed) / h
-    device = device or _train.default_device()
-    info = {"stage": "obtain", "domain": domain, "strategy": strategy, "seed": seed, "settings": settings.to_dict(),
-            "data_key": data_key, "vocab_size": vocab_size, "settings_hash": h, "rounds": settings.rounds}
-    _prepare_run(run, info)
+    reset_run = paths.obtain_dir(study_dir, domain, "reset", seed) / h
+    if strategy in strategies.USES_RESET_MASKS:  # refuse before anything trains
+        have = _finished_rounds(reset_run) if reset_run.exists() else set()
+        missing = [r for r in range(1, settings.rounds + 1) if r not in have]
+        if missing:
+            _reset_mask(reset_run, missing[0], strategy)  # raises, naming the round and what to run
+    _prepare_run(run, {"stage": "obtain", "domain": domain, "strategy": strategy, "seed": seed,
+                       "settings": settings.to_dict(), "data_key": data_key, "vocab_size": vocab_size,
+                       "settings_hash": h, "rounds": settings.rounds})
 
     theta_file = run / THETA_0
     if theta_file.exists():
@@ -217,77 +293,122 @@ def obtain(
         theta_0 = initial_state(vocab_size, settings.model, derive_seed(seed, "theta_0"))
         tickets.save_state(theta_file, theta_0, {"what": "theta_0", "seed": str(seed)})
 
-    rows = _read_rows(run)
+    chain = _Run(run, data=data, settings=settings, vocab_size=vocab_size, theta_file=theta_file,
+                 base={"stage": "obtain", "source": domain, "target": domain, "domain": domain, "pair": domain,
+                       "seed": seed, "strategy": strategy, "settings_hash": h},
+                 extra={"stage": "obtain", "domain": domain, "strategy": strategy, "seed": seed},
+                 device=device or _train.default_device(), progress=progress)
     done = _finished_rounds(run)
     start_round = next((r for r in range(settings.rounds + 1) if r not in done), settings.rounds + 1)
-    rows = rows[rows["round"] < start_round].reset_index(drop=True)
+    chain.rows = chain.rows[chain.rows["round"] < start_round].reset_index(drop=True)
 
-    rewound = None
-    if strategy == "rewind" and start_round > 0:
-        rewound, _ = tickets.load_state(run / REWOUND)
+    rewound = tickets.load_state(run / REWOUND)[0] if strategy == "rewind" and start_round > 0 else None
     prev = tickets.load(run / ticket_name(start_round - 1)) if 0 < start_round <= settings.rounds else None
-    prev_mask = prev.masks if prev else None
-    prev_trained = prev.trained if prev else None
+    prev_mask, prev_trained = (prev.masks, prev.trained) if prev else (None, None)
 
-    base = {"stage": "obtain", "source": domain, "target": domain, "domain": domain, "pair": domain,
-            "seed": seed, "strategy": strategy, "settings_hash": h}
     bar = tqdm(range(start_round, settings.rounds + 1), desc=f"obtain {domain} {strategy} seed{seed}",
                disable=not progress, unit="round")
-    model = None
     for r in bar:
-        t0 = time.perf_counter()
         if r == 0:
             mask = Mask.ones_like(theta_0)
-            init = theta_0
+            shared = _shared_round0(study_dir, domain, seed, strategy, h, sha256_file(theta_file))
+            if shared is not None:  # the dense round 0 was trained by a sibling chain: take it
+                t0 = time.perf_counter()
+                ticket, row = shared
+                chain.save_round(0, mask, ticket.trained, row, seconds=time.perf_counter() - t0)
+                prev_mask, prev_trained = mask, ticket.trained
+                continue
+            init, on_step, captured = theta_0, None, {}
+            if strategy == "rewind":
+                on_step, captured = _rewind_capture(settings.rewind_steps, theta_0)
+            trained, result = chain.train_round(0, mask, init, seed=derive_seed(seed, 0, "train"), on_step=on_step)
+            if strategy == "rewind":
+                if "w" not in captured:
+                    raise ValueError(f"rewind_steps = {settings.rewind_steps}: round 0 ran only {result.steps} steps")
+                rewound = captured["w"]
+                tickets.save_state(run / REWOUND, rewound, {"what": "rewound", "steps": str(settings.rewind_steps)})
         else:
-            mask = prune_step(prev_trained, prev_mask, settings.prune_fraction, prune_biases=settings.prune_biases)
+            if strategy in strategies.USES_RESET_MASKS:
+                mask = _reset_mask(reset_run, r, strategy)
+            else:
+                mask = prune_step(prev_trained, prev_mask, settings.prune_fraction, prune_biases=settings.prune_biases)
             start = strategies.Start(theta_0=theta_0, vocab_size=vocab_size, model=settings.model, seed=seed,
                                      round=r, strategy=strategy, rewound=rewound)
             init = strategies.OBTAIN[strategy](mask, start)
-        if model is None:  # built once per chain (~0.1 s); every round overwrites all its values
-            model = KimCNN.from_settings(vocab_size, settings.model, seed=None)
-        _load_weights(model, init)
-
-        on_step = None
-        if r == 0 and strategy == "rewind":
-            captured = {}
-            k = settings.rewind_steps
-
-            def on_step(step, m, captured=captured, k=k):
-                if step == k:
-                    captured["w"] = _trained_state(m)
-
-            if k == 0:
-                captured["w"] = {n: t.clone() for n, t in theta_0.items()}
-        result = _train.fit(model, data, settings.train, masks=mask, seed=derive_seed(seed, r, "train"),
-                            device=device, progress=progress, desc=f"round {r}", on_step=on_step)
-        trained = _trained_state(model)
-        if r == 0 and strategy == "rewind":
-            if "w" not in captured:
-                raise ValueError(f"rewind_steps = {settings.rewind_steps}: round 0 ran only {result.steps} steps")
-            rewound = captured["w"]
-            tickets.save_state(run / REWOUND, rewound, {"what": "rewound", "steps": str(settings.rewind_steps)})
-
-        tickets.save(run / ticket_name(r), masks=mask, trained=trained, round=r, settings=settings,
-                     vocab_size=vocab_size, theta_0=theta_file,
-                     extra={"stage": "obtain", "domain": domain, "strategy": strategy, "seed": seed})
-        row = dict(base, round=r, sparsity=mask.sparsity(), val_acc=result.val_acc, test_acc=result.test_acc,
-                   best_epoch=result.best_epoch, epochs_run=result.epochs_run,
-                   seconds=time.perf_counter() - t0)
-        rows = _append_row(run, rows, row)
-        bar.set_postfix(sparsity=f"{mask.sparsity():.3f}", test_acc=f"{result.test_acc:.3f}")
+            trained, result = chain.train_round(r, mask, init, seed=derive_seed(seed, r, "train"))
+        bar.set_postfix(sparsity=f"{mask.sparsity():.3f}", test_acc=f"{chain.rows['test_acc'].iloc[-1]:.3f}")
         prev_mask, prev_trained = mask, trained
     bar.close()
-    _mark_complete(run, rows, settings.rounds)
-    return rows[rows["round"] <= settings.rounds].reset_index(drop=True)
+    return chain.finish()
 
 
-def _mark_complete(run: Path, rows: pd.DataFrame, rounds: int) -> None:
-    marker = run / paths.COMPLETE_MARKER
-    old = read_json(marker) if marker.exists() else {}
-    if int(old.get("rounds", -1)) < rounds:
-        write_json(marker, {"rounds": rounds, "rows": int(len(rows)), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+def _rewind_capture(k: int, theta_0):
+    """An ``on_step`` callback that keeps the weights after step ``k`` of round 0 (k = 0: theta_0)."""
+    captured: dict = {}
+    if k == 0:
+        captured["w"] = {n: t.clone() for n, t in theta_0.items()}
 
+    def on_step(step, m):
+        if step == k:
+            captured["w"] = _trained_state(m)
+
+    return on_step, captured
+
+
+def _reset_mask(reset_run: Path, r: int, strategy: str) -> Mask:
+    f = reset_run / ticket_name(r)
+    if r not in (_finished_rounds(reset_run) if reset_run.exists() else set()):
+        raise FileNotFoundError(f"strategy {strategy!r} trains the reset chain's mask of round {r}, but {f} is not "
+                                f"finished: run the reset chain of this domain, seed and settings first "
+                                f"(ltnb.lottery.obtain_cell runs reset before the others)")
+    return tickets.load(f).masks
+
+
+def _ordered(names, first: str) -> list[str]:
+    names = list(dict.fromkeys(names))
+    return sorted(names, key=lambda s: s != first)
+
+
+class ChainsFailed(RuntimeError):
+    """Some chains of a cell failed (the others ran to the end); ``.errors`` maps strategy -> error."""
+
+    def __init__(self, what: str, errors: dict[str, BaseException]):
+        self.errors = errors
+        lines = "; ".join(f"{s}: {type(e).__name__}: {e}" for s, e in errors.items())
+        super().__init__(f"{what}: {len(errors)} chain(s) failed ({lines})")
+
+
+def _run_each(what: str, names, run_one: Callable[[str], pd.DataFrame]) -> pd.DataFrame:
+    """Run every named chain even when one fails; raise ChainsFailed afterwards, naming each failure."""
+    frames, errors = [], {}
+    for name in names:
+        try:
+            frames.append(run_one(name))
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 - one failing chain must not stop the others
+            errors[name] = e
+    if errors:
+        raise ChainsFailed(what, errors)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+
+
+def obtain_cell(study_dir, domain: str, *, seed: int = 0, strategies: tuple[str, ...] = ("reset", "random", "reinit"),
+                settings: LotterySettings = LotterySettings(), device: str | None = None,
+                progress: bool = True) -> pd.DataFrame:
+    """Every chain of one (domain, seed): ``reset`` first (the others reuse its dense round 0, and
+    ``reinit`` trains its masks), then the rest. A failing chain does not stop the others; the
+    failures are raised together at the end (``ChainsFailed``)."""
+    data, vocab_size, data_key = _resolve_data(study_dir, domain, None, None, None)
+
+    def one(strategy: str) -> pd.DataFrame:
+        return obtain(study_dir, domain, seed=seed, strategy=strategy, settings=settings, data=data,
+                      vocab_size=vocab_size, data_key=data_key, device=device, progress=progress)
+
+    return _run_each(f"obtain {domain} seed {seed}", _ordered(strategies, "reset"), one)
+
+
+# ----------------------------------------------------------------------------------------- transfer
 
 def transfer(
     study_dir,
@@ -312,7 +433,7 @@ def transfer(
     ``data`` is the *target* data; ``data_key`` must name the key the source chain was run with
     (default: the study's ``ltnb.vocab.data_key``, or a fingerprint of ``data`` when passed).
     """
-    _check_common(seed, settings, progress)
+    _check_common(seed, settings)
     _check_name("source", source)
     _check_name("target", target)
     if source == target:
@@ -320,8 +441,7 @@ def transfer(
                          f"(the source's own chain is obtain(..., domain={source!r}))")
     if strategy not in strategies.TRANSFER:
         raise ValueError(f"strategy = {strategy!r}: expected one of {sorted(strategies.TRANSFER)} for transfer")
-    if settings.rounds < 1:
-        raise ValueError(f"rounds = {settings.rounds}: a transfer needs at least 1 round (masks 1..rounds of the source)")
+    check_transfer(settings)
     data, vocab_size, data_key = _resolve_data(study_dir, target, data, vocab_size, data_key)
     src = chain_dir(study_dir, source, "reset", seed, settings, data_key, vocab_size)
     src_done = _finished_rounds(src) if src.exists() else set()
@@ -331,45 +451,60 @@ def transfer(
             f"transfer {source}->{target}: the source's reset chain at {src} lacks round(s) {missing} "
             f"(has {sorted(src_done) or 'none'}). Create it first with ltnb.lottery.obtain(study_dir, {source!r}, "
             f"seed={seed}, strategy='reset', settings=<the same settings>), i.e. notebooks/03_obtain.ipynb with "
-            f"domain={source!r} strategy='reset' seed={seed} rounds>={settings.rounds} and the same other parameters."
+            f"domain={source!r} seed={seed} rounds>={settings.rounds} and the same other settings."
         )
     h = run_hash(settings, data_key=data_key, vocab_size=vocab_size, strategy=strategy)
     run = paths.transfer_dir(study_dir, source, target, strategy, seed) / h
-    device = device or _train.default_device()
-    info = {"stage": "transfer", "source": source, "target": target, "strategy": strategy, "seed": seed,
-            "settings": settings.to_dict(), "data_key": data_key, "vocab_size": vocab_size, "settings_hash": h,
-            "source_chain": os.path.relpath(src, study_dir), "rounds": settings.rounds}
-    _prepare_run(run, info)
-
-    rows = _read_rows(run)
+    _prepare_run(run, {"stage": "transfer", "source": source, "target": target, "strategy": strategy, "seed": seed,
+                       "settings": settings.to_dict(), "data_key": data_key, "vocab_size": vocab_size,
+                       "settings_hash": h, "source_chain": os.path.relpath(src, study_dir), "rounds": settings.rounds})
+    chain = _Run(run, data=data, settings=settings, vocab_size=vocab_size, theta_file=src / THETA_0,
+                 base={"stage": "transfer", "source": source, "target": target, "domain": target,
+                       "pair": f"{source}->{target}", "seed": seed, "strategy": strategy, "settings_hash": h},
+                 extra={"stage": "transfer", "source": source, "target": target, "strategy": strategy, "seed": seed},
+                 device=device or _train.default_device(), progress=progress)
     done = _finished_rounds(run)
-    theta_file = src / THETA_0
-    base = {"stage": "transfer", "source": source, "target": target, "domain": target, "pair": f"{source}->{target}",
-            "seed": seed, "strategy": strategy, "settings_hash": h}
     todo = [r for r in range(1, settings.rounds + 1) if r not in done]
     bar = tqdm(todo, desc=f"transfer {source}->{target} {strategy} seed{seed}", disable=not progress, unit="round")
-    model = None
     for r in bar:
-        t0 = time.perf_counter()
         ticket = tickets.load(src / ticket_name(r))
         if ticket.vocab_size != vocab_size:
             raise ValueError(f"{ticket.path}: made with vocab_size {ticket.vocab_size}, target data has {vocab_size}")
         start = strategies.Start(theta_0=ticket.init, vocab_size=vocab_size, model=settings.model, seed=seed,
                                  round=r, strategy=strategy)
         init = strategies.TRANSFER[strategy](ticket.masks, start)
-        if model is None:  # built once per run; every round overwrites all its values
-            model = KimCNN.from_settings(vocab_size, settings.model, seed=None)
-        ticket.check(model)
-        _load_weights(model, init)
-        result = _train.fit(model, data, settings.train, masks=ticket.masks, seed=derive_seed(seed, r, "transfer", target),
-                            device=device, progress=progress, desc=f"round {r}")
-        tickets.save(run / ticket_name(r), masks=ticket.masks, trained=_trained_state(model), round=r, settings=settings,
-                     vocab_size=vocab_size, theta_0=theta_file,
-                     extra={"stage": "transfer", "source": source, "target": target, "strategy": strategy, "seed": seed})
-        row = dict(base, round=r, sparsity=ticket.masks.sparsity(), val_acc=result.val_acc, test_acc=result.test_acc,
-                   best_epoch=result.best_epoch, epochs_run=result.epochs_run, seconds=time.perf_counter() - t0)
-        rows = _append_row(run, rows, row)
-        bar.set_postfix(sparsity=f"{ticket.masks.sparsity():.3f}", test_acc=f"{result.test_acc:.3f}")
+        _check_ticket_shapes(ticket, vocab_size, settings)
+        chain.train_round(r, ticket.masks, init, seed=derive_seed(seed, r, "transfer", target))
+        bar.set_postfix(sparsity=f"{ticket.masks.sparsity():.3f}", test_acc=f"{chain.rows['test_acc'].iloc[-1]:.3f}")
     bar.close()
-    _mark_complete(run, rows, settings.rounds)
-    return rows[rows["round"] <= settings.rounds].reset_index(drop=True)
+    return chain.finish()
+
+
+def _check_ticket_shapes(ticket: tickets.Ticket, vocab_size: int, settings: LotterySettings) -> None:
+    from .model import parameter_shapes
+
+    want = parameter_shapes(vocab_size, settings.model)
+    got = {n: tuple(m.shape) for n, m in ticket.masks.items()}
+    if got != want:
+        raise ValueError(f"{ticket.path}: ticket shapes {got} do not match the model's {want}")
+
+
+def transfer_cell(study_dir, source: str, target: str, *, seed: int = 0,
+                  strategies: tuple[str, ...] = ("masks-reset", "masks-random"),
+                  settings: LotterySettings = LotterySettings(), device: str | None = None,
+                  progress: bool = True) -> pd.DataFrame:
+    """Every transfer run of one (source, target, seed); a failing run does not stop the others."""
+    data, vocab_size, data_key = _resolve_data(study_dir, target, None, None, None)
+
+    def one(strategy: str) -> pd.DataFrame:
+        return transfer(study_dir, source, target, seed=seed, strategy=strategy, settings=settings, data=data,
+                        vocab_size=vocab_size, data_key=data_key, device=device, progress=progress)
+
+    return _run_each(f"transfer {source}->{target} seed {seed}", _ordered(strategies, "masks-reset"), one)
+
+
+def target_baseline(study_dir, target: str, *, seed: int, settings: LotterySettings) -> pd.DataFrame:
+    """TICKET-TARGET for a transfer: the rows of the target's own reset chain with the same seed and
+    settings (empty if it has not run)."""
+    run = study_chain_dir(study_dir, target, "reset", seed, settings)
+    return _read_rows(run) if run.exists() else pd.DataFrame(columns=COLUMNS)

@@ -13,12 +13,14 @@ Choices the paper leaves open, made here:
   ``lengths`` is passed (training and evaluation always pass it), pooling only looks at the
   windows of each sequence's own (width-padded) length: the batch's extra padding is invisible,
   and a sequence's logits do not depend on which other sequences share its batch (up to dropout).
-* **Initialisation.** Embedding ~ N(0, 1). Conv and linear weights He-uniform:
-  ``kaiming_uniform_(a=0, nonlinearity="relu")``, U(-b, b) with b = sqrt(6 / fan_in) (the bound
-  sqrt(6 / ((1 + a^2) fan_in)) with a = 0). Biases: PyTorch's default rule for these layers,
-  U(-1/sqrt(fan_in), 1/sqrt(fan_in)). fan_in is in_channels * height for a conv, in_features for a
-  linear layer. All draws come from an explicit ``torch.Generator`` seeded by ``seed``, on the CPU,
-  so theta_0 is the same on every device.
+* **Initialisation** (``ModelSettings.init_a``, ``bias_init``; why the defaults, see ``ltnb.config``).
+  Embedding ~ N(0, 1). Conv and linear weights He-uniform, ``kaiming_uniform_(a=init_a,
+  nonlinearity="leaky_relu")``: U(-b, b) with b = sqrt(6 / ((1 + a^2) fan_in)); the default a = sqrt(5)
+  is PyTorch's layer default (b = 1/sqrt(fan_in)), a = 0 is He et al.'s ReLU bound sqrt(6/fan_in).
+  Biases: ``fan_in`` is PyTorch's default rule for these layers, U(-1/sqrt(fan_in), 1/sqrt(fan_in));
+  ``zero`` sets them to 0. fan_in is in_channels * height for a conv, in_features for a linear
+  layer. All draws come from an explicit ``torch.Generator`` seeded by ``seed``, on the CPU, so
+  theta_0 is the same on every device.
 """
 from __future__ import annotations
 
@@ -51,12 +53,15 @@ class KimCNN(nn.Module):
         hidden: int = 117,
         classes: int = 2,
         dropout: float = 0.285,
+        init_a: float = math.sqrt(5),
+        bias_init: str = "fan_in",
         seed: int | None = 0,
     ):
         super().__init__()
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
             raise ValueError(f"KimCNN: vocab_size = {vocab_size!r}: expected a positive integer")
         self.kernel_sizes = tuple(int(k) for k in kernel_sizes)
+        self.init_a, self.bias_init = float(init_a), str(bias_init)
         # torch's layers draw default values from the global generator when built; fork it so that
         # building a model never changes the caller's random state (our values come from ``seed``)
         with torch.random.fork_rng(devices=[]):
@@ -81,15 +86,23 @@ class KimCNN(nn.Module):
             channels=settings.channels,
             hidden=settings.hidden,
             dropout=settings.dropout,
+            init_a=settings.init_a,
+            bias_init=settings.bias_init,
             seed=seed,
         )
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits. ``noise`` (optional, [batch, time, embed]) replaces dropout's own draw: the embedded
+        batch is multiplied by it (``benchmarks/multi.py`` draws each chain's dropout noise itself)."""
         width = max(self.kernel_sizes)
-        if ids.shape[1] < width:
-            ids = F.pad(ids, (0, width - ids.shape[1]), value=PAD_ID)
+        if ids.shape[-1] < width:
+            ids = F.pad(ids, (0, width - ids.shape[-1]), value=PAD_ID)
+            if noise is not None:
+                noise = F.pad(noise, (0, 0, 0, width - noise.shape[-2]), value=1.0)
         packed = getattr(self, "packed_embedding", None)
-        e = self.dropout(packed(ids) if packed is not None else self.embedding(ids))  # [batch, time, embed]
+        e = packed(ids) if packed is not None else self.embedding(ids)  # [batch, time, embed]
+        e = self.dropout(e) if noise is None else e * noise
         if lengths is not None:
             padded = lengths.to(ids.device).clamp(min=width)
             positions = torch.arange(ids.shape[1], device=ids.device)
@@ -115,31 +128,23 @@ class KimCNN(nn.Module):
 
 
 def init_parameters(model: KimCNN, generator: torch.Generator) -> None:
-    """Draw theta_0 in place: embedding N(0, 1); weights He-uniform (a=0); biases U(+-1/sqrt(fan_in))."""
+    """Draw theta_0 in place: embedding N(0, 1); weights He-uniform with the model's ``init_a``;
+    biases by its ``bias_init`` rule (see the module doc)."""
     with torch.no_grad():
         nn.init.normal_(model.embedding.weight, 0.0, 1.0, generator=generator)
         for layer in [*model.convs, model.fc1, model.fc2]:
-            nn.init.kaiming_uniform_(layer.weight, a=0, nonlinearity="relu", generator=generator)
-            bound = 1.0 / math.sqrt(fan_in(layer.weight))
-            nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+            nn.init.kaiming_uniform_(layer.weight, a=model.init_a, nonlinearity="leaky_relu", generator=generator)
+            if model.bias_init == "zero":
+                nn.init.zeros_(layer.bias)
+            else:
+                bound = 1.0 / math.sqrt(fan_in(layer.weight))
+                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
 
 
 def fan_in(weight: torch.Tensor) -> int:
     """in_features (linear) or in_channels * height (conv): ``weight[0].numel()``."""
     return weight[0].numel()
 
-
-def init_bounds(name: str, shape: tuple[int, ...], embed_dim: int | None = None) -> tuple[str, float]:
-    """The initial distribution of parameter ``name``: ("normal", 1.0) or ("uniform", bound).
-
-    ``shape`` is the weight's shape; for a bias pass the shape of its layer's weight.
-    """
-    if name.startswith("embedding"):
-        return "normal", 1.0
-    fi = math.prod(shape[1:])
-    if name.endswith("weight"):
-        return "uniform", math.sqrt(6.0 / fi)
-    return "uniform", 1.0 / math.sqrt(fi)
 
 
 def initial_state(vocab_size: int, settings: ModelSettings, seed: int) -> dict[str, torch.Tensor]:

@@ -20,6 +20,21 @@ from pathlib import Path
 CACHE_ENV = "LTNB_CACHE"
 COMPLETE_MARKER = "_COMPLETE.json"
 
+# the files of one chain or transfer run (``ltnb.lottery``), and the columns of its result rows
+RESULTS = "results.parquet"
+THETA_0 = "theta_0.safetensors"
+REWOUND = "theta_rewind.safetensors"
+#: one row per (stage, domain or pair, seed, strategy, round); ``test_n`` is the test split's size
+ROW_COLUMNS = [
+    "stage", "source", "target", "domain", "pair", "seed", "strategy", "round", "sparsity",
+    "val_acc", "test_acc", "test_n", "best_epoch", "epochs_run", "seconds", "settings_hash",
+]
+
+
+def ticket_name(round: int) -> str:
+    """The ticket file of a round: ``round_RR.safetensors``."""
+    return f"round_{int(round):02d}.safetensors"
+
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """The corpus cache: ``override``, else ``$LTNB_CACHE``, else ``$XDG_CACHE_HOME/ltnb``

@@ -1,41 +1,50 @@
 """Batch plans: read a YAML plan, check every key and value, and expand it into cells.
 
 A plan lists the stages of a study in order, each with fixed ``params`` and a ``grid`` of values to
-cross; ``defaults`` apply to every stage whose notebook accepts the key::
+cross; ``defaults`` apply to every stage that accepts the key::
 
     study: smoke                 # the study folder: <outputs>/<study>
-    outputs: outputs             # optional (default "outputs"), relative to the repo root
-    defaults: {seed: 0, max_epochs: 1}
+    outputs: outputs             # optional (default "outputs"), relative to the plan root
+    defaults: {seed: 0, max_epochs: 1, rounds: 2}
     stages:
       - stage: data
         params: {corpus: builtin, per_domain: 120, domains: [products, movies]}
       - stage: divergence
       - stage: obtain
-        params: {rounds: 2}
-        grid: {domain: [products, movies], strategy: [reset, random], seed: [0]}
+        params: {strategies: [reset, random, reinit]}
+        grid: {domain: [products, movies], seed: [0]}
       - stage: transfer
-        grid: {pair: [[products, movies]], strategy: [masks-reset, masks-random], seed: [0]}
+        params: {strategies: [masks-reset, masks-random]}
+        grid: {pair: [[products, movies]], seed: [0]}
       - stage: report
+      - stage: phase
 
-Choices:
-- The parameter names a stage accepts are read from its notebook's ``parameters`` cell
-  (``papermill.inspect_notebook``), so a new notebook parameter needs no change here. ``study_dir``
-  is filled in from ``study``/``outputs``, never by the plan.
-- A stage may name its own notebook (``notebook: path.ipynb``); by default ``notebooks/01_data.ipynb``
-  etc. Relative paths (notebooks, ``outputs``, and the papermill working directory of every cell)
-  resolve against the plan's *root*: the folder holding ``params/`` when the plan lives in a
-  ``params/`` folder, else the plan's own folder. Default notebooks missing there are taken from the
-  repository ``ltnb`` is installed from.
-- One cell is one folder of ``ltnb.paths`` (data, divergence, obtain/<domain>/<strategy>/seed<k>,
-  transfer/<source>__<target>/<strategy>/seed<k>, report); a grid that would put two cells in one
-  folder is an error. ``pair: [source, target]`` (or ``"source->target"``) in a transfer grid sets
-  ``source`` and ``target``.
-- Every problem (unknown key, bad value, impossible grid) is collected with its path in the file
-  (``stages[2].grid.domian``) and YAML line, and all are raised at once as a ``PlanError`` before
-  anything runs or any folder is made.
-- A cell's ``params_hash`` covers its stage, the values the plan gives it, the notebook's defaults
-  for the rest, and the hashes of the cells it reads from; so changing the data settings makes every
-  later cell incomplete, while deleting one cell's folder reruns only that cell.
+What a stage accepts, and what each value may be, is defined once:
+
+- the *settings* of a stage are the fields of its dataclasses in ``ltnb.config`` (``STAGE_SETTINGS``:
+  obtain and transfer take every ``LotterySettings`` field by its flat name, data takes
+  ``DataSettings`` and ``VocabSettings``, ...). Their notebooks take them as one parameter,
+  ``settings = {}``, which the runner fills in; each value is checked against the field's schema.
+- the *cell parameters* (``study_dir``, ``domain``, ``seed``, ``strategies``, ``progress``, ...) are
+  read from the notebook's ``parameters`` cell; those ``ltnb.config.CELL_PARAMS`` knows are checked
+  against its schemas.
+
+The plan's structure and every value are checked with ``jsonschema`` against a schema built from those
+definitions; every problem is reported at once with its path in the file (``stages[2].grid.domian``)
+and YAML line, as a ``PlanError``, before anything runs or any folder is made. What the library
+would refuse later is refused here (``patience: 0``, a transfer with ``rounds: 0``, a ``reinit`` chain
+without its ``reset`` chain, a transfer longer than its source chain).
+
+Cells: one cell is one folder; data, divergence, report and phase run once per study; obtain runs
+once per (domain, seed) with all its ``strategies`` (``obtain/<domain>/seed<k>``), transfer once per
+(source, target, seed) (``transfer/<source>__<target>/seed<k>``). A grid may vary a setting that
+changes the runs (e.g. ``init_a: [0.0, 2.2360679774997896]``): the cell folders then carry it
+(``obtain/products/seed0/init_a=0.0``). ``pair: [source, target]`` (or ``"source->target"``) sets
+``source`` and ``target``.
+
+A cell's ``params_hash`` covers its stage, its parameters, its settings with the dataclass defaults
+for the rest, and the hashes of the cells it reads from; so changing the data settings makes every
+later cell incomplete, while deleting one cell's folder reruns only that cell.
 """
 from __future__ import annotations
 
@@ -49,7 +58,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from ltnb import paths
+from ltnb import config, paths
 from ltnb._io import stable_hash
 
 STAGES = ("data", "divergence", "obtain", "transfer", "report", "phase")
@@ -61,19 +70,27 @@ DEFAULT_NOTEBOOKS = {
     "report": "notebooks/06_report.ipynb",
     "phase": "notebooks/05_phase_transition.ipynb",
 }
-STRATEGIES = {"obtain": ("reset", "random", "rewind"), "transfer": ("masks-reset", "masks-random")}
-CORPORA = ("builtin", "amazon", "blitzer")
-# Transfer reads the masks and theta_0 of the source's TICKET-RESET chain and compares with the
-# target's TICKET-RESET chain (TICKET-TARGET), so both obtain cells are its inputs.
-TRANSFER_NEEDS_STRATEGY = "reset"
 SINGLE_CELL_STAGES = ("data", "divergence", "report", "phase")
 TOP_KEYS = ("study", "outputs", "defaults", "stages")
 STAGE_KEYS = ("stage", "notebook", "params", "grid")
+SETTINGS_PARAM = "settings"
+DEFAULT_ROUNDS = config.LotterySettings().rounds
+RUNNER_PARAMS = ("study_dir",)
 
-try:  # the data helper's list; a copy here so plans validate before ltnb.corpus exists
-    from ltnb.corpus import BUILTIN_DOMAINS
-except Exception:  # pragma: no cover - depends on the other module being present
-    BUILTIN_DOMAINS = ("products", "movies", "restaurants", "tweets", "news")
+PLAN_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "study": {"type": "string", "pattern": config.NAME_PATTERN},
+        "outputs": {"type": "string", "minLength": 1},
+        "defaults": {"type": ["object", "null"]},
+        "stages": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["stage"], "additionalProperties": False,
+            "properties": {"stage": {"enum": list(STAGES)}, "notebook": {"type": "string", "minLength": 1},
+                           "params": {"type": ["object", "null"]}, "grid": {"type": ["object", "null"]}}}},
+    },
+    "required": ["study", "stages"],
+    "additionalProperties": False,
+}
 
 
 class PlanError(ValueError):
@@ -92,19 +109,23 @@ class Cell:
     """One notebook run: a stage, its parameters and the folder it writes."""
 
     stage: str
-    key: str  # the cell folder relative to the study folder, e.g. "obtain/products/reset/seed0"
+    key: str  # the cell folder relative to the study folder, e.g. "obtain/products/seed0"
     notebook: Path
     study_dir: Path
     cell_dir: Path
-    params: Mapping[str, Any]  # what the plan gives the notebook (without study_dir)
+    params: Mapping[str, Any]  # cell parameters and settings, flat (without study_dir)
+    settings_names: tuple[str, ...] = ()  # which of ``params`` go into the notebook's ``settings``
     deps: tuple[str, ...] = ()  # keys of cells of this plan it reads from
     external: tuple[str, ...] = ()  # keys of cells it reads from that this plan does not produce
     params_hash: str = ""
 
     @property
     def parameters(self) -> dict[str, Any]:
-        """The papermill parameters: the plan's values plus ``study_dir``."""
-        return {**self.params, "study_dir": str(self.study_dir)}
+        """The papermill parameters: cell parameters, ``settings`` (a dict), and ``study_dir``."""
+        out = {k: v for k, v in self.params.items() if k not in self.settings_names}
+        if self.settings_names:
+            out[SETTINGS_PARAM] = {k: self.params[k] for k in self.settings_names if k in self.params}
+        return {**out, "study_dir": str(self.study_dir)}
 
     @property
     def executed(self) -> Path:
@@ -124,9 +145,6 @@ class Plan:
     study_dir: Path
     stages: tuple[str, ...]
     cells: tuple[Cell, ...] = field(repr=False)
-
-    def cells_of(self, stage: str) -> tuple[Cell, ...]:
-        return tuple(c for c in self.cells if c.stage == stage)
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -163,65 +181,19 @@ class _Problems:
 
     def add(self, path: str, message: str) -> None:
         line = self.lines.get(path)
-        if line is None:  # fall back to the nearest enclosing path that has a line
-            p = path
-            while line is None and p:
-                parent = re.sub(r"(\.[^.\[\]]+|\[\d+\])$", "", p)  # drop the last .key or [i]
-                p = parent if parent != p else ""
-                line = self.lines.get(p)
-        where = f"{path} (line {line})" if line else path
-        self.items.append(f"{where}: {message}")
+        p = path
+        while line is None and p:  # fall back to the nearest enclosing path that has a line
+            parent = re.sub(r"(\.[^.\[\]]+|\[\d+\])$", "", p)
+            p = parent if parent != p else ""
+            line = self.lines.get(p)
+        self.items.append(f"{path} (line {line}): {message}" if line else f"{path}: {message}")
 
 
-# ---------------------------------------------------------------------------------------- values
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-# name -> (test, what is allowed). Applied wherever the name appears; unknown names are only
-# checked against the notebook's parameter list.
-VALUE_CHECKS = {
-    "seed": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-    "rounds": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "prune_fraction": (lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1)"),
-    "max_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "patience": (lambda v: v is None or (_is_int(v) and v >= 0), "an integer >= 0 or null"),
-    "per_domain": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 or null"),
-    "vocab_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "max_len": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "embed_dim": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "channels": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "hidden": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "rewind_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "lr": (lambda v: _is_num(v) and v > 0, "a number > 0"),
-    "weight_decay": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
-    "dropout": (lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "character_coverage": (lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "corpus": (lambda v: v in CORPORA, f"one of {', '.join(CORPORA)}"),
-    "domains": (
-        lambda v: v is None or (isinstance(v, list) and v and all(isinstance(d, str) for d in v) and len(set(v)) == len(v)),
-        "null or a non-empty list of distinct domain names",
-    ),
-    "amazon_files": (
-        lambda v: v is None or (isinstance(v, dict) and v and all(isinstance(k, str) and isinstance(p, str) for k, p in v.items())),
-        "null or a mapping domain -> file path",
-    ),
-}
-
-
-def _default_value(spec: Mapping[str, Any] | None) -> Any:
-    """A notebook parameter's default as a Python value, when it is a literal (else None)."""
-    if not spec:
-        return None
-    try:
-        return ast.literal_eval(spec.get("default", ""))
-    except (ValueError, SyntaxError):
-        return None
+def _path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
 
 
 def _inspect(notebook: Path) -> dict[str, dict]:
@@ -255,6 +227,14 @@ def _inspect(notebook: Path) -> dict[str, dict]:
     return found
 
 
+def _default_value(spec: Mapping[str, Any] | None) -> Any:
+    """A notebook parameter's default as a Python value, when it is a literal (else None)."""
+    try:
+        return ast.literal_eval(spec.get("default", "")) if spec else None
+    except (ValueError, SyntaxError):
+        return None
+
+
 def _resolve_notebook(stage: str, given: Any, root: Path) -> Path:
     if given is not None:
         p = Path(str(given)).expanduser()
@@ -276,10 +256,36 @@ def _parse_pair(v: Any) -> tuple[str, str] | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------- loading
-def load_plan(plan_path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Plan:
-    """Read, check and expand a plan; raise ``PlanError`` listing every problem. Creates nothing."""
-    plan_path = Path(plan_path)
+# ----------------------------------------------------------------------------------------- stages
+
+@dataclass
+class _Stage:
+    """One stage entry of the plan while it is being checked."""
+    name: str
+    at: str  # "stages[i]"
+    notebook: Path
+    params: dict
+    grid: dict
+    nb_params: dict | None = None  # the notebook's parameters cell (None: unreadable)
+    cells: list = field(default_factory=list)
+
+    @property
+    def settings(self) -> dict:
+        """Flat setting name -> field, when the notebook takes ``settings``."""
+        return config.stage_settings(self.name) if self.nb_params and SETTINGS_PARAM in self.nb_params else {}
+
+    @property
+    def accepted(self) -> list[str]:
+        cell = [k for k in (self.nb_params or {}) if k not in RUNNER_PARAMS and k != SETTINGS_PARAM]
+        return sorted(set(cell) | set(self.settings))
+
+    def schema(self, key: str) -> dict:
+        if key in self.settings:
+            return self.settings[key].metadata["schema"]
+        return config.param_schema(self.name, key) or {}
+
+
+def _read(plan_path: Path) -> tuple[Any, dict[str, int], list[str]]:
     try:
         text = plan_path.read_text(encoding="utf-8")
     except OSError as e:
@@ -293,296 +299,356 @@ def load_plan(plan_path: str | os.PathLike, *, root: str | os.PathLike | None = 
     pre: list[str] = []
     if node is not None:
         _line_map(node, "", lines, pre)
-    P = _Problems(lines)
-    P.items.extend(pre)
-    root = Path(root).resolve() if root else plan_root(plan_path)
-
     if not isinstance(raw, dict):
         raise PlanError(plan_path, ["the plan must be a mapping with keys " + ", ".join(TOP_KEYS)])
-    for k in raw:
-        if k not in TOP_KEYS:
-            P.add(str(k), f"unknown key; allowed: {', '.join(TOP_KEYS)}")
-    study = raw.get("study")
-    if not isinstance(study, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study or ""):
-        P.add("study", "required: a folder name (letters, digits, _ . -)")
-        study = "invalid"
-    outputs = raw.get("outputs", "outputs")
-    if not isinstance(outputs, str) or not outputs:
-        P.add("outputs", "must be a folder path (relative paths resolve against the plan root)")
-        outputs = "outputs"
-    out_path = Path(outputs).expanduser()
-    study_dir = (out_path if out_path.is_absolute() else root / out_path).resolve() / study
-    defaults = raw.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        P.add("defaults", "must be a mapping of parameter -> value")
-        defaults = {}
-    if "study_dir" in defaults:
-        P.add("defaults.study_dir", "is set by the runner from study/outputs; remove it")
-    stages_raw = raw.get("stages")
-    if not isinstance(stages_raw, list) or not stages_raw:
-        P.add("stages", f"required: a non-empty list of stages, in the order {', '.join(STAGES)}")
-        stages_raw = []
+    return raw, lines, pre
 
-    # --- per stage: structure, notebook, accepted keys
-    entries: list[dict] = []  # {name, i, notebook, accepted, params, grid}
-    last_order = -1
-    seen_stages: dict[str, int] = {}
-    for i, st in enumerate(stages_raw):
+
+def _check_structure(raw: dict, P: _Problems) -> None:
+    """The plan's shape, by jsonschema: unknown keys, missing keys, wrong types, unknown stages."""
+    import jsonschema
+
+    for e in sorted(jsonschema.Draft202012Validator(PLAN_SCHEMA).iter_errors(raw), key=lambda e: list(e.absolute_path)):
+        where = _path(e.absolute_path)
+        if e.validator == "additionalProperties":
+            allowed = TOP_KEYS if not e.absolute_path else STAGE_KEYS
+            for k in sorted(set(e.instance) - set(e.schema.get("properties", {}))):
+                P.add(_path([*e.absolute_path, k]), f"unknown key; allowed: {', '.join(allowed)}")
+        elif e.validator == "required":
+            missing = e.message.split("'")[1]
+            what = {"study": "a folder name (letters, digits, _ . -)", "stage": f"one of {', '.join(STAGES)}",
+                    "stages": f"a non-empty list of stages, in the order {', '.join(STAGES)}"}[missing]
+            P.add(_path([*e.absolute_path, missing]), f"required: {what}")
+        elif where == "study":
+            P.add(where, "required: a folder name (letters, digits, _ . -)")
+        elif where == "stages":
+            P.add(where, f"required: a non-empty list of stages, in the order {', '.join(STAGES)}")
+        elif where.endswith(".stage"):
+            P.add(where, f"unknown stage {e.instance!r}; allowed: {', '.join(STAGES)}")
+        elif where.endswith((".params", "defaults")):
+            P.add(where, "must be a mapping of parameter -> value")
+        elif where.endswith(".grid"):
+            P.add(where, "must be a mapping of parameter -> list of values")
+        else:
+            P.add(where, f"{e.message}")
+
+
+def _stage_entries(raw: dict, root: Path, P: _Problems) -> list[_Stage]:
+    entries, seen, last = [], {}, -1
+    for i, st in enumerate(raw.get("stages") or []):
         at = f"stages[{i}]"
-        if not isinstance(st, dict):
-            P.add(at, "must be a mapping with keys " + ", ".join(STAGE_KEYS))
+        if not isinstance(st, dict) or st.get("stage") not in STAGES:
+            continue  # reported by _check_structure
+        name = st["stage"]
+        if name in seen:
+            P.add(f"{at}.stage", f"duplicate stage {name!r} (already stages[{seen[name]}])")
             continue
-        for k in st:
-            if k not in STAGE_KEYS:
-                P.add(f"{at}.{k}", f"unknown key; allowed: {', '.join(STAGE_KEYS)}")
-        name = st.get("stage")
-        if name not in STAGES:
-            P.add(f"{at}.stage", f"unknown stage {name!r}; allowed: {', '.join(STAGES)}")
-            continue
-        if name in seen_stages:
-            P.add(f"{at}.stage", f"duplicate stage {name!r} (already stages[{seen_stages[name]}])")
-            continue
-        seen_stages[name] = i
-        order = STAGES.index(name)
-        if order < last_order:
+        seen[name] = i
+        if STAGES.index(name) < last:
             P.add(f"{at}.stage", f"stage {name!r} is out of order; stages run in the order {', '.join(STAGES)}")
-        last_order = max(last_order, order)
-        params = st.get("params") or {}
-        grid = st.get("grid") or {}
-        if not isinstance(params, dict):
-            P.add(f"{at}.params", "must be a mapping of parameter -> value")
-            params = {}
-        if not isinstance(grid, dict):
-            P.add(f"{at}.grid", "must be a mapping of parameter -> list of values")
-            grid = {}
-        notebook = _resolve_notebook(name, st.get("notebook"), root)
-        accepted = None
-        if not notebook.is_file():
-            P.add(f"{at}.notebook" if "notebook" in st else f"{at}.stage", f"notebook not found: {notebook}")
+        last = max(last, STAGES.index(name))
+        params = st.get("params") if isinstance(st.get("params"), dict) else {}
+        grid = st.get("grid") if isinstance(st.get("grid"), dict) else {}
+        e = _Stage(name, at, _resolve_notebook(name, st.get("notebook"), root), dict(params), dict(grid))
+        where = f"{at}.notebook" if "notebook" in st else f"{at}.stage"
+        if not e.notebook.is_file():
+            P.add(where, f"notebook not found: {e.notebook}")
         else:
             try:
-                accepted = _inspect(notebook)
-            except Exception as e:  # noqa: BLE001 - report any unreadable notebook as a plan problem
-                P.add(f"{at}.notebook" if "notebook" in st else f"{at}.stage", f"cannot read notebook {notebook}: {e}")
+                e.nb_params = _inspect(e.notebook) or None
+            except Exception as ex:  # noqa: BLE001 - any unreadable notebook is a plan problem
+                P.add(where, f"cannot read notebook {e.notebook}: {ex}")
             else:
-                if not accepted:
-                    P.add(f"{at}.stage", f"notebook {notebook} has no cell tagged 'parameters'")
-                    accepted = None
-        entries.append(dict(name=name, i=i, at=at, notebook=notebook, accepted=accepted, params=params, grid=grid))
+                if e.nb_params is None:
+                    P.add(f"{at}.stage", f"notebook {e.notebook} has no cell tagged 'parameters'")
+        entries.append(e)
+    return entries
 
-    # --- the domains the data stage will produce (None: unknown, not checked)
-    data_domains: tuple[str, ...] | None = None
-    for e in entries:
-        if e["name"] != "data":
-            continue
-        acc = e["accepted"] or {}
-        d = {k: v for k, v in defaults.items() if k in acc}
-        d.update(e["params"])
-        corpus = d.get("corpus", _default_value(acc.get("corpus")) or "builtin")
-        domains = d.get("domains", _default_value(acc.get("domains")))
-        if isinstance(domains, list) and all(isinstance(x, str) for x in domains):
-            data_domains = tuple(domains)
-            if corpus == "builtin":
-                for j, dom in enumerate(domains):
-                    if dom not in BUILTIN_DOMAINS:
-                        where = f"{e['at']}.params.domains[{j}]" if "domains" in e["params"] else f"defaults.domains[{j}]"
-                        P.add(where, f"unknown built-in domain {dom!r}; allowed: {', '.join(BUILTIN_DOMAINS)}")
-        elif corpus == "builtin":
-            data_domains = tuple(BUILTIN_DOMAINS)
-        elif isinstance(d.get("amazon_files"), dict):
-            data_domains = tuple(d["amazon_files"])
-        if corpus == "amazon" and not d.get("amazon_files") and "amazon_files" in acc:
-            P.add(f"{e['at']}.params", "corpus amazon needs amazon_files: {domain: path to a McAuley file}")
-    if "data" not in seen_stages:
-        data_domains = None
 
-    # --- defaults: every key must be accepted by at least one stage's notebook
-    known = [e for e in entries if e["accepted"] is not None]
-    if known and len(known) == len(entries):
-        union = set().union(*(e["accepted"] for e in known)) - {"study_dir"}
-        for k in defaults:
-            if k != "study_dir" and k not in union:
-                P.add(f"defaults.{k}", f"no stage's notebook accepts {k!r}; accepted: {', '.join(sorted(union))}")
+def _check_values(entries: list[_Stage], defaults: dict, P: _Problems) -> None:
+    """Every key accepted where it is written, every value valid (jsonschema, from ``ltnb.config``)."""
+    import jsonschema
 
-    def check_value(stage: str, key: str, value: Any, where: str) -> None:
-        if key in VALUE_CHECKS:
-            ok, allowed = VALUE_CHECKS[key]
-            if not ok(value):
-                P.add(where, f"{key} = {value!r} is not allowed; must be {allowed}")
-        if key == "strategy" and stage in STRATEGIES and value not in STRATEGIES[stage]:
-            P.add(where, f"unknown {stage} strategy {value!r}; allowed: {', '.join(STRATEGIES[stage])}")
-        if key in ("domain", "source", "target"):
-            if not isinstance(value, str):
-                P.add(where, f"{key} must be a domain name")
-            elif data_domains is not None and value not in data_domains:
-                P.add(where, f"unknown domain {value!r}; the data stage makes: {', '.join(data_domains)}")
+    known = [e for e in entries if e.nb_params is not None]
+    union = set().union(*(e.accepted for e in known)) if known else set()
+    for k, v in defaults.items():
+        if k in RUNNER_PARAMS or k == SETTINGS_PARAM:
+            P.add(f"defaults.{k}", "is set by the runner from study/outputs (settings: give each setting by name); remove it")
+        elif known and len(known) == len(entries) and k not in union:
+            P.add(f"defaults.{k}", f"no stage's notebook accepts {k!r}; accepted: {', '.join(sorted(union))}")
+        else:
+            e = next((e for e in known if k in e.accepted), None)
+            if e is not None:
+                _check_one(e, k, v, f"defaults.{k}", P)
+    for e in known:
+        if e.grid and e.name in SINGLE_CELL_STAGES:
+            P.add(f"{e.at}.grid", f"stage {e.name} runs once per study (one folder); put its values under params")
+            e.grid = {}
+        allowed = e.accepted + (["pair"] if e.name == "transfer" else [])
+        for k, v in e.params.items():
+            if k in RUNNER_PARAMS or k == SETTINGS_PARAM:
+                P.add(f"{e.at}.params.{k}", "is set by the runner from study/outputs (settings: give each setting by name); remove it")
+            elif k not in e.accepted:
+                P.add(f"{e.at}.params.{k}", f"unknown parameter for stage {e.name} ({e.notebook.name}); allowed: {', '.join(allowed)}")
+            else:
+                _check_one(e, k, v, f"{e.at}.params.{k}", P)
+        for k, vs in list(e.grid.items()):
+            if not _check_axis(e, k, vs, allowed, P):
+                e.grid.pop(k)  # reported; expand without it
 
-    # --- expand each stage into cells
+
+def _check_axis(e: _Stage, k: str, vs: Any, allowed: list[str], P: _Problems) -> bool:
+    """One grid entry: a known parameter, a non-empty list, every value valid. False if unusable."""
+    gat = f"{e.at}.grid.{k}"
+    if k in RUNNER_PARAMS or k == SETTINGS_PARAM:
+        P.add(gat, "is set by the runner from study/outputs; remove it")
+    elif k not in allowed:
+        P.add(gat, f"unknown parameter for stage {e.name} ({e.notebook.name}); allowed: {', '.join(allowed)}")
+    elif k in e.params:
+        P.add(gat, f"{k} is set both in params and in grid; keep one")
+    elif not isinstance(vs, list):
+        P.add(gat, "a grid value must be a list of values (write [x] for one value)")
+    elif not vs:
+        P.add(gat, "impossible grid: empty list, the stage would have no cells")
+    else:
+        ok = True
+        for j, v in enumerate(vs):
+            if k == "pair":
+                if _parse_pair(v) is None:
+                    P.add(f"{gat}[{j}]", f"a pair is [source, target] or \"source->target\", got {v!r}")
+                    ok = False
+                else:
+                    for name, dom in zip(("source", "target"), _parse_pair(v)):
+                        _check_one(e, name, dom, f"{gat}[{j}]", P)
+            else:
+                _check_one(e, k, v, f"{gat}[{j}]", P)
+        return ok
+    return False
+
+
+def _check_one(e: _Stage, key: str, value: Any, where: str, P: _Problems) -> None:
+    import jsonschema
+
+    schema = e.schema(key)
+    if key == "strategies" and e.name in config.STAGE_STRATEGIES:
+        allowed = config.STAGE_STRATEGIES[e.name]
+        if isinstance(value, list) and value:
+            for j, s in enumerate(value):
+                if s not in allowed:
+                    P.add(f"{where}[{j}]", f"unknown {e.name} strategy {s!r}; allowed: {', '.join(allowed)}")
+            if e.name == "obtain" and "reinit" in value and "reset" not in value:
+                P.add(where, "strategy reinit trains the reset chain's masks: list reset too (it runs first)")
+            if len(set(map(str, value))) != len(value):
+                P.add(where, "a strategy is listed twice")
+            return
+    if schema and not jsonschema.Draft202012Validator(schema).is_valid(config._plain(value)):
+        P.add(where, f"{key} = {value!r} is not allowed; must be {config.describe(schema)}")
+
+
+# ----------------------------------------------------------------------------------------- cells
+
+def _data_domains(entries: list[_Stage], defaults: dict, P: _Problems) -> tuple[str, ...] | None:
+    """The domains the data stage will produce (None: no data stage, or unknown)."""
+    from ltnb.corpus import BUILTIN_DOMAINS
+
+    e = next((e for e in entries if e.name == "data"), None)
+    if e is None:
+        return None
+    d = {k: v for k, v in defaults.items() if k in e.accepted}
+    d.update(e.params)
+    corpus = d.get("corpus", "builtin")
+    domains = d.get("domains")
+    if isinstance(domains, list) and all(isinstance(x, str) for x in domains):
+        if corpus == "builtin":
+            for j, dom in enumerate(domains):
+                if dom not in BUILTIN_DOMAINS:
+                    where = f"{e.at}.params.domains[{j}]" if "domains" in e.params else f"defaults.domains[{j}]"
+                    P.add(where, f"unknown built-in domain {dom!r}; allowed: {', '.join(BUILTIN_DOMAINS)}")
+        return tuple(domains)
+    if corpus == "builtin":
+        return tuple(BUILTIN_DOMAINS)
+    if isinstance(d.get("amazon_files"), dict):
+        return tuple(d["amazon_files"])
+    if corpus in ("amazon", "blitzer"):
+        P.add(f"{e.at}.params", f"corpus {corpus} needs amazon_files: {{domain: path to a file or folder}}")
+    return None
+
+
+def _cell_folder(e: _Stage, study_dir: Path, values: dict, varied: list[str]) -> tuple[Path | None, str | None]:
+    """The cell's folder from its values; a problem message when a value that names it is missing."""
+    if e.name in SINGLE_CELL_STAGES:
+        return {"data": paths.data_dir, "divergence": paths.divergence_dir, "report": paths.report_dir,
+                "phase": paths.phase_dir}[e.name](study_dir), None
+    need = ("domain", "seed") if e.name == "obtain" else ("source", "target", "seed")
+    got = {}
+    for k in need:
+        v = values.get(k, _default_value((e.nb_params or {}).get(k)) if k == "seed" else None)
+        if v is None:
+            how = "pair: [[source, target], ...]" if k in ("source", "target") else f"{k}: [...]"
+            return None, f"impossible grid: stage {e.name} needs {k} for every cell; give it in the grid ({how})"
+        got[k] = v
+    if isinstance(got["seed"], bool) or not isinstance(got["seed"], int):
+        return None, f"impossible grid: the seed of stage {e.name} must be an integer"
+    folder = (study_dir / "obtain" / got["domain"] / f"seed{got['seed']}" if e.name == "obtain"
+              else study_dir / "transfer" / f"{got['source']}__{got['target']}" / f"seed{got['seed']}")
+    suffix = ",".join(f"{k}={values[k]}" for k in varied if k in values)
+    return (folder / suffix if suffix else folder), None
+
+
+def _expand(e: _Stage, defaults: dict, study_dir: Path, data_domains, P: _Problems) -> list[Cell]:
+    """The cells of one stage: defaults, params, and every combination of the grid."""
+    fixed = {k: v for k, v in defaults.items() if k in e.accepted}
+    fixed.update(e.params)
+    axes = [(k, vs) for k, vs in e.grid.items()]
+    varied = [k for k, _ in axes if k in e.settings]
+    names = tuple(sorted(e.settings))
     cells: list[Cell] = []
-    by_stage: dict[str, list[Cell]] = {}
-    for e in entries:
-        name, at, acc = e["name"], e["at"], e["accepted"]
-        params, grid = e["params"], e["grid"]
-        if acc is None:
-            continue
-        allowed = sorted(set(acc) - {"study_dir"})
-        allowed_grid = allowed + (["pair"] if name == "transfer" else [])
-        # values from defaults / params / grid, each with where it came from
-        fixed: dict[str, tuple[Any, str]] = {}
-        for k, v in defaults.items():
-            if k in acc and k != "study_dir":
-                fixed[k] = (v, f"defaults.{k}")
-        for k, v in params.items():
-            if k == "study_dir":
-                P.add(f"{at}.params.study_dir", "is set by the runner from study/outputs; remove it")
-            elif k not in acc:
-                P.add(f"{at}.params.{k}", f"unknown parameter for stage {name} ({e['notebook'].name}); allowed: {', '.join(allowed)}")
+    for combo in itertools.product(*[vs for _, vs in axes]) if axes else [()]:
+        values = dict(fixed)
+        for (k, _), v in zip(axes, combo):
+            if k == "pair":
+                values["source"], values["target"] = _parse_pair(v) or (None, None)
             else:
-                fixed[k] = (v, f"{at}.params.{k}")
-        if grid and name in SINGLE_CELL_STAGES:
-            P.add(f"{at}.grid", f"stage {name} runs once per study (one folder); put its values under params")
-            grid = {}
-        axes: list[tuple[str, list]] = []
-        for k, vs in grid.items():
-            gat = f"{at}.grid.{k}"
-            if k == "study_dir":
-                P.add(gat, "is set by the runner from study/outputs; remove it")
-                continue
-            if k not in allowed_grid:
-                P.add(gat, f"unknown parameter for stage {name} ({e['notebook'].name}); allowed: {', '.join(allowed_grid)}")
-                continue
-            if k in params:
-                P.add(gat, f"{k} is set both in params and in grid; keep one")
-                continue
-            if not isinstance(vs, list):
-                P.add(gat, "a grid value must be a list of values (write [x] for one value)")
-                continue
-            if not vs:
-                P.add(gat, "impossible grid: empty list, the stage would have no cells")
-                continue
-            axes.append((k, [(v, f"{gat}[{j}]") for j, v in enumerate(vs)]))
-        if name == "transfer" and "pair" in grid and ("source" in fixed or "target" in fixed or "source" in grid or "target" in grid):
-            P.add(f"{at}.grid.pair", "pair sets source and target; do not also give source/target")
-        # check every value once, where it was written
-        for k, (v, where) in fixed.items():
-            check_value(name, k, v, where)
-        for k, vals in axes:
-            for v, where in vals:
-                if k == "pair":
-                    pr = _parse_pair(v)
-                    if pr is None:
-                        P.add(where, f"a pair is [source, target] or \"source->target\", got {v!r}")
-                    else:
-                        check_value(name, "source", pr[0], where)
-                        check_value(name, "target", pr[1], where)
-                        if pr[0] == pr[1]:
-                            P.add(where, f"source and target are both {pr[0]!r}; a transfer needs two different domains")
-                else:
-                    check_value(name, k, v, where)
+                values[k] = v
+        folder, problem = _cell_folder(e, study_dir, values, varied)
+        if problem:
+            P.add(f"{e.at}.grid" if e.grid else e.at, problem)
+            return []
+        if e.name in ("obtain", "transfer") and "seed" not in values:
+            values["seed"] = _default_value((e.nb_params or {}).get("seed"))
+        key = folder.relative_to(study_dir).as_posix()
+        if any(c.key == key for c in cells):
+            P.add(f"{e.at}.grid", f"two cells would write the same folder {key}: the grid varies a parameter that "
+                                  "does not name the folder (or changes no run), or repeats a value")
+            return []
+        settings = _resolved_settings(e, values)
+        unset = {k: v["default"] for k, v in (e.nb_params or {}).items()
+                 if k not in values and k not in RUNNER_PARAMS and k != SETTINGS_PARAM}
+        cell_params = {k: v for k, v in values.items() if k not in e.settings}
+        cells.append(Cell(stage=e.name, key=key, notebook=e.notebook, study_dir=study_dir, cell_dir=folder,
+                          params=values, settings_names=tuple(n for n in names if n in values),
+                          params_hash=stable_hash({"stage": e.name, "params": cell_params, "settings": settings,
+                                                   "notebook_defaults": unset})))
+    return cells
 
-        # the cell folder is named by these keys; each must be known for every cell
-        def dflt(k: str) -> Any:
-            return _default_value(acc.get(k))
 
-        stage_cells: list[Cell] = []
-        combos = list(itertools.product(*[vals for _, vals in axes])) if axes else [()]
-        for combo in combos:
-            values = {k: v for k, (v, _) in fixed.items()}
-            for (k, _), (v, _w) in zip(axes, combo):
-                if k == "pair":
-                    pr = _parse_pair(v) or (None, None)
-                    values["source"], values["target"] = pr
-                else:
-                    values[k] = v
-            if name == "transfer" and values.get("source") is not None and values.get("source") == values.get("target"):
-                if "pair" not in grid:  # a pair was reported where it was written
-                    P.add(at, f"source and target are both {values['source']!r}; a transfer needs two different domains")
-                continue
-            cell_dir, named, problem = _cell_dir(name, study_dir, values, dflt)
-            if problem:
-                P.add(f"{at}.grid" if f"{at}.grid" in lines else at, problem)
-                break
-            values.update(named)  # pass what names the folder explicitly, so both always agree
-            key = cell_dir.relative_to(study_dir).as_posix()
-            if any(c.key == key for c in stage_cells):
-                P.add(f"{at}.grid", f"two cells would write the same folder {key}: the grid varies a parameter that "
-                                    f"does not name the folder, or repeats a value")
-                break
-            unset = {k: acc[k].get("default") for k in acc if k != "study_dir" and k not in values}
-            stage_cells.append(Cell(stage=name, key=key, notebook=e["notebook"], study_dir=study_dir,
-                                    cell_dir=cell_dir, params=values, params_hash=stable_hash(
-                                        {"stage": name, "params": values, "notebook_defaults": unset})))
-        by_stage[name] = stage_cells
-        e["cells"] = stage_cells
+def _resolved_settings(e: _Stage, values: dict) -> dict:
+    """Every setting of the cell with the dataclass defaults filled in (part of its hash)."""
+    return {name: config._plain(values.get(name, f.default)) for name, f in e.settings.items()}
 
-    # --- dependencies (and transfer inputs the obtain stage must produce)
+
+def _check_cells(e: _Stage, cells: list[Cell], data_domains, P: _Problems) -> None:
+    """What the library would refuse for these cells, refused now (one rule, defined in ltnb.config)."""
+    for c in cells:
+        for k in ("domain", "source", "target"):
+            v = c.params.get(k)
+            if v is not None and data_domains is not None and v not in data_domains:
+                P.add(_grid_where(e, k, v), f"unknown domain {v!r}; the data stage makes: {', '.join(data_domains)}")
+        if e.name != "transfer":
+            continue
+        if c.params.get("source") == c.params.get("target"):
+            P.add(_grid_where(e, "source", c.params["source"]),
+                  f"source and target are both {c.params['source']!r}; a transfer needs two different domains")
+        try:  # the valid values only: a bad one is already reported where it is written
+            settings = config.LotterySettings.from_params(**{k: c.params[k] for k in c.settings_names
+                                                             if _valid(e.schema(k), c.params[k])})
+        except ValueError:
+            continue
+        try:
+            config.check_transfer(settings)
+        except ValueError as ex:
+            P.add(_grid_where(e, "rounds", c.params.get("rounds")), str(ex))
+
+
+def _valid(schema: dict, value) -> bool:
+    import jsonschema
+
+    return not schema or jsonschema.Draft202012Validator(schema).is_valid(config._plain(value))
+
+
+def _grid_where(e: _Stage, key: str, value) -> str:
+    for k in (key, "pair"):
+        if k in e.grid:
+            for j, v in enumerate(e.grid[k]):
+                if v == value or (k == "pair" and value in (_parse_pair(v) or ())):
+                    return f"{e.at}.grid.{k}[{j}]"
+    if key in e.params:
+        return f"{e.at}.params.{key}"
+    return f"defaults.{key}" if key in e.accepted and key not in e.grid else e.at
+
+
+def _source_cell(tr: Cell, domain: str, obtain: list[Cell]) -> Cell | None:
+    """The obtain cell of ``domain`` with the transfer's seed and settings (rounds may be more)."""
+    want = {k: v for k, v in tr.params.items() if k in tr.settings_names and k != "rounds"}
+    for c in obtain:
+        if c.params.get("domain") != domain or c.params.get("seed") != tr.params.get("seed"):
+            continue
+        have = {k: v for k, v in c.params.items() if k in c.settings_names and k != "rounds"}
+        if have == want and "reset" in (c.params.get("strategies") or ["reset"]):
+            return c
+    return None
+
+
+def _link(entries: list[_Stage], study_dir: Path, stages_present: set, P: _Problems) -> list[Cell]:
+    """Dependencies (and the inputs the plan does not produce) and the final hashes."""
     final: list[Cell] = []
-    keys_in_plan = {c.key for cs in by_stage.values() for c in cs}
     hashes: dict[str, str] = {}
+    obtain = next((e.cells for e in entries if e.name == "obtain"), [])
     for e in entries:
-        name = e["name"]
-        for c in e.get("cells", []):
+        for c in e.cells:
             deps: list[str] = []
             external: list[str] = []
-
-            def need(key: str, stage: str) -> bool:
-                if stage in seen_stages:
-                    if key in keys_in_plan:
-                        deps.append(key)
-                        return True
-                    return False
-                external.append(key)
-                return True
-
-            if name in ("divergence", "obtain", "transfer"):
-                need("data", "data")
-            if name == "transfer":
+            if e.name in ("divergence", "obtain", "transfer"):
+                (deps if "data" in stages_present else external).append("data")
+            if e.name == "transfer":
                 for dom in (c.params["source"], c.params["target"]):
-                    k = paths.obtain_dir(study_dir, dom, TRANSFER_NEEDS_STRATEGY, c.params["seed"]).relative_to(study_dir).as_posix()
-                    if not need(k, "obtain"):
-                        P.add(f"{e['at']}.grid", f"impossible grid: transfer {c.params['source']}->{c.params['target']} "
-                                                 f"seed {c.params['seed']} needs the obtain cell {k} (domain {dom}, "
-                                                 f"strategy {TRANSFER_NEEDS_STRATEGY}, seed {c.params['seed']}), which the "
-                                                 f"obtain stage does not produce; add it to the obtain grid")
-            if name in ("report", "phase"):  # summaries of everything run before them
+                    src = _source_cell(c, dom, obtain)
+                    key = f"obtain/{dom}/seed{c.params['seed']}"
+                    if src is not None:
+                        deps.append(src.key)
+                        rounds = c.params.get("rounds", DEFAULT_ROUNDS)
+                        if src.params.get("rounds", DEFAULT_ROUNDS) < rounds and dom == c.params["source"]:
+                            P.add(e.at, f"transfer {c.params['source']}->{c.params['target']} needs rounds 1..{rounds} of "
+                                        f"the source chain, but {src.key} runs {src.params.get('rounds', DEFAULT_ROUNDS)}")
+                    elif "obtain" in stages_present:
+                        P.add(f"{e.at}.grid", f"impossible grid: transfer {c.params['source']}->{c.params['target']} "
+                                              f"seed {c.params['seed']} needs the obtain cell {key} with strategy reset "
+                                              "and the same settings, which the obtain stage does not produce; add it")
+                    else:
+                        external.append(key)
+            if e.name in ("report", "phase"):  # summaries of everything run before them
                 deps.extend(k.key for k in final)
             h = stable_hash({"cell": c.params_hash, "inputs": [hashes.get(d, d) for d in deps]})
             hashes[c.key] = h
             final.append(Cell(stage=c.stage, key=c.key, notebook=c.notebook, study_dir=c.study_dir,
-                              cell_dir=c.cell_dir, params=c.params, deps=tuple(deps),
-                              external=tuple(external), params_hash=h))
+                              cell_dir=c.cell_dir, params=c.params, settings_names=c.settings_names,
+                              deps=tuple(dict.fromkeys(deps)), external=tuple(external), params_hash=h))
+    return final
 
+
+def load_plan(plan_path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Plan:
+    """Read, check and expand a plan; raise ``PlanError`` listing every problem. Creates nothing."""
+    plan_path = Path(plan_path)
+    raw, lines, pre = _read(plan_path)
+    P = _Problems(lines)
+    P.items.extend(pre)
+    root = Path(root).resolve() if root else plan_root(plan_path)
+    _check_structure(raw, P)
+    study = raw.get("study") if isinstance(raw.get("study"), str) and re.match(config.NAME_PATTERN, raw["study"]) else "invalid"
+    outputs = raw.get("outputs") if isinstance(raw.get("outputs"), str) and raw.get("outputs") else "outputs"
+    out_path = Path(outputs).expanduser()
+    study_dir = (out_path if out_path.is_absolute() else root / out_path).resolve() / study
+    defaults = raw.get("defaults") if isinstance(raw.get("defaults"), dict) else {}
+    entries = _stage_entries(raw, root, P)
+    _check_values(entries, defaults, P)
+    data_domains = _data_domains(entries, defaults, P)
+    for e in entries:
+        if e.nb_params is None:
+            continue
+        e.cells = _expand(e, defaults, study_dir, data_domains, P)
+        _check_cells(e, e.cells, data_domains, P)
+    cells = _link(entries, study_dir, {e.name for e in entries}, P)
     if P.items:
         raise PlanError(plan_path, P.items)
     return Plan(path=plan_path.resolve(), root=root, study=study, study_dir=study_dir,
-                stages=tuple(e["name"] for e in entries), cells=tuple(final))
-
-
-def _cell_dir(stage: str, study_dir: Path, values: dict, dflt) -> tuple[Path, dict, str | None]:
-    """The cell's folder from its values (falling back to the notebook's literal defaults)."""
-    if stage == "data":
-        return paths.data_dir(study_dir), {}, None
-    if stage == "divergence":
-        return paths.divergence_dir(study_dir), {}, None
-    if stage == "report":
-        return paths.report_dir(study_dir), {}, None
-    if stage == "phase":
-        return paths.phase_dir(study_dir), {}, None
-    need = ("domain", "strategy", "seed") if stage == "obtain" else ("source", "target", "strategy", "seed")
-    got = {}
-    for k in need:
-        # what the folder is about (domain, source, target) must come from the plan; seed and
-        # strategy may fall back to the notebook's default
-        v = values.get(k) if k in ("domain", "source", "target") else (values[k] if k in values else dflt(k))
-        if v is None:
-            how = "pair: [[source, target], ...]" if k in ("source", "target") else f"{k}: [...]"
-            return study_dir, {}, f"impossible grid: stage {stage} needs {k} for every cell; give it in the grid ({how})"
-        got[k] = v
-    if not _is_int(got["seed"]) or not isinstance(got["strategy"], str):
-        return study_dir, {}, f"impossible grid: seed and strategy of stage {stage} must be an integer and a name"
-    for k in ("domain", "source", "target"):
-        if k in got and not (isinstance(got[k], str) and got[k] and "/" not in got[k]):
-            return study_dir, {}, f"impossible grid: {k} {got[k]!r} is not a domain name"
-    if stage == "obtain":
-        return paths.obtain_dir(study_dir, got["domain"], got["strategy"], got["seed"]), got, None
-    return paths.transfer_dir(study_dir, got["source"], got["target"], got["strategy"], got["seed"]), got, None
+                stages=tuple(e.name for e in entries), cells=tuple(cells))

@@ -1,7 +1,17 @@
-"""Altair charts for the study, rendered offline.
+"""Every chart of the study, in one place: one sparsity axis, one accuracy chart, one palette, one set
+of labels; rendered offline.
 
-Static PNG/SVG come from vl-convert (no browser, no network); HTML reports inline the
-JavaScript that vl-convert ships, so nothing is loaded from a CDN at view time.
+* The x axis of every accuracy-like chart is the round, labelled with the round's sparsity in percent
+  (``sparsity_label``: 0, 35, 58, ... 96.8, 98.7, 99.84). With a constant pruning fraction the rounds
+  are evenly spaced in log(remaining weights), so this is the paper's axis, with the high-sparsity end
+  as readable as the start.
+* ``accuracy_chart`` draws result rows (``ltnb.results.load``) as a mean line with a +-1 std band over
+  seeds (or each seed's chain), one panel per domain or pair, optional markers at estimated
+  transitions; Figure 3, Figure 4, the notebooks and the explorer all use it.
+* Means and standard deviations over seeds come from ``ltnb.results.summarize`` (the one place they
+  are computed).
+* Static PNG/SVG come from vl-convert (no browser, no network); ``svg`` renders a chart to a string for
+  the explorer's widgets. Nothing is loaded from a CDN.
 """
 from __future__ import annotations
 
@@ -10,10 +20,57 @@ import os
 from pathlib import Path
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 from ._io import atomic_path
 
+LABELS = {
+    "full": "FULL-MODEL",
+    "reset": "TICKET-RESET",
+    "random": "TICKET-RANDOM",
+    "reinit": "TICKET-REINIT",
+    "rewind": "TICKET-REWIND",
+    "masks-reset": "MASKS-RESET",
+    "masks-random": "MASKS-RANDOM",
+    "target": "TICKET-TARGET",
+}
+COLORS = {
+    "FULL-MODEL": "#555555",
+    "TICKET-RESET": "#1f77b4",
+    "TICKET-RANDOM": "#d62728",
+    "TICKET-REINIT": "#9467bd",
+    "TICKET-REWIND": "#8c564b",
+    "MASKS-RESET": "#2ca02c",
+    "MASKS-RANDOM": "#ff7f0e",
+    "TICKET-TARGET": "#1f77b4",
+}
+EXTRA_COLORS = ["#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+MEAN, SEEDS = "mean ± std", "each seed"
+WIDTH, HEIGHT = 470, 240
+
+
+def series_name(strategy: str) -> str:
+    """The paper's name of a strategy's curve (TICKET-RESET, MASKS-RANDOM, ...)."""
+    return LABELS.get(strategy, strategy)
+
+
+def sparsity_label(s: float) -> str:
+    """A short label for a sparsity: whole percent below 90, then as many decimals as it takes to
+    tell the remaining weights apart (96.8, 98.7, 99.84, 99.93, 99.98)."""
+    p = 100 * float(s)
+    if p == 0:
+        return "0"
+    if p < 90:
+        return f"{p:.0f}"
+    for digits in (1, 2, 3, 4):
+        text = f"{p:.{digits}f}"
+        if float(text) < 100 and abs(float(text) - p) <= 0.2 * (100 - p):
+            return text
+    return f"{p:.5f}"
+
+
+# ---------------------------------------------------------------------------------- rendering
 
 def setup_offline() -> None:
     """Make notebooks show charts as static SVG rendered in-process (no CDN, works in any viewer)."""
@@ -34,6 +91,199 @@ def save(chart: alt.TopLevelMixin, stem: str | os.PathLike, formats=("png", "svg
             chart.save(str(tmp), format=fmt, **kwargs)
         written.append(path)
     return written
+
+
+def svg(chart: alt.TopLevelMixin) -> str:
+    """Render a chart to an SVG string in-process (vl-convert; no browser, no network)."""
+    import vl_convert as vlc
+
+    version = alt.SCHEMA_VERSION.lstrip("v").rsplit(".", 1)[0]
+    return vlc.vegalite_to_svg(chart.to_dict(), vl_version=version)
+
+
+# ---------------------------------------------------------------------------------- the axis
+
+def sparsity_axis(levels: pd.Series, *, title: str = "sparsity (%) after each round") -> alt.Axis:
+    """The x axis: rounds, labelled by their sparsity. ``levels``: round -> sparsity."""
+    labels = {int(r): sparsity_label(s) for r, s in levels.sort_index().items()}
+    step = max(1, math.ceil(len(labels) / 16))  # at most ~16 tick labels
+    values = list(labels)[::step]
+    expr = "{" + ", ".join(f"'{r}': '{lab}'" for r, lab in labels.items()) + "}[toString(datum.value)]"
+    return alt.Axis(values=values, labelExpr=expr, title=title, labelAngle=-45, grid=False, labelOverlap=False)
+
+
+def _x(frame: pd.DataFrame) -> alt.X:
+    levels = frame.groupby("round")["sparsity"].mean()
+    lo, hi = (int(levels.index.min()), int(levels.index.max())) if len(levels) else (0, 1)
+    pad = 0.3 if lo != hi else 1
+    return alt.X("round:Q", axis=sparsity_axis(levels), scale=alt.Scale(domain=[lo - pad, hi + pad], nice=False))
+
+
+def _color(series) -> alt.Color:
+    names = list(dict.fromkeys(series))
+    order = [n for n in COLORS if n in names] + [n for n in names if n not in COLORS]
+    rng = [COLORS.get(n, EXTRA_COLORS[i % len(EXTRA_COLORS)]) for i, n in enumerate(order)]
+    return alt.Color("series:N", title=None, scale=alt.Scale(domain=order, range=rng), legend=alt.Legend(orient="bottom"))
+
+
+# ---------------------------------------------------------------------------------- curves
+
+def obtain_curves(rows: pd.DataFrame) -> pd.DataFrame:
+    """Obtain rows with a ``series`` column, plus FULL-MODEL: each chain's dense round 0 (shared by a
+    seed's chains, counted once per seed) repeated at every round as a flat reference."""
+    ob = rows[rows["stage"] == "obtain"].copy()
+    if ob.empty:
+        return ob.assign(series=pd.Series(dtype=object))
+    ob["series"] = ob["strategy"].map(series_name)
+    dense = ob[ob["round"] == 0].drop_duplicates(["pair", "seed", "settings_hash"])
+    levels = ob[["pair", "round", "sparsity"]].drop_duplicates(["pair", "round"])
+    full = levels.merge(dense.drop(columns=["round", "sparsity"]), on="pair").assign(series=LABELS["full"])
+    return pd.concat([ob, full], ignore_index=True)
+
+
+def transfer_curves(rows: pd.DataFrame) -> pd.DataFrame:
+    """Transfer rows with a ``series`` column, plus TICKET-TARGET in each pair's panel: the target's
+    own reset chain with the same seeds and settings as that pair's transfer runs."""
+    tr = rows[rows["stage"] == "transfer"].copy()
+    if tr.empty:
+        return tr.assign(series=pd.Series(dtype=object))
+    tr["series"] = tr["strategy"].map(series_name)
+    ob = rows[(rows["stage"] == "obtain") & (rows["strategy"] == "reset") & (rows["round"] >= 1)]
+    parts = [tr]
+    for (pair, target, h), runs in tr.groupby(["pair", "target", "settings_hash"], sort=False):
+        t = ob[(ob["pair"] == target) & (ob["settings_hash"] == h) & ob["seed"].isin(set(runs["seed"]))]
+        if len(t):
+            parts.append(t.assign(pair=pair, series=LABELS["target"]))
+    return pd.concat(parts, ignore_index=True)
+
+
+def accuracy_chart(curves: pd.DataFrame, *, facet: str | None = "pair", mode: str = MEAN, title: str = "",
+                   columns: int = 3, markers: list[tuple[float, str, str]] = (), width: int = 260,
+                   height: int = 190) -> alt.TopLevelMixin:
+    """Test accuracy (%) against the rounds' sparsity: per ``series``, the mean line with a +-1 std band
+    over seeds (``mode=MEAN``) or each seed's chain as a thin line under the mean (``mode=SEEDS``).
+    ``curves``: rows with a ``series`` column (``obtain_curves``, ``transfer_curves``). One panel per
+    value of ``facet`` (None: one panel). ``markers``: (sparsity, label, color) vertical rules."""
+    from .results import summarize
+
+    if facet and (mode != MEAN or markers):  # layers with their own data cannot be faceted: one panel each
+        panels = [accuracy_chart(curves[curves[facet] == v], facet=None, mode=mode, title=str(v), markers=markers,
+                                 width=width, height=height) for v in sorted(curves[facet].unique())]
+        return alt.concat(*panels, columns=columns).properties(title=title)
+    s = summarize(curves, by=["series", "round"] + ([facet] if facet else []))
+    s["acc"], s["sd"] = 100 * s["test_acc_mean"], 100 * s["test_acc_std"].fillna(0.0)
+    s["lo"], s["hi"] = s["acc"] - s["sd"], s["acc"] + s["sd"]
+    s["sparsity_pct"] = 100 * s["sparsity"]
+    color, x = _color(s["series"]), _x(s if len(s) else curves)
+    y = alt.Y("acc:Q", title="test accuracy (%)", scale=alt.Scale(zero=False))
+    dash = alt.condition(alt.datum.series == LABELS["full"], alt.value([5, 4]), alt.value([1, 0]))
+    tooltip = ["series:N", "round:Q", alt.Tooltip("sparsity_pct:Q", format=".2f", title="sparsity %"),
+               alt.Tooltip("acc:Q", format=".2f"), alt.Tooltip("sd:Q", format=".2f", title="std"), "n:Q"]
+    data = alt.Undefined if facet else s  # a faceted chart takes its data at the top
+    band = alt.Chart(data).mark_area(opacity=0.18).encode(
+        x=x, y=alt.Y("lo:Q", title="test accuracy (%)", scale=alt.Scale(zero=False)), y2="hi:Q", color=color)
+    line = alt.Chart(data).mark_line(point=True, strokeWidth=2).encode(x=x, y=y, color=color, strokeDash=dash,
+                                                                        tooltip=tooltip)
+    if facet:
+        return (alt.layer(band, line, data=s).properties(width=width, height=height)
+                .facet(facet=alt.Facet(f"{facet}:N", title=None), columns=columns)
+                .properties(title=title).resolve_scale(y="independent"))
+    layers = [band]
+    if mode == SEEDS:
+        c = curves.assign(acc=100 * curves["test_acc"])
+        layers = [alt.Chart(c).mark_line(strokeWidth=1, opacity=0.5, point=alt.OverlayMarkDef(size=12))
+                  .encode(x=x, y=y, color=color, detail="seed:N", strokeDash=dash)]
+    return alt.layer(*layers, line, *_markers(markers, s, height)).properties(width=width, height=height, title=title)
+
+
+def _markers(markers, frame: pd.DataFrame, height: int) -> list:
+    """Vertical labelled rules at the rounds whose sparsity is given (same x encoding as the chart's,
+    so the layers share one axis)."""
+    out = []
+    x = _x(frame)
+    levels = frame.groupby("round")["sparsity"].mean()
+    for i, (sparsity, label, color) in enumerate(markers or ()):
+        if sparsity is None or not len(levels):
+            continue
+        rnd = int((levels - sparsity).abs().idxmin())
+        d = pd.DataFrame({"round": [rnd], "label": [f"{label} {sparsity_label(sparsity)}%"]})
+        out.append(alt.Chart(d).mark_rule(color=color, strokeDash=[6, 3], strokeWidth=2).encode(x=x))
+        out.append(alt.Chart(d).mark_text(color=color, align="left", dx=4, dy=8 + 14 * i, y=0, fontWeight="bold")
+                   .encode(x=x, text="label:N"))
+    return out
+
+
+def figure3(rows: pd.DataFrame, *, columns: int = 3):
+    """Figure 3: obtaining tickets, one panel per domain (None when there are no obtain rows)."""
+    curves = obtain_curves(rows)
+    if curves.empty:
+        return None
+    return accuracy_chart(curves, columns=columns,
+                          title="Figure 3 - obtaining tickets: test accuracy vs sparsity (mean +-1 std over seeds)")
+
+
+def figure4(rows: pd.DataFrame, *, columns: int = 3):
+    """Figure 4: transferring tickets, one panel per source->target pair (None without transfer rows)."""
+    curves = transfer_curves(rows)
+    if curves.empty:
+        return None
+    return accuracy_chart(curves, columns=columns,
+                          title="Figure 4 - transferring tickets (source->target): test accuracy vs sparsity")
+
+
+# ---------------------------------------------------------------------------------- phase views
+
+VERDICT_COLORS = {"in the transition's run": "#1f77b4", "p < alpha, run broken later": "#9ecae1",
+                  "not significant": "#d62728", "too few seeds": "#aaaaaa"}
+
+
+def gap_chart(gaps: pd.DataFrame, *, pairs: pd.DataFrame | None = None, title: str = "",
+              ylabel: str = "difference (pp)", markers=(), width: int = WIDTH, height: int = HEIGHT):
+    """The paired difference (percentage points) per round with its per-round 1 - alpha t-interval,
+    coloured by the fixed-sequence verdict; with ``pairs`` each seed's own difference as a tick."""
+    g = gaps.copy()
+    g["gap"] = 100 * g["mean_gap"].astype(float)
+    g["lo"], g["hi"] = 100 * g["ci_lo"].astype(float), 100 * g["ci_hi"].astype(float)
+    g["verdict"] = np.where(~g["tested"].astype(bool), "too few seeds",
+                            np.where(g["in_sequence"].astype(bool), "in the transition's run",
+                                     np.where(g["significant"].astype(bool), "p < alpha, run broken later",
+                                              "not significant")))
+    color = alt.Color("verdict:N", title=None, scale=alt.Scale(domain=list(VERDICT_COLORS),
+                                                               range=list(VERDICT_COLORS.values())),
+                      legend=alt.Legend(orient="bottom"))
+    x = _x(g)
+    layers = [alt.Chart(pd.DataFrame({"zero": [0.0]})).mark_rule(color="#999999").encode(y="zero:Q")]
+    if pairs is not None and len(pairs):
+        p = pairs[pairs["round"] >= 1].assign(seed_gap=lambda d: 100 * d["gap"])
+        layers.append(alt.Chart(p).mark_tick(color="#555555", opacity=0.7, thickness=1.5, size=12, orient="horizontal")
+                      .encode(x=x, y=alt.Y("seed_gap:Q", title=ylabel)))
+    layers.append(alt.Chart(g).mark_rule(strokeWidth=2).encode(x=x, y=alt.Y("lo:Q", title=ylabel), y2="hi:Q", color=color))
+    layers.append(alt.Chart(g).mark_point(size=60, filled=True).encode(x=x, y=alt.Y("gap:Q", title=ylabel), color=color))
+    layers += _markers(markers, g, height)
+    return alt.layer(*layers).properties(width=width, height=height, title=title)
+
+
+def spread_chart(curves: pd.DataFrame, chance: pd.DataFrame | None = None, *, title: str = "",
+                 markers=(), width: int = WIDTH, height: int = HEIGHT):
+    """Standard deviation across seeds (pp) of test accuracy per series and round; with ``chance``
+    (``ltnb.phase.chance_table``) the share of each strategy's chains at chance as dashed lines."""
+    from .results import summarize
+
+    s = summarize(curves, by=["series", "round"])
+    s["std_pp"] = 100 * s["test_acc_std"].astype(float)
+    x = _x(s if len(s) else curves)
+    color = _color(s["series"])
+    layers = [alt.Chart(s).mark_line(point=True).encode(x=x, y=alt.Y("std_pp:Q", title="std across seeds (pp)"),
+                                                         color=color)]
+    if chance is not None and len(chance) and chance["at_chance"].notna().any():
+        c = chance.assign(series=chance["strategy"].map(series_name),
+                          share=100 * chance["at_chance"] / chance["chains"])
+        layers.append(alt.Chart(c).mark_line(strokeDash=[2, 2], point=alt.OverlayMarkDef(shape="square", size=20))
+                      .encode(x=x, y=alt.Y("share:Q", title="chains at chance (%, dashed)"), color=color))
+        chart = alt.layer(*layers).resolve_scale(y="independent")
+    else:
+        chart = alt.layer(*layers)
+    return alt.layer(chart, *_markers(markers, s, height)).properties(width=width, height=height, title=title)
 
 
 def jsd_heatmap(matrix: pd.DataFrame, *, scale: float = 1e5, title: str | None = None) -> alt.Chart:

@@ -1,221 +1,221 @@
-"""The study's report: Figures 1, 3 and 4 and the accuracy tables, from all result rows.
+"""The study's report: Figures 1, 3 and 4, the phase transition, the findings' verdicts, the tables.
 
 - Figure 3 (obtaining tickets): per domain, test accuracy against sparsity for FULL-MODEL (the dense
-  round 0, a dashed reference), TICKET-RESET and TICKET-RANDOM; mean line and +-1 std band over seeds.
-- Figure 4 (transferring tickets): per source->target pair, MASKS-RESET, MASKS-RANDOM and the
-  target's own TICKET-RESET chain (TICKET-TARGET), same style.
-- x positions are the rounds (evenly spaced, as in the paper), labelled with each round's sparsity in
-  percent, so the high-sparsity end (96.8, 98.7, 99.2 ...) stays readable.
+  round 0, a dashed reference), TICKET-RESET, TICKET-RANDOM and the control TICKET-REINIT (the reset
+  chain's masks, fresh values); mean line and +-1 std band over seeds (``ltnb.plots``).
+- Figure 4 (transferring tickets): per source->target pair, MASKS-RESET, MASKS-RANDOM and the target's
+  own TICKET-RESET chain with the same seeds and settings (TICKET-TARGET).
+- Beside them, the measured transitions (``ltnb.phase.summary``) and the verdict on each of the
+  paper's four findings (``ltnb.findings``), computed from the same rows.
+
+A study may hold runs of several settings (a plan that varies ``init_a``, or a changed plan): each
+settings hash is one *group*, reported on its own (figures, transitions, findings), labelled by the
+settings that differ; numbers of different settings are never averaged together. The group with the
+most rows comes first and its figures are ``figure3.png`` etc.; the others' carry their hash.
 
 Everything is written under ``<study>/report/``: PNG and SVG per figure (vl-convert, offline),
-``summary.parquet``/``summary.csv`` (mean, std, n per stage, pair, strategy, round) and ``index.html``,
-a single page with the SVGs inlined: it opens offline, with no JavaScript at all.
+``summary.parquet``/``.csv`` (mean, std, n per stage, pair, strategy, round, settings),
+``phase_transition.csv``, ``findings.csv`` and ``index.html``, one page with the SVGs inlined: it opens
+offline, with no JavaScript at all.
 """
 from __future__ import annotations
 
 import html
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-import altair as alt
-import numpy as np
 import pandas as pd
 
-from . import paths, plots, results
-from ._io import write_parquet, write_text
-
-LABELS = {
-    "full": "FULL-MODEL",
-    "reset": "TICKET-RESET",
-    "random": "TICKET-RANDOM",
-    "rewind": "TICKET-REWIND",
-    "masks-reset": "MASKS-RESET",
-    "masks-random": "MASKS-RANDOM",
-    "target": "TICKET-TARGET",
-}
-COLORS = {
-    "FULL-MODEL": "#555555",
-    "TICKET-RESET": "#1f77b4",
-    "TICKET-RANDOM": "#d62728",
-    "TICKET-REWIND": "#9467bd",
-    "MASKS-RESET": "#2ca02c",
-    "MASKS-RANDOM": "#ff7f0e",
-    "TICKET-TARGET": "#1f77b4",
-}
+from . import findings, paths, phase, plots, results
+from ._io import read_json, write_parquet, write_text
 
 
-def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """``ltnb.results.summarize`` (mean, std, n over seeds per stage, pair, strategy, round and
-    settings), with the std of a single seed drawn as 0 (no band) instead of NaN."""
-    out = results.summarize(rows)
-    out[["test_acc_std", "val_acc_std"]] = out[["test_acc_std", "val_acc_std"]].astype(float).fillna(0.0)
+@dataclass(frozen=True)
+class Group:
+    """The rows of one settings hash, and what distinguishes its settings from the other groups'."""
+    settings_hash: str
+    label: str
+    rows: pd.DataFrame
+
+
+def settings_of(study: Path) -> dict[str, dict]:
+    """settings hash -> the flat settings of its runs (read from each run's settings.json)."""
+    out: dict[str, dict] = {}
+    for f in sorted(study.glob("obtain/*/*/seed*/*/settings.json")) + sorted(study.glob("transfer/*/*/seed*/*/settings.json")):
+        h = f.parent.name
+        if h in out:
+            continue
+        try:
+            info = read_json(f)
+        except (OSError, ValueError):
+            continue
+        s = info.get("settings", {})
+        flat = {k: v for k, v in s.items() if not isinstance(v, dict)}
+        for section in ("model", "train"):
+            flat.update(s.get(section, {}))
+        flat.pop("rounds", None)
+        out[h] = flat
     return out
 
 
-def one_setting(rows: pd.DataFrame, log=print) -> pd.DataFrame:
-    """Keep, per stage, the rows of the settings hash with the most rows; say what was left out.
-
-    A study whose plan changed holds runs of several settings side by side (they never overwrite each
-    other); one figure must not average over them."""
-    keep = []
-    for stage, part in rows.groupby("stage", sort=False):
-        counts = part["settings_hash"].value_counts()
-        if len(counts) > 1:
-            log(f"report: stage {stage} has runs of {len(counts)} settings; drawing {counts.index[0]} "
-                f"({counts.iloc[0]} rows), leaving out " + ", ".join(f"{h} ({n} rows)" for h, n in counts.iloc[1:].items()))
-        keep.append(part[part["settings_hash"] == counts.index[0]])
-    return pd.concat(keep, ignore_index=True) if keep else rows
-
-
-def obtain_curves(summary: pd.DataFrame) -> pd.DataFrame:
-    ob = summary[summary["stage"] == "obtain"].copy()
-    if ob.empty:
-        return ob
-    ob["series"] = ob["strategy"].map(LABELS).fillna(ob["strategy"])
-    # FULL-MODEL: the dense round 0 (shared by every chain of a domain and seed); a flat reference.
-    full = ob[ob["round"] == 0].groupby("pair").agg(test_acc_mean=("test_acc_mean", "mean"),
-                                                    test_acc_std=("test_acc_std", "mean")).reset_index()
-    rounds = ob[["pair", "round", "sparsity"]].drop_duplicates(["pair", "round"])
-    full = rounds.merge(full, on="pair")
-    full["series"] = LABELS["full"]
-    return pd.concat([ob, full], ignore_index=True)
+def settings_groups(rows: pd.DataFrame, settings: dict[str, dict] | None = None) -> list[Group]:
+    """One group per settings hash, the one with the most rows first; labels name the differing settings."""
+    if rows.empty:
+        return []
+    counts = rows["settings_hash"].value_counts()
+    hashes = list(counts.index)
+    settings = settings or {}
+    differing = set()
+    known = [settings[h] for h in hashes if h in settings]
+    for k in set().union(*known) if known else ():
+        if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in known}) > 1:
+            differing.add(k)
+    out = []
+    for h in hashes:
+        s = settings.get(h, {})
+        label = ", ".join(f"{k}={_short(s.get(k))}" for k in sorted(differing)) if differing and s else f"settings {h}"
+        out.append(Group(h, label, rows[rows["settings_hash"] == h]))
+    return out
 
 
-def transfer_curves(summary: pd.DataFrame) -> pd.DataFrame:
-    tr = summary[summary["stage"] == "transfer"].copy()
-    if tr.empty:
-        return tr
-    tr["series"] = tr["strategy"].map(LABELS).fillna(tr["strategy"])
-    # TICKET-TARGET: the target domain's own reset chain, drawn in each pair's panel.
-    ob = summary[(summary["stage"] == "obtain") & (summary["strategy"] == "reset")]
-    parts = [tr]
-    for pair in tr["pair"].unique():
-        target = pair.split("->", 1)[1]
-        t = ob[ob["pair"] == target].copy()
-        if len(t):
-            t["pair"] = pair
-            t["series"] = LABELS["target"]
-            parts.append(t)
-    return pd.concat(parts, ignore_index=True)
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _sparsity_axis(curves: pd.DataFrame) -> alt.Axis:
-    levels = curves.groupby("round")["sparsity"].mean().sort_index()
-    labels = {int(r): sparsity_label(s) for r, s in levels.items()}
-    expr = "{" + ", ".join(f"'{r}': '{lab}'" for r, lab in labels.items()) + "}[toString(datum.value)]"
-    return alt.Axis(values=list(labels), labelExpr=expr, title="sparsity (%) after each round", labelAngle=-45, grid=False)
-
-
-def sparsity_label(s: float) -> str:
-    """A short label for a sparsity: whole percent below 90, then as many decimals as it takes to
-    tell the remaining weights apart (96.8, 98.7, 99.84, 99.93, 99.98)."""
-    p = 100 * float(s)
-    if p == 0:
-        return "0"
-    if p < 90:
-        return f"{p:.0f}"
-    for digits in (1, 2, 3, 4):
-        text = f"{p:.{digits}f}"
-        if float(text) < 100 and abs(float(text) - p) <= 0.2 * (100 - p):
-            return text
-    return f"{p:.5f}"
-
-
-def accuracy_chart(curves: pd.DataFrame, *, facet: str = "pair", title: str = "", columns: int = 3) -> alt.FacetChart:
-    """Mean line and +-1 std band of test accuracy against the rounds' sparsity, one panel per ``facet``."""
-    c = curves.copy()
-    c["acc"] = 100 * c["test_acc_mean"]
-    c["lo"] = 100 * (c["test_acc_mean"] - c["test_acc_std"])
-    c["hi"] = 100 * (c["test_acc_mean"] + c["test_acc_std"])
-    c["sparsity_pct"] = 100 * c["sparsity"]
-    series = [s for s in COLORS if s in set(c["series"])]
-    color = alt.Color("series:N", title=None, scale=alt.Scale(domain=series, range=[COLORS[s] for s in series]),
-                      legend=alt.Legend(orient="bottom"))
-    x = alt.X("round:Q", axis=_sparsity_axis(c), scale=alt.Scale(nice=False))
-    base = alt.Chart().encode(x=x, color=color)
-    band = base.mark_area(opacity=0.18).encode(y=alt.Y("lo:Q", title="test accuracy (%)", scale=alt.Scale(zero=False)), y2="hi:Q")
-    line = base.mark_line(point=True).encode(
-        y=alt.Y("acc:Q", scale=alt.Scale(zero=False)),
-        strokeDash=alt.condition(alt.datum.series == "FULL-MODEL", alt.value([5, 4]), alt.value([1, 0])),
-        tooltip=["series", "round", alt.Tooltip("sparsity_pct:Q", format=".2f", title="sparsity %"),
-                 alt.Tooltip("acc:Q", format=".2f"), alt.Tooltip("test_acc_std:Q", format=".4f")],
-    )
-    layer = alt.layer(band, line, data=c).properties(width=260, height=190)
-    return layer.facet(facet=alt.Facet(f"{facet}:N", title=None), columns=columns).properties(title=title).resolve_scale(y="independent")
-
-
-def figure3(summary: pd.DataFrame):
-    curves = obtain_curves(summary)
-    if curves.empty:
-        return None
-    return accuracy_chart(curves, title="Figure 3 - obtaining tickets: test accuracy vs sparsity (mean +-1 std over seeds)")
-
-
-def figure4(summary: pd.DataFrame):
-    curves = transfer_curves(summary)
-    if curves.empty:
-        return None
-    return accuracy_chart(curves, title="Figure 4 - transferring tickets (source->target): test accuracy vs sparsity")
-
-
-def table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Wide table: 'mean +- std' test accuracy (%) per (stage, pair, strategy) x round."""
-    if summary.empty:
+def table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Wide table: 'mean ± std' test accuracy (%) per (stage, pair, strategy) x round; '-' where a
+    round does not exist (a transfer has no round 0)."""
+    s = results.summarize(rows)
+    if s.empty:
         return pd.DataFrame()
-    s = summary.copy()
-    s["cell"] = [f"{100*m:.1f} ± {100*d:.1f}" for m, d in zip(s["test_acc_mean"], s["test_acc_std"])]
-    s["column"] = [f"r{int(r)} ({sparsity_label(sp)}%)" for r, sp in zip(s["round"], s["sparsity"])]
+    s["cell"] = [f"{100 * m:.1f} ± {0 if pd.isna(d) else 100 * d:.1f}" for m, d in zip(s["test_acc_mean"], s["test_acc_std"])]
+    levels = s.groupby("round")["sparsity"].mean()
     wide = s.pivot_table(index=["stage", "pair", "strategy"], columns="round", values="cell", aggfunc="first")
-    names = s.drop_duplicates("round").set_index("round")["column"]
-    wide.columns = [names[r] for r in wide.columns]
-    return wide
+    wide.columns = [f"r{int(r)} ({plots.sparsity_label(levels[r])}%)" for r in wide.columns]
+    return wide.fillna("-")
 
 
-def build(study_dir: str | os.PathLike, *, log=print) -> dict:
-    """Write the report of a study; returns the paths written."""
+def phase_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """The columns of ``phase.summary`` a reader needs, with readable names."""
+    t = table.copy()
+    t["mde"] = [("-" if st == "detected" else "not detectable" if not pd.notna(m) or m == float("inf") else f"{m:.1f} pp")
+                for st, m in zip(t["transition"].map(lambda x: "detected" if x.endswith("%") else x), t["mde_pp"])]
+    cols = {"stage": "stage", "pair": "domain / pair", "comparison": "comparison", "seeds": "seeds",
+            "transition": "significant from (fixed sequence)", "effect_transition": "difference >= delta from [CI]",
+            "mde": "detectable effect (80%)", "instability": "instability", "chance_last": "at chance (last round)"}
+    return t[list(cols)].rename(columns=cols)
+
+
+def groups(study_dir: str | os.PathLike) -> list[Group]:
+    """The settings groups of a study's result rows (what the report draws, in its order)."""
+    study = paths.resolve_study(study_dir)
+    return settings_groups(results.load(study), settings_of(study))
+
+
+def write_table(study_dir: str | os.PathLike, name: str, table: pd.DataFrame) -> list[Path]:
+    """Write ``<study>/report/<name>.csv`` and ``.parquet`` atomically (phase and findings tables)."""
+    out = paths.report_dir(paths.resolve_study(study_dir))
+    return [write_text(out / f"{name}.csv", table.to_csv(index=False)), write_parquet(out / f"{name}.parquet", table)]
+
+
+def build(study_dir: str | os.PathLike, *, alpha: float = phase.ALPHA, delta: float = phase.DELTA,
+          test: str = "signflip", n_boot: int = phase.N_BOOT, log=print) -> dict:
+    """Write the report of a study (``PhaseSettings`` for the statistics); returns the paths written."""
     study = paths.resolve_study(study_dir)
     out = paths.report_dir(study)
-    rows = one_setting(results.load(study), log=log)
-    summary = summarize(rows)
-    written: dict[str, list[Path] | Path] = {}
+    rows = results.load(study)
+    groups = settings_groups(rows, settings_of(study))
+    stats = dict(alpha=alpha, delta=delta, n_boot=n_boot)
+    written: dict[str, object] = {}
+    summary = results.summarize(rows)
     write_parquet(out / "summary.parquet", summary)
     write_text(out / "summary.csv", summary.to_csv(index=False))
-    wide = table(summary)
-    figures = {}
-    for name, make in (("figure3", figure3), ("figure4", figure4)):
-        chart = make(summary)
-        if chart is not None:
-            written[name] = plots.save(chart, out / name, formats=("png", "svg"))
-            figures[name] = out / f"{name}.svg"
-    fig1 = paths.divergence_dir(study) / "figure1.svg"
-    if fig1.exists():
-        figures = {"figure1": fig1, **figures}
-    written["index"] = write_text(out / "index.html", _html(study, figures, wide, rows))
-    log(f"report of {len(rows)} result rows written to {out}/index.html")
+    sections, phase_tables, finding_tables = [], [], []
+    for i, g in enumerate(groups):
+        tag = "" if i == 0 else f"_{g.settings_hash}"
+        figs = {}
+        for name, make in (("figure3", plots.figure3), ("figure4", plots.figure4)):
+            chart = make(g.rows)
+            if chart is not None:
+                written[name + tag] = plots.save(chart, out / f"{name}{tag}", formats=("png", "svg"))
+                figs[name] = out / f"{name}{tag}.svg"
+        ph = phase.summary(g.rows, test=test, **stats).assign(group=g.label)
+        fi = findings.verdicts(g.rows, **stats).assign(group=g.label, settings_hash=g.settings_hash)
+        phase_tables.append(ph)
+        finding_tables.append(fi)
+        sections.append((g, figs, ph, fi))
+    ph_all = pd.concat(phase_tables, ignore_index=True) if phase_tables else phase.summary(rows)
+    fi_all = pd.concat(finding_tables, ignore_index=True) if finding_tables else pd.DataFrame(columns=findings.COLUMNS)
+    write_table(study, "phase_transition", ph_all)
+    write_table(study, "findings", fi_all)
+    written["index"] = write_text(out / "index.html", _html(study, sections, rows))
+    log(f"report of {len(rows)} result rows ({len(groups)} settings group(s)) written to {out}/index.html")
     return written
 
 
-def _html(study: Path, figures: dict[str, Path], wide: pd.DataFrame, rows: pd.DataFrame) -> str:
-    captions = {
-        "figure1": "Figure 1 - Jensen-Shannon divergence between the domains' subword unigram distributions (x 1e5).",
-        "figure3": "Figure 3 - Obtaining tickets in each domain: FULL-MODEL (dense, dashed), TICKET-RESET and TICKET-RANDOM.",
-        "figure4": "Figure 4 - Transferring tickets: the source's masks trained on the target with the source's initial "
-                   "values (MASKS-RESET) or fresh ones (MASKS-RANDOM), against the target's own tickets (TICKET-TARGET).",
-    }
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>ltnb report: "
-        f"{html.escape(study.name)}</title><style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}"
-        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}"
-        "figure{margin:1em 0}</style></head><body>",
-        f"<h1>Lottery tickets under distribution shift: study <code>{html.escape(study.name)}</code></h1>",
-        f"<p>{len(rows)} result rows; {rows['seed'].nunique() if len(rows) else 0} seed(s). "
-        "Accuracy is test accuracy in percent, mean ± std over seeds.</p>",
-    ]
-    for name, path in figures.items():
-        svg = path.read_text(encoding="utf-8")
-        parts.append(f"<figure>{svg}<figcaption>{html.escape(captions[name])}</figcaption></figure>")
-    if not wide.empty:
-        parts.append("<h2>Test accuracy per round</h2>")
-        parts.append(wide.to_html(border=0))
+CAPTIONS = {
+    "figure1": "Figure 1 - Jensen-Shannon divergence between the domains' subword unigram distributions (x 1e5).",
+    "figure3": "Figure 3 - Obtaining tickets in each domain: FULL-MODEL (dense, dashed), TICKET-RESET, TICKET-RANDOM "
+               "and the control TICKET-REINIT (the reset chain's masks with fresh values).",
+    "figure4": "Figure 4 - Transferring tickets: the source's masks trained on the target with the source's initial "
+               "values (MASKS-RESET) or fresh ones (MASKS-RANDOM), against the target's own tickets with the same seeds "
+               "and settings (TICKET-TARGET).",
+}
+
+
+def _html(study: Path, sections, rows: pd.DataFrame) -> str:
+    css = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px}"
+           "td,th{border:1px solid #ccc;padding:2px 6px;vertical-align:top}figure{margin:1em 0}"
+           ".held{color:#1a7f37;font-weight:bold}.not-held{color:#b42318;font-weight:bold}.inconclusive{color:#9a6700}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ltnb report: {html.escape(study.name)}</title>"
+             f"<style>{css}</style></head><body>",
+             f"<h1>Lottery tickets under distribution shift: study <code>{html.escape(study.name)}</code></h1>",
+             f"<p>{len(rows)} result rows; {rows['seed'].nunique() if len(rows) else 0} seed(s). Accuracy is test accuracy "
+             "in percent, mean ± std over seeds.</p>"]
+    fig1 = paths.divergence_dir(study) / "figure1.svg"
+    if fig1.exists():
+        parts.append(_figure(fig1, CAPTIONS["figure1"]))
+    for g, figs, ph, fi in sections:
+        if len(sections) > 1:
+            parts.append(f"<h2>Settings: {html.escape(g.label)} <small>({g.settings_hash})</small></h2>")
+        parts.append("<h2>The paper's findings, tested on these runs</h2>")
+        parts.append(_findings_html(fi))
+        for name in ("figure3", "figure4"):
+            if name in figs:
+                parts.append(_figure(figs[name], CAPTIONS[name]))
+                stage = "obtain" if name == "figure3" else "transfer"
+                part = ph[ph["stage"] == stage]
+                if len(part):
+                    parts.append(f"<h3>Phase transition ({stage}), measured</h3>")
+                    parts.append(phase_columns(part).to_html(index=False, border=0, na_rep="-"))
+                    parts.append(f"<p style='font-size:12px;color:#555'>{html.escape(phase.METHOD)}</p>")
+        wide = table(g.rows)
+        if not wide.empty:
+            parts.append("<h3>Test accuracy per round</h3>")
+            parts.append(wide.to_html(border=0))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _figure(path: Path, caption: str) -> str:
+    return f"<figure>{path.read_text(encoding='utf-8')}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def _findings_html(fi: pd.DataFrame) -> str:
+    rows = ["<table><tr><th>#</th><th>the paper's claim</th><th>statistic</th><th>estimate</th><th>interval</th>"
+            "<th>p</th><th>n</th><th>verdict</th><th>criterion</th><th>detail</th></tr>"]
+    for _, r in fi.iterrows():
+        ci = "-" if pd.isna(r["ci_lo"]) and pd.isna(r["ci_hi"]) else f"[{_num(r['ci_lo'])}, {_num(r['ci_hi'])}]"
+        rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in (
+            html.escape(r["finding"]), html.escape(r["claim"]), html.escape(r["statistic"]),
+            f"{_num(r['estimate'])} {html.escape(r['unit'])}", ci, "-" if pd.isna(r["p"]) else f"{r['p']:.3g}",
+            html.escape(r["n"]), f"<span class='{r['verdict'].replace(' ', '-')}'>{html.escape(r['verdict'])}</span>",
+            html.escape(r["criterion"]), html.escape(r["detail"]))) + "</tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _num(v) -> str:
+    return "-" if pd.isna(v) else f"{v:.2f}"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .lottery import COLUMNS, RESULTS
+from .paths import RESULTS
+from .paths import ROW_COLUMNS as COLUMNS
 
 KEY = ["stage", "pair", "seed", "strategy", "round", "settings_hash"]
 
@@ -25,7 +26,7 @@ def load(study_dir: str | os.PathLike, *, settings_hash: str | None = None) -> p
         raise FileNotFoundError(f"study folder {study} does not exist")
     files = sorted(p for stage in ("obtain", "transfer") for p in (study / stage).glob(f"**/{RESULTS}"))
     frames = [pd.read_parquet(f) for f in files]
-    frames = [f for f in frames if not f.empty]
+    frames = [f.reindex(columns=COLUMNS) for f in frames if not f.empty]  # rows written before a column existed get NaN
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in COLUMNS})
     df = pd.concat(frames, ignore_index=True)[COLUMNS]
@@ -37,15 +38,19 @@ def load(study_dir: str | os.PathLike, *, settings_hash: str | None = None) -> p
 def _dtype(column: str) -> str:
     if column in ("seed", "round", "best_epoch", "epochs_run"):
         return "int64"
-    if column in ("sparsity", "val_acc", "test_acc", "seconds"):
+    if column in ("sparsity", "val_acc", "test_acc", "seconds", "test_n"):
         return "float64"
     return "object"
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std and n of test accuracy (and mean validation accuracy, sparsity) over seeds, per
-    (stage, pair, strategy, round, settings_hash). ``std`` is the sample std (NaN for n = 1)."""
-    groups = ["stage", "source", "target", "pair", "strategy", "round", "settings_hash"]
+SUMMARY_KEYS = ["stage", "source", "target", "pair", "strategy", "round", "settings_hash"]
+
+
+def summarize(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """Mean, std and n of test accuracy (and of validation accuracy, mean sparsity) over seeds, per
+    ``by`` (default: stage, source, target, pair, strategy, round, settings_hash). ``std`` is the sample
+    std (ddof 1; NaN for one seed). The one place the study computes means and spreads over seeds."""
+    groups = list(by or SUMMARY_KEYS)
     if df.empty:
         return pd.DataFrame(columns=groups + ["sparsity", "test_acc_mean", "test_acc_std", "val_acc_mean",
                                               "val_acc_std", "n"])

@@ -7,6 +7,10 @@ entries exactly 0. ``Start`` carries what a strategy may use; the training loop 
 * ``random`` (TICKET-RANDOM, Liu et al.): fresh values from the same initial distributions
   (``ltnb.model.init_parameters``), drawn with a seed derived from (seed, round, strategy), so a
   resumed chain draws the same values.
+* ``reinit`` (the control of Frankle & Carbin 2019): the *reset* chain's own mask of the round
+  (the lottery module passes it), with fresh values: the very draw ``random`` makes for that seed
+  and round. So ``reset - reinit`` differ only in the initial values (same mask), and
+  ``reinit - random`` only in the mask (its pruning history), with the same fresh values.
 * ``masks-reset``: transfer; the *source* chain's theta_0 under the source mask (the lottery module
   passes the source's theta_0 as ``start.theta_0``).
 * ``masks-random``: transfer; fresh values under the source mask.
@@ -20,7 +24,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from .config import ModelSettings, derive_seed
+from .config import OBTAIN_STRATEGIES, TRANSFER_STRATEGIES, ModelSettings, derive_seed
 from .model import initial_state
 from .pruning import Mask
 
@@ -42,9 +46,19 @@ def reset(mask: Mask, start: Start) -> dict[str, torch.Tensor]:
     return Mask(mask).apply(start.theta_0)
 
 
+def fresh_values(start: Start, strategy: str | None = None) -> dict[str, torch.Tensor]:
+    """The fresh initial values of (seed, round, strategy): the same distributions as theta_0."""
+    return initial_state(start.vocab_size, start.model,
+                         derive_seed(start.seed, start.round, strategy or start.strategy, "init"))
+
+
 def random(mask: Mask, start: Start) -> dict[str, torch.Tensor]:
-    fresh = initial_state(start.vocab_size, start.model, derive_seed(start.seed, start.round, start.strategy, "init"))
-    return Mask(mask).apply(fresh)
+    return Mask(mask).apply(fresh_values(start))
+
+
+def reinit(mask: Mask, start: Start) -> dict[str, torch.Tensor]:
+    """Fresh values under the reset chain's mask: ``random``'s own draw for this seed and round."""
+    return Mask(mask).apply(fresh_values(start, "random"))
 
 
 def rewind(mask: Mask, start: Start) -> dict[str, torch.Tensor]:
@@ -53,5 +67,10 @@ def rewind(mask: Mask, start: Start) -> dict[str, torch.Tensor]:
     return Mask(mask).apply(start.rewound)
 
 
-OBTAIN: dict[str, Callable[[Mask, Start], dict[str, torch.Tensor]]] = {"reset": reset, "random": random, "rewind": rewind}
+OBTAIN: dict[str, Callable[[Mask, Start], dict[str, torch.Tensor]]] = {
+    "reset": reset, "random": random, "reinit": reinit, "rewind": rewind}
 TRANSFER: dict[str, Callable[[Mask, Start], dict[str, torch.Tensor]]] = {"masks-reset": reset, "masks-random": random}
+assert tuple(OBTAIN) == OBTAIN_STRATEGIES and tuple(TRANSFER) == TRANSFER_STRATEGIES  # one list of names
+
+#: obtain strategies whose mask at round r is the reset chain's mask of round r (not their own pruning)
+USES_RESET_MASKS = ("reinit",)

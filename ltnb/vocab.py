@@ -21,11 +21,12 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from . import paths
 from ._io import read_json, sha256_file, stable_hash, write_json
+from .config import VocabSettings
 from .tokens import SPLITS, TokenSplit, load_splits, save_splits
 
 PAD_ID = 0
@@ -34,24 +35,6 @@ UNK_ID = 1
 
 class VocabError(ValueError):
     """The vocabulary cannot be built with the settings asked for."""
-
-
-@dataclass(frozen=True)
-class VocabSettings:
-    vocab_size: int = 8000
-    character_coverage: float = 0.9995
-    model_type: str = "bpe"
-    max_len: int = 500
-
-    def __post_init__(self):
-        if int(self.vocab_size) < 4:
-            raise VocabError(f"vocab_size must be at least 4 (got {self.vocab_size})")
-        if not 0.0 < float(self.character_coverage) <= 1.0:
-            raise VocabError(f"character_coverage must be in (0, 1] (got {self.character_coverage})")
-        if self.model_type not in ("bpe", "unigram", "char", "word"):
-            raise VocabError(f"model_type must be one of bpe, unigram, char, word (got {self.model_type!r})")
-        if int(self.max_len) < 1:
-            raise VocabError(f"max_len must be a positive number of subwords (got {self.max_len})")
 
 
 def vocab_root(study_dir: str | os.PathLike) -> Path:
@@ -68,6 +51,9 @@ def _corpus_path(study_dir) -> Path:
 def _train_spm(sentences: list[str], settings: VocabSettings, prefix: Path) -> None:
     import sentencepiece as spm
 
+    # SentencePiece silently skips training sentences longer than max_sentence_length bytes (default
+    # 4192); set it to the longest one, so every training sentence is used.
+    longest = max((len(s.encode("utf-8")) for s in sentences), default=1)
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences),
@@ -80,6 +66,7 @@ def _train_spm(sentences: list[str], settings: VocabSettings, prefix: Path) -> N
             bos_id=-1,
             eos_id=-1,
             num_threads=1,  # deterministic, and the corpus is small
+            max_sentence_length=max(longest, 4192),
             minloglevel=2,
         )
     except RuntimeError as e:
@@ -104,7 +91,11 @@ def build(
     log=print,
 ) -> dict:
     """Train (or reuse) the shared vocabulary and encode every domain; returns ``info``."""
-    settings = VocabSettings(int(vocab_size), float(character_coverage), model_type, int(max_len))
+    try:
+        settings = VocabSettings(vocab_size=vocab_size, character_coverage=character_coverage, model_type=model_type,
+                                 max_len=max_len)
+    except ValueError as e:
+        raise VocabError(str(e)) from None
     import pandas as pd
     import sentencepiece as spm
 

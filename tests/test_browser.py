@@ -111,22 +111,24 @@ def wait_changed(page, selector: str, before: str, timeout: float = 30.0) -> str
 def test_explorer_widgets_update_every_view(study):
     app = explore.app(study)
     c, v = app.controls, app.views
-    assert list(c["pair"].options) == ["movies", "products", "products->movies"]
+    assert list(c["pair"].options) == ["movies", "products", "products->movies", "obtain: pooled over 2 domains"]
     before = {k: w.value for k, w in v.items()}
     assert "transition not detected" in before["estimate"] and before["accuracy"].startswith("<svg")
+    assert "detectable effect" in before["estimate"]
     c["pair"].value = "products"
-    assert "transition 96.8%" in v["estimate"].value and "gap transition 96.8%" in v["accuracy"].value
+    assert "transition 96.8%" in v["estimate"].value and "significant from 96.8%" in v["accuracy"].value
     after = {k: w.value for k, w in v.items()}
     assert all(after[k] != before[k] for k in ("estimate", "accuracy", "gap", "spread", "table"))
-    for name, value in (("mode", explore.SEEDS), ("alpha", 0.001), ("spread_factor", 50.0)):
+    for name, value in (("mode", explore.SEEDS), ("alpha", 0.1), ("delta", 0.05)):
         old = v["accuracy"].value + v["gap"].value + v["table"].value + v["estimate"].value
         c[name].value = value
         assert v["accuracy"].value + v["gap"].value + v["table"].value + v["estimate"].value != old, name
-    assert "spread: not detected" in v["estimate"].value
     app._zoom(0.9)
     assert c["rounds"].value == (6, 12) and "<td>5</td>" not in v["table"].value
     c["strategies"].value = ("reset",)
     assert "TICKET-RANDOM" not in v["accuracy"].value and "TICKET-RESET" in v["accuracy"].value
+    c["pair"].value = "obtain: pooled over 2 domains"
+    assert "pooled over domains or pairs (seed = unit)" in v["estimate"].value
 
 
 def test_explorer_on_an_empty_study_says_so(tmp_path):
@@ -163,12 +165,12 @@ def test_voila_app_in_chromium(study, browser, tmp_path):
         explore.wait_for_http(url, proc=proc, timeout=60)
         blocked = []
         page = offline_page(browser, blocked)
-        page.goto(url)
+        page.goto(url, timeout=120_000)  # Voila renders the notebook before the page loads
         page.wait_for_selector(".ltnb-accuracy svg", timeout=120_000)
         # an app: controls and views, no code
         assert page.locator(".jp-CodeMirrorEditor, .cm-editor").count() == 0
         assert "explore.app(" not in page.content()
-        assert "movies: transition not detected" in page.inner_text(".ltnb-estimate")
+        assert "movies: reset - random: transition not detected" in page.inner_text(".ltnb-estimate")
         acc, gap, table = (html_of(page, s) for s in (".ltnb-accuracy", ".ltnb-gap", ".ltnb-table"))
         assert "movies: test accuracy" in acc and "<svg" in acc
         shoot(page, tmp_path, "voila_movies")
@@ -176,11 +178,11 @@ def test_voila_app_in_chromium(study, browser, tmp_path):
         # choose another domain: every view changes, the estimate is drawn on the chart
         page.locator(".widget-dropdown", has_text="domain / pair").locator("select").select_option("products")
         acc2 = wait_changed(page, ".ltnb-accuracy", acc)
-        assert "products: test accuracy" in acc2 and "gap transition 96.8%" in acc2
+        assert "products: test accuracy" in acc2 and "significant from 96.8%" in acc2
         assert "products: reset - random" in wait_changed(page, ".ltnb-gap", gap)
         assert "<td>96.8</td>" in wait_changed(page, ".ltnb-table", table)
         page.wait_for_function("() => document.querySelector('.ltnb-estimate').innerText"
-                               ".includes('products: transition 96.8%')", timeout=30_000)
+                               ".includes('products: reset - random: transition 96.8%')", timeout=30_000)
 
         # zoom into the high-sparsity end: the table starts at round 6 (92.5%)
         table2 = html_of(page, ".ltnb-table")
@@ -234,17 +236,18 @@ def test_notebook_runs_in_jupyterlab(study, browser, tmp_path):
                                "&& window.jupyterapp.shell.currentWidget.sessionContext.session", timeout=60_000)
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
         page.wait_for_selector(".ltnb-accuracy svg", timeout=120_000)
-        assert "movies: transition not detected" in page.inner_text(".ltnb-estimate")
-        # the last cell (not in app mode) shows the measured transition of every domain and pair
+        assert "movies: reset - random: transition not detected" in page.inner_text(".ltnb-estimate")
+        # the last cell (not in app mode) shows the findings and the measured transition of every domain and pair
         page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea-output table')]"
                                ".some(t => t.innerText.includes('96.8%'))", timeout=60_000)
+        assert "the paper's findings, tested" in page.inner_text(".jp-Notebook")
         acc = html_of(page, ".ltnb-accuracy")
         page.locator(".ltnb-accuracy").scroll_into_view_if_needed()
         page.get_by_role("button", name="each seed").click()
         acc2 = wait_changed(page, ".ltnb-accuracy", acc)
         assert acc2.count("<path") > acc.count("<path")  # one line per seed now
         shoot(page, tmp_path, "jupyterlab_each_seed")
-        assert (study / "report" / "phase_transition.csv").exists()
+        assert (study / "report" / "phase_transition.csv").exists() and (study / "report" / "findings.csv").exists()
         assert not [u for u in blocked if "vega" in u or "altair" in u], blocked
     finally:
         stop(proc)

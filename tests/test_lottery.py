@@ -145,7 +145,7 @@ def test_bad_parameters_fail_before_training(tmp_path, monkeypatch):
         LotterySettings(prune_fraction=0)
     with pytest.raises(ValueError, match="rounds"):
         LotterySettings(rounds=-1)
-    with pytest.raises(ValueError, match=r"strategy = 'bogus'.*\['random', 'reset', 'rewind'\]"):
+    with pytest.raises(ValueError, match=r"strategy = 'bogus'.*\['random', 'reinit', 'reset', 'rewind'\]"):
         _obtain(tmp_path, strategy="bogus")
     with pytest.raises(ValueError, match="strategy"):
         _obtain(tmp_path, strategy="masks-reset")
@@ -160,7 +160,81 @@ def test_bad_parameters_fail_before_training(tmp_path, monkeypatch):
         lottery.transfer(tmp_path, "a", "a", **kw)
     with pytest.raises(ValueError, match=r"strategy = 'reset'.*masks-random"):
         lottery.transfer(tmp_path, "a", "b", strategy="reset", **kw)
+    with pytest.raises(ValueError, match="rounds = 0: a transfer needs at least 1 round"):
+        lottery.transfer(tmp_path, "a", "b", **{**kw, "settings": LotterySettings(rounds=0, model=SMALL.model)})
+    with pytest.raises(FileNotFoundError, match="reset chain's mask of round 1"):
+        _obtain(tmp_path, strategy="reinit")
     assert not (tmp_path / "transfer").exists()
+
+
+def test_round_0_is_trained_once_and_bit_identical(tmp_path, monkeypatch):
+    """A seed's reset, random and reinit chains share round 0: the first trains it, the others take it,
+    and what they take equals training it in each chain (a second study trains random alone)."""
+    trained = []
+    real = _train.fit
+
+    def counting(*a, desc="", **kw):
+        trained.append(desc)
+        return real(*a, desc=desc, **kw)
+
+    monkeypatch.setattr(_train, "fit", counting)
+    shared = tmp_path / "shared"
+    for strategy in ("reset", "random", "reinit"):
+        _obtain(shared, strategy=strategy)
+    assert trained.count("round 0") == 1 and len(trained) == 1 + 3 * SMALL.rounds
+    alone = tmp_path / "alone"
+    _obtain(alone, strategy="random")
+    for strategy in ("random", "reinit"):
+        a = tickets.load(lottery.chain_dir(shared, "a", strategy, 0, SMALL, KEY, 50) / "round_00.safetensors")
+        b = tickets.load(lottery.chain_dir(alone, "a", "random", 0, SMALL, KEY, 50) / "round_00.safetensors")
+        assert all(torch.equal(a.trained[n], b.trained[n]) for n in a.trained)
+    rows = results.load(shared)
+    r0 = rows[rows["round"] == 0].set_index("strategy")
+    assert r0["test_acc"].nunique() == 1 and set(r0.index) == {"reset", "random", "reinit"}
+    later_random = rows[(rows.strategy == "random")].reset_index(drop=True)
+    alone_rows = results.load(alone)
+    pd.testing.assert_frame_equal(later_random[NUMBERS], alone_rows[NUMBERS])  # the whole chain, equal
+
+
+def test_reinit_trains_resets_masks_from_randoms_values(tmp_path):
+    for strategy in ("reset", "random", "reinit"):
+        _obtain(tmp_path, strategy=strategy)
+    for r in (1, 3):
+        reset = tickets.load(lottery.chain_dir(tmp_path, "a", "reset", 0, SMALL, KEY, 50) / f"round_{r:02d}.safetensors")
+        rand = tickets.load(lottery.chain_dir(tmp_path, "a", "random", 0, SMALL, KEY, 50) / f"round_{r:02d}.safetensors")
+        reinit = tickets.load(lottery.chain_dir(tmp_path, "a", "reinit", 0, SMALL, KEY, 50) / f"round_{r:02d}.safetensors")
+        assert all(torch.equal(reinit.masks[n], reset.masks[n]) for n in reset.masks)  # reset's own masks
+        # round 1 prunes the shared round 0 in every chain; from round 2 random prunes its own weights
+        assert any(not torch.equal(rand.masks[n], reset.masks[n]) for n in reset.masks) == (r > 1)
+    assert results.load(tmp_path).groupby("strategy")["sparsity"].max().nunique() == 1
+
+
+def test_a_cell_runs_every_chain_and_reports_each_failure(tmp_path, monkeypatch):
+    from ltnb import vocab
+
+    monkeypatch.setattr(vocab, "load_encoded", lambda study, domain: (DATA_A, 50))
+    monkeypatch.setattr(vocab, "data_key", lambda study: KEY)
+    real = _train.fit
+
+    def failing_random(*a, desc="", **kw):
+        if desc == "round 2" and failing_random.strategy == "random":
+            raise RuntimeError("random asked to fail")
+        return real(*a, desc=desc, **kw)
+
+    failing_random.strategy = ""
+    real_obtain = lottery.obtain
+
+    def obtain(*a, strategy="reset", **kw):
+        failing_random.strategy = strategy
+        return real_obtain(*a, strategy=strategy, **kw)
+
+    monkeypatch.setattr(_train, "fit", failing_random)
+    monkeypatch.setattr(lottery, "obtain", obtain)
+    with pytest.raises(lottery.ChainsFailed, match="random: RuntimeError: random asked to fail") as e:
+        lottery.obtain_cell(tmp_path, "a", strategies=("random", "reinit", "reset"), settings=SMALL, progress=False)
+    assert list(e.value.errors) == ["random"]
+    rows = results.load(tmp_path)
+    assert set(rows[rows["round"] == SMALL.rounds].strategy) == {"reset", "reinit"}  # the others finished
 
 
 def test_settings_from_params_and_hash():

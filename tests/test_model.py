@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from ltnb.config import ModelSettings
@@ -41,18 +42,35 @@ def test_forward_shapes_short_inputs_and_padding_invariance():
     torch.testing.assert_close(longer_pad, both)
 
 
-def test_init_distributions_and_seed():
-    m = KimCNN(2000, embed_dim=64, channels=32, hidden=20, seed=3)
+@pytest.mark.parametrize("a", [math.sqrt(5), 0.0, 1.0])
+def test_init_distributions_and_seed(a):
+    m = KimCNN(2000, embed_dim=64, channels=32, hidden=20, init_a=a, seed=3)
     emb = m.embedding.weight.detach()
     assert abs(emb.mean()) < 0.02 and abs(emb.std() - 1) < 0.02
     for layer in [*m.convs, m.fc1, m.fc2]:
         fi = layer.weight[0].numel()
         w, b = layer.weight.detach(), layer.bias.detach()
-        bound = math.sqrt(6 / fi)  # kaiming_uniform_(a=0): sqrt(6 / ((1 + a^2) fan_in))
+        bound = math.sqrt(6 / ((1 + a * a) * fi))  # the paper's He-uniform bound with PyTorch's a
         assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
         assert b.abs().max() <= 1 / math.sqrt(fi)
-    same = initial_state(2000, ModelSettings(embed_dim=64, channels=32, hidden=20), 3)
-    other = initial_state(2000, ModelSettings(embed_dim=64, channels=32, hidden=20), 4)
+    if a == math.sqrt(5):  # the default is exactly what PyTorch's own layers draw
+        torch.manual_seed(0)
+        ref = torch.nn.Linear(200, 30)
+        assert math.isclose(ref.weight.abs().max().item(), 1 / math.sqrt(200), rel_tol=0.05)
+        assert m.fc1.weight.abs().max() <= 1 / math.sqrt(m.fc1.weight[0].numel())
+    same = initial_state(2000, ModelSettings(embed_dim=64, channels=32, hidden=20, init_a=a), 3)
+    other = initial_state(2000, ModelSettings(embed_dim=64, channels=32, hidden=20, init_a=a), 4)
     for n, p in m.named_parameters():
         assert torch.equal(same[n], p.detach())
         assert not torch.equal(other[n], p.detach())
+
+
+def test_zero_biases_and_the_settings_enter_the_hash():
+    m = KimCNN(100, embed_dim=8, channels=4, hidden=4, bias_init="zero", seed=0)
+    assert all((layer.bias == 0).all() for layer in [*m.convs, m.fc1, m.fc2])
+    from ltnb.config import LotterySettings
+    base = LotterySettings()
+    assert LotterySettings.from_params(init_a=0.0).settings_hash() != base.settings_hash()
+    assert LotterySettings.from_params(bias_init="zero").settings_hash() != base.settings_hash()
+    with pytest.raises(ValueError, match="bias_init"):
+        ModelSettings(bias_init="ones")

@@ -1,10 +1,17 @@
-"""fit_many (several chains at once, torch.func.vmap) equals separate fit() runs on the CPU."""
+"""benchmarks/multi.py's fit_many (several chains at once, torch.func.vmap over the model's own forward)
+equals separate fit() runs on the CPU."""
+import sys
+
 import pytest
 import torch
 
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
 from ltnb.config import TrainSettings
 from ltnb.model import KimCNN
-from ltnb.multi import fit_many
+from multi import fit_many  # noqa: E402
 from ltnb.pruning import Mask, prune_step
 from ltnb.train import fit, synthetic_data
 

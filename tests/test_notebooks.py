@@ -13,6 +13,19 @@ NB = ROOT / "notebooks"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in NB.glob("*.ipynb")))
+def test_notebooks_read_as_teaching_material(name):
+    """Each opens with what the step does, has a parameters cell, imports nothing private, draws or
+    shows its result, and says how to read it."""
+    nb = nbformat.read(NB / name, as_version=4)
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# 0")
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "ltnb._" not in code and "from ltnb._" not in code, f"{name} imports a private module"
+    assert "How to read it" in "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    if name.startswith(("03", "04")):
+        assert sum("train" in c.metadata.get("tags", []) for c in nb.cells) == 1  # timed by the runner
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NB.glob("*.ipynb")))
 def test_notebooks_are_committed_clean_with_a_parameters_cell(name):
     nb = nbformat.read(NB / name, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -31,8 +44,8 @@ def test_data_and_divergence_notebooks(tmp_path, builtin_cache):
     out = tmp_path / "executed"
     out.mkdir()
     pm.execute_notebook(str(NB / "01_data.ipynb"), str(out / "01.ipynb"), kernel_name="python3", progress_bar=False,
-                        parameters=dict(study_dir=str(study), per_domain=120, vocab_size=400, seed=3,
-                                        domains=["products", "news", "tweets"]))
+                        parameters=dict(study_dir=str(study), settings=dict(per_domain=120, vocab_size=400, seed=3,
+                                                                             domains=["products", "news", "tweets"])))
     table = pd.read_parquet(study / "data" / "corpus.parquet")
     assert sorted(table.domain.unique()) == ["news", "products", "tweets"]
     counts = table.groupby(["domain", "split", "label"]).size()
@@ -44,7 +57,10 @@ def test_data_and_divergence_notebooks(tmp_path, builtin_cache):
     assert info["vocab_size"] == 400 and info["domains"] == ["news", "products", "tweets"]
     executed = nbformat.read(out / "01.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
-    assert "400 pieces" in text
+    assert "400 pieces" in text and "'in_train_or_validation': 0" in text
+    with pytest.raises(pm.PapermillExecutionError, match="unknown name.*'per_domian'"):  # a typo is refused
+        pm.execute_notebook(str(NB / "01_data.ipynb"), str(out / "bad.ipynb"), kernel_name="python3",
+                            progress_bar=False, parameters=dict(study_dir=str(study), settings={"per_domian": 5}))
 
     pm.execute_notebook(str(NB / "02_divergence.ipynb"), str(out / "02.ipynb"), kernel_name="python3",
                         progress_bar=False, parameters=dict(study_dir=str(study)))

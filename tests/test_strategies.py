@@ -46,17 +46,31 @@ def test_random_differs_from_theta_0_but_has_the_init_distributions():
         assert not torch.equal(w[n][mask[n]], theta_0[n][mask[n]])
         assert not torch.equal(w[n], next_round[n])
     # survivors follow the initial distributions (KS test): N(0, 1) for the embedding,
-    # U(-b, b) for conv / linear weights (b = sqrt(6 / fan_in)) and biases (b = 1 / sqrt(fan_in))
+    # U(-b, b) for conv / linear weights (b = sqrt(6 / ((1 + a^2) fan_in)), a = sqrt(5) by default) and
+    # biases (b = 1 / sqrt(fan_in))
     fresh = initial_state(VOCAB, SETTINGS, seed=12345)  # all entries, to test the distributions
     for source in (fresh, {n: w[n][mask[n]] for n in w}):
         emb = source["embedding.weight"].flatten().double().numpy()
         assert stats.kstest(emb, "norm").pvalue > 1e-3
         for layer in ("convs.0", "convs.2", "fc1"):
             fi = theta_0[f"{layer}.weight"][0].numel()
-            for kind, b in (("weight", math.sqrt(6 / fi)), ("bias", 1 / math.sqrt(fi))):
+            a = SETTINGS.init_a
+            for kind, b in (("weight", math.sqrt(6 / ((1 + a * a) * fi))), ("bias", 1 / math.sqrt(fi))):
                 x = source[f"{layer}.{kind}"].flatten().double().numpy()
                 if x.size >= 8:
                     assert stats.kstest(x, "uniform", args=(-b, 2 * b)).pvalue > 1e-3, (layer, kind)
+
+
+def test_reinit_is_randoms_draw_under_the_given_mask():
+    theta_0, mask = _setup()
+    other_mask = Mask({n: ~m | (torch.arange(m.numel()).reshape(m.shape) % 2 == 0) for n, m in mask.items()})
+    r = strategies.random(mask, _start(theta_0, "random"))
+    ri = strategies.reinit(other_mask, _start(theta_0, "reinit"))
+    fresh = strategies.fresh_values(_start(theta_0, "random"))
+    for n in theta_0:  # the same fresh values as random's of this seed and round, under its own mask
+        assert torch.equal(ri[n], torch.where(other_mask[n], fresh[n], torch.zeros(())))
+        assert torch.equal(r[n], torch.where(mask[n], fresh[n], torch.zeros(())))
+    assert strategies.USES_RESET_MASKS == ("reinit",)
 
 
 def test_rewind_uses_rewound_values():

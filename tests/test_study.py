@@ -43,7 +43,9 @@ def test_smoke_plan_runs_every_stage(smoke):
     rounds = smoke["raw"]["defaults"]["rounds"]
     ob = rows[rows.stage == "obtain"]
     assert set(ob.groupby(["pair", "strategy", "seed"]).size()) == {rounds + 1}  # rounds 0..R per chain
-    assert len(ob.groupby(["pair", "strategy", "seed"])) == 4
+    assert len(ob.groupby(["pair", "strategy", "seed"])) == 6 and set(ob.strategy) == {"reset", "random", "reinit"}
+    r0 = ob[ob["round"] == 0].groupby("pair")["test_acc"].nunique()
+    assert (r0 == 1).all()  # one dense round 0 per domain and seed, shared by its three chains
     tr = rows[rows.stage == "transfer"]
     assert set(tr.strategy) == {"masks-reset", "masks-random"} and set(tr.pair) == {"products->movies"}
     assert sorted(tr["round"].unique()) == list(range(1, rounds + 1))
@@ -53,7 +55,7 @@ def test_smoke_plan_runs_every_stage(smoke):
         assert s == pytest.approx(1 - 0.65 ** r, abs=0.01)
     # executed notebooks kept next to the outputs, all without errors
     executed = sorted(study.rglob("*.ipynb"))
-    assert len(executed) == 1 + 1 + 4 + 2 + 1 + 1
+    assert len(executed) == 1 + 1 + 2 + 1 + 1 + 1
     for nb_path in executed:
         nb = nbformat.read(nb_path, as_version=4)
         assert not any(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs), nb_path
@@ -62,12 +64,19 @@ def test_smoke_plan_runs_every_stage(smoke):
         assert fig.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert ET.parse(fig.with_suffix(".svg")).getroot().tag.endswith("svg")
     page = (study / "report" / "index.html").read_text()
-    assert page.count("<svg") >= 3 and "TICKET-RANDOM" in page and "MASKS-RESET" in page
+    assert page.count("<svg") >= 3 and "TICKET-REINIT" in page and "MASKS-RESET" in page
+    assert "The paper's findings" in page and "NaN" not in page
     assert "http://" not in page.replace("http://www.w3.org", "")  # nothing fetched from the web
     phase = pd.read_csv(study / "report" / "phase_transition.csv")
     assert set(phase["transition"]) == {"too few seeds"}  # one seed: a message, not a number
     summary = pd.read_csv(study / "report" / "summary.csv")
     assert len(summary) == len(rows.groupby(["stage", "pair", "strategy", "round"]))
+    # the runner's record of where the time went, and its estimate beside what happened
+    times = pd.read_csv(study / "batch_times.csv")
+    assert set(times.stage.dropna()) >= {"data", "obtain", "transfer", "report", "phase"}
+    ob_t = times[times.stage == "obtain"]
+    assert (ob_t.training > 0).all() and (ob_t.training < ob_t.wall).all()
+    assert "estimate vs actual" in smoke["log"] and "worker time" in smoke["log"]
 
 
 def test_rerun_does_nothing_and_a_deleted_cell_reruns_alone(smoke):
@@ -76,7 +85,7 @@ def test_rerun_does_nothing_and_a_deleted_cell_reruns_alone(smoke):
     assert code == 0 and "0 to run" in log, log
     import shutil
 
-    victim = smoke["study"] / "obtain" / "movies" / "random" / "seed0"
+    victim = smoke["study"] / "obtain" / "movies" / "seed0"
     shutil.rmtree(victim)
     code, log = _run(smoke, only="obtain")
     assert code == 0 and "1 to run" in log, log
@@ -85,8 +94,8 @@ def test_rerun_does_nothing_and_a_deleted_cell_reruns_alone(smoke):
 
 def test_a_cell_killed_mid_way_keeps_its_finished_rounds(smoke):
     assert smoke["code"] == 0, smoke["log"]
-    cell = smoke["study"] / "obtain" / "products" / "reset" / "seed0"
-    run = next(p.parent for p in cell.glob("*/results.parquet"))
+    cell = smoke["study"] / "obtain" / "products" / "seed0"
+    run = next(p.parent for p in (smoke["study"] / "obtain" / "products" / "reset" / "seed0").glob("*/results.parquet"))
     before = results.load(smoke["study"])
     # what a kill during the last round leaves: no cell marker, no last ticket, no last row
     (cell / "_COMPLETE.json").unlink()
@@ -108,24 +117,27 @@ def test_a_cell_killed_mid_way_keeps_its_finished_rounds(smoke):
         after.sort_values(key).reset_index(drop=True).drop(columns="seconds"))
 
 
-def test_a_failing_cell_is_reported_and_the_others_finish(tmp_path, builtin_cache, smoke):
-    """`rewind` chains asking to rewind past the end of round 0 fail inside their notebooks; the reset
-    chains of the same stage and the transfer (which needs only reset chains) finish; exit code 1."""
+def test_a_failing_chain_is_reported_and_the_others_finish(tmp_path, builtin_cache, smoke):
+    """A `rewind` chain asking to rewind past the end of round 0 fails inside its cell's notebook; the
+    reset chain of the same cell and the other domain's cell finish; the transfer, whose input cell
+    failed, is not run and says why; exit code 1."""
     plan = json.loads(json.dumps(smoke["raw"]))
     plan["outputs"] = str(tmp_path / "outputs")
     study = tmp_path / "outputs" / "smoke"
     plan["stages"] = [s for s in plan["stages"] if s["stage"] in ("data", "obtain", "transfer")]
-    plan["stages"][1]["grid"] = {"domain": ["products", "movies"], "strategy": ["reset", "rewind"], "seed": [0]}
-    plan["stages"][1]["params"] = {"rewind_steps": 10**6}
+    plan["stages"][1]["params"] = {"strategies": ["reset", "rewind"], "rewind_steps": 10**6}
+    plan["stages"][1]["grid"] = {"domain": ["products", "movies"], "seed": [0]}
+    plan["stages"][2]["params"] = {**plan["stages"][2].get("params", {}), "rewind_steps": 10**6}
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(plan))
     out = io.StringIO()
-    code = batch.main(path, workers=2, out=out)
+    code = batch.main(path, workers=2, out=out, estimate=False)
     log = out.getvalue()
     assert code == 1, log
     for domain in ("products", "movies"):
-        assert (study / "obtain" / domain / "reset" / "seed0" / "_COMPLETE.json").exists()
-        failed_nb = study / "obtain" / domain / "rewind" / "seed0" / "03_obtain.ipynb"
+        assert next((study / "obtain" / domain / "reset" / "seed0").glob("*/_COMPLETE.json"))  # reset finished
+        failed_nb = study / "obtain" / domain / "seed0" / "03_obtain.ipynb"
         assert failed_nb.exists() and str(failed_nb) in log
         assert not (failed_nb.parent / "_COMPLETE.json").exists()
-    assert "rewind_steps" in log  # the notebook's error is in the summary
+    assert "rewind_steps" in log and "ChainsFailed" in log  # the notebook's error is in the summary
+    assert "transfer/products__movies/seed0: input obtain/products/seed0 failed" in log

@@ -53,6 +53,20 @@ def test_cache_is_reused_and_keyed_by_settings(tmp_path):
     assert (vocab.vocab_root(study) / a["key"] / "info.json").exists()  # old encodings kept
 
 
+def test_no_training_sentence_is_dropped_for_its_length(tmp_path):
+    """SentencePiece skips sentences longer than max_sentence_length (default 4192 bytes) silently; the
+    vocabulary sets it to the longest training sentence, so a long text's rare characters are learnt."""
+    study, table = _corpus(tmp_path)
+    long = " ".join(["zeta\u03b6\u03b6 " + w for w in WORDS] * 30)  # ~6 KB, the only text with a zeta
+    assert len(long.encode()) > 4192
+    table.loc[0, "text"] = long
+    table.to_parquet(study / "data" / "corpus.parquet", index=False)
+    vocab.build(study, vocab_size=60, character_coverage=1.0, max_len=5000, log=lambda *_: None)
+    sp = vocab.processor(study)
+    assert sp.piece_to_id("\u03b6") != sp.unk_id()
+    assert vocab.UNK_ID not in sp.encode(long)
+
+
 def test_truncation_to_max_len(tmp_path):
     study, _ = _corpus(tmp_path)
     info = vocab.build(study, vocab_size=60, max_len=4, log=lambda *_: None)

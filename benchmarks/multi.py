@@ -19,6 +19,12 @@ up to float rounding (``tests/test_multi.py``), because every chain keeps its ow
 
 Constraints: every model has the same shapes, every chain's training split has the same size (the
 same number of steps per epoch), and the sparse conv path is not used.
+
+The forward pass is ``ltnb.model.KimCNN.forward`` itself, called with each chain's parameters through
+``torch.func.functional_call`` and vectorised with ``torch.func.vmap`` (its ``noise`` argument takes
+the chain's own dropout draw); there is no second copy of the model here. This lives under
+``benchmarks/`` because only the GPU check (``gpu_check.py``) uses it; the study's chains train one
+per process with ``ltnb.train.fit``.
 """
 from __future__ import annotations
 
@@ -29,29 +35,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import TrainSettings, derive_seed
-from .model import PAD_ID, KimCNN
-from .tokens import TokenSplit
-from .train import EVAL_BATCH, EVAL_TOKENS, FitResult, default_device, evaluate, make_batches
-
-
-def _forward(p: dict, ids, lengths, noise, kernel_sizes):
-    """KimCNN.forward as a pure function of the parameters (one chain; vmapped over chains)."""
-    e = F.embedding(ids, p["embedding.weight"])
-    if noise is not None:
-        e = e * noise
-    x = e.transpose(1, 2)  # [batch, embed, time]
-    width = max(kernel_sizes)
-    padded = lengths.clamp(min=width)
-    positions = torch.arange(ids.shape[-1], device=ids.device)
-    pooled = []
-    for i, h in enumerate(kernel_sizes):
-        y = F.relu(F.conv1d(x, p[f"convs.{i}.weight"], p[f"convs.{i}.bias"]))
-        valid = positions[: y.shape[-1]].unsqueeze(0) < (padded - h + 1).unsqueeze(1)
-        pooled.append((y * valid.unsqueeze(1)).amax(dim=-1))
-    z = torch.cat(pooled, dim=-1)
-    z = F.relu(F.linear(z, p["fc1.weight"], p["fc1.bias"]))
-    return F.linear(z, p["fc2.weight"], p["fc2.bias"])
+from ltnb.config import TrainSettings, derive_seed
+from ltnb.model import PAD_ID, KimCNN
+from ltnb.tokens import TokenSplit
+from ltnb.train import EVAL_BATCH, EVAL_TOKENS, FitResult, default_device, evaluate, make_batches
 
 
 def fit_many(
@@ -116,10 +103,12 @@ def fit_many(
     vals = [[b.to(device) for b in make_batches(d["validation"], EVAL_BATCH, max_len=settings.max_len, max_tokens=EVAL_TOKENS)] for d in datas]
     width = max(kernel_sizes)
     embed_dim = stacked["embedding.weight"].shape[-1]
-    batched = torch.func.vmap(lambda p, i, l, z: _forward(p, i, l, z, kernel_sizes))
     scratch = KimCNN(shapes[0]["embedding.weight"][0], embed_dim=embed_dim, kernel_sizes=kernel_sizes,
                      channels=shapes[0]["convs.0.weight"][0], hidden=shapes[0]["fc1.weight"][0],
                      classes=shapes[0]["fc2.weight"][0], dropout=p_drop, seed=None).to(device)
+    call = torch.func.functional_call  # the model's own forward, with a chain's parameters
+    batched = torch.func.vmap(lambda p, i, l_, z: call(scratch, p, (i, l_), {"noise": z}))
+    batched_plain = torch.func.vmap(lambda p, i, l_: call(scratch, p, (i, l_)))
 
     def chain_state(i):
         return {n: stacked[n][i].detach().clone() for n in names}
@@ -162,10 +151,7 @@ def fit_many(
             ids, lengths, labels, weight = (x.to(device, non_blocking=True) for x in (ids, lengths, labels, weight))
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                if noise is None:
-                    logits = torch.func.vmap(lambda p, i_, l_: _forward(p, i_, l_, None, kernel_sizes))(stacked, ids, lengths)
-                else:
-                    logits = batched(stacked, ids, lengths, noise)
+                logits = batched_plain(stacked, ids, lengths) if noise is None else batched(stacked, ids, lengths, noise)
             ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none").view(k, bmax)
             per = (ce * weight).sum(dim=1)  # each chain's mean loss
             per.sum().backward()

@@ -1,0 +1,307 @@
+"""How long will a plan take on this machine? An estimate from measured rates, before a run.
+
+The model of one training round (``ltnb.train.fit``) is::
+
+    epochs x (ceil(n_train / batch) x step(s, L) + n_val x eval(s, L)) + n_test x eval(s, L) + fixed(s)
+
+where ``s`` is the round's sparsity, ``L`` the mean length of the domain's texts (subwords),
+``step`` the time of one training step of a batch, ``eval`` the time to evaluate one text and
+``fixed`` what a round costs besides (building the sparse plan and the packed embedding, the
+optimizer, copying the best epoch's weights, saving the ticket).
+
+The rates are **measured** on this machine, once per model shape, vocabulary size, batch size and
+thread count, by timing the real ``fit`` on synthetic data at a few sparsities and two lengths
+(``calibrate``, about 10-40 s), and cached in ``<cache>/rates.json`` like the sparse crossover.
+Between measured points they are interpolated (linear in ``L``, linear in log(1 - s)). A batch run
+adds what it measured: the mean overhead of a cell of each stage (kernel start, imports, cells
+other than the training call) and the wall time of the cells that do not train (data, divergence,
+report, phase), so later estimates use this machine's own numbers.
+
+A plan's cells are then scheduled on ``workers`` workers in dependency order (the runner's rule:
+a cell starts when its inputs are done), which gives the estimated wall time; per stage it prints
+the worker time. What it cannot know is printed with it: the data stage of a corpus it has not
+seen (the time to stream and sample Amazon files), the epochs that early stopping saves (it assumes
+``max_epochs``), and for a study without data yet, the texts' mean length (built-in corpus:
+measured from the corpus when fetched; Amazon reviews: an assumed ``ASSUMED_LEN``).
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config, paths
+from ._io import read_json, write_json
+
+RATES_FILE = "rates.json"
+SPARSITIES = (0.0, 0.65, 0.884, 0.968, 0.991, 0.998)
+LENGTHS = (16, 64)
+ASSUMED_LEN = {"builtin": 22.0, "amazon": 130.0, "blitzer": 160.0}  # subwords, when no data is there yet
+PAPER_SPLIT = (20000, 10000, 10000)
+DEFAULT_OVERHEAD = {"data": 8.0, "divergence": 6.0, "obtain": 7.0, "transfer": 7.0, "report": 8.0, "phase": 8.0}
+DEFAULT_WALL = {"data": 20.0, "divergence": 4.0, "report": 25.0, "phase": 25.0}  # non-training cells, seconds
+
+
+# ----------------------------------------------------------------------------------- calibration
+
+def _key(model: config.ModelSettings, vocab_size: int, batch_size: int) -> str:
+    import torch
+
+    from .sparse import machine_key
+
+    shape = json.dumps({"model": config._plain(config.kwargs(model)), "vocab": int(vocab_size),
+                        "batch": int(batch_size)}, sort_keys=True)
+    return f"{machine_key('cpu')}|{torch.get_num_threads()}|{shape}"
+
+
+def calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int = 32, *, log=print) -> dict:
+    """Time ``ltnb.train.fit`` at ``SPARSITIES`` x ``LENGTHS`` on synthetic data (see the module doc).
+    Returns ``{"step": {s: [t(L1), t(L2)]}, "eval": {...}, "fixed": {s: t}, "lengths": [...]}``."""
+    import torch
+
+    from .model import KimCNN
+    from .pruning import Mask, prune_step
+    from .tokens import TokenSplit
+    from .train import EVAL_BATCH, evaluate, fit, make_batches
+
+    t0 = time.perf_counter()
+    log(f"estimate: measuring training rates on this machine for this model (once; cached in {RATES_FILE})")
+    train_settings = config.TrainSettings(max_epochs=1, batch_size=batch_size)
+    g = torch.Generator().manual_seed(0)
+
+    def split(n, length):
+        ids = torch.randint(2, vocab_size, (n, length), generator=g)
+        return TokenSplit.from_lists(ids.tolist(), (torch.arange(n) % 2).tolist())
+
+    out = {"step": {}, "eval": {}, "fixed": {}, "lengths": list(LENGTHS), "sparsities": list(SPARSITIES)}
+    model_ = KimCNN.from_settings(vocab_size, model, seed=0)
+    weights = {n: p.detach().clone() for n, p in model_.named_parameters()}
+    mask = Mask.ones_like(weights)
+    for s in SPARSITIES:
+        while mask.sparsity() < s - 1e-3:  # (a tiny model's ceilings may stop short of s: then as far as it goes)
+            before = mask.kept()
+            mask = prune_step(weights, mask, 0.35)
+            if mask.kept() == before:
+                break
+        steps, evals, fixed = [], [], []
+        for length in LENGTHS:
+            times = {}
+            for k in (2, 6):
+                data = {"train": split(k * batch_size, length), "validation": split(1, length), "test": split(1, length)}
+                m = KimCNN.from_settings(vocab_size, model, seed=0)
+                t = time.perf_counter()
+                fit(m, data, train_settings, masks=mask if s > 0 else None, seed=0, progress=False)
+                times[k] = time.perf_counter() - t
+            step = max((times[6] - times[2]) / 4, 1e-6)
+            steps.append(step)
+            fixed.append(max(times[2] - 2 * step, 0.0))
+            m.eval()
+            batches = make_batches(split(EVAL_BATCH, length), EVAL_BATCH, max_len=10_000)
+            t = time.perf_counter()
+            evaluate(m, batches)
+            evals.append((time.perf_counter() - t) / EVAL_BATCH)
+        out["step"][str(s)], out["eval"][str(s)], out["fixed"][str(s)] = steps, evals, sum(fixed) / len(fixed)
+    out["seconds"] = time.perf_counter() - t0
+    out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    log(f"estimate: rates measured in {out['seconds']:.0f} s")
+    return out
+
+
+def _cache(cache_dir=None) -> Path:
+    return paths.cache_dir(cache_dir) / RATES_FILE
+
+
+def _load_cache(cache_dir=None) -> dict:
+    f = _cache(cache_dir)
+    try:
+        return read_json(f) if f.exists() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def rates(model: config.ModelSettings, vocab_size: int, batch_size: int = 32, *, cache_dir=None, log=print) -> dict:
+    """The measured rates for this machine and model (from the cache, or measured once and stored)."""
+    table = _load_cache(cache_dir)
+    key = _key(model, vocab_size, batch_size)
+    if key not in table.get("models", {}):
+        table.setdefault("models", {})[key] = calibrate(model, vocab_size, batch_size, log=log)
+        _save_cache(table, cache_dir)
+    return table["models"][key]
+
+
+def _save_cache(table: dict, cache_dir=None) -> None:
+    try:
+        write_json(_cache(cache_dir), table)
+    except OSError:
+        pass
+
+
+def record_run(times: list[dict], *, cache_dir=None) -> None:
+    """Keep what a batch measured (per stage: mean overhead per cell; wall of cells that do not
+    train) for later estimates."""
+    table = _load_cache(cache_dir)
+    seen = table.setdefault("observed", {})
+    for stage in {t["stage"] for t in times}:
+        part = [t for t in times if t["stage"] == stage and t["status"] == "done"]
+        if not part:
+            continue
+        entry = seen.setdefault(stage, {})
+        entry["overhead"] = sum(t["overhead"] for t in part) / len(part)
+        if stage in DEFAULT_WALL:
+            entry["wall"] = sum(t["wall"] for t in part) / len(part)
+    _save_cache(table, cache_dir)
+
+
+# ----------------------------------------------------------------------------------- the model
+
+def _interp(r: dict, what: str, s: float, length: float) -> float:
+    """A rate at sparsity ``s`` and length ``length``: linear in log(1 - s) and in length."""
+    pts = sorted(float(k) for k in r[what])
+    x = -math.log(max(1 - s, 1e-6))
+    xs = [-math.log(max(1 - p, 1e-6)) for p in pts]
+
+    def at(p):
+        v = r[what][str(p)] if str(p) in r[what] else r[what][repr(p)]
+        if isinstance(v, list):  # linear in length through the two measured lengths
+            (l1, l2), (a, b) = r["lengths"], v
+            return max(a + (b - a) * (length - l1) / (l2 - l1), a * 0.25)
+        return v
+
+    if x <= xs[0]:
+        return at(pts[0])
+    for (x1, p1), (x2, p2) in zip(zip(xs, pts), zip(xs[1:], pts[1:])):
+        if x <= x2:
+            w = (x - x1) / (x2 - x1)
+            return at(p1) * (1 - w) + at(p2) * w
+    return at(pts[-1])
+
+
+def round_seconds(r: dict, *, sparsity: float, n: tuple[int, int, int], length: float, epochs: int,
+                  batch_size: int) -> float:
+    """The model of one round (module doc)."""
+    n_train, n_val, n_test = n
+    step = _interp(r, "step", sparsity, length)
+    ev = _interp(r, "eval", sparsity, length)
+    return epochs * (math.ceil(n_train / batch_size) * step + n_val * ev) + n_test * ev + _interp(r, "fixed", sparsity, 0)
+
+
+@dataclass
+class CellEstimate:
+    key: str
+    stage: str
+    deps: tuple
+    training: float
+    overhead: float
+
+    @property
+    def seconds(self) -> float:
+        return self.training + self.overhead
+
+
+def _data_shape(plan, domain: str) -> tuple[tuple[int, int, int], float, int, str]:
+    """(split sizes, mean length, vocabulary size, where it came from) of one domain."""
+    from . import vocab
+
+    try:
+        info = vocab.info(plan.study_dir)
+        ls = info["lengths"]
+        n = tuple(int(ls[f"{domain}/{s}"]["n"]) for s in ("train", "validation", "test"))
+        mean = sum(ls[f"{domain}/{s}"]["mean_len"] * ls[f"{domain}/{s}"]["n"] for s in ("train", "validation", "test")) / max(sum(n), 1)
+        return n, float(mean), int(info["vocab_size"]), "the study's encodings"
+    except (FileNotFoundError, KeyError, ValueError):
+        pass
+    data = next((c for c in plan.cells if c.stage == "data"), None)
+    p = dict(data.params) if data else {}
+    corpus = p.get("corpus", "builtin")
+    per = p.get("per_domain")
+    if per is None:
+        per = 994 if corpus == "builtin" else 40000
+    val = test = per // 2 // 4 * 2
+    return (per - val - test, val, test), ASSUMED_LEN.get(corpus, 100.0), int(p.get("vocab_size", 8000)), \
+        f"the plan (per_domain {per}; mean length assumed {ASSUMED_LEN.get(corpus, 100.0):g} subwords)"
+
+
+def estimate_cells(plan, *, cache_dir=None, log=print) -> tuple[list[CellEstimate], list[str]]:
+    """Per cell: estimated training and overhead seconds; and notes on what was assumed."""
+    observed = _load_cache(cache_dir).get("observed", {})
+    notes: set[str] = set()
+    out = []
+    for c in plan.cells:
+        overhead = observed.get(c.stage, {}).get("overhead", DEFAULT_OVERHEAD.get(c.stage, 6.0))
+        training = 0.0
+        if c.stage in ("obtain", "transfer"):
+            s = config.LotterySettings.from_params(**{k: c.params[k] for k in c.settings_names})
+            domain = c.params["domain"] if c.stage == "obtain" else c.params["target"]
+            n, length, vocab_size, where = _data_shape(plan, domain)
+            notes.add(f"data sizes and lengths from {where}")
+            r = rates(s.model, vocab_size, s.train.batch_size, cache_dir=cache_dir, log=log)
+            strategies = c.params.get("strategies") or (["reset", "random", "reinit"] if c.stage == "obtain"
+                                                        else ["masks-reset", "masks-random"])
+            for i, strategy in enumerate(strategies):
+                first = 0 if (c.stage == "obtain" and (i == 0 or strategy == "rewind")) else 1
+                for rnd in range(first, s.rounds + 1):
+                    sp = 1 - (1 - s.prune_fraction) ** rnd
+                    training += round_seconds(r, sparsity=sp, n=n, length=min(length, s.train.max_len),
+                                              epochs=s.train.max_epochs, batch_size=s.train.batch_size)
+        else:
+            wall = observed.get(c.stage, {}).get("wall", DEFAULT_WALL.get(c.stage, 10.0))
+            overhead = max(overhead, wall)
+            if c.stage == "data" and plan.cells and c.params.get("corpus", "builtin") != "builtin":
+                notes.add("the data stage of Amazon or Blitzer files (reading and sampling them) is not estimated")
+        out.append(CellEstimate(c.key, c.stage, tuple(c.deps), training, overhead))
+    if any(c.stage in ("obtain", "transfer") for c in plan.cells):
+        notes.add("every round is assumed to run max_epochs (early stopping can only make it shorter)")
+    return out, sorted(notes)
+
+
+def schedule(cells: list[CellEstimate], workers: int) -> float:
+    """Wall time of running ``cells`` on ``workers`` workers, a cell starting when its inputs are done
+    (list scheduling in plan order, as the runner submits them)."""
+    done: dict[str, float] = {}
+    free = [0.0] * max(1, int(workers))
+    heapq.heapify(free)
+    for c in cells:  # plan order is a topological order
+        ready = max((done.get(d, 0.0) for d in c.deps), default=0.0)
+        w = heapq.heappop(free)
+        start = max(w, ready)
+        done[c.key] = start + c.seconds
+        heapq.heappush(free, done[c.key])
+    return max(done.values(), default=0.0)
+
+
+def summary(plan, workers: int, *, cache_dir=None, log=print) -> dict:
+    """Per stage (cells, training, overhead, worker seconds), the total, and the wall time on
+    ``workers`` workers (and on 1, 2, 4, 8, 16, 32 for comparison)."""
+    cells, notes = estimate_cells(plan, cache_dir=cache_dir, log=log)
+    stages = {}
+    for c in cells:
+        st = stages.setdefault(c.stage, {"cells": 0, "training": 0.0, "overhead": 0.0})
+        st["cells"] += 1
+        st["training"] += c.training
+        st["overhead"] += c.overhead
+    return {"stages": stages, "worker_seconds": sum(c.seconds for c in cells), "workers": workers,
+            "wall": schedule(cells, workers), "by_workers": {n: schedule(cells, n) for n in (1, 2, 4, 8, 16, 32)},
+            "notes": notes, "cells": {c.key: c.seconds for c in cells}}
+
+
+def fmt_seconds(s: float) -> str:
+    s = float(s)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def print_summary(est: dict, out) -> None:
+    print(f"estimate on this machine ({est['workers']} worker(s)): {fmt_seconds(est['wall'])} wall, "
+          f"{fmt_seconds(est['worker_seconds'])} of worker time", file=out)
+    for stage, st in est["stages"].items():
+        print(f"  {stage:<10} {st['cells']:>4} cells  training {fmt_seconds(st['training']):>9}  "
+              f"other {fmt_seconds(st['overhead']):>9}", file=out)
+    print("  wall time by workers: " + ", ".join(f"{n}: {fmt_seconds(v)}" for n, v in est["by_workers"].items()), file=out)
+    for n in est["notes"]:
+        print(f"  note: {n}", file=out)
