@@ -17,21 +17,12 @@ def _data_fetch(args) -> int:
 
 
 def _data_build(args) -> int:
-    from . import data, vocab
+    from . import config, data, vocab
 
-    data.build(
-        args.study,
-        corpus=args.corpus,
-        domains=args.domains,
-        per_domain=args.per_domain,
-        seed=args.seed,
-        cache_dir=args.cache,
-        pos_threshold=args.pos_threshold,
-        neg_threshold=args.neg_threshold,
-        strict=args.strict,
-    )
-    vocab.build(args.study, vocab_size=args.vocab_size, character_coverage=args.character_coverage,
-                max_len=args.max_len)
+    data_settings = config.from_arguments(args, config.DataSettings)
+    vocab_settings = config.from_arguments(args, config.VocabSettings)
+    data.build(args.study, **config.kwargs(data_settings), cache_dir=args.cache)
+    vocab.build(args.study, **config.kwargs(vocab_settings))
     return 0
 
 
@@ -84,19 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = dsub.add_parser("build", help="sample, balance and split the domains, train the shared "
                         "SentencePiece vocabulary and encode every domain into STUDY/data/")
     b.add_argument("study", metavar="STUDY", help="study folder, e.g. outputs/mystudy")
-    b.add_argument("--corpus", choices=["builtin", "amazon", "blitzer"], default="builtin",
-                   help="which corpus (amazon/blitzer need files: use the 01_data notebook's amazon_files)")
-    b.add_argument("--domains", nargs="+", metavar="DOMAIN", default=None,
-                   help="domains to keep (default: all five built-in domains)")
-    b.add_argument("--per-domain", type=int, default=None, metavar="N",
-                   help="examples per domain, balanced (default: the largest size every domain can give)")
-    b.add_argument("--seed", type=int, default=0, help="sampling and split seed (default 0)")
-    b.add_argument("--vocab-size", type=int, default=8000, help="SentencePiece pieces (paper: 8000)")
-    b.add_argument("--character-coverage", type=float, default=0.9995, help="SentencePiece coverage (paper: 0.9995)")
-    b.add_argument("--max-len", type=int, default=500, help="truncate encodings to this many subwords (paper: 500)")
-    b.add_argument("--pos-threshold", type=float, default=1.0, help="VADER valence >= this is positive")
-    b.add_argument("--neg-threshold", type=float, default=-1.0, help="VADER valence <= this is negative")
-    b.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
+    from .config import DataSettings, VocabSettings, add_arguments
+
+    add_arguments(b, DataSettings, VocabSettings)  # one option per setting, from its definition
     b.add_argument("--cache", metavar="DIR", default=None, help="corpus cache folder")
     b.set_defaults(func=_data_build)
 

@@ -1,0 +1,95 @@
+"""Settings defined once: every field's schema is the check of the dataclass, of the plan and of the
+command line, so the three cannot drift (each field is tried with a value its schema forbids)."""
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+
+from ltnb import config
+from ltnb.plan import PlanError, load_plan
+
+from test_plan import FIX
+
+
+def bad_value(schema: dict):
+    """A value the schema forbids (None where nothing simple is forbidden)."""
+    if "enum" in schema:
+        return "bogus"
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else list(types or [])
+    if "boolean" in types:
+        return "yes"
+    if "integer" in types and "minimum" in schema:
+        return schema["minimum"] - 1
+    if "number" in types:
+        if "exclusiveMinimum" in schema:
+            return schema["exclusiveMinimum"]
+        if "minimum" in schema:
+            return schema["minimum"] - 1
+        if "exclusiveMaximum" in schema:
+            return schema["exclusiveMaximum"]
+    if "string" in types and "pattern" in schema:
+        return "../x"
+    if "array" in types:
+        return []
+    return None
+
+
+STAGE_FIELDS = [(stage, name, f) for stage in ("data", "obtain", "phase", "divergence")
+                for name, f in config.stage_settings(stage).items()]
+
+
+@pytest.mark.parametrize("stage,name,field", STAGE_FIELDS, ids=[f"{s}.{n}" for s, n, _ in STAGE_FIELDS])
+def test_one_rule_per_setting_for_dataclass_and_plan(tmp_path, stage, name, field):
+    value = bad_value(field.metadata["schema"])
+    if value is None:
+        pytest.skip("no simple forbidden value")
+    with pytest.raises(ValueError, match=name):
+        config.for_stage(stage, {name: value})
+    nb = {"data": "data", "obtain": "obtain", "phase": "report", "divergence": "divergence"}[stage]
+    stage_key = "report" if stage == "phase" else stage
+    text = (f"study: t\nstages:\n  - stage: {stage_key}\n    notebook: {FIX / (nb + '.ipynb')}\n"
+            f"    params: {{{name}: {value!r}}}\n")
+    if stage == "obtain":
+        text = text.replace("    params: {", "    grid: {domain: [products], seed: [0]}\n    params: {")
+    (tmp_path / "p.yaml").write_text(text.replace("'", '"'))
+    with pytest.raises(PlanError) as e:
+        load_plan(tmp_path / "p.yaml")
+    assert any(name in p and "not allowed" in p for p in e.value.problems), e.value.problems
+
+
+def test_describe_says_what_is_allowed():
+    assert config.describe(config.integer(1, nullable=True)) == "an integer >= 1 or null"
+    assert config.describe(config.number(0, 1, low_open=True, high_open=True)) == "a number in (0, 1)"
+    assert config.describe(config.one_of(["a", "b"])) == "one of a, b"
+    assert config.describe(config.BOOLEAN) == "true or false"
+    with pytest.raises(ValueError, match=r"TrainSettings.patience = 0: expected an integer >= 1 or null"):
+        config.TrainSettings(patience=0)
+
+
+def test_command_line_options_come_from_the_settings():
+    p = argparse.ArgumentParser()
+    config.add_arguments(p, config.DataSettings, config.VocabSettings)
+    flags = {a.dest for a in p._actions}
+    assert set(config.DataSettings.settings_fields()) | set(config.VocabSettings.settings_fields()) <= flags
+    args = p.parse_args(["--vocab-size", "300", "--domains", "products", "movies", "--per-domain", "null",
+                         "--amazon-files", "books=a.json.gz", "--strict"])
+    d = config.from_arguments(args, config.DataSettings)
+    v = config.from_arguments(args, config.VocabSettings)
+    assert v.vocab_size == 300 and d.domains == ("products", "movies") and d.per_domain is None and d.strict
+    assert d.amazon_files == {"books": "a.json.gz"}
+    with pytest.raises(ValueError, match="vocab_size"):
+        config.from_arguments(p.parse_args(["--vocab-size", "2"]), config.VocabSettings)
+
+
+def test_settings_round_trip_and_table():
+    s = config.LotterySettings.from_params(rounds=3, init_a=0.0, max_epochs=2)
+    assert config.LotterySettings.from_params(**s.flat()) == s
+    t = config.table(s)
+    assert t.loc["rounds", "value"] == 3 and t.loc["rounds", "changed"] and not t.loc["lr", "changed"]
+    assert math.isclose(config.ModelSettings().init_a, math.sqrt(5))
+    assert "He et al." in t.loc["init_a", "help"]
+    with pytest.raises(ValueError, match="unknown name.*'epochs'"):
+        config.for_stage("obtain", {"epochs": 3})
