@@ -58,8 +58,9 @@ from .pruning import Mask, prune_step
 from .tokens import SPLITS, TokenSplit
 
 #: Bumped whenever the engine's arithmetic changes, so a chain resumed by a newer engine never mixes
-#: its rounds with rounds of an older one: it starts a new folder instead.
-ENGINE_VERSION = 2
+#: its rounds with rounds of an older one: it starts a new folder instead. 3: dropout on a pruned
+#: embedding draws for its surviving entries only (ltnb.sparse.PackedEmbedding).
+ENGINE_VERSION = 3
 
 
 def data_fingerprint(data: Mapping[str, TokenSplit]) -> str:

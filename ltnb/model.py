@@ -101,8 +101,11 @@ class KimCNN(nn.Module):
             if noise is not None:
                 noise = F.pad(noise, (0, 0, 0, width - noise.shape[-2]), value=1.0)
         packed = getattr(self, "packed_embedding", None)
-        e = packed(ids) if packed is not None else self.embedding(ids)  # [batch, time, embed]
-        e = self.dropout(e) if noise is None else e * noise
+        if packed is not None:  # a pruned table: its survivors only, dropout drawn for them alone
+            e = packed(ids, dropout=self.dropout.p if self.training else 0.0)  # [batch, time, embed]
+        else:
+            e = self.embedding(ids)
+            e = self.dropout(e) if noise is None else e * noise
         if lengths is not None:
             padded = lengths.to(ids.device).clamp(min=width)
             positions = torch.arange(ids.shape[1], device=ids.device)

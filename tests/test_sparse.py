@@ -14,7 +14,8 @@ CONVS = ("convs.0.weight", "convs.1.weight", "convs.2.weight")
 
 
 def _pruned(rounds=6, seed=0, vocab=60, **kw):
-    m = KimCNN(vocab, embed_dim=kw.get("embed_dim", 24), channels=kw.get("channels", 10), hidden=12, seed=seed)
+    m = KimCNN(vocab, embed_dim=kw.get("embed_dim", 24), channels=kw.get("channels", 10), hidden=12, seed=seed,
+               dropout=kw.get("dropout", 0.285))
     w = {n: p.detach().clone() for n, p in m.named_parameters()}
     mask = Mask.ones_like(w)
     for _ in range(rounds):
@@ -57,11 +58,13 @@ def test_forward_and_grads_match_dense():
 
 
 def test_training_steps_match_dense():
+    """Without dropout the packed embedding and the sparse convs train exactly as the dense masked path
+    (with dropout they draw their random numbers differently: see the next test)."""
     data = synthetic_data(60, sizes=(64, 32, 32), seed=0)
     settings = TrainSettings(max_epochs=2, lr=1e-3)
     res, params = {}, {}
     for mode in ("off", "on"):
-        m, mask = _pruned()
+        m, mask = _pruned(dropout=0.0)
         res[mode] = fit(m, data, settings, masks=mask, seed=2, device="cpu", progress=False, sparse=mode)
         assert m.sparse_plan is None
         params[mode] = {n: p.detach() for n, p in m.named_parameters()}
@@ -69,6 +72,42 @@ def test_training_steps_match_dense():
         torch.testing.assert_close(params["on"][n], params["off"][n], rtol=1e-4, atol=1e-5, msg=n)
         assert ((params["on"][n] == 0) == (params["off"][n] == 0)).all()
     assert res["on"].steps == res["off"].steps
+
+
+def test_dropout_on_a_pruned_embedding_is_dropout_on_its_survivors():
+    """The packed embedding draws dropout for surviving entries only. Pruned entries stay 0; each
+    surviving entry is kept with probability 1 - p (binomial test over many draws) and scaled by
+    1 / (1 - p); in eval mode nothing is dropped; the same seed gives the same draws."""
+    from scipy import stats
+
+    m, mask = _pruned(rounds=4)
+    table = m.embedding.weight.detach()
+    packed = sparse.PackedEmbedding(table, mask["embedding.weight"])
+    ids, _ = _batch(B=20, T=30)
+    dense = table[ids]
+    p = 0.285
+    kept = total = 0
+    for s in range(20):
+        torch.manual_seed(s)
+        e = packed(ids, dropout=p)
+        assert (e[dense == 0] == 0).all()  # pruned entries never appear
+        nz = dense != 0
+        assert torch.allclose(e[nz][e[nz] != 0], dense[nz][e[nz] != 0] / (1 - p))
+        kept += int((e[nz] != 0).sum())
+        total += int(nz.sum())
+    assert stats.binomtest(kept, total, 1 - p).pvalue > 1e-3
+    torch.manual_seed(7)
+    a = packed(ids, dropout=p)
+    torch.manual_seed(7)
+    assert torch.equal(a, packed(ids, dropout=p))
+    assert torch.equal(packed(ids), dense)
+    m.packed_embedding = packed
+    m.eval()
+    with torch.no_grad():
+        out_eval = m(ids)
+    m.packed_embedding = None
+    with torch.no_grad():
+        assert torch.allclose(out_eval, m(ids))  # eval: no dropout, the dense result
 
 
 def test_plan_choice_and_crossover_file(tmp_path, monkeypatch):
