@@ -264,45 +264,10 @@ def obtain(
     and keys the run by ``ltnb.vocab.data_key(study_dir)``. Passing ``data`` (dict split ->
     TokenSplit) needs ``vocab_size``; ``data_key`` then defaults to a fingerprint of the tensors.
     """
-    _check_common(seed, settings)
-    _check_name("domain", domain)
-    if strategy not in strategies.OBTAIN:
-        raise ValueError(f"strategy = {strategy!r}: expected one of {sorted(strategies.OBTAIN)} for obtain "
-                         f"(transfer strategies {sorted(strategies.TRANSFER)} belong to ltnb.lottery.transfer)")
-    data, vocab_size, data_key = _resolve_data(study_dir, domain, data, vocab_size, data_key)
-    if strategy == "rewind":
-        batches = -(-len(data["train"]) // settings.train.batch_size)
-        if settings.rewind_steps > settings.train.max_epochs * batches:
-            raise ValueError(f"rewind_steps = {settings.rewind_steps}: round 0 has at most {settings.train.max_epochs * batches} "
-                             f"optimizer steps ({settings.train.max_epochs} epochs x {batches} batches)")
-    h = run_hash(settings, data_key=data_key, vocab_size=vocab_size, strategy=strategy)
-    run = paths.obtain_dir(study_dir, domain, strategy, seed) / h
-    reset_run = paths.obtain_dir(study_dir, domain, "reset", seed) / h
-    if strategy in strategies.USES_RESET_MASKS:  # refuse before anything trains
-        have = _finished_rounds(reset_run) if reset_run.exists() else set()
-        missing = [r for r in range(1, settings.rounds + 1) if r not in have]
-        if missing:
-            _reset_mask(reset_run, missing[0], strategy)  # raises, naming the round and what to run
-    _prepare_run(run, {"stage": "obtain", "domain": domain, "strategy": strategy, "seed": seed,
-                       "settings": settings.to_dict(), "data_key": data_key, "vocab_size": vocab_size,
-                       "settings_hash": h, "rounds": settings.rounds})
-
-    theta_file = run / THETA_0
-    if theta_file.exists():
-        theta_0, _ = tickets.load_state(theta_file)
-    else:
-        theta_0 = initial_state(vocab_size, settings.model, derive_seed(seed, "theta_0"))
-        tickets.save_state(theta_file, theta_0, {"what": "theta_0", "seed": str(seed)})
-
-    chain = _Run(run, data=data, settings=settings, vocab_size=vocab_size, theta_file=theta_file,
-                 base={"stage": "obtain", "source": domain, "target": domain, "domain": domain, "pair": domain,
-                       "seed": seed, "strategy": strategy, "settings_hash": h},
-                 extra={"stage": "obtain", "domain": domain, "strategy": strategy, "seed": seed},
-                 device=device or _train.default_device(), progress=progress)
-    done = _finished_rounds(run)
-    start_round = next((r for r in range(settings.rounds + 1) if r not in done), settings.rounds + 1)
-    chain.rows = chain.rows[chain.rows["round"] < start_round].reset_index(drop=True)
-
+    chain, theta_0, reset_run, start_round = _open_chain(study_dir, domain, seed=seed, strategy=strategy,
+                                                         settings=settings, data=data, vocab_size=vocab_size,
+                                                         data_key=data_key, device=device, progress=progress)
+    run, h, vocab_size = chain.run, chain.base["settings_hash"], chain.vocab_size
     rewound = tickets.load_state(run / REWOUND)[0] if strategy == "rewind" and start_round > 0 else None
     prev = tickets.load(run / ticket_name(start_round - 1)) if 0 < start_round <= settings.rounds else None
     prev_mask, prev_trained = (prev.masks, prev.trained) if prev else (None, None)
@@ -312,7 +277,7 @@ def obtain(
     for r in bar:
         if r == 0:
             mask = Mask.ones_like(theta_0)
-            shared = _shared_round0(study_dir, domain, seed, strategy, h, sha256_file(theta_file))
+            shared = _shared_round0(study_dir, domain, seed, strategy, h, sha256_file(chain.theta_file))
             if shared is not None:  # the dense round 0 was trained by a sibling chain: take it
                 t0 = time.perf_counter()
                 ticket, row = shared
@@ -341,6 +306,48 @@ def obtain(
         prev_mask, prev_trained = mask, trained
     bar.close()
     return chain.finish()
+
+
+def _open_chain(study_dir, domain, *, seed, strategy, settings, data, vocab_size, data_key, device, progress):
+    """Check an obtain chain's arguments (before anything trains), prepare its folder and theta_0, and
+    find where it resumes: ``(run state, theta_0, the reset chain's folder, first round to train)``."""
+    _check_common(seed, settings)
+    _check_name("domain", domain)
+    if strategy not in strategies.OBTAIN:
+        raise ValueError(f"strategy = {strategy!r}: expected one of {sorted(strategies.OBTAIN)} for obtain "
+                         f"(transfer strategies {sorted(strategies.TRANSFER)} belong to ltnb.lottery.transfer)")
+    data, vocab_size, data_key = _resolve_data(study_dir, domain, data, vocab_size, data_key)
+    if strategy == "rewind":
+        batches = -(-len(data["train"]) // settings.train.batch_size)
+        if settings.rewind_steps > settings.train.max_epochs * batches:
+            raise ValueError(f"rewind_steps = {settings.rewind_steps}: round 0 has at most {settings.train.max_epochs * batches} "
+                             f"optimizer steps ({settings.train.max_epochs} epochs x {batches} batches)")
+    h = run_hash(settings, data_key=data_key, vocab_size=vocab_size, strategy=strategy)
+    run = paths.obtain_dir(study_dir, domain, strategy, seed) / h
+    reset_run = paths.obtain_dir(study_dir, domain, "reset", seed) / h
+    if strategy in strategies.USES_RESET_MASKS:  # refuse before anything trains
+        have = _finished_rounds(reset_run) if reset_run.exists() else set()
+        missing = [r for r in range(1, settings.rounds + 1) if r not in have]
+        if missing:
+            _reset_mask(reset_run, missing[0], strategy)  # raises, naming the round and what to run
+    _prepare_run(run, {"stage": "obtain", "domain": domain, "strategy": strategy, "seed": seed,
+                       "settings": settings.to_dict(), "data_key": data_key, "vocab_size": vocab_size,
+                       "settings_hash": h, "rounds": settings.rounds})
+    theta_file = run / THETA_0
+    if theta_file.exists():
+        theta_0, _ = tickets.load_state(theta_file)
+    else:
+        theta_0 = initial_state(vocab_size, settings.model, derive_seed(seed, "theta_0"))
+        tickets.save_state(theta_file, theta_0, {"what": "theta_0", "seed": str(seed)})
+    chain = _Run(run, data=data, settings=settings, vocab_size=vocab_size, theta_file=theta_file,
+                 base={"stage": "obtain", "source": domain, "target": domain, "domain": domain, "pair": domain,
+                       "seed": seed, "strategy": strategy, "settings_hash": h},
+                 extra={"stage": "obtain", "domain": domain, "strategy": strategy, "seed": seed},
+                 device=device or _train.default_device(), progress=progress)
+    done = _finished_rounds(run)
+    start_round = next((r for r in range(settings.rounds + 1) if r not in done), settings.rounds + 1)
+    chain.rows = chain.rows[chain.rows["round"] < start_round].reset_index(drop=True)
+    return chain, theta_0, reset_run, start_round
 
 
 def _rewind_capture(k: int, theta_0):

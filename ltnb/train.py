@@ -134,6 +134,34 @@ class FitResult:
     history: list[dict] = field(default_factory=list)  # per epoch: epoch, loss, val_acc, seconds
 
 
+def _masked_parameters(model, params, masks, device, sparse) -> tuple[list, object]:
+    """Check the masks, zero the pruned entries, and choose the sparse kernels: returns the (parameter,
+    float mask) pairs to re-mask after every step and the packed embedding (or None). A pruned
+    embedding table trains as its survivors only (``ltnb.sparse.PackedEmbedding``; on the CPU, where
+    Adam and the masking over 3.3M entries cost as much as the convolutions at 99% sparsity); the
+    convolutions run sparse below the measured crossover (``model.sparse_plan``)."""
+    from . import sparse as _sparse
+
+    fmasks: dict[str, torch.Tensor] = {}  # float masks, only for tensors that are actually pruned
+    for name, m in (masks or {}).items():
+        if name not in params:
+            raise ValueError(f"fit: mask for unknown parameter {name!r}; parameters: {sorted(params)}")
+        if tuple(m.shape) != tuple(params[name].shape):
+            raise ValueError(f"fit: mask {name} has shape {tuple(m.shape)}, parameter has {tuple(params[name].shape)}")
+        if not bool(m.all()):
+            fmasks[name] = m.to(device=device, dtype=params[name].dtype)
+    with torch.no_grad():
+        for n, fm in fmasks.items():
+            params[n].mul_(fm)
+    mode = _sparse.resolve_mode(sparse)
+    model.sparse_plan = _sparse.plan_for(model, masks, mode=mode, device=device)
+    packed = None
+    if mode != "off" and "embedding.weight" in fmasks and (device.type == "cpu" or mode == "on") and hasattr(model, "embedding"):
+        packed = _sparse.PackedEmbedding(params["embedding.weight"], fmasks.pop("embedding.weight").bool())
+    model.packed_embedding = packed
+    return [(params[n], fm) for n, fm in fmasks.items()], packed
+
+
 def fit(
     model: torch.nn.Module,
     data: Mapping[str, TokenSplit],
@@ -166,37 +194,15 @@ def fit(
     t_start = time.perf_counter()
     model.to(device)
     params = dict(model.named_parameters())
-    # float masks, only for tensors that are actually pruned (dense tensors need no work)
-    fmasks: dict[str, torch.Tensor] = {}
-    for name, m in (masks or {}).items():
-        if name not in params:
-            raise ValueError(f"fit: mask for unknown parameter {name!r}; parameters: {sorted(params)}")
-        if tuple(m.shape) != tuple(params[name].shape):
-            raise ValueError(f"fit: mask {name} has shape {tuple(m.shape)}, parameter has {tuple(params[name].shape)}")
-        if not bool(m.all()):
-            fmasks[name] = m.to(device=device, dtype=params[name].dtype)
-    masked = [(params[n], fm) for n, fm in fmasks.items()]
+    masked, packed = _masked_parameters(model, params, masks, device, sparse)
+    use_bf16 = bool(getattr(settings, "bf16", False))
+    optimizer = make_optimizer(model, settings, None if packed is None else
+                               [p for n, p in params.items() if n != "embedding.weight"] + [packed.values])
 
     def apply_masks():
         with torch.no_grad():
             for p, fm in masked:
                 p.mul_(fm)
-
-    apply_masks()
-    from . import sparse as _sparse
-
-    mode = _sparse.resolve_mode(sparse)
-    model.sparse_plan = _sparse.plan_for(model, masks, mode=mode, device=device)
-    # a pruned embedding table trains as its survivors only (ltnb.sparse.PackedEmbedding; CPU,
-    # where Adam and the masking over 3.3M entries cost as much as the convolutions at 99% sparsity)
-    packed = None
-    if mode != "off" and "embedding.weight" in fmasks and (device.type == "cpu" or mode == "on") and hasattr(model, "embedding"):
-        packed = _sparse.PackedEmbedding(params["embedding.weight"], fmasks["embedding.weight"].bool())
-        masked = [(p, fm) for n, (p, fm) in zip(fmasks, masked) if n != "embedding.weight"]
-    model.packed_embedding = packed
-    use_bf16 = bool(getattr(settings, "bf16", False))
-    optimizer = make_optimizer(model, settings, None if packed is None else
-                               [p for n, p in params.items() if n != "embedding.weight"] + [packed.values])
 
     def sync():  # the dense table mirrors the packed survivors (for callbacks and saved states)
         if packed is not None:
