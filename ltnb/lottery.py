@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from . import paths, strategies, tickets
 from . import train as _train
-from ._io import read_json, sha256_file, stable_hash, write_json, write_parquet
+from ._io import read_json, stable_hash, write_json, write_parquet
 from .config import CELL_PARAMS, LotterySettings, check_transfer, check_value, derive_seed
 from .model import KimCNN, initial_state
 from .paths import RESULTS, REWOUND, THETA_0, ticket_name
@@ -226,7 +226,7 @@ class _Run:
 
 # ------------------------------------------------------------------------------------------- obtain
 
-def _shared_round0(study_dir, domain, seed, strategy, h, theta_sha: str):
+def _shared_round0(study_dir, domain, seed, strategy, h, theta_0: Mapping[str, torch.Tensor]):
     """A finished round 0 of a sibling chain (same seed and settings hash, another strategy whose
     round 0 is the plain dense training), as ``(ticket, row)``; None if there is none."""
     if strategy == "rewind":
@@ -237,8 +237,9 @@ def _shared_round0(study_dir, domain, seed, strategy, h, theta_sha: str):
         sib = paths.obtain_dir(study_dir, domain, other, seed) / h
         if 0 not in (_finished_rounds(sib) if sib.exists() else set()):
             continue
-        if sha256_file(sib / THETA_0) != theta_sha:
-            continue  # not the same theta_0 (cannot happen with one settings hash, but never assume)
+        theirs, _ = tickets.load_state(sib / THETA_0)  # (the files' bytes may differ: safetensors
+        if set(theirs) != set(theta_0) or not all(torch.equal(theirs[n], theta_0[n]) for n in theta_0):
+            continue  # orders metadata freely) -- not the same theta_0: cannot happen, never assume
         ticket = tickets.load(sib / ticket_name(0))
         row = _read_rows(sib).set_index("round").loc[0]
         return ticket, row
@@ -277,7 +278,7 @@ def obtain(
     for r in bar:
         if r == 0:
             mask = Mask.ones_like(theta_0)
-            shared = _shared_round0(study_dir, domain, seed, strategy, h, sha256_file(chain.theta_file))
+            shared = _shared_round0(study_dir, domain, seed, strategy, h, theta_0)
             if shared is not None:  # the dense round 0 was trained by a sibling chain: take it
                 t0 = time.perf_counter()
                 ticket, row = shared
