@@ -52,12 +52,13 @@ import yaml
 from ltnb import paths
 from ltnb._io import stable_hash
 
-STAGES = ("data", "divergence", "obtain", "transfer", "report", "phase")
+STAGES = ("data", "divergence", "obtain", "transfer", "federated", "report", "phase")
 DEFAULT_NOTEBOOKS = {
     "data": "notebooks/01_data.ipynb",
     "divergence": "notebooks/02_divergence.ipynb",
     "obtain": "notebooks/03_obtain.ipynb",
     "transfer": "notebooks/04_transfer.ipynb",
+    "federated": "notebooks/07_federated.ipynb",
     "report": "notebooks/06_report.ipynb",
     "phase": "notebooks/05_phase_transition.ipynb",
 }
@@ -211,6 +212,18 @@ VALUE_CHECKS = {
         lambda v: v is None or (isinstance(v, dict) and v and all(isinstance(k, str) and isinstance(p, str) for k, p in v.items())),
         "null or a mapping domain -> file path",
     ),
+    # --- federated stage (issue 11, notebooks/07_federated.ipynb)
+    "ticket_rounds": (lambda v: isinstance(v, list) and v and all(_is_int(r) and r >= 1 for r in v) and len(set(v)) == len(v),
+                      "a non-empty list of distinct IMP rounds >= 1 of the source chain"),
+    "strategies": (lambda v: isinstance(v, list) and v and set(v) <= {"masks-reset", "masks-random"} and len(set(v)) == len(v),
+                   "a non-empty list from masks-reset, masks-random"),
+    "client_domains": (lambda v: v is None or (isinstance(v, list) and v and all(isinstance(d, str) for d in v) and len(set(v)) == len(v)),
+                       "null (every domain but the source) or a non-empty list of distinct domain names"),
+    "clients_per_domain": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (clients per client domain)"),
+    "fl_rounds": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "local_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "workers": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    "audit": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
@@ -534,7 +547,7 @@ def load_plan(plan_path: str | os.PathLike, *, root: str | os.PathLike | None = 
                 external.append(key)
                 return True
 
-            if name in ("divergence", "obtain", "transfer"):
+            if name in ("divergence", "obtain", "transfer", "federated"):
                 need("data", "data")
             if name == "transfer":
                 for dom in (c.params["source"], c.params["target"]):
@@ -544,6 +557,8 @@ def load_plan(plan_path: str | os.PathLike, *, root: str | os.PathLike | None = 
                                                  f"seed {c.params['seed']} needs the obtain cell {k} (domain {dom}, "
                                                  f"strategy {TRANSFER_NEEDS_STRATEGY}, seed {c.params['seed']}), which the "
                                                  f"obtain stage does not produce; add it to the obtain grid")
+            if name == "federated":  # issue 11: the server's ticket comes from the source's reset chain
+                _federated_needs(c, e, study_dir, data_domains, need, P)
             if name in ("report", "phase"):  # summaries of everything run before them
                 deps.extend(k.key for k in final)
             h = stable_hash({"cell": c.params_hash, "inputs": [hashes.get(d, d) for d in deps]})
@@ -558,6 +573,33 @@ def load_plan(plan_path: str | os.PathLike, *, root: str | os.PathLike | None = 
                 stages=tuple(e["name"] for e in entries), cells=tuple(final))
 
 
+def _federated_needs(c: Cell, e: dict, study_dir: Path, data_domains, need, P: "_Problems") -> None:
+    """Federated stage (issue 11): its source's reset chain must be in the plan and long enough, and
+    its client domains must be made by the data stage and differ from the source."""
+    source, seed = c.params["source"], c.params["seed"]
+    k = paths.obtain_dir(study_dir, source, TRANSFER_NEEDS_STRATEGY, seed).relative_to(study_dir).as_posix()
+    if not need(k, "obtain"):
+        P.add(f"{e['at']}.grid", f"impossible grid: federated {source} seed {seed} needs the obtain cell {k} (domain "
+                                 f"{source}, strategy {TRANSFER_NEEDS_STRATEGY}, seed {seed}), which the obtain stage "
+                                 f"does not produce; add it to the obtain grid")
+    acc = e["accepted"] or {}
+    rounds = c.params.get("rounds", _default_value(acc.get("rounds")))
+    ticket_rounds = c.params.get("ticket_rounds", _default_value(acc.get("ticket_rounds")))
+    where = f"{e['at']}.params.ticket_rounds" if "ticket_rounds" in e["params"] else e["at"]
+    if _is_int(rounds) and isinstance(ticket_rounds, list) and any(_is_int(r) and r > rounds for r in ticket_rounds):
+        P.add(where, f"ticket_rounds = {ticket_rounds!r}: round {max(ticket_rounds)} is beyond the source chain, which has "
+                     f"rounds 0..{rounds} (rounds = {rounds}); allowed: 1..{rounds}")
+    clients = c.params.get("client_domains", _default_value(acc.get("client_domains")))
+    where = f"{e['at']}.params.client_domains" if "client_domains" in e["params"] else e["at"]
+    for d in clients if isinstance(clients, list) else []:
+        if d == source:
+            P.add(where, f"client_domains: {d!r} is the source (the server's domain); clients hold the other domains")
+        elif data_domains is not None and d not in data_domains:
+            P.add(where, f"client_domains: unknown domain {d!r}; the data stage makes: {', '.join(data_domains)}")
+    if clients is None and data_domains is not None and not [d for d in data_domains if d != source]:
+        P.add(e["at"], f"federated {source}: no client domain; the data stage makes only {', '.join(data_domains)}")
+
+
 def _cell_dir(stage: str, study_dir: Path, values: dict, dflt) -> tuple[Path, dict, str | None]:
     """The cell's folder from its values (falling back to the notebook's literal defaults)."""
     if stage == "data":
@@ -568,6 +610,13 @@ def _cell_dir(stage: str, study_dir: Path, values: dict, dflt) -> tuple[Path, di
         return paths.report_dir(study_dir), {}, None
     if stage == "phase":
         return paths.phase_dir(study_dir), {}, None
+    if stage == "federated":  # issue 11: federated/<source>/seed<k>
+        source, seed = values.get("source"), values.get("seed", dflt("seed"))
+        if not (isinstance(source, str) and source and "/" not in source):
+            return study_dir, {}, "impossible grid: stage federated needs source for every cell; give it in the grid (source: [...])"
+        if not _is_int(seed):
+            return study_dir, {}, "impossible grid: seed of stage federated must be an integer"
+        return paths.federated_dir(study_dir, source, seed), {"source": source, "seed": seed}, None
     need = ("domain", "strategy", "seed") if stage == "obtain" else ("source", "target", "strategy", "seed")
     got = {}
     for k in need:
