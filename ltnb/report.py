@@ -190,9 +190,46 @@ def build(study_dir: str | os.PathLike, *, log=print) -> dict:
     fig1 = paths.divergence_dir(study) / "figure1.svg"
     if fig1.exists():
         figures = {"figure1": fig1, **figures}
-    written["index"] = write_text(out / "index.html", _html(study, figures, wide, rows))
+    page = _html(study, figures, wide, rows)
+    page = page.replace("</body></html>", federated_html(study, out, log=log) + "</body></html>")  # issue 11
+    written["index"] = write_text(out / "index.html", page)
     log(f"report of {len(rows)} result rows written to {out}/index.html")
     return written
+
+
+def federated_html(study: Path, out: Path, *, log=print) -> str:
+    """The federated stage's part of the report (issue 11): ``federated.{png,svg}`` (global test
+    accuracy against cumulative MB, mean and +-1 std over seeds, dense dashed),
+    ``federated_table.csv`` and an HTML section with both and the measured savings. "" when the
+    study has no federated runs. One settings hash (the one with most rows) is drawn."""
+    from . import federated
+
+    rows = federated.load(study)
+    if rows.empty:
+        return ""
+    counts = rows["settings_hash"].value_counts()
+    if len(counts) > 1:
+        log(f"report: the federated stage has runs of {len(counts)} settings; drawing {counts.index[0]}, leaving out "
+            + ", ".join(f"{h} ({n} rows)" for h, n in counts.iloc[1:].items()))
+    rows = rows[rows["settings_hash"] == counts.index[0]]
+    summary = federated.summarize(rows)
+    tab = federated.table(summary)
+    plots.save(federated.chart(summary), out / "federated", formats=("png", "svg"))
+    write_text(out / "federated_table.csv", tab.to_csv(index=False))
+    shown = tab.drop(columns=["settings_hash"]).rename(columns={"sparsity_%": "sparsity %", "target_acc_%": "target %",
+                                                                "final_acc_%": "final acc %", "final_acc_std": "± std"})
+    parts = [
+        "<h2>Federated learning with a ticket (Flower)</h2>",
+        "<p>The server holds the source domain and its TICKET-RESET ticket; clients hold the other domains' "
+        f"training data ({int(rows['clients'].iloc[0])} clients). Bytes are what Flower sent and received, "
+        "per client link, both directions; the mask travels once. Global test accuracy pools the client "
+        f"domains' test splits; mean ± std over {rows['seed'].nunique()} seed(s).</p>",
+        f"<figure>{(out / 'federated.svg').read_text(encoding='utf-8')}<figcaption>Global test accuracy against "
+        "megabytes communicated (log scale); dense FedAvg dashed.</figcaption></figure>",
+        shown.to_html(border=0, index=False, float_format=lambda v: f"{v:.3f}", na_rep="not reached"),
+        "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in federated.savings(tab)) + "</ul>",
+    ]
+    return "\n".join(parts)
 
 
 def _html(study: Path, figures: dict[str, Path], wide: pd.DataFrame, rows: pd.DataFrame) -> str:
