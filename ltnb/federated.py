@@ -733,6 +733,36 @@ def server_app(plan: Federation, runs: Sequence[tuple[str, int]], abort: threadi
 
 # ------------------------------------------------------------------------------------ Ray
 _SHIM = 'raise ImportError("hidden by ltnb.federated.RayHead: building its Lark grammar at import costs ~3 s per Ray helper process")\n'
+# A small supervisor for `ray start --head --block` (its arguments): it runs Ray in its own process
+# group, and on SIGTERM or SIGINT, or when the process that started it dies (Linux prctl
+# PR_SET_PDEATHSIG), it sends Ray SIGTERM, waits `grace` seconds, then kills the whole group. Ray's
+# own SIGTERM shutdown sometimes hangs once its raylet is gone; the group kill ends it, and a killed
+# notebook kernel leaves no Ray behind.
+_SUPERVISOR = """
+import ctypes, os, signal, subprocess, sys, time
+parent, grace, cmd = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+asked = []
+signal.signal(signal.SIGTERM, lambda *_: asked.append(1))
+signal.signal(signal.SIGINT, lambda *_: asked.append(1))
+if os.getppid() != parent:
+    sys.exit(1)  # the parent is already gone
+ray = subprocess.Popen(cmd, start_new_session=True)
+while ray.poll() is None and not asked:
+    time.sleep(0.2)
+if ray.poll() is None:
+    ray.send_signal(signal.SIGTERM)
+end = time.time() + grace
+while ray.poll() is None and time.time() < end:
+    time.sleep(0.2)
+try:
+    os.killpg(ray.pid, signal.SIGKILL)  # what is left of the group: gcs, raylet, agents, workers
+except ProcessLookupError:
+    pass
+"""
 
 
 def _free_port() -> int:
@@ -745,9 +775,9 @@ class RayHead:
     """A private single-node Ray cluster for Flower's simulation engine (see the module doc).
 
     ``with RayHead(num_cpus=2) as head: ... head.address ...``. Starts ``ray start --head --block``
-    as a child process (its own process group) and waits for it; on exit sends it SIGTERM (Ray then
-    stops the processes it started) and, if it does not end within ``stop_timeout`` s, kills its
-    process group. ``attempts`` starts are tried before giving up with the raylet's last log lines.
+    in its own process group under a small supervisor process and waits for it. On exit, or when
+    this process dies, the supervisor sends Ray SIGTERM and after ``stop_timeout`` s kills the rest
+    of Ray's process group, so nothing is left behind, not even by a killed kernel. ``attempts`` starts are tried before giving up with the raylet's last log lines.
     """
 
     def __init__(self, num_cpus: int, *, attempts: int = 3, start_timeout: float = 240.0, stop_timeout: float = 30.0,
@@ -767,7 +797,7 @@ class RayHead:
         ports = {k: _free_port() for k in ("port", "dashboard-agent-grpc-port", "dashboard-agent-listen-port",
                                            "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")}
         self.address = f"127.0.0.1:{ports['port']}"
-        return [ray, "start", "--head", "--block", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
+        return [sys.executable, "-c", _SUPERVISOR, str(os.getpid()), str(self.stop_timeout), ray, "start", "--head", "--block", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
                 "--include-dashboard=false", "--include-log-monitor=false", "--disable-usage-stats",
                 "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}",
                 f"--object-store-memory={200 * 1024 * 1024}"] + [f"--{k}={v}" for k, v in ports.items()]
@@ -775,8 +805,9 @@ class RayHead:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         # no idle workers started ahead: Flower's actors need their own runtime env anyway
+        # workers at the priority of every other cell (Ray's default niceness for workers is 15)
         env.update(RAY_USAGE_STATS_ENABLED="0", RAY_agent_register_timeout_ms="180000",
-                   RAY_enable_worker_prestart="0", RAY_prestart_worker_first_driver="0")
+                   RAY_enable_worker_prestart="0", RAY_prestart_worker_first_driver="0", RAY_worker_niceness="0")
         if self.shim:
             env["PYTHONPATH"] = os.pathsep.join([self.shim] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         return env
@@ -799,7 +830,7 @@ class RayHead:
             out = self.temp_dir / f"ray_start_{os.getpid()}.log"
             with open(out, "w") as fh:
                 self.proc = subprocess.Popen(self._command(), stdout=fh, stderr=subprocess.STDOUT, env=self._env(),
-                                             start_new_session=True, stdin=subprocess.DEVNULL)
+                                             stdin=subprocess.DEVNULL)
             while time.time() - t0 < self.start_timeout:
                 text = out.read_text(errors="replace")
                 if "Ray runtime started" in text:
@@ -822,12 +853,11 @@ class RayHead:
         p, self.proc = self.proc, None
         if p is None or p.poll() is not None:
             return
-        p.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started on SIGTERM
+        p.send_signal(signal.SIGTERM)  # the supervisor stops Ray, then kills what is left of its group
         try:
-            p.wait(self.stop_timeout)
+            p.wait(self.stop_timeout + 15)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)  # its own process group (start_new_session)
+            p.kill()
             p.wait(10)
 
     def __exit__(self, exc_type, *exc) -> None:
