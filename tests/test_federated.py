@@ -5,7 +5,8 @@ smoke-size model, the products reset chain to IMP round 2) and executes notebook
 papermill: Flower's simulation engine on a private Ray head, products the server, movies split into
 2 clients, the dense baseline and the 57.6% ticket (round 2) with masks-reset, 2 federated rounds,
 ``audit`` on. The tests read what it wrote. The plan integration (``ltnb batch``) is checked with
-``load_plan`` and a bad plan; the runner itself is the one tests/test_study.py runs.
+``load_plan`` on the shipped plan, a test plan and a bad plan; the runner itself is the one
+tests/test_study.py runs. The supervisor that ends a killed kernel's Ray is tested on a stand-in.
 """
 import io
 import json
@@ -230,6 +231,58 @@ def test_bad_parameters_are_refused_before_anything_starts(fed, monkeypatch):
     assert sorted(p.relative_to(fed["study"]) for p in fed["study"].rglob("*")) == before
 
 
+def test_the_ray_supervisor_ends_the_whole_group_when_its_parent_dies(tmp_path):
+    """RayHead runs `ray start --block` under ``federated._SUPERVISOR``. Here the supervised command is
+    a stand-in with Ray's shape (a leader that starts a child in its process group); the child ignores
+    SIGTERM, as a hung Ray process would. Killing the supervisor's parent with SIGKILL (a killed
+    kernel: no cleanup code runs) must still end the leader and the child. (With real Ray: the head
+    is gone about 5 s after its kernel is killed; checked by hand, too slow to start here.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    leader = tmp_path / "leader.py"
+    leader.write_text(
+        "import signal, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(600)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    parent = tmp_path / "parent.py"  # plays the notebook kernel
+    parent.write_text(
+        "import subprocess, sys, time\n"
+        "from ltnb.federated import _SUPERVISOR\n"
+        "import os\n"
+        f"sup = subprocess.Popen([sys.executable, '-c', _SUPERVISOR, str(os.getpid()), '2', sys.executable, {str(leader)!r}])\n"
+        "print(sup.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, str(parent)], stdout=subprocess.PIPE, text=True)
+    supervisor = int(proc.stdout.readline())
+    deadline = time.time() + 30
+    group = None
+    while time.time() < deadline and group is None:  # the leader: the supervisor's child, leading its own group
+        kids = subprocess.run(["pgrep", "-P", str(supervisor)], capture_output=True, text=True).stdout.split()
+        group = int(kids[0]) if kids else None
+        time.sleep(0.1)
+    assert group is not None and os.getpgid(group) == group
+
+    def alive():  # processes of the group that still run (zombies only wait for init to reap them)
+        ps = subprocess.run(["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True).stdout
+        return [ln for ln in ps.splitlines() if ln.split()[0] == str(group) and not ln.split()[1].startswith("Z")]
+
+    while time.time() < deadline and len(alive()) < 2:  # leader and child are up
+        time.sleep(0.1)
+    assert len(alive()) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    while time.time() < deadline and alive():
+        time.sleep(0.2)
+    assert not alive(), f"survived: {alive()}"
+    assert subprocess.run(["ps", "-o", "stat=", "-p", str(supervisor)], capture_output=True, text=True).stdout.strip() in ("", "Z")
+
+
 def test_the_plan_places_the_stage_after_transfer_with_its_inputs(fed):
     p = planmod.load_plan(fed["plan"])
     assert planmod.STAGES.index("federated") == planmod.STAGES.index("transfer") + 1
@@ -243,6 +296,16 @@ def test_the_plan_places_the_stage_after_transfer_with_its_inputs(fed):
     path.write_text(yaml.safe_dump(missing))
     with pytest.raises(planmod.PlanError, match="needs the obtain cell obtain/products/reset/seed0"):
         planmod.load_plan(path)
+
+
+def test_the_shipped_federated_plan_is_valid():
+    p = planmod.load_plan(ROOT / "params" / "federated.yaml")
+    assert p.study == "federated" and p.stages == ("data", "obtain", "federated", "report")
+    cells = p.cells_of("federated")
+    assert len(cells) == 15 and len(p.cells_of("obtain")) == 15 and len(p.cells) == 32
+    assert all(set(c.deps) == {"data", f"obtain/{c.params['source']}/reset/seed{c.params['seed']}"} for c in cells)
+    assert all(c.params["ticket_rounds"] == [3, 5, 7, 10] and max(c.params["ticket_rounds"]) <= c.params["rounds"]
+               for c in cells)
 
 
 def test_a_rerun_reads_back_and_a_killed_run_restarts_alone(fed, monkeypatch, tmp_path):
