@@ -42,13 +42,15 @@ Ray on a small machine: Ray 2.55's raylet waits at most ~15 s for its dashboard 
 a busy 2-core machine the agent (a Python process that imports ray, about 5 s of CPU here, 3 s of it
 ``jsonschema`` building the ``rfc3987_syntax`` Lark grammar) misses that window and Ray aborts.
 ``RayHead`` therefore starts one private single-node Ray cluster per call of ``run`` (``ray start
---head --block``, no dashboard, no log monitor, no client server, usage stats off, 127.0.0.1 only)
-with a stub ``rfc3987_syntax`` that raises ImportError first on the PYTHONPATH of Ray's processes
-and of Flower's actors (jsonschema then skips its optional IRI format check, which neither uses;
-``LTNB_RAY_SHIM=0`` turns the stub off), without idle workers started ahead, retries its start,
-and stops exactly the processes it started. Flower connects to it through
-``backend_config["init_args"]["address"]``; every client gets 1 CPU and no GPU
-(``client_resources``), and the head has ``workers`` CPUs, so ``workers`` clients train at once.
+--head --block`` on 127.0.0.1 with free ports; no dashboard, no log monitor, usage stats off, no idle
+workers started ahead, workers at niceness 0 like every other cell instead of Ray's 15) with a stub
+``rfc3987_syntax`` that raises ImportError first on the path of Ray's processes and of Flower's
+client workers (jsonschema then skips its optional IRI format check, which neither uses;
+``LTNB_RAY_SHIM=0`` turns the stub off). It retries a failed start, and a small supervisor process
+stops Ray's process group on exit and when the process that started it dies (a killed kernel leaves
+no Ray behind). Flower joins it through ``backend_config["init_args"]["address"]``; every client
+gets 1 CPU and no GPU (``client_resources``) and the head has ``workers`` CPUs, so ``workers``
+clients train at once.
 
 Folders: ``paths.federated_dir(study, source, seed) / <hash>/`` with ``settings.json``,
 ``clients/`` (the shards and ``clients.json``), ``runs/<strategy>-rRR/`` (``rounds.parquet`` with one
@@ -56,8 +58,8 @@ row per federated round, written last; ``messages.parquet``, one row per message
 the final global model as a ticket) and ``results.parquet`` (all finished runs), and
 ``_COMPLETE.json`` when every requested run is done. The hash covers the source chain (its folder
 name: settings, data and engine), the client domains, ``clients_per_domain``, ``fl_rounds``,
-``local_epochs``, ``audit`` (when on) and this module's version, not the ticket rounds and strategies, so asking for more
-sparsities extends a cell. A killed run has no ``rounds.parquet`` and restarts from its round 0
+``local_epochs``, ``audit`` (when on) and this module's version, not the ticket rounds and
+strategies, so asking for more sparsities extends a cell. A killed run has no ``rounds.parquet`` and restarts from its round 0
 (federated rounds are short); finished runs are never redone.
 """
 from __future__ import annotations
