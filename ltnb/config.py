@@ -47,6 +47,7 @@ NAME = {"type": "string", "pattern": NAME_PATTERN,
 
 OBTAIN_STRATEGIES = ("reset", "random", "reinit", "rewind")
 TRANSFER_STRATEGIES = ("masks-reset", "masks-random")
+FEDERATED_DENSE = "dense"  # the federated stage's dense FedAvg baseline, run beside the tickets
 CORPORA = ("builtin", "amazon", "blitzer")
 BIAS_INITS = ("fan_in", "zero")
 
@@ -346,6 +347,24 @@ class PhaseSettings(_Checked):
     n_boot: int = setting(2000, "bootstrap resamples for the intervals", integer(100))
 
 
+@dataclass(frozen=True)
+class FederatedSettings(_Checked):
+    """The federated stage (``ltnb.federated``): which of the source chain's tickets, how many clients,
+    how many federated rounds. The source chain itself is named by the ``LotterySettings``."""
+
+    ticket_rounds: tuple[int, ...] = setting((3, 5, 7, 10), "IMP rounds of the source's reset chain whose masks are "
+                                             "trained (72.5, 88.4, 95.1, 98.7% sparse)",
+                                             {"type": "array", "items": integer(1), "minItems": 1, "uniqueItems": True})
+    client_domains: tuple[str, ...] | None = setting(None, "the clients' domains (null: every domain of the study but "
+                                                     "the source)", {"type": ["array", "null"], "items": NAME,
+                                                                     "minItems": 1, "uniqueItems": True})
+    clients_per_domain: int = setting(2, "clients each client domain's training data is split into", integer(1))
+    fl_rounds: int = setting(10, "federated rounds per run", integer(1))
+    local_epochs: int = setting(1, "client epochs per federated round (best local validation epoch kept)", integer(1))
+    audit: bool = setting(False, "replies also carry a fingerprint of the client's shard and what it received",
+                          BOOLEAN)
+
+
 def check_transfer(settings: LotterySettings) -> None:
     """A transfer trains under the source's masks 1..rounds, so it needs at least one round."""
     if settings.rounds < 1:
@@ -364,6 +383,8 @@ CELL_PARAMS: dict[str, dict] = {
     "strategies": {"help": "the chains this cell runs", "schema": {"type": "array", "minItems": 1, "uniqueItems": True,
                                                                    "items": {"type": "string"}}},
     "progress": {"help": "progress bars", "schema": BOOLEAN},
+    "workers": {"help": "federated clients trained at once (null: the batch's threads, else the CPU count)",
+                "schema": integer(1, nullable=True)},
 }
 
 #: flat settings accepted by each stage, by settings class
@@ -372,12 +393,13 @@ STAGE_SETTINGS = {
     "divergence": (DivergenceSettings,),
     "obtain": (LotterySettings,),
     "transfer": (LotterySettings,),
+    "federated": (LotterySettings, FederatedSettings),
     "report": (PhaseSettings,),
     "phase": (PhaseSettings,),
 }
 
 #: the strategies a stage's ``strategies`` may name
-STAGE_STRATEGIES = {"obtain": OBTAIN_STRATEGIES, "transfer": TRANSFER_STRATEGIES}
+STAGE_STRATEGIES = {"obtain": OBTAIN_STRATEGIES, "transfer": TRANSFER_STRATEGIES, "federated": TRANSFER_STRATEGIES}
 
 
 def stage_settings(stage: str) -> dict[str, dataclasses.Field]:
@@ -402,7 +424,8 @@ def for_stage(stage: str, settings: dict | None = None) -> tuple:
     out = []
     for cls in STAGE_SETTINGS[stage]:
         if cls is LotterySettings:
-            out.append(LotterySettings.from_params(**settings))
+            out.append(LotterySettings.from_params(**{k: v for k, v in settings.items()
+                                                      if k in LotterySettings.flat_fields()}))
         else:
             out.append(cls(**{k: v for k, v in settings.items() if k in cls.settings_fields()}))
     return tuple(out)

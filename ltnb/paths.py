@@ -7,6 +7,7 @@ A study folder (``outputs/<study>/``) holds everything one study writes::
     divergence/      jsd.parquet, figure1.{png,svg}
     obtain/<domain>/<strategy>/seed<k>/     one IMP chain (folders named by a settings hash inside)
     transfer/<source>__<target>/<strategy>/seed<k>/
+    federated/<source>/seed<k>/             federated runs with the source's tickets (ltnb.federated)
     report/          figures and tables of the whole study (phase_transition.csv too)
     phase/           the executed phase-transition notebook
 
@@ -61,6 +62,11 @@ def obtain_dir(study_dir: str | os.PathLike, domain: str, strategy: str, seed: i
 
 def transfer_dir(study_dir: str | os.PathLike, source: str, target: str, strategy: str, seed: int) -> Path:
     return Path(study_dir) / "transfer" / f"{source}__{target}" / strategy / f"seed{int(seed)}"
+
+
+def federated_dir(study_dir: str | os.PathLike, source: str, seed: int) -> Path:
+    """One source's federated runs for a seed (ltnb.federated; folders named by a settings hash inside)."""
+    return Path(study_dir) / "federated" / source / f"seed{int(seed)}"
 
 
 def report_dir(study_dir: str | os.PathLike) -> Path:

@@ -61,12 +61,13 @@ import yaml
 from ltnb import config, paths
 from ltnb._io import stable_hash
 
-STAGES = ("data", "divergence", "obtain", "transfer", "report", "phase")
+STAGES = ("data", "divergence", "obtain", "transfer", "federated", "report", "phase")
 DEFAULT_NOTEBOOKS = {
     "data": "notebooks/01_data.ipynb",
     "divergence": "notebooks/02_divergence.ipynb",
     "obtain": "notebooks/03_obtain.ipynb",
     "transfer": "notebooks/04_transfer.ipynb",
+    "federated": "notebooks/07_federated.ipynb",
     "report": "notebooks/06_report.ipynb",
     "phase": "notebooks/05_phase_transition.ipynb",
 }
@@ -479,7 +480,7 @@ def _cell_folder(e: _Stage, study_dir: Path, values: dict, varied: list[str]) ->
     if e.name in SINGLE_CELL_STAGES:
         return {"data": paths.data_dir, "divergence": paths.divergence_dir, "report": paths.report_dir,
                 "phase": paths.phase_dir}[e.name](study_dir), None
-    need = ("domain", "seed") if e.name == "obtain" else ("source", "target", "seed")
+    need = {"obtain": ("domain", "seed"), "transfer": ("source", "target", "seed"), "federated": ("source", "seed")}[e.name]
     got = {}
     for k in need:
         v = values.get(k, _default_value((e.nb_params or {}).get(k)) if k == "seed" else None)
@@ -489,8 +490,9 @@ def _cell_folder(e: _Stage, study_dir: Path, values: dict, varied: list[str]) ->
         got[k] = v
     if isinstance(got["seed"], bool) or not isinstance(got["seed"], int):
         return None, f"impossible grid: the seed of stage {e.name} must be an integer"
-    folder = (study_dir / "obtain" / got["domain"] / f"seed{got['seed']}" if e.name == "obtain"
-              else study_dir / "transfer" / f"{got['source']}__{got['target']}" / f"seed{got['seed']}")
+    folder = {"obtain": lambda: study_dir / "obtain" / got["domain"],
+              "transfer": lambda: study_dir / "transfer" / f"{got['source']}__{got['target']}",
+              "federated": lambda: study_dir / "federated" / got["source"]}[e.name]() / f"seed{got['seed']}"
     suffix = ",".join(f"{k}={values[k]}" for k in varied if k in values)
     return (folder / suffix if suffix else folder), None
 
@@ -514,7 +516,7 @@ def _expand(e: _Stage, defaults: dict, study_dir: Path, data_domains, P: _Proble
         if problem:
             P.add(f"{e.at}.grid" if e.grid else e.at, problem)
             return []
-        if e.name in ("obtain", "transfer") and "seed" not in values:
+        if e.name in ("obtain", "transfer", "federated") and "seed" not in values:
             values["seed"] = _default_value((e.nb_params or {}).get("seed"))
         key = folder.relative_to(study_dir).as_posix()
         if any(c.key == key for c in cells):
@@ -544,6 +546,8 @@ def _check_cells(e: _Stage, cells: list[Cell], data_domains, P: _Problems) -> No
             v = c.params.get(k)
             if v is not None and data_domains is not None and v not in data_domains:
                 P.add(_grid_where(e, k, v), f"unknown domain {v!r}; the data stage makes: {', '.join(data_domains)}")
+        if e.name == "federated":
+            _check_federated(e, c, data_domains, P)
         if e.name != "transfer":
             continue
         if c.params.get("source") == c.params.get("target"):
@@ -558,6 +562,20 @@ def _check_cells(e: _Stage, cells: list[Cell], data_domains, P: _Problems) -> No
             config.check_transfer(settings)
         except ValueError as ex:
             P.add(_grid_where(e, "rounds", c.params.get("rounds")), str(ex))
+
+
+def _check_federated(e: _Stage, c: Cell, data_domains, P: _Problems) -> None:
+    """The federated stage's clients: domains the data stage makes, not the source, at least one."""
+    source = c.params.get("source")
+    clients = c.params.get("client_domains")
+    where = _grid_where(e, "client_domains", clients)
+    for d in clients or []:
+        if d == source:
+            P.add(where, f"client_domains: {d!r} is the source (the server's domain); clients hold the other domains")
+        elif data_domains is not None and d not in data_domains:
+            P.add(where, f"client_domains: unknown domain {d!r}; the data stage makes: {', '.join(data_domains)}")
+    if clients is None and data_domains is not None and not [d for d in data_domains if d != source]:
+        P.add(e.at, f"federated {source}: no client domain; the data stage makes only {', '.join(data_domains)}")
 
 
 def _valid(schema: dict, value) -> bool:
@@ -577,14 +595,27 @@ def _grid_where(e: _Stage, key: str, value) -> str:
     return f"defaults.{key}" if key in e.accepted and key not in e.grid else e.at
 
 
+def _chain_settings(c: Cell) -> dict | None:
+    """A cell's chain settings (every ``LotterySettings`` field, defaults filled in, without ``rounds``,
+    which never names a chain's folder); None if they are not valid."""
+    flat = config.LotterySettings.flat_fields()
+    try:
+        s = config.LotterySettings.from_params(**{k: c.params[k] for k in c.settings_names if k in flat})
+    except ValueError:
+        return None
+    d = config._plain(s.flat())
+    d.pop("rounds")
+    return d
+
+
 def _source_cell(tr: Cell, domain: str, obtain: list[Cell]) -> Cell | None:
-    """The obtain cell of ``domain`` with the transfer's seed and settings (rounds may be more)."""
-    want = {k: v for k, v in tr.params.items() if k in tr.settings_names and k != "rounds"}
+    """The obtain cell of ``domain`` whose reset chain a transfer or federated cell reads: the same seed
+    and chain settings (it may run more rounds)."""
+    want = _chain_settings(tr)
     for c in obtain:
         if c.params.get("domain") != domain or c.params.get("seed") != tr.params.get("seed"):
             continue
-        have = {k: v for k, v in c.params.items() if k in c.settings_names and k != "rounds"}
-        if have == want and "reset" in (c.params.get("strategies") or ["reset"]):
+        if _chain_settings(c) == want and "reset" in (c.params.get("strategies") or ["reset"]):
             return c
     return None
 
@@ -598,8 +629,10 @@ def _link(entries: list[_Stage], study_dir: Path, stages_present: set, P: _Probl
         for c in e.cells:
             deps: list[str] = []
             external: list[str] = []
-            if e.name in ("divergence", "obtain", "transfer"):
+            if e.name in ("divergence", "obtain", "transfer", "federated"):
                 (deps if "data" in stages_present else external).append("data")
+            if e.name == "federated":
+                _federated_source(e, c, obtain, deps, external, stages_present, P)
             if e.name == "transfer":
                 for dom in (c.params["source"], c.params["target"]):
                     src = _source_cell(c, dom, obtain)
@@ -624,6 +657,27 @@ def _link(entries: list[_Stage], study_dir: Path, stages_present: set, P: _Probl
                               cell_dir=c.cell_dir, params=c.params, settings_names=c.settings_names,
                               deps=tuple(dict.fromkeys(deps)), external=tuple(external), params_hash=h))
     return final
+
+
+def _federated_source(e: _Stage, c: Cell, obtain: list[Cell], deps: list, external: list, stages_present: set,
+                      P: _Problems) -> None:
+    """A federated cell reads the tickets of its source's reset chain (same seed and settings), up to
+    the largest of its ``ticket_rounds``."""
+    src = _source_cell(c, c.params["source"], obtain)
+    key = f"obtain/{c.params['source']}/seed{c.params['seed']}"
+    wanted = c.params.get("ticket_rounds", config.FederatedSettings.ticket_rounds)
+    if src is not None:
+        deps.append(src.key)
+        have = src.params.get("rounds", DEFAULT_ROUNDS)
+        if isinstance(wanted, list) and wanted and max(wanted) > have:
+            P.add(_grid_where(e, "ticket_rounds", wanted), f"ticket_rounds = {wanted!r}: round {max(wanted)} is beyond the "
+                                                           f"source chain {src.key}, which runs rounds 0..{have}")
+    elif "obtain" in stages_present:
+        P.add(f"{e.at}.grid" if e.grid else e.at,
+              f"impossible grid: federated {c.params['source']} seed {c.params['seed']} needs the obtain cell {key} "
+              "with strategy reset and the same settings, which the obtain stage does not produce; add it")
+    else:
+        external.append(key)
 
 
 def load_plan(plan_path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Plan:

@@ -309,3 +309,45 @@ def jsd_heatmap(matrix: pd.DataFrame, *, scale: float = 1e5, title: str | None =
         width=60 * len(order), height=60 * len(order),
         title=title or f"Domain divergence: Jensen-Shannon divergence of subword unigram distributions ({label})",
     )
+
+
+# ---------------------------------------------------------------------------------- federated
+
+def federated_chart(summary: pd.DataFrame, *, title: str = ""):
+    """Global test accuracy against cumulative MB communicated (log scale), one line per sparsity
+    (colour) and strategy (solid: masks-reset, dotted: masks-random), mean and +-1 std band over
+    seeds; the dense baseline grey and dashed. One panel per source domain."""
+    from .config import FEDERATED_DENSE as DENSE
+    from .config import TRANSFER_STRATEGIES as STRATEGIES
+
+    c = summary[summary["fl_round"] >= 1].copy()
+    c["acc"] = 100 * c["acc_mean"]
+    c["lo"] = 100 * (c["acc_mean"] - c["acc_std"])
+    c["hi"] = 100 * (c["acc_mean"] + c["acc_std"])
+    c["sparsity_pct"] = 100 * c["sparsity"]
+    c["ticket"] = ["dense" if st == DENSE else f"{sparsity_label(sp)}% sparse" for st, sp in zip(c["strategy"], c["sparsity"])]
+    levels = ["dense"] + [t for t in c.sort_values("sparsity")["ticket"].drop_duplicates() if t != "dense"]
+    palette = ["#555555", "#1f77b4", "#2ca02c", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+    scale = alt.Scale(domain=levels, range=(palette * 3)[:len(levels)])
+    color = alt.Color("ticket:N", title="ticket", sort=levels, scale=scale,
+                      legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=3, symbolOpacity=1))
+    kinds = [k for k in (DENSE, *STRATEGIES) if k in set(c["strategy"])]
+    dash = alt.StrokeDash("strategy:N", title="initial values", sort=kinds,
+                          legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=400,
+                                            symbolStrokeColor="#333333", symbolOpacity=1), scale=alt.Scale(
+        domain=kinds, range=[{DENSE: [6, 4], "masks-reset": [1, 0], "masks-random": [2, 2]}[k] for k in kinds]))
+    x = alt.X("mb_cumulative:Q", title="megabytes communicated (cumulative, both directions, log scale)",
+              scale=alt.Scale(type="log"))
+    band = alt.Chart().mark_area(opacity=0.12).encode(
+        x=x, y=alt.Y("lo:Q", title="global test accuracy (%)", scale=alt.Scale(zero=False)), y2="hi:Q",
+        color=color, detail="series:N")
+    line = alt.Chart().mark_line(strokeWidth=2).encode(
+        x=x, y=alt.Y("acc:Q", scale=alt.Scale(zero=False)), color=color, strokeDash=dash, detail="series:N")
+    points = alt.Chart().mark_point(filled=True, size=22, opacity=1).encode(
+        x=x, y="acc:Q", color=alt.Color("ticket:N", sort=levels, legend=None, scale=scale),
+        tooltip=["series", "fl_round", alt.Tooltip("mb_cumulative:Q", format=".3f", title="MB"),
+                 alt.Tooltip("acc:Q", format=".2f"), alt.Tooltip("acc_std:Q", format=".4f"), "n"])
+    layer = alt.layer(band, line, points, data=c).properties(width=420, height=280)
+    return layer.facet(facet=alt.Facet("source:N", title="server (source) domain"), columns=2).properties(
+        title=title or "Federated learning with a ticket: global test accuracy vs megabytes communicated"
+    ).configure_legend(orient="right")

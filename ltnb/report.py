@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import findings, paths, phase, plots, results
+from . import federated_results, findings, paths, phase, plots, results
 from ._io import read_json, write_parquet, write_text
 
 
@@ -150,7 +150,8 @@ def build(study_dir: str | os.PathLike, *, alpha: float = phase.ALPHA, delta: fl
     fi_all = pd.concat(finding_tables, ignore_index=True) if finding_tables else pd.DataFrame(columns=findings.COLUMNS)
     write_table(study, "phase_transition", ph_all)
     write_table(study, "findings", fi_all)
-    written["index"] = write_text(out / "index.html", _html(study, sections, rows))
+    page = _html(study, sections, rows).replace("</body></html>", federated_html(study, out, log=log) + "</body></html>")
+    written["index"] = write_text(out / "index.html", page)
     log(f"report of {len(rows)} result rows ({len(groups)} settings group(s)) written to {out}/index.html")
     return written
 
@@ -196,6 +197,38 @@ def _html(study: Path, sections, rows: pd.DataFrame) -> str:
             parts.append("<h3>Test accuracy per round</h3>")
             parts.append(wide.to_html(border=0))
     parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def federated_html(study: Path, out: Path, *, log=print) -> str:
+    """The federated stage's part of the report: ``federated.{png,svg}`` (global test accuracy against
+    cumulative MB, mean and +-1 std over seeds, dense dashed), ``federated_table.csv`` and an HTML
+    section with both and the measured savings; "" when the study has no federated runs. One settings
+    hash (the one with most rows) is drawn, and the others named."""
+    rows = federated_results.load(study)
+    if rows.empty:
+        return ""
+    counts = rows["settings_hash"].value_counts()
+    if len(counts) > 1:
+        log(f"report: the federated stage has runs of {len(counts)} settings; drawing {counts.index[0]}, leaving out "
+            + ", ".join(f"{h} ({n} rows)" for h, n in counts.iloc[1:].items()))
+    rows = rows[rows["settings_hash"] == counts.index[0]]
+    summary = federated_results.summarize(rows)
+    tab = federated_results.table(summary)
+    plots.save(plots.federated_chart(summary), out / "federated", formats=("png", "svg"))
+    write_text(out / "federated_table.csv", tab.to_csv(index=False))
+    shown = tab.drop(columns=["settings_hash"]).rename(columns={"sparsity_%": "sparsity %", "target_acc_%": "target %",
+                                                                "final_acc_%": "final acc %", "final_acc_std": "± std"})
+    parts = [
+        "<h2>Federated learning with a ticket (Flower)</h2>",
+        "<p>The server holds the source domain and its TICKET-RESET ticket; clients hold the other domains' "
+        f"training data ({int(rows['clients'].iloc[0])} clients). Bytes are what Flower sent and received, "
+        "per client link, both directions; the mask travels once. Global test accuracy pools the client "
+        f"domains' test splits; mean ± std over {rows['seed'].nunique()} seed(s).</p>",
+        _figure(out / "federated.svg", "Global test accuracy against megabytes communicated (log scale); dense FedAvg dashed."),
+        shown.to_html(border=0, index=False, float_format=lambda v: f"{v:.3f}", na_rep="not reached"),
+        "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in federated_results.savings(tab)) + "</ul>",
+    ]
     return "\n".join(parts)
 
 

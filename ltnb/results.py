@@ -46,6 +46,17 @@ def _dtype(column: str) -> str:
 SUMMARY_KEYS = ["stage", "source", "target", "pair", "strategy", "round", "settings_hash"]
 
 
+def over_seeds(df: pd.DataFrame, by: list[str], *, means: dict[str, str], stds: dict[str, str] | None = None,
+               seed: str = "seed") -> pd.DataFrame:
+    """Per ``by``: the mean (``means``: output column -> input column) and the sample standard
+    deviation (ddof 1; NaN for one seed; ``stds``) over seeds, and ``n``, the number of seeds. The one
+    place means and spreads over seeds are computed (``summarize``, the federated stage)."""
+    aggs = {out: (col, "mean") for out, col in means.items()}
+    aggs.update({out: (col, "std") for out, col in (stds or {}).items()})
+    aggs["n"] = (seed, "nunique")
+    return df.groupby(by, dropna=False, sort=True).agg(**aggs).reset_index()
+
+
 def summarize(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     """Mean, std and n of test accuracy (and of validation accuracy, mean sparsity) over seeds, per
     ``by`` (default: stage, source, target, pair, strategy, round, settings_hash). ``std`` is the sample
@@ -54,16 +65,6 @@ def summarize(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=groups + ["sparsity", "test_acc_mean", "test_acc_std", "val_acc_mean",
                                               "val_acc_std", "n"])
-    out = (
-        df.groupby(groups, dropna=False, sort=True)
-        .agg(
-            sparsity=("sparsity", "mean"),
-            test_acc_mean=("test_acc", "mean"),
-            test_acc_std=("test_acc", "std"),
-            val_acc_mean=("val_acc", "mean"),
-            val_acc_std=("val_acc", "std"),
-            n=("seed", "nunique"),
-        )
-        .reset_index()
-    )
-    return out
+    out = over_seeds(df, groups, means={"sparsity": "sparsity", "test_acc_mean": "test_acc", "val_acc_mean": "val_acc"},
+                     stds={"test_acc_std": "test_acc", "val_acc_std": "val_acc"})
+    return out[groups + ["sparsity", "test_acc_mean", "test_acc_std", "val_acc_mean", "val_acc_std", "n"]]

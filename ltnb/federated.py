@@ -1,0 +1,994 @@
+"""Federated learning with a lottery ticket: the paper's proposed application, run with Flower.
+
+The paper closes with "Applications in Federated Learning": a server finds a ticket on data it can
+see, then clients retrain only that sparse ticket on their own data. This module runs it.
+
+* The server holds one *source* domain. Its ticket is the mask of the source's TICKET-RESET chain
+  (``ltnb.lottery.obtain``) at a chosen IMP round, read with ``ltnb.tickets.load``.
+* The clients hold the other domains' training data: each client domain's training (and
+  validation) split is cut into ``clients_per_domain`` disjoint shards, one per client. A shard is
+  written to its own file before the federation starts and only that client's ClientApp reads it.
+* Runs: dense FedAvg from theta_0 (the baseline, ``dense``) and the ticket at each chosen round with
+  the initial values of ``ltnb.strategies`` (``masks-reset``: the chain's theta_0 under the mask;
+  ``masks-random``: fresh values under the mask), for a seed.
+* Federated rounds: the server sends the global survivors to every client; each client trains
+  them under the mask exactly as the engine does (``ltnb.train.fit``: masked Adam, pruned weights
+  stay 0, best local validation epoch kept) for ``local_epochs`` and sends its survivors back; the
+  server averages them weighted by the clients' training examples (FedAvg on the surviving
+  entries only, so pruned entries of the global model are exactly zero by construction).
+* Sparse all the way: the mask travels once per client and run (record ``mask``: ``bits``, the
+  ``numpy.packbits`` of every tensor that has pruned entries, and ``pruned``, one flag byte per
+  tensor); afterwards only the surviving values travel, in both directions, as one float32 vector
+  (record ``arrays``, array ``survivors``: each tensor's survivors in row-major order, tensors in
+  the model's parameter order). The dense baseline sends no mask and every value.
+* After every federated round the server evaluates the global model on every domain's test split
+  (the experimenter's view; it is not part of the protocol and not counted as communication).
+  ``global_acc`` is the accuracy over the pooled test splits of the client domains.
+
+Flower (``flwr``): a real ``ServerApp`` whose strategy ``MaskedFedAvg`` is Flower's ``FedAvg``
+adapted to masked weights, a real ``ClientApp``, run by Flower's simulation engine
+(``flwr.simulation.run_simulation``, Ray backend). One simulation runs all pending runs of a cell.
+
+Bytes are counted from the messages Flower sends, with Flower's own serialization: for each
+message, the protobuf of its header (``flwr.common.serde.message_to_proto`` of the message without
+content), the protobuf of its object tree and the deflated bytes of every object it is made of
+(Message, RecordDict, records, Arrays, ArrayChunks): what Flower's deployment runtime pushes for it
+and what a SuperNode pulls. (The simulation engine itself hands messages to Ray in memory.) The
+count is per client link: a model sent to 8 clients counts 8 times. gRPC/HTTP framing is not
+included. ``payload`` is the formula (survivors x 4 bytes, plus the mask's bits once); the rest is
+Flower's framing (object ids, npy headers, record keys), checked by the tests.
+
+Ray on a small machine: Ray 2.55's raylet waits at most ~15 s for its dashboard agent to start; on
+a busy 2-core machine the agent (a Python process that imports ray, about 5 s of CPU here, 3 s of it
+``jsonschema`` building the ``rfc3987_syntax`` Lark grammar) misses that window and Ray aborts.
+``RayHead`` therefore starts one private single-node Ray cluster per call of ``run`` (``ray start
+--head --block`` on 127.0.0.1 with free ports; no dashboard, no log monitor, usage stats off, no idle
+workers started ahead, workers at niceness 0 like every other cell instead of Ray's 15) with a stub
+``rfc3987_syntax`` that raises ImportError first on the path of Ray's processes and of Flower's
+client workers (jsonschema then skips its optional IRI format check, which neither uses;
+``LTNB_RAY_SHIM=0`` turns the stub off). It retries a failed start, and a small supervisor process
+stops Ray's process group on exit and when the process that started it dies (a killed kernel leaves
+no Ray behind). Flower joins it through ``backend_config["init_args"]["address"]``; every client
+gets 1 CPU and no GPU (``client_resources``) and the head has ``workers`` CPUs, so ``workers``
+clients train at once.
+
+Folders: ``paths.federated_dir(study, source, seed) / <hash>/`` with ``settings.json``,
+``clients/`` (the shards and ``clients.json``), ``runs/<strategy>-rRR/`` (``rounds.parquet`` with one
+row per federated round, written last; ``messages.parquet``, one row per message; ``global.safetensors``,
+the final global model as a ticket) and ``results.parquet`` (all finished runs), and
+``_COMPLETE.json`` when every requested run is done. The hash covers the source chain (its folder
+name: settings, data and engine), the client domains, ``clients_per_domain``, ``fl_rounds``,
+``local_epochs``, ``audit`` (when on) and this module's version, not the ticket rounds and
+strategies, so asking for more sparsities extends a cell. A killed run has no ``rounds.parquet`` and restarts from its round 0
+(federated rounds are short); finished runs are never redone.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import paths, strategies, tickets
+from ._io import read_json, stable_hash, write_json, write_parquet, write_text
+from .config import LotterySettings, ModelSettings, TrainSettings, derive_seed
+from .model import parameter_shapes
+from .pruning import Mask
+from .tokens import TokenSplit, save_splits
+
+# (reading, summarising and drawing the results: ltnb.federated_results and ltnb.plots, torch-free)
+
+#: bumped whenever what a run computes changes, so old cells are never resumed by new code
+FEDERATED_VERSION = 1
+from .config import FEDERATED_DENSE as DENSE  # noqa: E402
+from .config import TRANSFER_STRATEGIES as STRATEGIES  # noqa: E402
+RESULTS = "results.parquet"
+ROUNDS = "rounds.parquet"
+MESSAGES = "messages.parquet"
+GLOBAL = "global.safetensors"
+MB = 1e6  # megabytes are decimal (10^6 bytes) throughout
+
+# Flower reads FLWR_TELEMETRY_ENABLED when it is imported; nothing may leave this machine.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+# ------------------------------------------------------------------------------------ parameters
+@dataclass(frozen=True)
+class ClientShard:
+    """One client: a shard of one client domain's training and validation splits, in its own file."""
+
+    partition: int  # Flower's partition-id of the node that plays this client
+    domain: str
+    shard: int  # 0 .. clients_per_domain - 1 within the domain
+    path: str  # safetensors file with "train" and "validation" (ltnb.tokens.save_splits); relative to the
+    #            cell's hash folder in clients.json, absolute in the ClientSpec the clients get
+    n_train: int
+    n_validation: int
+    sha256: str  # fingerprint of the shard's token ids and labels (data_fingerprint)
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Everything a cell needs, checked before anything starts (``prepare``)."""
+
+    study: Path
+    source: str
+    seed: int
+    ticket_rounds: tuple[int, ...]
+    strategies: tuple[str, ...]
+    client_domains: tuple[str, ...]
+    clients_per_domain: int
+    fl_rounds: int
+    local_epochs: int
+    settings: LotterySettings  # the source chain's settings (model, training)
+    chain: Path  # the source's reset chain
+    data_key: str
+    vocab_size: int
+    run_dir: Path
+    settings_hash: str
+
+    @property
+    def local_train(self) -> TrainSettings:
+        """The clients' training: the chain's optimizer settings, ``local_epochs`` epochs per round,
+        every epoch run and the best local validation epoch kept."""
+        t = self.settings.train
+        return TrainSettings(max_epochs=self.local_epochs, patience=None, batch_size=t.batch_size, lr=t.lr,
+                             weight_decay=t.weight_decay, max_len=t.max_len, bf16=t.bf16)
+
+    def runs(self) -> list[tuple[str, int]]:
+        """(strategy, ticket round) of every run: the dense baseline first."""
+        return [(DENSE, 0)] + [(s, r) for r in self.ticket_rounds for s in self.strategies]
+
+
+def run_name(strategy: str, ticket_round: int) -> str:
+    return f"{strategy}-r{int(ticket_round):02d}"
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finished_chain_rounds(chain: Path) -> list[int]:
+    f = chain / "results.parquet"
+    if not f.exists():
+        return []
+    from .lottery import ticket_name
+
+    return sorted(int(r) for r in pd.read_parquet(f)["round"] if (chain / ticket_name(int(r))).exists())
+
+
+def prepare(
+    study_dir,
+    source: str,
+    *,
+    seed: int = 0,
+    ticket_rounds: Sequence[int] = (3, 5, 7, 10),
+    strategies: Sequence[str] = STRATEGIES,
+    client_domains: Sequence[str] | None = None,
+    clients_per_domain: int = 2,
+    fl_rounds: int = 10,
+    local_epochs: int = 1,
+    settings: LotterySettings = LotterySettings(),
+    audit: bool = False,
+) -> Federation:
+    """Check every parameter and find the source chain; raise one error naming all problems.
+
+    Creates nothing. ``ValueError`` for bad values (each message names the parameter and what is
+    allowed), ``FileNotFoundError`` when the study's data or the source chain are missing.
+    """
+    from . import vocab
+    from .lottery import chain_dir
+
+    study = paths.resolve_study(study_dir)
+    problems: list[str] = []
+    if not _is_int(seed) or seed < 0:
+        problems.append(f"seed = {seed!r}: expected an integer >= 0")
+    if not _is_int(clients_per_domain) or clients_per_domain < 1:
+        problems.append(f"clients_per_domain = {clients_per_domain!r}: expected an integer >= 1 "
+                        f"(the number of clients each client domain's training data is split into)")
+    if not _is_int(fl_rounds) or fl_rounds < 1:
+        problems.append(f"fl_rounds = {fl_rounds!r}: expected an integer >= 1 (federated rounds)")
+    if not _is_int(local_epochs) or local_epochs < 1:
+        problems.append(f"local_epochs = {local_epochs!r}: expected an integer >= 1 (client epochs per round)")
+    strategies = tuple(strategies) if isinstance(strategies, (list, tuple)) else (strategies,)
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad or len(set(strategies)) != len(strategies):
+        problems.append(f"strategies = {list(strategies)!r}: expected distinct values from {list(STRATEGIES)} "
+                        f"(the dense baseline always runs)")
+    rounds_in = tuple(ticket_rounds) if isinstance(ticket_rounds, (list, tuple)) else (ticket_rounds,)
+    if not all(_is_int(r) and r >= 1 for r in rounds_in) or len(set(rounds_in)) != len(rounds_in):
+        problems.append(f"ticket_rounds = {list(rounds_in)!r}: expected distinct IMP rounds >= 1 of the source "
+                        f"chain (round 0 is the dense network, the baseline, which always runs)")
+    elif rounds_in and max(rounds_in) > settings.rounds:
+        problems.append(f"ticket_rounds = {list(rounds_in)!r}: round {max(rounds_in)} is beyond the chain, "
+                        f"which has rounds 0..{settings.rounds} (rounds = {settings.rounds}); allowed: 1..{settings.rounds}")
+    if not isinstance(source, str) or not source:
+        problems.append(f"source = {source!r}: expected a domain name")
+
+    try:
+        domains = list(vocab.info(study)["domains"])
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"federated: {e}") from None
+    if isinstance(source, str) and source and source not in domains:
+        problems.append(f"source = {source!r}: unknown domain; this study's domains: {', '.join(domains)}")
+    if client_domains is None:
+        clients = tuple(d for d in domains if d != source)
+    else:
+        clients = tuple(client_domains) if isinstance(client_domains, (list, tuple)) else (client_domains,)
+        for d in clients:
+            if d not in domains:
+                problems.append(f"client_domains: unknown domain {d!r}; this study's domains: {', '.join(domains)}")
+            elif d == source:
+                problems.append(f"client_domains: {d!r} is the source (the server's domain); clients hold the other domains")
+        if len(set(clients)) != len(clients):
+            problems.append(f"client_domains = {list(clients)!r}: a domain is listed twice")
+    if not clients and not any(p.startswith("client_domains") for p in problems):
+        problems.append(f"client_domains: no client domain; the study has only {domains} and the source is {source!r}")
+    if problems:
+        raise ValueError("federated: " + "; ".join(problems))
+
+    vocab_size = int(vocab.info(study)["vocab_size"])
+    data_key = vocab.data_key(study)
+    sizes = {(d, s): len(split) for d in clients for s, split in vocab.load_encoded(study, d)[0].items() if s != "test"}
+    (small_domain, small_split), smallest = min(sizes.items(), key=lambda kv: kv[1])
+    if clients_per_domain > smallest:
+        raise ValueError(f"federated: clients_per_domain = {clients_per_domain}: the {small_split} split of {small_domain} "
+                         f"has only {smallest} examples and every client needs some; allowed: 1..{smallest}")
+    chain = chain_dir(study, source, "reset", seed, settings, data_key, vocab_size)
+    finished = _finished_chain_rounds(chain) if chain.exists() else []
+    missing = [r for r in (0, *rounds_in) if r not in finished]
+    if missing:
+        raise FileNotFoundError(
+            f"federated: the source's reset chain at {chain} lacks round(s) {missing} (has {finished or 'none'}); "
+            f"ticket_rounds must be among its finished rounds >= 1. Create it with notebooks/03_obtain.ipynb "
+            f"(domain={source!r}, strategy='reset', seed={seed}, rounds>={max(rounds_in)}, the same other parameters).")
+    h = stable_hash({"chain": chain.name, "clients": sorted(clients), "clients_per_domain": clients_per_domain,
+                     "fl_rounds": fl_rounds, "local_epochs": local_epochs, "version": FEDERATED_VERSION,
+                     **({"audit": True} if audit else {})})
+    run_dir = paths.federated_dir(study, source, seed) / h
+    return Federation(study=study, source=source, seed=seed, ticket_rounds=tuple(sorted(rounds_in)), strategies=strategies,
+                client_domains=clients, clients_per_domain=clients_per_domain, fl_rounds=fl_rounds,
+                local_epochs=local_epochs, settings=settings, chain=chain, data_key=data_key, vocab_size=vocab_size,
+                run_dir=run_dir, settings_hash=h)
+
+
+# ------------------------------------------------------------------------------------ client data
+def data_fingerprint(splits: Mapping[str, TokenSplit]) -> str:
+    """SHA-256 of the token ids, offsets and labels of ``splits`` (in split-name order)."""
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        for t in (splits[name].ids, splits[name].offsets, splits[name].labels):
+            h.update(name.encode())
+            h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def subset(split: TokenSplit, index: Sequence[int]) -> TokenSplit:
+    return TokenSplit.from_lists([split.sequence(int(i)).tolist() for i in index], split.labels[list(index)].tolist())
+
+
+def shard_indices(n: int, shards: int, seed: int) -> list[list[int]]:
+    """A seeded permutation of range(n) cut into ``shards`` contiguous, disjoint, near-equal parts."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    bounds = [round(i * n / shards) for i in range(shards + 1)]
+    return [sorted(perm[bounds[i]:bounds[i + 1]]) for i in range(shards)]
+
+
+def write_shards(plan: Federation) -> list[ClientShard]:
+    """Cut every client domain's train and validation splits into ``clients_per_domain`` shards, one
+    file per client (written once; the same seed always gives the same shards)."""
+    from . import vocab
+
+    folder = plan.run_dir / "clients"
+    index = folder / "clients.json"
+    if index.exists():
+        return [ClientShard(**c) for c in read_json(index)]
+    shards: list[ClientShard] = []
+    for domain in plan.client_domains:
+        data, _ = vocab.load_encoded(plan.study, domain)
+        cut = {s: shard_indices(len(data[s]), plan.clients_per_domain, derive_seed(plan.seed, "federated", domain, s))
+               for s in ("train", "validation")}
+        for k in range(plan.clients_per_domain):
+            splits = {s: subset(data[s], cut[s][k]) for s in ("train", "validation")}
+            pid = len(shards)
+            path = folder / f"client_{pid:03d}.safetensors"
+            save_splits(path, splits)
+            shards.append(ClientShard(partition=pid, domain=domain, shard=k, path=str(path.relative_to(plan.run_dir)),
+                                      n_train=len(splits["train"]), n_validation=len(splits["validation"]),
+                                      sha256=data_fingerprint(splits)))
+    write_json(index, [asdict(s) for s in shards])
+    return shards
+
+
+# ------------------------------------------------------------------------------------ what travels
+def pack_masks(masks: Mapping[str, torch.Tensor], names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The masks of ``names`` as one message: ``pruned`` (uint8, 1 per tensor that has pruned
+    entries) and ``bits`` (uint8: ``numpy.packbits`` of each such tensor's mask, row-major, each
+    tensor padded to whole bytes, concatenated in ``names`` order)."""
+    pruned = np.array([not bool(masks[n].all()) for n in names], dtype=np.uint8)
+    parts = [np.packbits(masks[n].reshape(-1).numpy().astype(np.uint8)) for n, f in zip(names, pruned) if f]
+    return pruned, (np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8))
+
+
+def unpack_masks(pruned: np.ndarray, bits: np.ndarray, shapes: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
+    """Inverse of ``pack_masks``: bool masks of the pruned tensors (the others keep every entry)."""
+    out, at = {}, 0
+    for (name, shape), flag in zip(shapes.items(), np.asarray(pruned)):
+        if flag:
+            n = math.prod(shape)
+            size = -(-n // 8)
+            out[name] = torch.from_numpy(np.unpackbits(np.asarray(bits[at:at + size], dtype=np.uint8))[:n].astype(bool)).reshape(tuple(shape))
+            at += size
+    if at != len(bits):
+        raise ValueError(f"mask message: {len(bits)} bytes of bits, the pruned tensors need {at}")
+    return out
+
+
+def flatten(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], names: Sequence[str]) -> np.ndarray:
+    """The surviving entries of every tensor (all entries of a tensor without mask), float32,
+    row-major, concatenated in ``names`` order: what travels each round."""
+    parts = []
+    for n in names:
+        flat = weights[n].detach().cpu().reshape(-1).to(torch.float32)
+        parts.append(flat if n not in masks else flat[masks[n].reshape(-1)])
+    return torch.cat(parts).numpy().copy()
+
+
+def unflatten(vector: np.ndarray, shapes: Mapping[str, Sequence[int]], masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of ``flatten``: dense tensors, pruned entries exactly 0."""
+    values = torch.from_numpy(np.asarray(vector, dtype=np.float32))
+    out, at = {}, 0
+    for n, shape in shapes.items():
+        n_all = math.prod(shape)
+        if n in masks:
+            keep = masks[n].reshape(-1)
+            k = int(keep.sum())
+            dense = torch.zeros(n_all, dtype=torch.float32)
+            dense[keep] = values[at:at + k]
+        else:
+            k = n_all
+            dense = values[at:at + k].clone()
+        out[n] = dense.reshape(tuple(shape))
+        at += k
+    if at != values.numel():
+        raise ValueError(f"survivors message: {values.numel()} values, the mask keeps {at}")
+    return out
+
+
+def payload_bytes(mask: Mask, *, with_mask: bool) -> int:
+    """The formula: 4 bytes per surviving value, plus ceil(n / 8) bytes of mask bits per tensor that
+    has pruned entries when the message carries the mask."""
+    values = 4 * mask.kept()
+    bits = sum(-(-m.numel() // 8) for m in mask.values() if not bool(m.all())) if with_mask else 0
+    return values + bits
+
+
+def wire_bytes(message) -> int:
+    """Bytes of ``message`` as Flower's deployment runtime pushes and pulls it: the header protobuf
+    (``message_to_proto`` of the message without content), the object-tree protobuf and the deflated
+    content of every object the message is made of (see the module doc)."""
+    from flwr.app.message import remove_content_from_message
+    from flwr.common.serde import message_to_proto
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
+
+    header = message_to_proto(remove_content_from_message(message)).ByteSize()
+    tree = get_object_tree(message).ByteSize()
+    body = sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+    return header + tree + body
+
+
+def describe(content) -> dict:
+    """What a RecordDict holds: per record its type and, for ArrayRecords, each array's dtype and
+    shape; for config and metric records their keys. (A client reports what it received.)"""
+    from flwr.app import ArrayRecord
+
+    out = {}
+    for name, rec in content.items():
+        if isinstance(rec, ArrayRecord):
+            out[name] = {"type": "ArrayRecord", "arrays": {k: [a.dtype, list(a.shape)] for k, a in rec.items()}}
+        else:
+            out[name] = {"type": type(rec).__name__, "keys": sorted(rec.keys())}
+    return out
+
+
+# ------------------------------------------------------------------------------------ the client
+@dataclass(frozen=True)
+class ClientSpec:
+    """What every ClientApp knows (pickled to the Ray actors): no data, only where its own shard is."""
+
+    vocab_size: int
+    model: ModelSettings
+    train: TrainSettings
+    seed: int
+    clients: tuple[ClientShard, ...]
+    threads: int = 1
+    audit: bool = False  # replies also carry the shard's fingerprint and what the client received (tests)
+
+
+def client_train(spec: ClientSpec, msg, context):
+    """The ClientApp's train handler: read this client's shard, rebuild the model from the global
+    survivors and the mask (kept in ``context.state`` after the first round), train under the mask
+    with ``ltnb.train.fit``, reply with the trained survivors."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+    from . import train as _train
+    from .model import KimCNN
+    from .tokens import load_splits
+
+    torch.set_num_threads(spec.threads)
+    pid = int(context.node_config["partition-id"])
+    me = spec.clients[pid]
+    data = load_splits(me.path)  # this client's shard, and nothing else
+    config = msg.content["config"]
+    run, fl_round = str(config["run"]), int(config["server-round"])
+    key = f"mask {run}"
+    if "mask" in msg.content:  # the first message of a run carries the mask; keep it for later rounds
+        context.state[key] = ArrayRecord({k: Array(a.numpy()) for k, a in msg.content["mask"].items()})
+    masked = int(config["masked-tensors"])
+    if masked and key not in context.state:
+        raise RuntimeError(f"client {pid}: run {run} has {masked} pruned tensors but no mask was received")
+
+    model = KimCNN.from_settings(spec.vocab_size, spec.model, seed=None)
+    shapes = parameter_shapes(spec.vocab_size, spec.model)  # the order the server flattens in
+    masks = unpack_masks(context.state[key]["pruned"].numpy(), context.state[key]["bits"].numpy(), shapes) if masked else {}
+    weights = unflatten(msg.content["arrays"]["survivors"].numpy(), shapes, masks)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(weights[name])
+    local = {"train": data["train"], "validation": data["validation"], "test": data["validation"]}
+    result = _train.fit(model, local, spec.train, masks=masks, seed=derive_seed(spec.seed, run, fl_round, "client", pid),
+                        device="cpu", progress=False, desc=f"client {pid}")
+    trained = dict(model.named_parameters())
+    reply = RecordDict({
+        "arrays": ArrayRecord({"survivors": Array(flatten(trained, masks, list(shapes)))}),
+        "metrics": MetricRecord({"num-examples": len(data["train"]), "local-val-acc": float(result.val_acc),
+                                 "train-seconds": float(result.seconds), "steps": int(result.steps)}),
+        "client": ConfigRecord({"partition-id": pid, **({"data-sha256": data_fingerprint(data), "received": json.dumps(
+            describe(msg.content), sort_keys=True)} if spec.audit else {})}),
+    })
+    return Message(content=reply, reply_to=msg)
+
+
+def client_app(spec: ClientSpec):
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    @app.train()
+    def train(msg, context):  # noqa: ANN001 - Flower's handler signature
+        return client_train(spec, msg, context)
+
+    return app
+
+
+# ------------------------------------------------------------------------------------ the server
+class _CountingGrid:
+    """Delegates to Flower's Grid; records every message sent and received with its wire bytes.
+
+    ``send_and_receive`` is Flower's push-then-pull loop, plus an ``abort`` event so the ServerApp
+    thread ends when the simulation engine has failed instead of waiting for replies that never come.
+    """
+
+    def __init__(self, grid, abort: threading.Event, timeout: float):
+        self._grid, self._abort, self._timeout = grid, abort, timeout
+        self.log: list[dict] = []
+        self.partition: dict[int, int] = {}  # node id -> partition id, from the replies
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *, timeout: float | None = None):
+        messages = list(messages)
+        if not messages:
+            return []
+        ids = set(self._grid.push_messages(messages))
+        end = time.time() + (timeout or self._timeout)
+        replies = []
+        while ids:
+            if self._abort.is_set():
+                raise RuntimeError("federated: the simulation engine stopped; the ServerApp gives up waiting")
+            if time.time() > end:
+                raise TimeoutError(f"federated: no reply from {len(ids)} client(s) within {timeout or self._timeout:.0f} s")
+            got = list(self._grid.pull_messages(ids))
+            replies.extend(got)
+            ids -= {m.metadata.reply_to_message_id for m in got}
+            if ids:
+                time.sleep(0.05)
+        for m in replies:  # a client's reply names its partition, its data's fingerprint and what it got
+            client = m.content.get("client") if not m.has_error() else None
+            if client is not None:
+                self.partition[int(m.metadata.src_node_id)] = int(client["partition-id"])
+        for m in messages:
+            node = int(m.metadata.dst_node_id)
+            self.log.append({"direction": "down", "node_id": node, "partition": self.partition.get(node, -1),
+                             "bytes": wire_bytes(m), "has_mask": "mask" in m.content,
+                             "records": json.dumps(describe(m.content), sort_keys=True),
+                             "data_sha256": "", "received": ""})
+        for m in replies:
+            node = int(m.metadata.src_node_id)
+            client = m.content.get("client") if not m.has_error() else None
+            self.log.append({"direction": "up", "node_id": node, "partition": self.partition.get(node, -1),
+                             "bytes": wire_bytes(m) if not m.has_error() else 0, "has_mask": False,
+                             "records": json.dumps(describe(m.content), sort_keys=True) if not m.has_error() else "",
+                             "data_sha256": str(client.get("data-sha256", "")) if client is not None else "",
+                             "received": str(client.get("received", "")) if client is not None else ""})
+        return replies
+
+    def take(self) -> list[dict]:
+        out, self.log = self.log, []
+        return out
+
+
+def _masked_fedavg_class():
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sample_nodes
+
+    class MaskedFedAvg(FedAvg):
+        """Flower's FedAvg on the surviving entries of a fixed mask.
+
+        ``arrays`` (what ``start`` passes around) hold only the survivors of each tensor (1-D float32).
+        The first message to each node also carries the bit-packed mask as the record ``mask``; the
+        replies' survivors are averaged weighted by ``num-examples`` (Flower's
+        ``aggregate_arrayrecords``). A client error stops the run (a silent drop would change the
+        experiment).
+        """
+
+        def __init__(self, mask_record: ArrayRecord, kept: int, n_clients: int):
+            super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n_clients,
+                             min_evaluate_nodes=0, min_available_nodes=n_clients)
+            self.mask_record = mask_record
+            self.kept = kept  # surviving entries, the length of every survivors vector
+            self.has_mask: set[int] = set()
+
+        def configure_train(self, server_round, arrays, config, grid):
+            node_ids, _ = sample_nodes(grid, self.min_available_nodes, self.min_train_nodes)
+            config["server-round"] = server_round
+            messages = []
+            for node in node_ids:
+                records = {"arrays": arrays, "config": config}
+                if len(self.mask_record) and node not in self.has_mask:
+                    records["mask"] = self.mask_record
+                    self.has_mask.add(node)
+                messages.append(Message(content=RecordDict(records), message_type=MessageType.TRAIN, dst_node_id=node))
+            return messages
+
+        def aggregate_train(self, server_round, replies):
+            replies = list(replies)
+            valid, errors = self._check_and_log_replies(replies, is_train=True)
+            if errors or len(valid) < self.min_train_nodes:
+                reasons = "; ".join(f"node {m.metadata.src_node_id}: {m.error.reason}" for m in errors)
+                raise RuntimeError(f"federated round {server_round}: {len(valid)} of {self.min_train_nodes} clients "
+                                   f"replied ({reasons or 'no error given'})")
+            for m in valid:
+                got = {k: tuple(a.shape) for k, a in m.content["arrays"].items()}
+                if got != {"survivors": (self.kept,)}:
+                    raise RuntimeError(f"federated round {server_round}: node {m.metadata.src_node_id} sent arrays "
+                                       f"{got}, expected the {self.kept} survivors")
+            contents = [m.content for m in valid]
+            arrays = aggregate_arrayrecords(contents, self.weighted_by_key)
+            metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+            return arrays, metrics
+
+    return MaskedFedAvg
+
+
+@dataclass
+class _Run:
+    strategy: str
+    ticket_round: int
+    name: str
+    folder: Path
+    mask: Mask
+    init: dict[str, torch.Tensor]
+    theta_0: Path
+    rows: list[dict] = field(default_factory=list)
+    messages: list[dict] = field(default_factory=list)
+    final: dict[str, torch.Tensor] | None = None
+
+
+def _load_run(plan: Federation, strategy: str, ticket_round: int) -> _Run:
+    from .lottery import THETA_0, ticket_name
+
+    ticket = tickets.load(plan.chain / ticket_name(ticket_round), settings=plan.settings)
+    mask = Mask(ticket.masks)
+    if strategy == DENSE:
+        init = {n: t.clone() for n, t in ticket.init.items()}  # theta_0 (round 0's mask keeps everything)
+    else:
+        start = strategies.Start(theta_0=ticket.init, vocab_size=plan.vocab_size, model=plan.settings.model,
+                                 seed=plan.seed, round=ticket_round, strategy=strategy)
+        init = strategies.TRANSFER[strategy](mask, start)
+    name = run_name(strategy, ticket_round)
+    return _Run(strategy=strategy, ticket_round=ticket_round, name=name, folder=plan.run_dir / "runs" / name,
+                mask=mask, init=init, theta_0=plan.chain / THETA_0)
+
+
+class _Evaluator:
+    """Test accuracy of a global model on every domain's test split (server side, experimenter's view)."""
+
+    def __init__(self, plan: Federation):
+        from . import train as _train
+        from . import vocab
+        from .model import KimCNN
+
+        self.domains = (plan.source, *plan.client_domains)
+        self.client_domains = plan.client_domains
+        self.model = KimCNN.from_settings(plan.vocab_size, plan.settings.model, seed=None)
+        self.batches = {}
+        for d in self.domains:
+            test = vocab.load_encoded(plan.study, d)[0]["test"]
+            self.batches[d] = _train.make_batches(test, _train.EVAL_BATCH, max_len=plan.settings.train.max_len,
+                                                  max_tokens=_train.EVAL_TOKENS)
+        self.sizes = {d: sum(b.labels.numel() for b in bs) for d, bs in self.batches.items()}
+
+    def __call__(self, weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        from . import train as _train
+
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                p.copy_(weights[n])
+        acc = {d: _train.evaluate(self.model, bs) for d, bs in self.batches.items()}
+        pooled = sum(acc[d] * self.sizes[d] for d in self.client_domains) / sum(self.sizes[d] for d in self.client_domains)
+        return {"global_acc": pooled, "source_acc": acc[self.source], **{f"acc_{d}": a for d, a in acc.items()}}
+
+    @property
+    def source(self) -> str:
+        return self.domains[0]
+
+
+def _serve_run(plan: Federation, run: _Run, grid, evaluator: _Evaluator, abort: threading.Event, progress: bool) -> None:
+    """One FedAvg experiment (``strategy.start``), recording a row per federated round."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+    from tqdm.auto import tqdm
+
+    shapes = parameter_shapes(plan.vocab_size, plan.settings.model)  # the model's parameter order, as the clients
+    names = list(shapes)
+    pruned = {n: run.mask[n] for n in names if not bool(run.mask[n].all())}
+    flags, bits = pack_masks(run.mask, names)
+    mask_record = ArrayRecord({"pruned": Array(flags), "bits": Array(bits)}) if pruned else ArrayRecord()
+    initial = ArrayRecord({"survivors": Array(flatten(run.init, pruned, names))})
+    n_clients = len(plan.client_domains) * plan.clients_per_domain
+    strategy = _masked_fedavg_class()(mask_record, run.mask.kept(), n_clients)
+    counting = _CountingGrid(grid, abort, timeout=3600.0)
+    started = time.perf_counter()
+    cumulative = {"bytes": 0}
+    bar = tqdm(total=plan.fl_rounds, desc=f"{plan.source} seed{plan.seed} {run.name}", disable=not progress, unit="round")
+
+    def dense(arrays) -> dict[str, torch.Tensor]:
+        return unflatten(arrays["survivors"].numpy(), shapes, pruned)
+
+    def evaluate(server_round: int, arrays) -> MetricRecord:
+        weights = dense(arrays)
+        accs = evaluator(weights)
+        log = counting.take()
+        for e in log:
+            e.update(run=run.name, fl_round=server_round)
+        run.messages.extend(log)
+        down = sum(e["bytes"] for e in log if e["direction"] == "down")
+        up = sum(e["bytes"] for e in log if e["direction"] == "up")
+        n_down = sum(e["direction"] == "down" for e in log)
+        n_up = sum(e["direction"] == "up" for e in log)
+        with_mask = sum(e["has_mask"] for e in log)
+        payload = (n_down - with_mask) * payload_bytes(run.mask, with_mask=False) \
+            + with_mask * payload_bytes(run.mask, with_mask=True) + n_up * payload_bytes(run.mask, with_mask=False)
+        cumulative["bytes"] += down + up
+        run.rows.append({
+            "stage": "federated", "source": plan.source, "seed": plan.seed, "strategy": run.strategy,
+            "ticket_round": run.ticket_round, "sparsity": run.mask.sparsity(), "survivors": run.mask.kept(),
+            "fl_round": server_round, "clients": n_clients, "messages": n_down + n_up,
+            "bytes_down": down, "bytes_up": up, "bytes_round": down + up, "payload_round": payload,
+            "bytes_cumulative": cumulative["bytes"], **accs,
+            "seconds": time.perf_counter() - started, "settings_hash": plan.settings_hash,
+        })
+        run.final = weights
+        if server_round:
+            bar.update(1)
+            bar.set_postfix(global_acc=f"{accs['global_acc']:.3f}", MB=f"{cumulative['bytes'] / MB:.2f}")
+        return MetricRecord({"global-acc": accs["global_acc"]})
+
+    config = ConfigRecord({"run": run.name, "masked-tensors": len(pruned), "local-epochs": plan.local_epochs})
+    strategy.start(grid=counting, initial_arrays=initial, num_rounds=plan.fl_rounds, timeout=3600.0,
+                   train_config=config, evaluate_fn=evaluate)
+    bar.close()
+    _write_run(plan, run)
+
+
+def _write_run(plan: Federation, run: _Run) -> None:
+    """The run's files; ``rounds.parquet`` last: it marks the run as finished."""
+    msgs = pd.DataFrame(run.messages)
+    write_parquet(run.folder / MESSAGES, msgs)
+    tickets.save(run.folder / GLOBAL, masks=run.mask, trained=run.final, round=run.ticket_round,
+                 settings=plan.settings, vocab_size=plan.vocab_size, theta_0=run.theta_0,
+                 extra={"stage": "federated", "source": plan.source, "strategy": run.strategy, "seed": plan.seed,
+                        "fl_rounds": plan.fl_rounds})
+    write_parquet(run.folder / ROUNDS, pd.DataFrame(run.rows))
+
+
+def server_app(plan: Federation, runs: Sequence[tuple[str, int]], abort: threading.Event, progress: bool = True):
+    from flwr.serverapp import ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context):  # noqa: ANN001 - Flower's main signature
+        evaluator = _Evaluator(plan)
+        for strategy, ticket_round in runs:
+            _serve_run(plan, _load_run(plan, strategy, ticket_round), grid, evaluator, abort, progress)
+
+    return app
+
+
+# ------------------------------------------------------------------------------------ Ray
+_SHIM = 'raise ImportError("hidden by ltnb.federated.RayHead: building its Lark grammar at import costs ~3 s per Ray helper process")\n'
+# A small supervisor for `ray start --head --block` (its arguments): it runs Ray in its own process
+# group, and on SIGTERM or SIGINT, or when the process that started it dies (Linux prctl
+# PR_SET_PDEATHSIG), it sends Ray SIGTERM, waits `grace` seconds, then kills the whole group. Ray's
+# own SIGTERM shutdown sometimes hangs once its raylet is gone; the group kill ends it, and a killed
+# notebook kernel leaves no Ray behind.
+_SUPERVISOR = """
+import ctypes, os, signal, subprocess, sys, time
+parent, grace, cmd = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+asked = []
+signal.signal(signal.SIGTERM, lambda *_: asked.append(1))
+signal.signal(signal.SIGINT, lambda *_: asked.append(1))
+if os.getppid() != parent:
+    sys.exit(1)  # the parent is already gone
+ray = subprocess.Popen(cmd, start_new_session=True)
+while ray.poll() is None and not asked:
+    time.sleep(0.2)
+if ray.poll() is None:
+    ray.send_signal(signal.SIGTERM)
+end = time.time() + grace
+while ray.poll() is None and time.time() < end:
+    time.sleep(0.2)
+try:
+    os.killpg(ray.pid, signal.SIGKILL)  # what is left of the group: gcs, raylet, agents, workers
+except ProcessLookupError:
+    pass
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RayHead:
+    """A private single-node Ray cluster for Flower's simulation engine (see the module doc).
+
+    ``with RayHead(num_cpus=2) as head: ... head.address ...``. Starts ``ray start --head --block``
+    in its own process group under a small supervisor process and waits for it. On exit, or when
+    this process dies, the supervisor sends Ray SIGTERM and after ``stop_timeout`` s kills the rest
+    of Ray's process group, so nothing is left behind, not even by a killed kernel. ``attempts`` starts are tried before giving up with the raylet's last log lines.
+    """
+
+    def __init__(self, num_cpus: int, *, attempts: int = 3, start_timeout: float = 240.0, stop_timeout: float = 30.0,
+                 temp_dir: str | os.PathLike | None = None, log=print):
+        if not _is_int(num_cpus) or num_cpus < 1:
+            raise ValueError(f"workers = {num_cpus!r}: expected an integer >= 1 (clients trained at once)")
+        self.num_cpus, self.attempts = num_cpus, attempts
+        self.start_timeout, self.stop_timeout = start_timeout, stop_timeout
+        # Ray's socket paths must stay short: a fixed folder under the system temp dir
+        self.temp_dir = Path(temp_dir or Path(tempfile.gettempdir()) / f"ltnb_ray_{os.getuid()}")
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+        self.address = ""
+
+    def _command(self) -> list[str]:
+        ray = str(Path(sys.executable).parent / "ray")
+        ports = {k: _free_port() for k in ("port", "dashboard-agent-grpc-port", "dashboard-agent-listen-port",
+                                           "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")}
+        self.address = f"127.0.0.1:{ports['port']}"
+        return [sys.executable, "-c", _SUPERVISOR, str(os.getpid()), str(self.stop_timeout), ray, "start", "--head", "--block", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
+                "--include-dashboard=false", "--include-log-monitor=false", "--disable-usage-stats",
+                "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}",
+                f"--object-store-memory={200 * 1024 * 1024}"] + [f"--{k}={v}" for k, v in ports.items()]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # no idle workers started ahead: Flower's actors need their own runtime env anyway
+        # workers at the priority of every other cell (Ray's default niceness for workers is 15)
+        env.update(RAY_USAGE_STATS_ENABLED="0", RAY_agent_register_timeout_ms="180000",
+                   RAY_enable_worker_prestart="0", RAY_prestart_worker_first_driver="0", RAY_worker_niceness="0")
+        if self.shim:
+            env["PYTHONPATH"] = os.pathsep.join([self.shim] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        return env
+
+    @property
+    def shim(self) -> str:
+        """The folder with the stub ``rfc3987_syntax`` ("" when ``LTNB_RAY_SHIM=0``)."""
+        if os.environ.get("LTNB_RAY_SHIM", "1") == "0":
+            return ""
+        shim = self.temp_dir / "shim"
+        if not (shim / "rfc3987_syntax.py").exists():
+            write_text(shim / "rfc3987_syntax.py", _SHIM)
+        return str(shim)
+
+    def __enter__(self) -> "RayHead":
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        errors = []
+        for attempt in range(1, self.attempts + 1):
+            t0 = time.time()
+            out = self.temp_dir / f"ray_start_{os.getpid()}.log"
+            with open(out, "w") as fh:
+                self.proc = subprocess.Popen(self._command(), stdout=fh, stderr=subprocess.STDOUT, env=self._env(),
+                                             stdin=subprocess.DEVNULL)
+            while time.time() - t0 < self.start_timeout:
+                text = out.read_text(errors="replace")
+                if "Ray runtime started" in text:
+                    self.log(f"Ray head at {self.address} with {self.num_cpus} CPU(s) started in {time.time() - t0:.1f} s")
+                    return self
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.5)
+            errors.append(f"attempt {attempt}: " + self._why(out))
+            self._stop()
+        raise RuntimeError("federated: Ray did not start (" + " | ".join(errors) + f"). Logs under {self.temp_dir}")
+
+    def _why(self, out: Path) -> str:
+        lines = [ln for ln in out.read_text(errors="replace").splitlines() if ln.strip()]
+        raylet = sorted(self.temp_dir.glob("session_*/logs/raylet.out"), key=lambda p: p.stat().st_mtime)
+        fatal = [ln for ln in (raylet[-1].read_text(errors="replace").splitlines() if raylet else []) if " C " in ln]
+        return (fatal[-1][-300:] if fatal else lines[-1][-300:] if lines else "no output")
+
+    def _stop(self) -> None:
+        p, self.proc = self.proc, None
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)  # the supervisor stops Ray, then kills what is left of its group
+        try:
+            p.wait(self.stop_timeout + 15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self._stop()
+        if exc_type is None:  # keep `ray start`'s output only when something went wrong
+            with contextlib.suppress(OSError):
+                (self.temp_dir / f"ray_start_{os.getpid()}.log").unlink()
+
+
+# ------------------------------------------------------------------------------------ the cell
+def run(
+    study_dir,
+    source: str,
+    *,
+    seed: int = 0,
+    ticket_rounds: Sequence[int] = (3, 5, 7, 10),
+    strategies: Sequence[str] = STRATEGIES,
+    client_domains: Sequence[str] | None = None,
+    clients_per_domain: int = 2,
+    fl_rounds: int = 10,
+    local_epochs: int = 1,
+    settings: LotterySettings = LotterySettings(),
+    workers: int | None = None,
+    audit: bool = False,
+    progress: bool = True,
+    log=print,
+) -> pd.DataFrame:
+    """Run (or resume, or just read) the federated runs of one source and seed; return their rows.
+
+    Checks everything first (``prepare``), then runs every unfinished run (the dense baseline, then
+    each ticket round x strategy) in one Flower simulation with ``clients_per_domain`` clients per
+    client domain, ``workers`` of them training at once (default: ``$LTNB_TORCH_THREADS`` when the
+    batch runner set it, else the machine's CPU count, at most the number of clients).
+    ``audit=True``: every reply also carries a fingerprint of the client's shard and a description
+    of the message it received (``messages.parquet``, columns ``data_sha256``, ``received``); it costs
+    a few hundred bytes per reply, which are counted like everything else.
+    """
+    plan = prepare(study_dir, source, seed=seed, ticket_rounds=ticket_rounds, strategies=strategies,
+                   client_domains=client_domains, clients_per_domain=clients_per_domain, fl_rounds=fl_rounds,
+                   local_epochs=local_epochs, settings=settings, audit=audit)
+    n_clients = len(plan.client_domains) * plan.clients_per_domain
+    if workers is None:
+        workers = int(os.environ.get("LTNB_TORCH_THREADS") or os.cpu_count() or 1)
+    workers = max(1, min(int(workers), n_clients))
+    info = {"stage": "federated", "source": plan.source, "seed": plan.seed, "client_domains": list(plan.client_domains),
+            "clients_per_domain": plan.clients_per_domain, "fl_rounds": plan.fl_rounds, "local_epochs": plan.local_epochs,
+            "source_chain": os.path.relpath(plan.chain, plan.study), "settings": plan.settings.to_dict(),
+            "data_key": plan.data_key, "vocab_size": plan.vocab_size, "settings_hash": plan.settings_hash,
+            "audit": bool(audit), "version": FEDERATED_VERSION}
+    f = plan.run_dir / "settings.json"
+    if f.exists() and read_json(f) != json.loads(json.dumps(info, default=str)):
+        raise ValueError(f"{f}: records different settings than this run (hash collision or edited file); move the folder away")
+    write_json(f, info)
+    shards = write_shards(plan)
+    pending = [(s, r) for s, r in plan.runs() if not (plan.run_dir / "runs" / run_name(s, r) / ROUNDS).exists()]
+    if pending:
+        log(f"federated {plan.source} seed {plan.seed}: {len(pending)} run(s) to do "
+            f"({', '.join(run_name(s, r) for s, r in pending)}), {n_clients} clients, {workers} at a time")
+        spec = ClientSpec(vocab_size=plan.vocab_size, model=plan.settings.model, train=plan.local_train, seed=plan.seed,
+                          clients=tuple(replace(c, path=str(plan.run_dir / c.path)) for c in shards), threads=1,
+                          audit=bool(audit))
+        _simulate(plan, spec, pending, workers=workers, progress=progress, log=log)
+    rows = collect(plan.run_dir)
+    done = {run_name(s, r) for s, r in plan.runs()}
+    if done <= set(rows["strategy"] + "-r" + rows["ticket_round"].map("{:02d}".format)):
+        write_json(plan.run_dir / paths.COMPLETE_MARKER, {"runs": sorted(done), "rows": len(rows),
+                                                          "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    keep = rows["strategy"].eq(DENSE) | (rows["strategy"].isin(plan.strategies) & rows["ticket_round"].isin(plan.ticket_rounds))
+    return rows[keep].reset_index(drop=True)
+
+
+def _simulate(plan: Federation, spec: ClientSpec, runs, *, workers: int, progress: bool, log) -> None:
+    from flwr.simulation import run_simulation
+
+    abort = threading.Event()
+    flwr_logger = logging.getLogger("flwr")
+    level, pythonpath, shim = flwr_logger.level, os.environ.get("PYTHONPATH"), ""
+    flwr_logger.setLevel(logging.ERROR)  # not its INFO per round, nor the run_simulation deprecation notice
+    try:
+        with RayHead(workers, log=log) as head, warnings_quiet():
+            # Flower gives its Ray actors the driver's sys.path (then $PYTHONPATH) as their PYTHONPATH:
+            # the stub goes first there (this process has imported jsonschema already, so it is unaffected)
+            if head.shim:
+                import jsonschema  # noqa: F401 - imported (for real) before the stub is on the path
+
+                sys.path.insert(0, head.shim)
+                shim = head.shim
+            backend_config = {
+                "init_args": {"address": head.address, "log_to_driver": False, "logging_level": "WARNING"},
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            }
+            try:
+                run_simulation(server_app=server_app(plan, runs, abort, progress), client_app=client_app(spec),
+                               num_supernodes=len(spec.clients), backend_config=backend_config)
+            finally:
+                abort.set()  # a ServerApp thread still waiting for replies gives up
+    finally:
+        if shim:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(shim)
+        flwr_logger.setLevel(level)
+        # Flower's Ray backend puts the driver's sys.path into os.environ["PYTHONPATH"]; put it back
+        if pythonpath is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = pythonpath
+
+
+@contextlib.contextmanager
+def warnings_quiet():
+    """Flower's run_simulation warns that it is deprecated in favour of the `flwr run` CLI (a
+    Flower App project plus a SuperLink); it is still Flower's documented Python entry point."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def collect(run_dir: Path) -> pd.DataFrame:
+    """All finished runs of a cell folder (their ``rounds.parquet``), also written as its results."""
+    files = sorted((Path(run_dir) / "runs").glob(f"*/{ROUNDS}"))
+    rows = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame(
+        columns=["strategy", "ticket_round", "fl_round"])
+    if files:
+        rows = rows.sort_values(["ticket_round", "strategy", "fl_round"], kind="stable").reset_index(drop=True)
+        write_parquet(Path(run_dir) / RESULTS, rows)
+    return rows
+
+

@@ -1,0 +1,371 @@
+"""The federated stage (issue 11): a 2-client, 2-round run through the real Flower simulation.
+
+One module fixture builds a tiny study (the built-in corpus, products and movies, 120 sentences each, a
+smoke-size model, the products reset chain to IMP round 2) and executes notebook 07 on it through
+papermill: Flower's simulation engine on a private Ray head, products the server, movies split into
+2 clients, the dense baseline and the 57.6% ticket (round 2) with masks-reset, 2 federated rounds,
+``audit`` on. The tests read what it wrote. The plan integration (``ltnb batch``) is checked with
+``load_plan`` on the shipped plan, a test plan and a bad plan; the runner itself is the one
+tests/test_study.py runs. The supervisor that ends a killed kernel's Ray is tested on a stand-in.
+"""
+import io
+import json
+import math
+import shutil
+
+import nbformat
+import numpy as np
+import pandas as pd
+import papermill as pm
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT
+from ltnb import batch, federated, federated_results, plan as planmod, tickets, tokens, vocab
+from ltnb.config import LotterySettings
+from ltnb.lottery import chain_dir, ticket_name
+
+DEFAULTS = {"seed": 0, "max_epochs": 1, "patience": 1, "rounds": 2, "embed_dim": 16, "channels": 8, "hidden": 8,
+            "batch_size": 32, "progress": False}
+FEDERATED = {"ticket_rounds": [2], "clients_per_domain": 2, "fl_rounds": 2, "local_epochs": 1, "audit": True}
+# Flower's framing per message (header and object-tree protobufs, object headers with 64-hex ids,
+# the npy header, record and config keys, the audit record of a reply): measured 1.5-2.2 KB here.
+FRAMING_LIMIT = 3 * 1024
+
+
+def _plan(outputs, **federated_params):
+    nb = {"data": "01_data.ipynb", "obtain": "03_obtain.ipynb", "federated": "07_federated.ipynb"}
+    return {
+        "study": "fed", "outputs": str(outputs), "defaults": dict(DEFAULTS),
+        "stages": [
+            {"stage": "data", "notebook": str(ROOT / "notebooks" / nb["data"]),
+             "params": {"corpus": "builtin", "domains": ["products", "movies"], "per_domain": 120, "vocab_size": 300,
+                        "max_len": 100}},
+            {"stage": "obtain", "notebook": str(ROOT / "notebooks" / nb["obtain"]),
+             "params": {"strategies": ["reset"]}, "grid": {"domain": ["products"], "seed": [0]}},
+            {"stage": "federated", "notebook": str(ROOT / "notebooks" / nb["federated"]),
+             "params": {"strategies": ["masks-reset"], **FEDERATED, **federated_params},
+             "grid": {"source": ["products"], "seed": [0]}},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory, builtin_cache):
+    """The study's data and the source's reset chain through the API (seconds), then notebook 07 through
+    papermill: the real notebook, the real Flower simulation."""
+    from ltnb import data, lottery
+
+    tmp = tmp_path_factory.mktemp("fed")
+    study = tmp / "outputs" / "fed"
+    quiet = lambda *_: None  # noqa: E731
+    data.build(study, corpus="builtin", domains=["products", "movies"], per_domain=120, seed=0, log=quiet)
+    vocab.build(study, vocab_size=300, max_len=100, log=quiet)
+    lottery.obtain(study, "products", seed=0, strategy="reset", settings=_settings(), progress=False)
+    cell = study / "federated" / "products" / "seed0"
+    cell.mkdir(parents=True)
+    params = {"study_dir": str(study), "source": "products", "seed": 0, "strategies": ["masks-reset"],
+              "progress": False, "settings": {**FEDERATED, **{k: v for k, v in DEFAULTS.items() if k not in ("seed", "progress")}}}
+    error = None
+    try:
+        pm.execute_notebook(str(ROOT / "notebooks" / "07_federated.ipynb"), str(cell / "07_federated.ipynb"),
+                            parameters=params, kernel_name="python3", progress_bar=False, cwd=str(ROOT))
+    except Exception as e:  # noqa: BLE001 - reported by every test that needs the run
+        error = f"{type(e).__name__}: {e}"
+    run_dir = next((p.parent for p in cell.glob("*/settings.json")), None)
+    path = tmp / "plan.yaml"
+    path.write_text(yaml.safe_dump(_plan(tmp / "outputs")))
+    return {"code": 0 if error is None else 1, "log": error, "study": study, "cell": cell, "run_dir": run_dir,
+            "plan": path}
+
+
+def _settings():
+    return LotterySettings.from_params(**{k: DEFAULTS[k] for k in ("rounds", "max_epochs", "patience", "embed_dim",
+                                                                     "channels", "hidden", "batch_size")})
+
+
+def test_the_stage_runs_through_flower_and_keeps_its_record(fed):
+    assert fed["code"] == 0, fed["log"]
+    executed = fed["cell"] / "07_federated.ipynb"
+    nb = nbformat.read(executed, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not any(o.get("output_type") == "error" for o in outputs)
+    assert any("<svg" in json.dumps(o.get("data", {})) for o in outputs), "the chart is drawn"
+    assert (fed["run_dir"] / "_COMPLETE.json").exists()
+    rows = pd.read_parquet(fed["run_dir"] / "results.parquet")
+    assert sorted(set(zip(rows.strategy, rows.ticket_round))) == [("dense", 0), ("masks-reset", 2)]
+    assert sorted(rows.fl_round.unique()) == [0, 1, 2] and set(rows.clients) == {2}
+    assert rows.global_acc.between(0, 1).all() and {"acc_products", "acc_movies"} <= set(rows.columns)
+    # the hash folder name is the settings hash recorded in the rows and settings.json
+    info = json.loads((fed["run_dir"] / "settings.json").read_text())
+    assert info["settings_hash"] == fed["run_dir"].name == rows.settings_hash.iloc[0]
+    assert info["client_domains"] == ["movies"] and info["clients_per_domain"] == 2
+
+
+def test_pruned_entries_stay_exactly_zero_in_the_global_model(fed):
+    assert fed["code"] == 0, fed["log"]
+    chain = chain_dir(fed["study"], "products", "reset", 0, _settings(), vocab.data_key(fed["study"]))
+    source = tickets.load(chain / ticket_name(2))
+    final = tickets.load(fed["run_dir"] / "runs" / "masks-reset-r02" / federated.GLOBAL)
+    assert 0.5 < final.sparsity < 0.65 and final.sparsity == pytest.approx(source.sparsity)
+    for name, mask in source.masks.items():
+        assert torch.equal(final.masks[name], mask), name  # the ticket's mask, unchanged
+        assert (final.trained[name][~mask] == 0).all(), name  # pruned entries exactly zero
+    # the survivors did train: the global model moved away from its initial values (theta_0 under the mask)
+    moved = sum(float((final.trained[n] - source.init[n] * source.masks[n]).abs().sum()) for n in source.masks)
+    assert moved > 0
+    dense = tickets.load(fed["run_dir"] / "runs" / "dense-r00" / federated.GLOBAL)
+    assert dense.sparsity == 0 and not all(torch.equal(dense.trained[n], dense.init[n]) for n in dense.trained)
+
+
+def test_byte_counts_match_the_formula_within_flowers_framing(fed):
+    assert fed["code"] == 0, fed["log"]
+    msgs = federated_results.load_messages(fed["run_dir"])
+    rows = pd.read_parquet(fed["run_dir"] / "results.parquet")
+    chain = chain_dir(fed["study"], "products", "reset", 0, _settings(), vocab.data_key(fed["study"]))
+    mask = tickets.load(chain / ticket_name(2)).masks
+    n_all = mask.total()
+    kept = {"dense-r00": n_all, "masks-reset-r02": mask.kept()}
+    bits = sum(-(-m.numel() // 8) for m in mask.values())  # every tensor is pruned at round 2
+    assert msgs.groupby(["run", "fl_round"]).size().eq(4).all()  # 2 clients x (down + up)
+    framing = []
+    for _, m in msgs.iterrows():
+        payload = 4 * kept[m.run] + (bits if m.has_mask else 0)
+        assert 0 < m.bytes - payload <= FRAMING_LIMIT, (m.run, m.fl_round, m.direction, m.bytes, payload)
+        framing.append((m.run, m.direction, m.has_mask, m.bytes - payload))
+    # the mask travels once: to each client in the first round of the ticket run, never to dense
+    sent = msgs[msgs.has_mask]
+    assert (sent.run == "masks-reset-r02").all() and (sent.fl_round == 1).all() and (sent.direction == "down").all()
+    assert sorted(sent.partition) == [0, 1]
+    # framing does not grow with the payload: the 4x larger dense messages carry the same overhead
+    f = pd.DataFrame(framing, columns=["run", "direction", "has_mask", "framing"])
+    plain = f[~f.has_mask].groupby(["direction", "run"]).framing.mean().unstack()
+    assert (plain["dense-r00"] - plain["masks-reset-r02"]).abs().max() < 64
+    # the per-round totals in the results are the sums of the messages
+    per_round = msgs.groupby(["run", "fl_round"]).bytes.sum()
+    for _, r in rows[rows.fl_round > 0].iterrows():
+        assert r.bytes_round == per_round[(federated.run_name(r.strategy, r.ticket_round), r.fl_round)]
+    assert rows.groupby("strategy").bytes_cumulative.max()["masks-reset"] < 0.5 * rows.groupby("strategy").bytes_cumulative.max()["dense"]
+
+
+def test_wire_bytes_grow_by_exactly_the_values_added(monkeypatch):
+    """Flower's serialization of a survivors vector: 1000 more float32 values are 4000 more bytes."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for k, v in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):  # what a ServerApp process has
+        monkeypatch.setattr(TaskIdentity, k, v)
+
+    def size(n):
+        content = RecordDict({"arrays": ArrayRecord({"survivors": Array(np.ones(n, dtype=np.float32))}),
+                              "config": ConfigRecord({"run": "x", "server-round": 1})})
+        return federated.wire_bytes(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=7))
+
+    small, large = size(10_000), size(11_000)
+    assert abs((large - small) - 4000) <= 2  # only the digits of the lengths in the headers may differ
+    assert 0 < small - 40_000 <= FRAMING_LIMIT
+
+
+def test_clients_never_receive_another_clients_data(fed):
+    assert fed["code"] == 0, fed["log"]
+    msgs = federated_results.load_messages(fed["run_dir"])
+    shards = json.loads((fed["run_dir"] / "clients" / "clients.json").read_text())
+    assert [s["domain"] for s in shards] == ["movies", "movies"] and [s["partition"] for s in shards] == [0, 1]
+    # what the server sent: survivor values (float32), mask bits (uint8) and config keys; never token ids
+    for _, m in msgs[msgs.direction == "down"].iterrows():
+        records = json.loads(m.records)
+        assert set(records) == ({"arrays", "config", "mask"} if m.has_mask else {"arrays", "config"})
+        assert {a[0] for r in records.values() if r["type"] == "ArrayRecord" for a in r["arrays"].values()} <= {"float32", "uint8"}
+        assert set(records["config"]["keys"]) == {"run", "server-round", "masked-tensors", "local-epochs"}
+    # what each client says it received is what was sent, and it trained on its own shard only
+    up = msgs[msgs.direction == "up"]
+    for _, m in up.iterrows():
+        assert m.data_sha256 == shards[m.partition]["sha256"]
+        sent = msgs[(msgs.direction == "down") & (msgs.run == m.run) & (msgs.fl_round == m.fl_round)
+                    & (msgs.partition == m.partition)]
+        assert len(sent) == 1 and json.loads(m.received) == json.loads(sent.records.iloc[0])
+    assert up.groupby("node_id").partition.nunique().eq(1).all()  # a node is always the same client
+    # the shards on disk: disjoint, their union is the domain's training split, each matches its fingerprint
+    train, _ = vocab.load_encoded(fed["study"], "movies")
+    seen = []
+    for s in shards:
+        data = tokens.load_splits(fed["run_dir"] / s["path"])
+        assert federated.data_fingerprint(data) == s["sha256"]
+        seen += [tuple(data["train"].sequence(i).tolist()) + (int(data["train"].labels[i]),) for i in range(len(data["train"]))]
+    everything = [tuple(train["train"].sequence(i).tolist()) + (int(train["train"].labels[i]),) for i in range(len(train["train"]))]
+    assert sorted(seen) == sorted(everything)  # a partition: nothing lost, nothing shared
+
+
+def test_bad_parameters_are_refused_before_anything_starts(fed, monkeypatch):
+    assert fed["code"] == 0, fed["log"]
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray must not start for bad parameters")
+
+    monkeypatch.setattr(federated.RayHead, "__enter__", no_ray)
+    before = sorted(p.relative_to(fed["study"]) for p in fed["study"].rglob("*"))
+    base = dict(seed=0, ticket_rounds=[2], strategies=["masks-reset"], fl_rounds=2, settings=_settings())
+    with pytest.raises(ValueError, match=r"source = 'books': unknown domain; this study's domains: movies, products"):
+        federated.run(fed["study"], "books", **base)
+    with pytest.raises(ValueError, match=r"ticket_rounds = \[3\]: round 3 is beyond the chain.*allowed: 1\.\.2"):
+        federated.run(fed["study"], "products", **{**base, "ticket_rounds": [3]})
+    with pytest.raises(ValueError, match=r"clients_per_domain = 0: expected an integer >= 1"):
+        federated.run(fed["study"], "products", **{**base, "clients_per_domain": 0})
+    with pytest.raises(ValueError, match=r"client_domains: 'products' is the source"):
+        federated.run(fed["study"], "products", **{**base, "client_domains": ["products"]})
+    assert sorted(p.relative_to(fed["study"]) for p in fed["study"].rglob("*")) == before  # nothing created
+
+    # the same mistakes in a plan: all reported at once by `ltnb batch`, nothing run
+    bad = _plan(fed["study"].parent, ticket_rounds=[5], clients_per_domain=0)
+    bad["stages"][2]["grid"]["source"] = ["books"]
+    path = fed["plan"].parent / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(planmod.PlanError) as e:
+        planmod.load_plan(path)
+    text = str(e.value)
+    assert "clients_per_domain = 0 is not allowed" in text and "unknown domain 'books'" in text
+    bad = _plan(fed["study"].parent, ticket_rounds=[5])
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(planmod.PlanError, match=r"ticket_rounds = \[5\]: round 5 is beyond the source chain .* rounds 0\.\.2"):
+        planmod.load_plan(path)
+    code = batch.main(path, workers=1, out=io.StringIO(), estimate=False)
+    assert code == 2
+    assert sorted(p.relative_to(fed["study"]) for p in fed["study"].rglob("*")) == before
+
+
+def test_the_ray_supervisor_ends_the_whole_group_when_its_parent_dies(tmp_path):
+    """RayHead runs `ray start --block` under ``federated._SUPERVISOR``. Here the supervised command is
+    a stand-in with Ray's shape (a leader that starts a child in its process group); the child ignores
+    SIGTERM, as a hung Ray process would. Killing the supervisor's parent with SIGKILL (a killed
+    kernel: no cleanup code runs) must still end the leader and the child. (With real Ray: the head
+    is gone about 5 s after its kernel is killed; checked by hand, too slow to start here.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    leader = tmp_path / "leader.py"
+    leader.write_text(
+        "import signal, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(600)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    parent = tmp_path / "parent.py"  # plays the notebook kernel
+    parent.write_text(
+        "import subprocess, sys, time\n"
+        "from ltnb.federated import _SUPERVISOR\n"
+        "import os\n"
+        f"sup = subprocess.Popen([sys.executable, '-c', _SUPERVISOR, str(os.getpid()), '2', sys.executable, {str(leader)!r}])\n"
+        "print(sup.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, str(parent)], stdout=subprocess.PIPE, text=True)
+    supervisor = int(proc.stdout.readline())
+    deadline = time.time() + 30
+    group = None
+    while time.time() < deadline and group is None:  # the leader: the supervisor's child, leading its own group
+        kids = subprocess.run(["pgrep", "-P", str(supervisor)], capture_output=True, text=True).stdout.split()
+        group = int(kids[0]) if kids else None
+        time.sleep(0.1)
+    assert group is not None and os.getpgid(group) == group
+
+    def alive():  # processes of the group that still run (zombies only wait for init to reap them)
+        ps = subprocess.run(["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True).stdout
+        return [ln for ln in ps.splitlines() if ln.split()[0] == str(group) and not ln.split()[1].startswith("Z")]
+
+    while time.time() < deadline and len(alive()) < 2:  # leader and child are up
+        time.sleep(0.1)
+    assert len(alive()) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    while time.time() < deadline and alive():
+        time.sleep(0.2)
+    assert not alive(), f"survived: {alive()}"
+    assert subprocess.run(["ps", "-o", "stat=", "-p", str(supervisor)], capture_output=True, text=True).stdout.strip() in ("", "Z")
+
+
+def test_the_plan_places_the_stage_after_transfer_with_its_inputs(fed):
+    p = planmod.load_plan(fed["plan"])
+    assert planmod.STAGES.index("federated") == planmod.STAGES.index("transfer") + 1
+    assert planmod.STAGES.index("federated") < planmod.STAGES.index("report")
+    (cell,) = [c for c in p.cells if c.stage == "federated"]
+    assert cell.key == "federated/products/seed0"
+    assert set(cell.deps) == {"data", "obtain/products/seed0"}
+    assert cell.parameters["settings"]["ticket_rounds"] == [2] and cell.parameters["strategies"] == ["masks-reset"]
+    missing = _plan(fed["study"].parent)
+    missing["stages"][1]["grid"]["domain"] = ["movies"]
+    path = fed["plan"].parent / "missing.yaml"
+    path.write_text(yaml.safe_dump(missing))
+    with pytest.raises(planmod.PlanError, match="needs the obtain cell obtain/products/seed0"):
+        planmod.load_plan(path)
+
+
+def test_the_shipped_federated_plan_is_valid():
+    p = planmod.load_plan(ROOT / "params" / "federated.yaml")
+    assert p.study == "federated" and p.stages == ("data", "obtain", "federated", "report")
+    cells = [c for c in p.cells if c.stage == "federated"]
+    assert len(cells) == 15 and len([c for c in p.cells if c.stage == "obtain"]) == 15 and len(p.cells) == 32
+    assert all(set(c.deps) == {"data", f"obtain/{c.params['source']}/seed{c.params['seed']}"} for c in cells)
+    assert all(c.params["ticket_rounds"] == [3, 5, 7, 10] and max(c.params["ticket_rounds"]) <= c.params["rounds"]
+               for c in cells)
+
+
+def test_a_rerun_reads_back_and_a_killed_run_restarts_alone(fed, monkeypatch, tmp_path):
+    assert fed["code"] == 0, fed["log"]
+    study = tmp_path / "fed"
+    shutil.copytree(fed["study"], study)  # a copy: this test deletes a finished run's file
+    run_dir = study / fed["run_dir"].relative_to(fed["study"])
+    calls = []
+    monkeypatch.setattr(federated, "_simulate", lambda plan, spec, runs, **kw: calls.append(list(runs)))
+    args = dict(seed=0, ticket_rounds=[2], strategies=["masks-reset"], clients_per_domain=2, fl_rounds=2, audit=True,
+                settings=_settings(), progress=False, log=lambda *_: None)
+    first = pd.read_parquet(run_dir / "results.parquet")
+    again = federated.run(study, "products", **args)
+    assert calls == []  # everything finished: read back, no simulation
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), first.reset_index(drop=True))
+    # a run killed mid-way has no rounds.parquet (written last): only it runs again, from its round 0
+    (run_dir / "runs" / "masks-reset-r02" / federated.ROUNDS).unlink()
+    (run_dir / "_COMPLETE.json").unlink()
+    rows = federated.run(study, "products", **args)
+    assert calls == [[("masks-reset", 2)]]
+    assert set(rows.strategy) == {"dense"} and not (run_dir / "_COMPLETE.json").exists()  # incomplete until it reruns
+
+
+def test_the_report_shows_the_figure_table_and_savings(fed):
+    assert fed["code"] == 0, fed["log"]
+    from ltnb import report
+
+    report.build(fed["study"], log=lambda *_: None)
+    out = fed["study"] / "report"
+    page = (out / "index.html").read_text()
+    assert "Federated learning with a ticket" in page and page.count("<svg") >= 1
+    assert (out / "federated.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tab = pd.read_csv(out / "federated_table.csv")
+    assert set(tab.strategy) == {"dense", "masks-reset"}
+    assert (tab.MB_round_1 > 0).all() and tab.set_index("strategy").MB_round_1["masks-reset"] < tab.set_index("strategy").MB_round_1["dense"]
+
+
+def test_the_table_finds_rounds_and_megabytes_to_95_percent_of_dense():
+    """Known curves: dense ends at 80% (target 76%); the ticket reaches 76% in round 2."""
+    rows = []
+    for strategy, tr, sp, accs, mb in (("dense", 0, 0.0, [0.5, 0.70, 0.78, 0.80], 10.0),
+                                       ("masks-reset", 7, 0.951, [0.5, 0.60, 0.77, 0.79], 0.6),
+                                       ("masks-random", 7, 0.951, [0.5, 0.55, 0.60, 0.62], 0.6)):
+        for seed in (0, 1):
+            for r, a in enumerate(accs):
+                rows.append({"settings_hash": "h", "source": "products", "seed": seed, "strategy": strategy,
+                             "ticket_round": tr, "sparsity": sp, "fl_round": r, "global_acc": a + (0.01 if seed else -0.01),
+                             "source_acc": a, "bytes_round": mb * 1e6 * (r > 0), "payload_round": 0,
+                             "bytes_cumulative": mb * 1e6 * r})
+    summary = federated_results.summarize(pd.DataFrame(rows))
+    tab = federated_results.table(summary).set_index("strategy")
+    assert tab.loc["dense", "target_acc_%"] == pytest.approx(76.0)
+    assert tab.loc["dense", "rounds_to_target"] == 2 and tab.loc["dense", "MB_to_target"] == pytest.approx(20.0)
+    assert tab.loc["masks-reset", "rounds_to_target"] == 2 and tab.loc["masks-reset", "MB_to_target"] == pytest.approx(1.2)
+    assert pd.isna(tab.loc["masks-random", "MB_to_target"])
+    assert tab.loc["masks-reset", "final_acc_std"] == pytest.approx(100 * math.sqrt(2) * 0.01)
+    lines = federated_results.savings(federated_results.table(summary))
+    assert "products: the 95.1% MASKS-RESET ticket needs 1.20 MB to reach 76.0% where dense needs 20.00 MB (16.7x less)" in lines
+    assert any("95.1% MASKS-RANDOM ticket does not reach 76.0% within its 3 rounds" in line for line in lines)
