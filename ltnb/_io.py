@@ -31,6 +31,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # writers that recreate the file (safetensors) make it 0600 again
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -56,10 +58,11 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_parquet(path: str | os.PathLike, frame) -> Path:
-    """Write a pandas DataFrame as Parquet, atomically."""
-    with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
-    return Path(path)
+    """Write a pandas DataFrame as Parquet, atomically, with a digest of its rows in the file's
+    metadata (``ltnb.integrity.read_parquet`` checks it)."""
+    from .integrity import write_parquet as _write
+
+    return _write(path, frame)
 
 
 def stable_hash(obj: Any, length: int = 10) -> str:
