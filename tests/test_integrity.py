@@ -1,0 +1,298 @@
+"""Issue 13: nothing tampered is carried on. One test (or a few) per numbered item of the issue and
+for the cheap "also seen" items; the kill tests use real processes (the batch, a real `dask scheduler`
+and `dask worker`). Item 3 end to end (a real study) is in test_study.py; item 5 in a real Voila server
+below; the explorer's kernel-side checks in test_browser.py.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from conftest import ROOT
+from ltnb import amazon, batch, corpus, data, explore, integrity, lottery, paths, tickets, tokens, vocab
+from ltnb._io import write_parquet
+from ltnb.config import LotterySettings, ModelSettings, TrainSettings
+from ltnb.plan import PlanError, load_plan
+from ltnb.train import synthetic_data
+from test_batch import plan_text
+from test_tickets import _write as write_ticket
+from test_vocab import _corpus as tiny_corpus
+
+NOTEBOOKS = {"data": "01_data.ipynb", "divergence": "02_divergence.ipynb", "obtain": "03_obtain.ipynb",
+             "transfer": "04_transfer.ipynb", "report": "06_report.ipynb", "phase": "05_phase_transition.ipynb"}
+SMALL = LotterySettings(rounds=1, model=ModelSettings(embed_dim=16, channels=8, hidden=16),
+                        train=TrainSettings(max_epochs=1))
+KEY = "synthetic-v1"
+
+
+def _header(path: Path) -> tuple[int, dict]:
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return 8 + n, json.loads(raw[8:8 + n])
+
+
+def flip(path: Path, tensor: str, at: int = 0, bit: int = 0x40) -> None:
+    """Flip one bit of one byte of a tensor's data in a safetensors file. In a bit-packed mask, swap two
+    neighbouring bits of different value instead (from byte ``at`` on), so the number of surviving weights,
+    which the loader could count, stays the same: only the content hash can tell."""
+    start, header = _header(path)
+    begin, end = header[tensor]["data_offsets"]
+    raw = bytearray(path.read_bytes())
+    if tensor.startswith("mask/"):
+        i = next(i for i in range(start + begin + at, start + end) if (raw[i] & 0x03) in (0x01, 0x02))
+        raw[i] ^= 0x03
+    else:
+        raw[start + begin + min(at, end - begin - 1)] ^= bit
+    path.write_bytes(bytes(raw))
+
+
+def _state(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+
+
+# ---------------------------------------------------------------- item 2: tickets hashed as a whole
+
+@pytest.mark.parametrize("tensor,at", [("trained/embedding.weight", 3), ("mask/embedding.weight", 0),
+                                       ("mask/fc1.weight", 0), ("trained/convs.0.weight", 7)])
+def test_item2_a_flipped_byte_in_tensor_data_or_mask_is_refused(tmp_path, tensor, at):
+    path, *_ = write_ticket(tmp_path)
+    tickets.load(path)  # intact: loads
+    flip(path, tensor, at)
+    with pytest.raises(integrity.IntegrityError) as e:
+        tickets.load(path)
+    msg = str(e.value)
+    assert str(path) in msg and "expected sha256" in msg and "found" in msg
+    assert e.value.expected and e.value.found and e.value.expected != e.value.found
+
+
+def test_item2_an_edited_sparsity_or_round_in_the_metadata_is_refused(tmp_path):
+    path, *_ = write_ticket(tmp_path)
+    tensors, meta = _state(path)
+    for key, value in (("sparsity", "0.99"), ("round", "7")):
+        save_file(tensors, str(path), metadata={**meta, key: value})  # the recorded hash is kept as it was
+        with pytest.raises(integrity.IntegrityError, match=f"{path.name}.*expected sha256"):
+            tickets.load(path)
+    save_file(tensors, str(path), metadata=meta)
+    assert tickets.load(path).round == 1
+
+
+def test_item2_a_flipped_byte_in_theta_0_is_refused(tmp_path):
+    path, *_ = write_ticket(tmp_path)
+    flip(tmp_path / "theta_0.safetensors", "embedding.weight", 5)
+    with pytest.raises(ValueError, match="theta_0"):
+        tickets.load(path)
+    with pytest.raises(integrity.IntegrityError):
+        tickets.load_state(tmp_path / "theta_0.safetensors")
+
+
+def test_item2_a_corrupted_mask_is_not_carried_into_a_transfer(tmp_path):
+    a, b = synthetic_data(40, seed=0), synthetic_data(40, seed=1)
+    kw = dict(settings=SMALL, vocab_size=50, data_key=KEY, device="cpu", progress=False)
+    lottery.obtain(tmp_path, "a", data=a, **kw)
+    src = lottery.chain_dir(tmp_path, "a", "reset", 0, SMALL, KEY, 50)
+    flip(src / "round_01.safetensors", "mask/convs.1.weight", 2)
+    with pytest.raises(integrity.IntegrityError, match="round_01.safetensors"):
+        lottery.transfer(tmp_path, "a", "b", data=b, **kw)
+    assert not list((tmp_path / "transfer").rglob("results.parquet"))  # nothing trained on it
+
+
+# ---------------------------------------------------------------- item 3: inputs verified by content
+
+
+# ---------------------------------------------------------------- item 4: malformed records skipped and counted
+
+HOSTILE = [
+    b"[" * 2000,                                                                   # 1 deep nesting
+    b'{"overall": 5.0, "reviewText": "x", "deep": ' + b"[" * 1900 + b"]" * 1900 + b"}",  # 2 deep, valid JSON
+    b'{"overall": 5.0, "reviewText": "digits", "n": ' + b"1" * 4400 + b"}",          # 3 integer too long
+    b'{"overall": ' + b"9" * 400 + b', "reviewText": "huge rating"}',               # 4 rating overflows float
+    b'{"overall": 1.0, "reviewText": "lone \\ud800 surrogate"}',                   # 5 not valid Unicode
+    b'{"overall": 4.0, "reviewText": "' + b"y" * 7000 + b'"}',                      # 6 longer than the limit
+    b"\xff\xfe\x00 not utf-8",                                                       # 7 undecodable
+    json.dumps({"overall": 5.0, "reviewText": "fine"}).encode(),                    # 8 kept
+]
+
+
+# ---------------------------------------------------------------- item 7: theta_0 stays inside the study
+
+def _ticket_with_theta(tmp_path: Path, theta: str) -> Path:
+    """A well-formed ticket (its content hash recomputed) whose metadata names ``theta`` as theta_0."""
+    path, *_ = write_ticket(tmp_path)
+    tensors, meta = _state(path)
+    tickets.save_state(path, tensors, {**meta, "theta_0": theta})
+    return path
+
+
+@pytest.mark.parametrize("theta", ["../../../../../../../../etc/passwd", "../" * 12 + "etc/hostname"])
+def test_item7_theta_0_outside_the_study_is_refused(tmp_path, theta):
+    path = _ticket_with_theta(tmp_path, theta)
+    with pytest.raises(ValueError, match="leads outside"):
+        tickets.load(path)
+
+
+def test_item7_symlinked_theta_0_leading_out_is_refused(tmp_path):
+    path, *_ = write_ticket(tmp_path)
+    theta = tmp_path / "theta_0.safetensors"
+    theta.unlink()
+    theta.symlink_to("/etc/passwd")
+    with pytest.raises(ValueError, match="leads outside"):
+        tickets.load(path)
+
+
+def test_item7_device_files_and_fifos_are_refused_without_reading_them(tmp_path):
+    """/dev/zero hung tickets.load; a FIFO would hang it too. Run in a child so a hang fails the test."""
+    absolute = _ticket_with_theta(tmp_path / "a", "/dev/zero")
+    (tmp_path / "b").mkdir()
+    os.mkfifo(tmp_path / "b" / "fifo")
+    fifo = _ticket_with_theta(tmp_path / "b", "fifo")
+    code = ("import sys\nfrom ltnb import tickets\nfor p in sys.argv[1:]:\n"
+            "    try:\n        tickets.load(p)\n    except ValueError as e:\n        print('refused:', e)\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(absolute), str(fifo)], capture_output=True, text=True,
+                              timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("tickets.load hung on a theta_0 that is a device file or a FIFO")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("refused:")]
+    assert len(lines) == 2, proc.stdout + proc.stderr
+    assert "absolute paths are refused" in lines[0] and "not a regular file" in lines[1]
+
+
+# ---------------------------------------------------------------- item 8: domain names never leave their place
+
+def _plan(tmp_path: Path, stages: list[dict]) -> Path:
+    for st in stages:
+        st["notebook"] = str(ROOT / "notebooks" / NOTEBOOKS[st["stage"]])
+    p = tmp_path / "plan.yaml"
+    p.write_text(yaml.safe_dump({"study": "s", "stages": stages}))
+    return p
+
+
+# ---------------------------------------------------------------- also seen: permissions, archive message, Blitzer
+
+
+# ---------------------------------------------------------------- also seen: leftover temporary files, two batches
+
+
+# ---------------------------------------------------------------- item 6 and "killing the batch ends its kernels"
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dask() -> str:
+    return str(Path(sys.executable).with_name("dask"))
+
+
+@pytest.fixture(scope="module")
+def dask_scheduler(tmp_path_factory):
+    """A real `dask scheduler` process on 127.0.0.1."""
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("sched") / "scheduler.log", "w")
+    proc = subprocess.Popen([_dask(), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"tcp://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        yield address
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+
+
+def _start_worker(address: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([_dask(), "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
+                             "--host", "127.0.0.1"], stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _start_batch(plan: Path, address: str, worker_timeout: float | None = None) -> subprocess.Popen:
+    timeout = "" if worker_timeout is None else f", worker_timeout={worker_timeout}"
+    code = f"import sys; from ltnb import batch; sys.exit(batch.main({str(plan)!r}, scheduler={address!r}{timeout}))"
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+
+
+def _kernel_pid(study: Path, timeout: float = 120) -> int:
+    """The kernel of the first obtain cell that started (the fixture writes its pid into partial.txt)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for f in study.glob("obtain/*/*/seed0/partial.txt"):
+            text = f.read_text().strip()
+            if text.isdigit():
+                return int(text)
+        time.sleep(0.2)
+    raise AssertionError("no obtain cell started")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its parent counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.2)
+    return not _alive(pid)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# ---------------------------------------------------------------- item 5: the explorer serves its study only
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=120) as r:
+        return r.read().decode("utf-8", "replace")
+
+
+def _kernels_of(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [k.pid for k in psutil.Process(pid).children(recursive=True) if "ipykernel" in " ".join(k.cmdline())]
+    except psutil.NoSuchProcess:
+        return []
+
+
