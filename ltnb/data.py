@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import paths
+from . import integrity, paths
 from ._io import read_json, write_json, write_parquet
 
 SPLITS = ("train", "validation", "test")
@@ -211,7 +211,7 @@ def load_corpus(study_dir: str | os.PathLike) -> pd.DataFrame:
         raise FileNotFoundError(
             f"no corpus at {path}: run the data stage first (notebooks/01_data.ipynb, or ltnb.data.build({str(study_dir)!r}))"
         )
-    df = pd.read_parquet(path)
+    df = integrity.read_parquet(path)  # refused if changed since the data stage wrote it
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: lacks column(s) {missing}; rebuild the data stage")

@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import paths, strategies, tickets
+from . import integrity, paths, strategies, tickets
 from . import train as _train
 from ._io import read_json, stable_hash, write_json, write_parquet
 from .config import LotterySettings, derive_seed
@@ -132,7 +132,7 @@ def _check_name(param: str, value) -> None:
 
 def _read_rows(run: Path) -> pd.DataFrame:
     f = run / RESULTS
-    return pd.read_parquet(f) if f.exists() else pd.DataFrame(columns=COLUMNS)
+    return integrity.read_parquet(f) if f.exists() else pd.DataFrame(columns=COLUMNS)
 
 
 def _finished_rounds(run: Path) -> set[int]:

@@ -119,6 +119,38 @@ def test_item2_a_corrupted_mask_is_not_carried_into_a_transfer(tmp_path):
 
 # ---------------------------------------------------------------- item 3: inputs verified by content
 
+def test_item3_stale_encodings_and_edited_tables_are_refused(tmp_path):
+    study, _ = tiny_corpus(tmp_path)
+    vocab.build(study, vocab_size=60, log=lambda *_: None)
+    vocab.load_encoded(study, "alpha")
+    corpus_file = study / "data" / "corpus.parquet"
+    table = pd.read_parquet(corpus_file)
+    table.loc[0, "text"] = "an edited sentence"
+    write_parquet(corpus_file, table)  # even a well-formed new table: the encodings were made from the old one
+    with pytest.raises(integrity.IntegrityError, match="corpus.parquet.*expected sha256"):
+        vocab.load_encoded(study, "alpha")
+    # a data stage run on the changed table makes new encodings for it
+    vocab.build(study, vocab_size=60, log=lambda *_: None)
+    vocab.load_encoded(study, "alpha")
+    # an encodings file changed in place is refused, and rebuilt by the data stage
+    tok = vocab.current(study) / "tokens" / "beta.safetensors"
+    flip(tok, "train.ids", 4)
+    with pytest.raises(integrity.IntegrityError, match="beta.safetensors"):
+        vocab.load_encoded(study, "beta")
+    logs = []
+    vocab.build(study, vocab_size=60, log=logs.append)
+    assert any("fails its checks" in line for line in logs)
+    vocab.load_encoded(study, "beta")
+    # result rows edited with another tool (pandas) lose their recorded hash: refused
+    run = tmp_path / "chain"
+    write_parquet(run / "results.parquet", pd.DataFrame({"round": [0, 1], "test_acc": [0.5, 0.6]}))
+    integrity.read_parquet(run / "results.parquet")
+    edited = pd.read_parquet(run / "results.parquet")
+    edited.loc[1, "test_acc"] = 0.99
+    edited.to_parquet(run / "results.parquet", index=False)
+    with pytest.raises(integrity.IntegrityError, match="no recorded table hash"):
+        integrity.read_parquet(run / "results.parquet")
+
 
 # ---------------------------------------------------------------- item 4: malformed records skipped and counted
 
@@ -189,6 +221,21 @@ def _plan(tmp_path: Path, stages: list[dict]) -> Path:
 
 
 # ---------------------------------------------------------------- also seen: permissions, archive message, Blitzer
+
+def test_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    want = 0o666 & ~umask
+    t = tickets.save_state(tmp_path / "t.safetensors", {"w": torch.ones(3)})
+    s = tokens.save_splits(tmp_path / "s.safetensors", {"train": tokens.TokenSplit.from_lists([[2, 3]], [1])})
+    path, *_ = write_ticket(tmp_path / "ticket")
+    for f in (t, s, path, tmp_path / "ticket" / "theta_0.safetensors"):
+        assert stat.S_IMODE(f.stat().st_mode) == want, f
+    study, _ = tiny_corpus(tmp_path)
+    vocab.build(study, vocab_size=60, log=lambda *_: None)
+    folder = vocab.current(study)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((folder / "tokens" / "alpha.safetensors").stat().st_mode) == want
 
 
 # ---------------------------------------------------------------- also seen: leftover temporary files, two batches

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from ltnb import divergence, vocab
+from ltnb._io import write_parquet
 from ltnb.tokens import load_splits
 
 WORDS = ("good great bad awful movie phone food service plot screen battery tasty slow fast "
@@ -20,7 +21,7 @@ def _corpus(tmp_path, n=60):
             rows.append({"text": text, "label": i % 2, "domain": domain, "source": "test", "split": split})
     study = tmp_path / "study"
     (study / "data").mkdir(parents=True)
-    pd.DataFrame(rows).to_parquet(study / "data" / "corpus.parquet", index=False)
+    write_parquet(study / "data" / "corpus.parquet", pd.DataFrame(rows))  # as the data stage writes it
     return study, pd.DataFrame(rows)
 
 
