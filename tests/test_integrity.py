@@ -166,6 +166,29 @@ HOSTILE = [
 ]
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_item4_hostile_mcauley_lines_are_skipped_and_counted(tmp_path, monkeypatch, gz):
+    monkeypatch.setattr(amazon, "MAX_LINE_BYTES", 6000, raising=False)
+    data_ = b"".join(line + b"\n" for line in HOSTILE)
+    path = tmp_path / ("x.json.gz" if gz else "x.json")
+    path.write_bytes(gzip.compress(data_) if gz else data_)
+    rep = amazon.LoadReport()
+    df = amazon.load_mcauley(path, report=rep, progress=False)
+    assert df["text"].tolist() == ["fine"]
+    d = rep.to_dict()[str(path)]
+    assert d["kept"] == 1 and d["read"] == 7, d  # the line too long is skipped before it is read as a record
+    assert d["skipped"] == {"invalid json (nested too deeply)": 2, "invalid json": 1,
+                            f"rating {'9' * 40!r} is not a number": 1,
+                            "text is not valid Unicode (lone surrogate)": 1, "line too long (over 6000 bytes)": 1,
+                            "undecodable bytes (not UTF-8)": 1}, d
+    assert d["first_error"].startswith("line 1:")
+    # strict: a clear error naming the file and line, never a RecursionError
+    for lineno in range(1, 8):
+        path.write_bytes(b"".join(line + b"\n" for line in [HOSTILE[-1]] * (lineno - 1) + [HOSTILE[lineno - 1]]))
+        with pytest.raises(amazon.DataFormatError, match=f"{path.name}:{lineno}: "):
+            amazon.load_mcauley(path, strict=True, progress=False)
+
+
 # ---------------------------------------------------------------- item 7: theta_0 stays inside the study
 
 def _ticket_with_theta(tmp_path: Path, theta: str) -> Path:
@@ -236,6 +259,21 @@ def test_files_get_the_usual_permissions(tmp_path):
     folder = vocab.current(study)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
     assert stat.S_IMODE((folder / "tokens" / "alpha.safetensors").stat().st_mode) == want
+
+
+def test_a_blitzer_file_of_pure_garbage_is_in_the_load_report(tmp_path):
+    folder = tmp_path / "books"
+    folder.mkdir()
+    (folder / "negative.review").write_bytes(os.urandom(3000).replace(b"<", b"(") + b"\nno review here\n")
+    (folder / "positive.review").write_text("<review>\n<review_text>\nA fine book.\n</review_text>\n</review>\n")
+    rep = amazon.LoadReport()
+    df = amazon.load_blitzer(folder, report=rep)
+    assert df["text"].tolist() == ["A fine book."]
+    d = rep.to_dict()
+    neg = d[str(folder / "negative.review")]
+    assert neg["read"] == 0 and neg["kept"] == 0 and neg["sampled"] == 0
+    assert neg["skipped"].get("text outside <review>", 0) >= 1
+    assert str(folder / "negative.review") in rep.summary()
 
 
 # ---------------------------------------------------------------- also seen: leftover temporary files, two batches
