@@ -232,11 +232,15 @@ def _resolve_domains(corpus: str, domains, amazon_files) -> tuple[list[str], dic
         if not amazon_files:
             what = "file" if corpus == "amazon" else "folder with positive.review and negative.review"
             raise ValueError(f"corpus={corpus!r} needs amazon_files: a dict {{domain: path to the {what}}}")
+        for d in amazon_files:  # domain names become file and folder names later
+            integrity.check_name(d, "domain (a key of amazon_files)")
         files = {str(d): str(Path(p).expanduser().resolve()) for d, p in amazon_files.items()}
         allowed = list(files)
     if domains is None:
         return allowed, files
     domains = [str(d) for d in domains]
+    for d in domains:
+        integrity.check_name(d, "domain")
     unknown = [d for d in domains if d not in allowed]
     if unknown:
         raise ValueError(f"unknown domain(s) {unknown} for corpus={corpus!r}; allowed: {', '.join(allowed)}")

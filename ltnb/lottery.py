@@ -126,8 +126,9 @@ def _check_common(seed, settings, progress):
 
 
 def _check_name(param: str, value) -> None:
-    if not isinstance(value, str) or not value or "/" in value or "__" in value:
-        raise ValueError(f"{param} = {value!r}: expected a non-empty domain name without '/' or '__'")
+    problem = integrity.name_problem(value, param)  # the name becomes a folder name
+    if problem:
+        raise ValueError(f"{param} = {value!r}: expected a domain name; {problem}")
 
 
 def _read_rows(run: Path) -> pd.DataFrame:

@@ -51,6 +51,7 @@ import yaml
 
 from ltnb import paths
 from ltnb._io import stable_hash
+from ltnb.integrity import name_problem
 
 STAGES = ("data", "divergence", "obtain", "transfer", "report", "phase")
 DEFAULT_NOTEBOOKS = {
@@ -411,9 +412,16 @@ def load_plan(plan_path: str | os.PathLike, *, root: str | os.PathLike | None = 
                 P.add(where, f"{key} = {value!r} is not allowed; must be {allowed}")
         if key == "strategy" and stage in STRATEGIES and value not in STRATEGIES[stage]:
             P.add(where, f"unknown {stage} strategy {value!r}; allowed: {', '.join(STRATEGIES[stage])}")
+        if key in ("domains", "amazon_files") and isinstance(value, (list, dict)):  # names that become folder names
+            for name in value:
+                problem = name_problem(name, "domain")
+                if problem:
+                    P.add(where, problem)
         if key in ("domain", "source", "target"):
             if not isinstance(value, str):
                 P.add(where, f"{key} must be a domain name")
+            elif name_problem(value, key):
+                P.add(where, name_problem(value, key))
             elif data_domains is not None and value not in data_domains:
                 P.add(where, f"unknown domain {value!r}; the data stage makes: {', '.join(data_domains)}")
 
@@ -580,9 +588,9 @@ def _cell_dir(stage: str, study_dir: Path, values: dict, dflt) -> tuple[Path, di
         got[k] = v
     if not _is_int(got["seed"]) or not isinstance(got["strategy"], str):
         return study_dir, {}, f"impossible grid: seed and strategy of stage {stage} must be an integer and a name"
-    for k in ("domain", "source", "target"):
-        if k in got and not (isinstance(got[k], str) and got[k] and "/" not in got[k]):
-            return study_dir, {}, f"impossible grid: {k} {got[k]!r} is not a domain name"
+    for k in ("domain", "source", "target", "strategy"):
+        if k in got and name_problem(got[k], k):
+            return study_dir, {}, f"impossible grid: {name_problem(got[k], k)}"
     if stage == "obtain":
         return paths.obtain_dir(study_dir, got["domain"], got["strategy"], got["seed"]), got, None
     return paths.transfer_dir(study_dir, got["source"], got["target"], got["strategy"], got["seed"]), got, None

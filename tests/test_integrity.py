@@ -243,6 +243,37 @@ def _plan(tmp_path: Path, stages: list[dict]) -> Path:
     return p
 
 
+def test_item8_bad_domain_names_are_refused_in_plans(tmp_path):
+    for bad in ("../../..", "..", "a/b", ".hidden", "x__y"):
+        p = _plan(tmp_path, [{"stage": "data", "params": {"corpus": "amazon", "amazon_files": {bad: "reviews.json"}}}])
+        with pytest.raises(PlanError, match="not a valid name"):
+            load_plan(p)
+    p = _plan(tmp_path, [{"stage": "data", "params": {"corpus": "amazon", "amazon_files": {"..": "r.json", "b": "r.json"}}},
+                         {"stage": "obtain", "grid": {"domain": [".."], "strategy": ["reset"], "seed": [0]}}])
+    with pytest.raises(PlanError, match="domain '..' is not a valid name"):
+        load_plan(p)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_item8_bad_domain_names_never_become_file_names(tmp_path):
+    reviews = tmp_path / "reviews.json"
+    reviews.write_text("".join(json.dumps({"overall": 1.0 + 4 * (i % 2), "reviewText": f"review {i}"}) + "\n"
+                               for i in range(40)))
+    study = tmp_path / "deep" / "er" / "study"
+    with pytest.raises(ValueError, match="not a valid name"):
+        data.build(study, corpus="amazon", amazon_files={"../../..": str(reviews)}, per_domain=20, log=lambda *_: None)
+    with pytest.raises(ValueError, match="not a valid name"):
+        data.build(study, corpus="amazon", amazon_files={"ok": str(reviews)}, domains=[".."], log=lambda *_: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reviews.json"]  # nothing written anywhere
+    for bad in ("..", ".", "../x"):
+        with pytest.raises(ValueError, match="not a valid name"):
+            paths.obtain_dir(study, bad, "reset", 0)
+        with pytest.raises(ValueError, match="not a valid name"):
+            lottery.obtain(study, bad, data=synthetic_data(20), vocab_size=50, data_key=KEY, settings=SMALL,
+                           progress=False)
+    assert not study.exists()
+
+
 # ---------------------------------------------------------------- also seen: permissions, archive message, Blitzer
 
 def test_files_get_the_usual_permissions(tmp_path):
