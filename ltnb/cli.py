@@ -52,7 +52,7 @@ def _report(args) -> int:
 def _explore(args) -> int:
     from . import explore
 
-    return explore.serve(args.study, port=args.port, open_browser=args.open)
+    return explore.serve(args.study, port=args.port, open_browser=args.open, cull_idle=args.cull_idle)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,8 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("explore", help="serve the phase-transition explorer of a study as a Voila app "
                        "(controls and views only, no code) on http://127.0.0.1:PORT/")
-    e.add_argument("study", metavar="STUDY", help="study folder, e.g. outputs/demo")
+    e.add_argument("study", metavar="STUDY", help="study folder, e.g. outputs/demo, or an outputs folder of "
+                   "studies (then ?study=NAME on the URL chooses one)")
     e.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866)")
+    e.add_argument("--cull-idle", type=int, default=300, metavar="SECONDS",
+                   help="shut down the kernel of a closed page after it was idle this long (default 300)")
     e.add_argument("--open", action="store_true", help="open a web browser on the app")
     e.set_defaults(func=_explore)
     return p

@@ -412,3 +412,78 @@ def _kernels_of(pid: int) -> list[int]:
         return []
 
 
+def test_item5_the_explorer_serves_its_study_only_culls_idle_kernels_and_stops_on_sigterm(tmp_path):
+    from test_phase import write_study
+
+    study = write_study(tmp_path / "served" / "study")
+    secret = tmp_path / "other" / "study"  # a readable study elsewhere on the machine
+    write_study(secret)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("LTNB_STUDY", "LTNB_OUTPUTS", "QUERY_STRING")}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("ltnb")), "explore", str(study), "--port", str(port),
+                             "--cull-idle", "3"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        explore.wait_for_http(url, proc=proc, timeout=90)
+        asked = (str(secret), "/no/such/folder")  # more refusals (/etc, ../..): test_item5_page_gives_plain_messages
+        with ThreadPoolExecutor(2) as pool:
+            pages = list(pool.map(lambda a: _get(url + "?study=" + urllib.request.quote(a, safe="")), asked))
+        for a, page in zip(asked, pages):
+            assert "is not one of its studies" in page, a
+            assert "Traceback" not in page and '"output_type": "error"' not in page and "There was an error" not in page
+            assert str(study) not in page and "result rows" not in page, a  # no server path, nothing of the other study
+        voila = [c for c in __import__("psutil").Process(proc.pid).children() if "voila" in " ".join(c.cmdline())]
+        assert len(voila) == 1
+        deadline = time.time() + 30  # the kernels of those page loads are idle and unconnected: culled
+        while _kernels_of(voila[0].pid) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not _kernels_of(voila[0].pid), "idle kernels of closed pages were not culled"
+        page = _get(url)  # the served study itself
+        assert "is not one of its studies" not in page and "Traceback" not in page
+        assert '"output_type": "error"' not in page
+        kernels = _kernels_of(voila[0].pid)
+        assert kernels
+        t0 = time.time()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert time.time() - t0 < 15, time.time() - t0
+        assert all(_gone_within(pid, 5) for pid in [voila[0].pid, *kernels])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_item5_page_gives_plain_messages_in_the_app(tmp_path, monkeypatch):
+    from test_phase import write_study
+
+    outputs = tmp_path / "outputs"
+    write_study(outputs / "alpha")
+    write_study(outputs / "beta")
+    monkeypatch.delenv(explore.STUDY_ENV, raising=False)
+    monkeypatch.setenv(explore.OUTPUTS_ENV, str(outputs))
+    for asked, want in (("beta", None), ("../outputs/beta", "not one of them"), ("/etc", "not one of them"),
+                        ("../../", "not one of them"), (str(outputs / "beta"), "not one of them"),
+                        ("gamma", "not one of them"), (None, "Choose a study: ?study=alpha, ?study=beta")):
+        monkeypatch.setenv("QUERY_STRING", f"study={urllib.request.quote(asked, safe='')}" if asked else "")
+        shown = explore.page("outputs/demo")
+        if want is None:
+            assert isinstance(shown, explore.Explorer) and shown.study == str(outputs / "beta")
+        else:
+            assert isinstance(shown, explore.Message) and want in shown.text
+            assert str(tmp_path) not in shown.text.replace(repr(asked), "")  # no path but the one asked for
+    # the served study gone, or its result table changed: a message, not a traceback
+    monkeypatch.delenv(explore.OUTPUTS_ENV)
+    monkeypatch.setenv(explore.STUDY_ENV, str(outputs / "gone"))
+    monkeypatch.setenv("QUERY_STRING", "")
+    assert "is not on this server" in explore.page("x").text
+    monkeypatch.setenv(explore.STUDY_ENV, str(outputs / "alpha"))
+    for asked in ("/etc", "../../", str(outputs / "beta"), "beta"):
+        monkeypatch.setenv("QUERY_STRING", f"study={urllib.request.quote(asked, safe='')}")
+        assert "is not one of its studies" in explore.page("x").text
+    monkeypatch.setenv("QUERY_STRING", "study=alpha")
+    assert isinstance(explore.page("x"), explore.Explorer)
+    table = next((outputs / "alpha").rglob("results.parquet"))
+    pd.read_parquet(table).to_parquet(table, index=False)
+    assert "changed or damaged" in explore.page("x").text
