@@ -39,7 +39,7 @@ def _batch(args) -> int:
     from . import batch
 
     return batch.main(args.plan, workers=args.workers, scheduler=args.scheduler, only=args.only,
-                      dry_run=args.dry_run, threads_per_worker=args.threads)
+                      dry_run=args.dry_run, threads_per_worker=args.threads, worker_timeout=args.worker_timeout)
 
 
 def _report(args) -> int:
@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use an existing Dask scheduler (e.g. tcp://host:8786) instead of a local cluster")
     r.add_argument("--only", metavar="STAGE", default=None, help="run only this stage (data, divergence, obtain, transfer, report)")
     r.add_argument("--dry-run", action="store_true", help="list the cells and what would run; run nothing")
+    r.add_argument("--worker-timeout", type=float, default=120.0, metavar="SECONDS",  # batch.WORKER_TIMEOUT_S
+                   help="stop (exit code 1, with the summary) when no Dask worker has been there for this long "
+                        "(default %(default)g)")
     r.set_defaults(func=_batch)
 
     rep = sub.add_parser("report", help="draw Figures 1, 3, 4 and the tables of a study into STUDY/report/")

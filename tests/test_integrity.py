@@ -152,6 +152,31 @@ def test_item3_stale_encodings_and_edited_tables_are_refused(tmp_path):
         integrity.read_parquet(run / "results.parquet")
 
 
+def test_item3_a_cell_is_complete_only_while_its_recorded_files_are_unchanged(tmp_path):
+    """The batch marker records its inputs' hashes; a changed input makes the cell rerun, naming the file,
+    the expected and the found hash (end to end on a real study: test_study.py)."""
+    study = tmp_path / "outputs" / "s"
+    write_parquet(study / "data" / "corpus.parquet", pd.DataFrame({"text": ["a"], "label": [1]}))
+    write_parquet(study / "obtain/d/reset/seed0/h/results.parquet", pd.DataFrame({"round": [0]}))
+    marker = study / "obtain/d/reset/seed0/_COMPLETE.json"
+    record = {"params_hash": "p", "outputs": integrity.cell_outputs(study, "obtain/d/reset/seed0"),
+              "inputs": integrity.cell_inputs(study, ["data"])}
+    assert set(record["inputs"]) == {"data/corpus.parquet"} and len(record["outputs"]) == 1
+    marker.write_text(json.dumps(record))
+    assert batch.marker_problem(marker, "p", study) is None
+    assert batch.marker_problem(marker, "other", study) == "its parameters (or those of its inputs) changed"
+    expected = record["inputs"]["data/corpus.parquet"]
+    write_parquet(study / "data" / "corpus.parquet", pd.DataFrame({"text": ["b"], "label": [1]}))
+    why = batch.marker_problem(marker, "p", study)
+    found = integrity.file_sha256(study / "data" / "corpus.parquet")
+    assert why == f"data/corpus.parquet changed since it ran (expected sha256 {expected[:16]}, found {found[:16]})"
+    # a marker naming files outside the study is refused, never read
+    marker.write_text(json.dumps({**record, "inputs": {"../../../../dev/zero": expected}}))
+    assert "refused" in batch.marker_problem(marker, "p", study)
+    marker.write_text(json.dumps({"params_hash": "p"}))  # an older ltnb's marker: rerun
+    assert "no content hashes" in batch.marker_problem(marker, "p", study)
+
+
 # ---------------------------------------------------------------- item 4: malformed records skipped and counted
 
 HOSTILE = [
@@ -309,6 +334,63 @@ def test_a_blitzer_file_of_pure_garbage_is_in_the_load_report(tmp_path):
 
 # ---------------------------------------------------------------- also seen: leftover temporary files, two batches
 
+def test_leftover_temporary_files_are_removed_at_the_next_run(tmp_path):
+    p = tmp_path / "plan.yaml"
+    p.write_text(plan_text())
+    study = load_plan(p).study_dir
+    left = [study / "data" / ".corpus.parquet.k2x9_q1z.tmp",
+            study / "obtain/products/reset/seed0/abc123/.results.parquet.abcdefgh.tmp",
+            study / "obtain/movies/reset/seed0/abc123/.round_01.safetensors.0a1b2c3d.tmp"]
+    for f in left:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"half a file")
+    vocab_tmp = study / "data" / "vocab" / ".29552be85e.x1y2z3w4"
+    (vocab_tmp / "tokens").mkdir(parents=True)
+    kept = [study / "data" / "notes.tmp", study / "obtain/products/reset/seed0/abc123/results.parquet"]
+    for f in kept:
+        f.write_text("keep me")
+    busy = study / "obtain/movies/random/seed0" / ".results.parquet.zzzzzzzz.tmp"  # another batch is writing it
+    busy.parent.mkdir(parents=True)
+    busy.write_text("being written")
+    lock = integrity.CellLock(busy.parent)
+    assert lock.acquire(wait=False)
+    try:
+        out = io.StringIO()
+        code = batch.main(p, only="data", workers=1, out=out)
+    finally:
+        lock.release()
+    assert code == 0, out.getvalue()
+    assert "removed 4 leftover temporary file(s)" in out.getvalue()
+    assert not any(f.exists() for f in left) and not vocab_tmp.exists()
+    assert all(f.exists() for f in kept) and busy.exists()
+
+
+def test_two_batches_on_one_study_run_each_cell_once(tmp_path):
+    text = plan_text(obtain_params="rounds: 2, sleep: 2").split("  - stage: transfer")[0]
+    p = tmp_path / "plan.yaml"
+    p.write_text(text)
+    study = load_plan(p).study_dir
+    code = f"import sys; from ltnb import batch; sys.exit(batch.main({str(p)!r}, workers=2))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              start_new_session=True) for _ in range(2)]
+    outs = []
+    try:
+        for proc in procs:
+            outs.append(proc.communicate(timeout=240)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert [proc.returncode for proc in procs] == [0, 0], outs
+    runs = {f.parent.relative_to(study).as_posix(): len(f.read_text().splitlines()) for f in study.rglob("runs.log")}
+    assert len(runs) == 6 and set(runs.values()) == {1}, runs  # every cell ran once, in one of the two batches
+    both = "\n".join(outs)
+    done = both.count("\ndone     ")
+    waited = both.count("completed by another batch")
+    assert done == 6 and waited >= 1, both
+    for out in outs:
+        assert "failed:  0" in out and "not run: 0" in out
+
 
 # ---------------------------------------------------------------- item 6 and "killing the batch ends its kernels"
 
@@ -394,6 +476,62 @@ def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_killing_the_batch_ends_its_kernels(tmp_path, dask_scheduler):
+    worker = _start_worker(dask_scheduler, tmp_path / "worker.log")
+    p = tmp_path / "plan.yaml"
+    p.write_text(plan_text(obtain_params="rounds: 2, sleep: 120"))
+    batch_proc = _start_batch(p, dask_scheduler)
+    try:
+        kernel = _kernel_pid(load_plan(p).study_dir)
+        assert _alive(kernel)
+        os.killpg(batch_proc.pid, signal.SIGTERM)  # `kill` of the batch's process group
+        out, _ = batch_proc.communicate(timeout=60)
+        assert _gone_within(kernel, 20), "the cell's kernel kept running after the batch was killed"
+        assert batch_proc.returncode == 130 and "partial summary (interrupted)" in out, out
+        assert worker.poll() is None  # the worker is not ours to kill; it is free again
+    finally:
+        _stop(batch_proc)
+        _stop(worker)
+
+
+def test_item6_the_batch_stops_when_no_worker_is_left(tmp_path, dask_scheduler):
+    worker = _start_worker(dask_scheduler, tmp_path / "worker.log")
+    p = tmp_path / "plan.yaml"
+    p.write_text(plan_text(obtain_params="rounds: 2, sleep: 120"))
+    batch_proc = _start_batch(p, dask_scheduler, worker_timeout=5)
+    try:
+        kernel = _kernel_pid(load_plan(p).study_dir)
+        t0 = time.time()
+        os.killpg(worker.pid, signal.SIGKILL)  # the last worker (nanny and worker process) dies
+        try:
+            out, _ = batch_proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the batch kept waiting with no worker left")
+        took = time.time() - t0
+        assert batch_proc.returncode == 1, out
+        assert "no Dask worker is left at the scheduler" in out and "none for 5 s" in out
+        assert "\nsummary: study t" in out and "not run:" in out and "no Dask worker left" in out
+        assert "done     data" in out and "    data:" not in out.split("not run:")[1]  # finished before: kept
+        assert took < 40, took
+        assert _gone_within(kernel, 20)
+    finally:
+        _stop(batch_proc)
+        _stop(worker)
+
+
+def test_item6_the_batch_stops_when_no_worker_arrives(tmp_path, dask_scheduler):
+    p = tmp_path / "plan.yaml"
+    p.write_text(plan_text())
+    batch_proc = _start_batch(p, dask_scheduler, worker_timeout=3)
+    try:
+        out, _ = batch_proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the batch kept waiting for a worker that never came")
+    finally:
+        _stop(batch_proc)
+    assert batch_proc.returncode == 1 and "no Dask worker has connected" in out and "not run: 9" in out, out
 
 
 # ---------------------------------------------------------------- item 5: the explorer serves its study only

@@ -1,6 +1,7 @@
 """The smoke plan end to end: the real notebooks, the real runner, a real Dask LocalCluster of 2 workers."""
 import io
 import json
+import shutil
 import xml.etree.ElementTree as ET
 
 import nbformat
@@ -28,7 +29,10 @@ def smoke(tmp_path_factory, builtin_cache):
     path.write_text(yaml.safe_dump(plan))
     out = io.StringIO()
     code = batch.main(path, workers=2, out=out)
-    return {"plan": path, "study": tmp / "outputs" / "smoke", "code": code, "log": out.getvalue(), "raw": plan}
+    pristine = tmp / "pristine"  # a copy as the batch left it, for tests that need it unchanged by others
+    shutil.copytree(tmp / "outputs" / "smoke", pristine)
+    return {"plan": path, "study": tmp / "outputs" / "smoke", "code": code, "log": out.getvalue(), "raw": plan,
+            "pristine": pristine}
 
 
 def _run(smoke, **kw):
@@ -130,3 +134,48 @@ def test_a_failing_cell_is_reported_and_the_others_finish(tmp_path, builtin_cach
         assert failed_nb.exists() and str(failed_nb) in log
         assert not (failed_nb.parent / "_COMPLETE.json").exists()
     assert "rewind_steps" in log  # the notebook's error is in the summary
+
+
+def test_changed_inputs_rerun_what_depends_on_them(smoke, tmp_path):
+    """Issue 13, item 3: an edited corpus table is noticed (the data stage reruns and restores it; the cells
+    that read it are checked again and stay complete once it is as it was), and a transfer cell that
+    reruns makes the report and the phase stage rerun: every rerun names the file, expected and found."""
+    assert smoke["code"] == 0, smoke["log"]
+    from ltnb import integrity
+
+    study = tmp_path / "outputs" / "smoke"
+    shutil.copytree(smoke["pristine"], study)  # as the batch left it (other tests change the shared study)
+    plan = json.loads(json.dumps(smoke["raw"]))
+    plan["outputs"] = str(tmp_path / "outputs")
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    corpus = study / "data" / "corpus.parquet"
+    original = integrity.file_sha256(corpus)
+    table = pd.read_parquet(corpus)
+    table.loc[0, "text"] = "an edited sentence"
+    table.to_parquet(corpus, index=False)
+    edited = integrity.file_sha256(corpus)
+    shutil.rmtree(study / "transfer" / "products__movies" / "masks-reset")
+    report_inputs = json.loads((study / "report" / "_COMPLETE.json").read_text())["inputs"]
+
+    out = io.StringIO()
+    code = batch.main(path, dry_run=True, out=out)
+    assert code == 0 and f"rerun: data/corpus.parquet changed since it ran (expected sha256 {original[:16]}, " \
+                          f"found {edited[:16]})" in out.getvalue()
+    out = io.StringIO()
+    code = batch.main(path, workers=2, out=out)
+    log = out.getvalue()
+    assert code == 0, log
+    assert f"rerun    data: data/corpus.parquet changed since it ran (expected sha256 {original[:16]}" in log
+    for key in ("data", "transfer/products__movies/masks-reset/seed0", "report", "phase"):
+        assert f"done     {key}" in log, (key, log)
+    for key in ("divergence", "obtain/products/reset/seed0", "obtain/movies/random/seed0",
+                "transfer/products__movies/masks-random/seed0"):
+        assert f"skipped  {key}: complete; what it read is as it was when it ran" in log, (key, log)
+    assert "rerun    report: transfer/products__movies/masks-reset/seed0/" in log
+    assert integrity.file_sha256(corpus) == original  # the data stage wrote the table again, as it was
+    now = json.loads((study / "report" / "_COMPLETE.json").read_text())["inputs"]
+    changed = {k for k in now if now[k] != report_inputs.get(k)}
+    assert changed and all(k.startswith("transfer/products__movies/masks-reset/") for k in changed)
+    out = io.StringIO()
+    assert batch.main(path, workers=2, out=out) == 0 and "0 to run" in out.getvalue()
