@@ -317,6 +317,17 @@ def test_files_get_the_usual_permissions(tmp_path):
     assert stat.S_IMODE((folder / "tokens" / "alpha.safetensors").stat().st_mode) == want
 
 
+def test_a_corrupt_archive_tells_to_fetch_with_force(tmp_path):
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / corpus.SENTIMENT.filename).write_bytes(b"not a tarball")
+    with pytest.raises(corpus.CorpusError) as e:
+        corpus.fetch(tmp_path, force=True, log=lambda *_: None)
+    assert "ltnb data fetch --force" in str(e.value)
+    assert "`ltnb data fetch`" not in str(e.value)
+    assert not (downloads / corpus.SENTIMENT.filename).exists()  # refused and removed
+
+
 def test_a_blitzer_file_of_pure_garbage_is_in_the_load_report(tmp_path):
     folder = tmp_path / "books"
     folder.mkdir()
