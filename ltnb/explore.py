@@ -547,7 +547,9 @@ def serve(study_dir: str | os.PathLike, *, port: int = 8866, open_browser: bool 
         signal.signal(s, _stop)
     proc = None
     try:
-        proc = subprocess.Popen(cmd, env=environ, cwd=str(nb.parent), start_new_session=True)
+        # in this process group: a signal to the group (or SIGKILL of it) reaches Voila too; its kernels,
+        # in their own sessions, exit when Voila is gone (ipykernel watches its parent)
+        proc = subprocess.Popen(cmd, env=environ, cwd=str(nb.parent))
         what = f"the studies in {study}: http://{ip}:{port}/?study=NAME" if outputs else f"{study} at http://{ip}:{port}/"
         print(f"ltnb explore: serving {what} (Ctrl-C to stop)", flush=True)
         return proc.wait()
