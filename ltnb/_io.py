@@ -31,6 +31,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # writers that recreate the file (safetensors) make it 0600 again
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -55,11 +57,44 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
 
 
+PARQUET_KEY = b"ltnb.content_sha256"  # Parquet schema metadata: the digest of the table's rows
+
+
+def frame_digest(df) -> str:
+    """SHA-256 of a DataFrame's columns and values (not its index), stable across a Parquet round trip."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    h.update(json.dumps([[str(c) for c in df.columns], len(df)]).encode())
+    for c in df.columns:
+        s = df[c]
+        arr = s.to_numpy() if not hasattr(s.dtype, "na_value") else None  # numpy dtypes only
+        if arr is not None and arr.dtype.kind in "biufcmM":
+            h.update(f"|{arr.dtype.kind}{arr.dtype.itemsize}|".encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+        else:  # text, objects, pandas extension types: their values as JSON, missing values as null
+            obj = s.astype(object)
+            values = obj.where(obj.notna(), None).tolist()
+            h.update(b"|o|" + json.dumps(values, default=str, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
 def write_parquet(path: str | os.PathLike, frame) -> Path:
-    """Write a pandas DataFrame as Parquet, atomically."""
+    """Write a pandas DataFrame (without its index) as Parquet, atomically, with a digest of its rows
+    in the file's metadata (``ltnb.integrity.read_parquet`` checks it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    digest = frame_digest(table.to_pandas())  # what a reader will see
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), PARQUET_KEY: digest.encode()})
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        pq.write_table(table, tmp)
     return Path(path)
+
+
+
 
 
 def stable_hash(obj: Any, length: int = 10) -> str:

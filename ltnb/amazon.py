@@ -8,7 +8,10 @@ Label rule (the paper's): ratings 1-2 -> 0 (negative), 4-5 -> 1 (positive), 3 dr
 between 2 and 4 (e.g. 2.5, 3.0) counts as neutral and is dropped too.
 
 Bad records are never dropped silently: each is counted in a ``LoadReport`` per file and reason, or, with
-``strict=True``, raises ``DataFormatError`` naming the file and line.
+``strict=True``, raises ``DataFormatError`` naming the file and line. That includes hostile ones: nesting too
+deep to parse (``[[[[...``), integers too long to convert, lines longer than ``MAX_LINE_BYTES`` (skipped
+without being held in memory), undecodable bytes and texts that are not valid Unicode. Every file read is
+listed in the report, also one that yields no record at all.
 
 Formats:
 
@@ -46,6 +49,7 @@ from tqdm.auto import tqdm
 
 PER_CLASS_DEFAULT = 20_000  # the paper: 20K train + 10K validation + 10K test per category, balanced
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_LINE_BYTES = 1 << 24  # 16 MiB: a longer line is skipped ("line too long") without being held in memory
 
 
 class DataFormatError(ValueError):
@@ -68,6 +72,10 @@ class LoadReport:
     sampled: Counter = field(default_factory=Counter)
     skipped: dict = field(default_factory=dict)  # file -> Counter(reason -> n)
     first_error: dict = field(default_factory=dict)  # file -> "line N: reason"
+
+    def touch(self, file: str) -> None:
+        """List ``file`` in the report (with zero counts) even if it yields no record at all."""
+        self.read[file] += 0
 
     def skip(self, file: str, line: int, reason: str, strict: bool) -> None:
         if strict:
@@ -119,10 +127,22 @@ def iter_lines(path: str | os.PathLike, report: LoadReport, strict: bool) -> Ite
     """``(line number, raw bytes)`` for each line; a truncated or corrupt gzip stream is recorded at the
     line where it broke and ends the file."""
     name = str(path)
+    report.touch(name)
     lineno = 0
     with open_maybe_gzip(path) as f:
         try:
-            for lineno, raw in enumerate(f, start=1):
+            while True:
+                raw = f.readline(MAX_LINE_BYTES + 1)
+                if not raw:
+                    break
+                lineno += 1
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    while True:  # drop the rest of the line, a block at a time
+                        rest = f.readline(1 << 20)
+                        if not rest or rest.endswith(b"\n"):
+                            break
+                    report.skip(name, lineno, f"line too long (over {MAX_LINE_BYTES} bytes)", strict)
+                    continue
                 yield lineno, raw
         except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
             report.skip(name, lineno + 1, f"truncated gzip ({type(e).__name__}: {e}); rest of file unreadable", strict)
@@ -136,7 +156,9 @@ def _decode_record(raw: bytes) -> tuple[dict | None, str | None]:
     line = line.strip()
     try:
         rec = json.loads(line)
-    except json.JSONDecodeError:
+    except (RecursionError, MemoryError):
+        return None, "invalid json (nested too deeply)"
+    except ValueError:  # JSONDecodeError; also integers too long to convert
         try:
             rec = ast.literal_eval(line)  # 2014 Python-literal dumps
         except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
@@ -144,6 +166,14 @@ def _decode_record(raw: bytes) -> tuple[dict | None, str | None]:
     if not isinstance(rec, dict):
         return None, "invalid json (not an object)"
     return rec, None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # JSON "\\ud800": a lone surrogate cannot be written to Parquet
+        return False
+    return True
 
 
 def label_of_rating(value) -> tuple[int | None, str | None]:
@@ -154,8 +184,8 @@ def label_of_rating(value) -> tuple[int | None, str | None]:
         return None, f"rating {value!r} is not a number"
     try:
         r = float(value)
-    except (TypeError, ValueError):
-        return None, f"rating {value!r} is not a number"
+    except (TypeError, ValueError, OverflowError):
+        return None, f"rating {str(value)[:40]!r} is not a number"
     if not math.isfinite(r) or not 1.0 <= r <= 5.0:
         return None, "rating outside 1-5"
     if r <= 2.0:
@@ -259,6 +289,9 @@ def load_mcauley(path: str | os.PathLike, *, domain: str | None = None, per_clas
         if text is None:
             report.skip(name, lineno, "missing text", strict)
             continue
+        if not _encodable(text):
+            report.skip(name, lineno, "text is not valid Unicode (lone surrogate)", strict)
+            continue
         report.kept[name] += 1
         res.add(label, (lineno, 0, text, label, source))
     rows = res.rows()
@@ -292,6 +325,8 @@ def _iter_blitzer(path: Path, report: LoadReport, strict: bool) -> Iterator[tupl
                 rec, tag = None, None
             continue
         if rec is None:
+            if line.strip():
+                report.skip(name, lineno, "text outside <review>", strict)
             continue
         if m and m.group(1) == "" and tag is None:
             tag, buf = m.group(2), []

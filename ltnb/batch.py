@@ -4,20 +4,29 @@
 
 1. Load and check the plan (``ltnb.plan.load_plan``); on any problem print them all and return 2,
    having run nothing and created nothing.
-2. Find the complete cells: ``<cell_dir>/_COMPLETE.json`` exists and holds the cell's
-   ``params_hash``. ``--dry-run`` lists every cell with its state and stops there.
+2. Find the complete cells: ``<cell_dir>/_COMPLETE.json`` exists, holds the cell's ``params_hash``,
+   and every file it records (what the cell wrote for later cells, and what it read from earlier
+   ones, ``ltnb.integrity.cell_outputs``) still has the SHA-256 it had when the cell ran; a changed
+   file makes the cell rerun, and the run says which file, with the expected and found hash. A
+   complete cell whose inputs are about to rerun is checked again once they have finished.
+   ``--dry-run`` lists every cell with its state and stops there. Leftover temporary files of killed
+   writes are removed from the study (only from cells no other batch is running).
 3. Submit each remaining cell to Dask once the cells it reads from are done: a
    ``distributed.LocalCluster`` (one process per worker, one task per worker, ``cores // threads``
    workers) by default, or the scheduler at ``scheduler`` so many machines sharing the outputs folder
    run one plan. A cell whose input failed is not run, with the reason.
-4. On a worker, ``run_cell`` executes the notebook with papermill into ``<cell_dir>/<stem>.ipynb``
-   (kept as the record of what ran, also when it failed), with ``OMP_NUM_THREADS``,
-   ``MKL_NUM_THREADS`` and ``LTNB_TORCH_THREADS`` set for the kernel, and writes the marker
-   atomically only when the notebook finished without error. A cell killed mid-way has no marker,
-   so the next run reruns it (and its notebook resumes from its finished rounds).
+4. On a worker, ``run_cell`` takes the cell's lock (``<cell_dir>/.ltnb-lock``; a second batch on the
+   same study waits for it, then skips the cell if the first one completed it), executes the notebook
+   with papermill into ``<cell_dir>/<stem>.ipynb`` (kept as the record of what ran, also when it
+   failed), with ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` and ``LTNB_TORCH_THREADS`` set for the
+   kernel, and writes the marker atomically only when the notebook finished without error. A cell
+   killed mid-way has no marker, so the next run reruns it (and its notebook resumes from its finished
+   rounds). When Dask no longer wants the task (the batch was killed or interrupted), the kernel is
+   killed.
 5. Print a summary (done, skipped, failed with notebook path and error, not run with reason) and
-   return 0, 1 when anything failed or was not run, or 130 after Ctrl-C (pending cells cancelled,
-   cluster closed, partial summary printed).
+   return 0, 1 when anything failed or was not run (also when no Dask worker is left, or none
+   arrives, for ``worker_timeout`` seconds), or 130 after Ctrl-C or SIGTERM (pending cells
+   cancelled, cluster closed, partial summary printed).
 
 The papermill working directory of every cell is the plan's root (see ``ltnb.plan``), so relative
 paths in parameters (e.g. ``amazon_files``) resolve against it.
@@ -26,14 +35,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ltnb import paths
+from ltnb import integrity, paths
 from ltnb._io import read_json, write_json
 from ltnb.plan import Cell, Plan, PlanError, load_plan
 
@@ -41,16 +52,38 @@ TORCH_THREADS_ENV = "LTNB_TORCH_THREADS"
 KERNEL_UNSET_ENV = "MALLOC_TRIM_THRESHOLD_"
 KERNEL_NAME = "python3"
 FALLBACK_KERNEL = "ltnb-venv"
+WORKER_TIMEOUT_S = 120.0  # stop when no Dask worker has been there for this long
+NOT_RUN_YET = "not run yet"
 
 
 # ------------------------------------------------------------------------------------ completeness
-def is_complete(cell: Cell) -> bool:
-    """True when the cell's marker exists and records this cell's parameters hash."""
+def marker_problem(marker: str | os.PathLike, params_hash: str, study_dir: str | os.PathLike, *,
+                   inputs: bool = True) -> str | None:
+    """Why the cell of ``marker`` is not complete (``None`` when it is): no marker, other parameters,
+    or a file it recorded (its outputs, and with ``inputs`` what it read) that no longer has the hash
+    it ran with."""
     try:
-        marker = read_json(cell.marker)
+        m = read_json(marker)
+    except FileNotFoundError:
+        return NOT_RUN_YET
     except (OSError, ValueError):
-        return False
-    return isinstance(marker, dict) and marker.get("params_hash") == cell.params_hash
+        return "its marker is unreadable"
+    if not isinstance(m, dict) or m.get("params_hash") != params_hash:
+        return "its parameters (or those of its inputs) changed"
+    if not isinstance(m.get("outputs"), dict) or not isinstance(m.get("inputs"), dict):
+        return "its marker records no content hashes (written by an older ltnb)"
+    return integrity.record_problem(study_dir, {**(m["inputs"] if inputs else {}), **m["outputs"]})
+
+
+def completeness(cell: Cell) -> str | None:
+    """``None`` when ``cell`` is complete, else why not (see ``marker_problem``)."""
+    return marker_problem(cell.marker, cell.params_hash, cell.study_dir)
+
+
+def is_complete(cell: Cell) -> bool:
+    """True when the cell's marker records this cell's parameters hash and every file it recorded
+    still has its hash."""
+    return completeness(cell) is None
 
 
 def _marker_exists(study_dir: Path, key: str) -> bool:
@@ -83,12 +116,95 @@ def kernel_name() -> str:
     return FALLBACK_KERNEL
 
 
+class _TaskWatch:
+    """Whether Dask still wants the running task; when it does not (the batch was killed or
+    interrupted, the task cancelled), the cell's kernel is killed instead of running on for nothing."""
+
+    def __init__(self):
+        self.worker = self.key = None
+        try:
+            from distributed import get_worker
+
+            self.worker = get_worker()
+            self.key = self.worker.get_current_task()
+        except Exception:  # noqa: BLE001 - not on a Dask worker (tests call run_cell directly)
+            self.worker = None
+        self.kernel_pid: int | None = None
+        self.unwanted = False
+        self._stop = threading.Event()
+
+    def wanted(self) -> bool:
+        if self.worker is None or self.key is None:
+            return True
+        ts = self.worker.state.tasks.get(self.key)
+        return ts is not None and ts.state not in ("cancelled", "released", "forgotten")
+
+    def kernel_started(self, pid: int) -> None:
+        self.kernel_pid = pid
+        if self.unwanted:
+            self._kill()
+
+    def _kill(self) -> None:
+        if self.kernel_pid:
+            try:
+                os.killpg(self.kernel_pid, signal.SIGKILL)  # the kernel leads its own session
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            if not self.wanted():
+                self.unwanted = True
+                self._kill()
+
+    def __enter__(self) -> "_TaskWatch":
+        if self.worker is not None:
+            threading.Thread(target=self._run, name="ltnb-task-watch", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+
+
+def _kernel_manager_class(on_start):
+    """nbclient's kernel manager, telling ``on_start`` the kernel's process id once it runs."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelManager(AsyncKernelManager):
+        async def _async_post_start_kernel(self, **kw):
+            await super()._async_post_start_kernel(**kw)
+            process = getattr(self.provisioner, "process", None)
+            if process is not None:
+                on_start(process.pid)
+
+    return KernelManager
+
+
 def run_cell(spec: dict) -> dict:
     """Execute one cell's notebook (on a Dask worker); return a plain dict with the outcome.
 
-    ``spec``: notebook, executed, cell_dir, marker, parameters, params_hash, stage, key, threads, cwd.
-    Failures are returned, not raised, so one failing cell never disturbs the others.
+    ``spec``: notebook, executed, cell_dir, marker, parameters, params_hash, stage, key, threads, cwd,
+    study_dir, deps. Failures are returned, not raised, so one failing cell never disturbs the others.
+    The cell's lock is held throughout: a cell another batch is running is waited for, and skipped
+    when that batch completed it.
     """
+    out = {"key": spec["key"], "executed": spec["executed"], "host": socket.gethostname()}
+    with _TaskWatch() as watch:
+        lock = integrity.CellLock(spec["cell_dir"])
+        if not lock.acquire(wait=True, should_stop=lambda: not watch.wanted()):
+            return {**out, "status": "failed", "ename": "Cancelled", "evalue": "cancelled while waiting for the cell's lock",
+                    "seconds": 0.0}
+        try:
+            # this batch found the cell incomplete; complete now means another batch has run it meanwhile
+            if marker_problem(spec["marker"], spec["params_hash"], spec["study_dir"]) is None:
+                detail = "while this one waited for it" if lock.waited else "since this batch started"
+                return {**out, "status": "skipped", "detail": f"completed by another batch {detail}", "seconds": 0.0}
+            return _run_cell(spec, out, watch)
+        finally:
+            lock.release()
+
+
+def _run_cell(spec: dict, out: dict, watch: _TaskWatch) -> dict:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -104,7 +220,6 @@ def run_cell(spec: dict) -> dict:
     if marker.exists():  # a stale marker (other parameters) must not survive a crash of this run
         marker.unlink()
     start = time.time()
-    out = {"key": spec["key"], "executed": spec["executed"], "host": socket.gethostname()}
     try:
         papermill.execute_notebook(
             spec["notebook"], spec["executed"], parameters=spec["parameters"], kernel_name=kernel_name(),
@@ -112,17 +227,23 @@ def run_cell(spec: dict) -> dict:
             # quiet the kernel's own log (ipykernel 7 warns about TCP on every start); errors in the
             # notebook still arrive as PapermillExecutionError and in the executed notebook
             extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            kernel_manager_class=_kernel_manager_class(watch.kernel_started),
         )
     except PapermillExecutionError as e:
-        return {**out, "status": "failed", "ename": e.ename, "evalue": e.evalue, "seconds": time.time() - start,
-                "start": start, "end": time.time(), "training": training_seconds(spec["executed"])}
+        return {**out, "status": "failed", "ename": e.ename, "evalue": e.evalue, **_times(spec, start)}
     except Exception as e:  # noqa: BLE001 - kernel died, notebook unreadable, ...: a failed cell
-        return {**out, "status": "failed", "ename": type(e).__name__, "evalue": str(e), "seconds": time.time() - start,
-                "start": start, "end": time.time(), "training": training_seconds(spec["executed"])}
+        return {**out, "status": "failed", "ename": type(e).__name__, "evalue": str(e), **_times(spec, start)}
     seconds = time.time() - start
-    out["training"] = training_seconds(spec["executed"])
+    if watch.unwanted:
+        return {**out, "status": "failed", "ename": "Cancelled", "evalue": "the batch no longer wants this cell",
+                "seconds": seconds}
+    study = Path(spec["study_dir"])
     write_json(marker, {
         "params_hash": spec["params_hash"],
+        # sha256 of what the cell wrote for later cells, and of what it read from earlier ones: the
+        # cell stays complete only while these files are unchanged
+        "outputs": integrity.cell_outputs(study, spec["key"]),
+        "inputs": integrity.cell_inputs(study, spec["deps"]),
         "stage": spec["stage"],
         "cell": spec["key"],
         "parameters": spec["parameters"],
@@ -133,7 +254,13 @@ def run_cell(spec: dict) -> dict:
         "host": out["host"],
         "python": sys.executable,
     })
-    return {**out, "status": "done", "seconds": seconds, "start": start, "end": time.time()}
+    return {**out, "status": "done", **_times(spec, start)}
+
+
+def _times(spec: dict, start: float) -> dict:
+    """The cell's wall seconds, start and end, and the seconds its notebook spent training."""
+    end = time.time()
+    return {"seconds": end - start, "start": start, "end": end, "training": training_seconds(spec["executed"])}
 
 
 TRAIN_TAG = "train"
@@ -157,6 +284,7 @@ def _spec(cell: Cell, plan: Plan, threads: int) -> dict:
         "notebook": str(cell.notebook), "executed": str(cell.executed), "cell_dir": str(cell.cell_dir),
         "marker": str(cell.marker), "parameters": cell.parameters, "params_hash": cell.params_hash,
         "stage": cell.stage, "key": cell.key, "threads": threads, "cwd": str(plan.root),
+        "study_dir": str(cell.study_dir), "deps": list(cell.deps) + list(cell.external),
     }
 
 
@@ -255,8 +383,37 @@ def print_summary(outcomes: list[Outcome], plan: Plan, out: TextIO, *, interrupt
 def print_dry_run(plan: Plan, cells: list[Cell], out: TextIO) -> None:
     print(f"plan {plan.path} -> study {plan.study} at {plan.study_dir} ({len(cells)} cells)", file=out)
     for c in cells:
-        state = "complete" if is_complete(c) else "to run"
+        why = completeness(c)
+        state = "complete" if why is None else "to run"
         print(f"  [{state:>8}] {c.stage:<10} {c.key:<45} {_fmt_params(c)}\n             -> {c.cell_dir}", file=out)
+        if why not in (None, NOT_RUN_YET):
+            print(f"             rerun: {why}", file=out)
+
+
+def clean_leftovers(plan: Plan) -> list[Path]:
+    """Remove the temporary files killed writes left in the study's cell folders, skipping the folders
+    of cells another batch is running now (their locks are held)."""
+    locks, busy, free = [], set(), []
+    try:
+        for c in plan.cells:
+            if not c.cell_dir.is_dir():  # no batch holds it (locks live in cell folders); its chains may exist
+                free.append(c)
+                continue
+            lock = integrity.CellLock(c.cell_dir)
+            if lock.acquire(wait=False):
+                locks.append((c, lock))
+            else:
+                busy.add(c.key)
+        removed = []
+        for c in [c for c, _ in locks] + free:
+            if c.key == "report" and "phase" in busy:  # the phase cell writes into report/ too
+                continue
+            for folder in integrity.cell_folders(c.study_dir, c.key):  # its own folder and its chains'
+                removed += integrity.clean_temp_files(folder)
+        return removed
+    finally:
+        for _, lock in locks:
+            lock.release()
 
 
 # ------------------------------------------------------------------------------------ running
@@ -271,9 +428,10 @@ def default_workers(threads_per_worker: int) -> int:
 
 def main(plan_path, *, workers: int | None = None, scheduler: str | None = None, only: str | None = None,
          dry_run: bool = False, threads_per_worker: int | None = None, out: TextIO | None = None,
-         estimate: bool | None = None) -> int:
-    """Run (or list, with ``dry_run``) the plan; return the exit code (0 ok, 1 failures, 2 bad plan
-    or arguments, 130 interrupted). ``estimate``: print the time estimate first (default: on, unless
+         worker_timeout: float = WORKER_TIMEOUT_S, estimate: bool | None = None) -> int:
+    """Run (or list, with ``dry_run``) the plan; return the exit code (0 ok, 1 failures or no worker,
+    2 bad plan or arguments, 130 interrupted). ``worker_timeout``: seconds without any Dask worker
+    after which the batch stops. ``estimate``: print the time estimate first (default: on, unless
     ``$LTNB_ESTIMATE=0``; the first estimate for a model measures its rates, 10-40 s)."""
     out = out or sys.stdout
     try:
@@ -285,43 +443,88 @@ def main(plan_path, *, workers: int | None = None, scheduler: str | None = None,
     if threads < 1 or (workers is not None and int(workers) < 1):
         print("--workers and --threads must be at least 1", file=sys.stderr)
         return 2
+    if not worker_timeout > 0:
+        print("--worker-timeout must be a positive number of seconds", file=sys.stderr)
+        return 2
     if only is not None and only not in plan.stages:
         print(f"--only {only!r}: not a stage of {plan.path}; its stages: {', '.join(plan.stages)}", file=sys.stderr)
         return 2
     selected = [c for c in plan.cells if only is None or c.stage == only]
-    complete = {c.key: is_complete(c) for c in plan.cells}
-    todo = [c for c in selected if not complete[c.key]]
-    n_workers = max(1, min(int(workers) if workers else default_workers(threads), max(len(todo), 1)))
     if estimate is None:
         estimate = os.environ.get("LTNB_ESTIMATE", "1") not in ("0", "off", "false")
-    est = _estimate(plan, todo, n_workers, out) if estimate else None
     if dry_run:
         print_dry_run(plan, selected, out)
+        todo = [c for c in selected if completeness(c) is not None]
+        est = _estimate(plan, todo, _workers_for(workers, threads, todo), out) if estimate else None
         if est:
             from ltnb.estimate import print_summary as print_estimate
 
             print_estimate(est, out)
         return 0
 
-    outcomes: dict[str, Outcome] = {}
-    for c in selected:
-        if complete[c.key]:
-            outcomes[c.key] = Outcome(c, "skipped")
+    removed = clean_leftovers(plan)
+    complete, todo, recheck, outcomes, stale = _what_to_run(plan, selected)
+    n_workers = _workers_for(workers, threads, todo + recheck)
+    est = _estimate(plan, todo + recheck, n_workers, out) if estimate else None
     print(f"plan {plan.path}: study {plan.study} at {plan.study_dir}; {len(selected)} cells, "
-          f"{len(selected) - len(todo)} complete, {len(todo)} to run"
+          f"{len(selected) - len(todo) - len(recheck)} complete, {len(todo)} to run"
+          + (f", {len(recheck)} to check again once their inputs have run" if recheck else "")
           + (f"; estimated {_fmt(est['wall'])} on {n_workers} worker(s)" if est else ""), file=out)
-    if not todo:
+    if removed:
+        print(f"removed {len(removed)} leftover temporary file(s) of interrupted writes", file=out)
+    for c, w in stale[:20]:
+        print(f"rerun    {c.key}: {w}", file=out)
+    if len(stale) > 20:
+        print(f"rerun    ... and {len(stale) - 20} more", file=out)
+    if not todo and not recheck:
         print_summary(list(outcomes.values()), plan, out)
         return 0
     run = RunTimes(n_workers, time.time(), time.time())
-    code = _execute(plan, todo, complete, outcomes, workers=workers, scheduler=scheduler, threads=threads, out=out, run=run)
-    run.ended = time.time()
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # `kill` of the batch: as Ctrl-C, cells cancelled
+
+        def _terminate(signum, frame):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = _execute(plan, todo, complete, outcomes, workers=workers, scheduler=scheduler, threads=threads, out=out,
+                        recheck=recheck, worker_timeout=float(worker_timeout), run=run)
+    finally:
+        run.ended = time.time()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     ordered = [outcomes[c.key] for c in selected if c.key in outcomes]
     _record(plan, ordered, run, est)
     print_summary(ordered, plan, out, interrupted=code == 130, run=run, estimate=est)
     if code:
         return code
     return 1 if any(o.state in ("failed", "not run") for o in ordered) else 0
+
+
+def _workers_for(workers: int | None, threads: int, cells: list) -> int:
+    return max(1, min(int(workers) if workers else default_workers(threads), max(len(cells), 1)))
+
+
+def _what_to_run(plan: Plan, selected: list[Cell]):
+    """Which cells are complete, which run, which are decided once their inputs have rerun (a cell
+    reading from cells that rerun is decided after them, when its own outputs are intact: a rerun that
+    restores a changed input, or rewrites it as it was, leaves it complete), the skipped outcomes, and
+    the cells that rerun with why."""
+    why = {c.key: completeness(c) for c in plan.cells}
+    complete = {k: w is None for k, w in why.items()}
+    outcomes: dict[str, Outcome] = {}
+    todo, recheck, rerunning = [], [], set()
+    for c in selected:
+        deps_rerun = any(d in rerunning for d in c.deps)
+        if complete[c.key] and not deps_rerun:
+            outcomes[c.key] = Outcome(c, "skipped")
+            continue
+        own = None if complete[c.key] else marker_problem(c.marker, c.params_hash, c.study_dir, inputs=False)
+        (recheck if deps_rerun and own is None else todo).append(c)
+        rerunning.add(c.key)
+    stale = [(c, why[c.key]) for c in todo if why[c.key] != NOT_RUN_YET]
+    return complete, todo, recheck, outcomes, stale
 
 
 def _fmt(seconds: float) -> str:
@@ -384,17 +587,31 @@ def _blocker(cell: Cell, plan: Plan, state: dict[str, str], complete: dict[str, 
     return "; ".join(bad[:3]) + more
 
 
+class _NoWorkers(RuntimeError):
+    pass
+
+
+def _n_workers(client) -> int:
+    try:
+        return len(client.nthreads())
+    except Exception:  # noqa: BLE001 - scheduler unreachable: no worker either
+        return 0
+
+
 def _execute(plan: Plan, todo: list[Cell], complete: dict[str, bool], outcomes: dict[str, Outcome], *,
-             workers: int | None, scheduler: str | None, threads: int, out: TextIO, run: RunTimes) -> int:
+             workers: int | None, scheduler: str | None, threads: int, out: TextIO, recheck: list[Cell] = (),
+             worker_timeout: float = WORKER_TIMEOUT_S, run: RunTimes | None = None) -> int:
     from distributed import Client, LocalCluster, as_completed
     from tqdm.auto import tqdm
 
     state: dict[str, str] = {k: o.state for k, o in outcomes.items()}
-    pending = list(todo)
-    for c in todo:
+    keys = {c.key for c in todo} | {c.key for c in recheck}
+    recheck_keys = {c.key for c in recheck}
+    pending = [c for c in plan.cells if c.key in keys]
+    for c in pending:
         state[c.key] = "pending"
     cluster = client = None
-    bar = tqdm(total=len(todo), unit="cell", desc=f"ltnb {plan.study}", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=len(pending), unit="cell", desc=f"ltnb {plan.study}", file=sys.stderr, dynamic_ncols=True)
     futures: dict[Any, Cell] = {}
 
     def finish(cell: Cell, st: str, detail: str = "", seconds: float = 0.0, r: dict | None = None) -> None:
@@ -403,6 +620,7 @@ def _execute(plan: Plan, todo: list[Cell], complete: dict[str, bool], outcomes: 
         outcomes[cell.key] = Outcome(cell, st, detail, seconds, training=r.get("training", 0.0),
                                      start=r.get("start", 0.0), end=r.get("end", 0.0), host=r.get("host", ""))
         line = {"done": f"done     {cell.key} ({seconds:.1f} s)",
+                "skipped": f"skipped  {cell.key}: {detail}",
                 "failed": f"FAILED   {cell.key}: {detail} -> {cell.executed}",
                 "not run": f"not run  {cell.key}: {detail}"}[st]
         bar.write(line, file=out)
@@ -421,52 +639,81 @@ def _execute(plan: Plan, todo: list[Cell], complete: dict[str, bool], outcomes: 
                 changed = True
                 if why is not None:
                     finish(c, "not run", why)
-                else:
-                    state[c.key] = "running"
-                    f = client.submit(run_cell, _spec(c, plan, threads), key=f"ltnb-{plan.study}-{c.key}-{time.time_ns()}",
-                                      pure=False, retries=0)
-                    futures[f] = c
-                    ac.add(f)
+                    continue
+                if c.key in recheck_keys:
+                    problem = completeness(c)
+                    if problem is None:
+                        finish(c, "skipped", "complete; what it read is as it was when it ran")
+                        continue
+                    bar.write(f"rerun    {c.key}: {problem}", file=out)
+                state[c.key] = "running"
+                f = client.submit(run_cell, _spec(c, plan, threads), key=f"ltnb-{plan.study}-{c.key}-{time.time_ns()}",
+                                  pure=False, retries=0)
+                futures[f] = c
+                ac.add(f)
 
     try:
         if scheduler:
             client = Client(scheduler)
-            run.workers = max(1, len(client.scheduler_info().get("workers", {})))
         else:
-            n = min(int(workers) if workers else default_workers(threads), len(todo))
+            n = max(1, min(int(workers) if workers else default_workers(threads), len(todo)))
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
             client = Client(cluster)
-            run.workers = n
-        run.started = time.time()  # worker time counts from when the workers are there
+        address = scheduler or cluster.scheduler_address
+        if run is not None:  # worker time counts from when the workers are there
+            run.workers, run.started = max(1, _n_workers(client)), time.time()
         ac = as_completed()
         release(ac)
-        for f in ac:
-            c = futures.pop(f)
-            try:
-                r = f.result()
-            except Exception as e:  # noqa: BLE001 - worker killed (KilledWorker), cancelled, ...
-                finish(c, "failed", f"{type(e).__name__}: {e}")
-            else:
-                if r["status"] == "done":
-                    finish(c, "done", seconds=r["seconds"], r=r)
+        seen_worker, none_since, next_check = False, None, 0.0
+        while not ac.is_empty():
+            ready = ac.next_batch(block=False)
+            if not ready:  # nothing finished: is anyone still working on it?
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + 1.0
+                    if _n_workers(client):
+                        seen_worker, none_since = True, None
+                    elif none_since is None:
+                        none_since = now
+                    elif now - none_since >= worker_timeout:
+                        raise _NoWorkers(
+                            f"no Dask worker {'is left' if seen_worker else 'has connected'} at the scheduler {address} "
+                            f"(none for {worker_timeout:.0f} s); stopping. Start workers (dask worker {address}) and "
+                            f"run the batch again: complete cells are kept, interrupted chains resume.")
+                time.sleep(0.1)
+                continue
+            for f in ready:
+                c = futures.pop(f)
+                try:
+                    r = f.result()
+                except Exception as e:  # noqa: BLE001 - worker killed (KilledWorker), cancelled, ...
+                    finish(c, "failed", f"{type(e).__name__}: {e}")
                 else:
-                    finish(c, "failed", f"{r['ename']}: {r['evalue']}", r["seconds"], r=r)
-            release(ac)
+                    if r["status"] == "done":
+                        finish(c, "done", seconds=r["seconds"], r=r)
+                    elif r["status"] == "skipped":
+                        finish(c, "skipped", r["detail"])
+                    else:
+                        finish(c, "failed", f"{r['ename']}: {r['evalue']}", r["seconds"], r=r)
+                release(ac)
         return 0
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _NoWorkers) as e:
         if client is not None and futures:
             try:
                 client.cancel(list(futures))
             except Exception:  # noqa: BLE001 - best effort while shutting down
                 pass
+        if isinstance(e, _NoWorkers):
+            bar.write(f"ltnb batch: {e}", file=out)
+        reason = "no Dask worker left" if isinstance(e, _NoWorkers) else "interrupted"
         for c in list(futures.values()) + pending:
-            outcomes[c.key] = Outcome(c, "not run", "interrupted")
-        return 130
+            outcomes[c.key] = Outcome(c, "not run", reason)
+        return 1 if isinstance(e, _NoWorkers) else 130
     finally:
         bar.close()
         for thing in (client, cluster):
             if thing is not None:
                 try:
-                    thing.close()
+                    thing.close(timeout=10)
                 except Exception:  # noqa: BLE001
                     pass

@@ -30,7 +30,8 @@ def _batch(args) -> int:
     from . import batch
 
     return batch.main(args.plan, workers=args.workers, scheduler=args.scheduler, only=args.only,
-                      dry_run=args.dry_run, threads_per_worker=args.threads, estimate=not args.no_estimate)
+                      dry_run=args.dry_run, threads_per_worker=args.threads, worker_timeout=args.worker_timeout,
+                      estimate=not args.no_estimate)
 
 
 def _report(args) -> int:
@@ -43,7 +44,7 @@ def _report(args) -> int:
 def _explore(args) -> int:
     from . import explore
 
-    return explore.serve(args.study, port=args.port, open_browser=args.open)
+    return explore.serve(args.study, port=args.port, open_browser=args.open, cull_idle=args.cull_idle)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,11 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="use an existing Dask scheduler (e.g. tcp://host:8786) instead of a local cluster")
     r.add_argument("--only", metavar="STAGE", default=None, help="run only this stage (data, divergence, obtain, "
-                   "transfer, report, phase)")
+                   "transfer, federated, report, phase)")
     r.add_argument("--dry-run", action="store_true", help="list the cells, what would run and how long it should take "
                    "on this machine; run nothing")
     r.add_argument("--no-estimate", action="store_true", help="skip the time estimate (the first one for a model "
                    "measures its training rates, 10-40 s)")
+    r.add_argument("--worker-timeout", type=float, default=120.0, metavar="SECONDS",  # batch.WORKER_TIMEOUT_S
+                   help="stop (exit code 1, with the summary) when no Dask worker has been there for this long "
+                        "(default %(default)g)")
     r.set_defaults(func=_batch)
 
     rep = sub.add_parser("report", help="draw Figures 1, 3, 4 and the tables of a study into STUDY/report/")
@@ -103,8 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("explore", help="serve the phase-transition explorer of a study as a Voila app "
                        "(controls and views only, no code) on http://127.0.0.1:PORT/")
-    e.add_argument("study", metavar="STUDY", help="study folder, e.g. outputs/demo")
+    e.add_argument("study", metavar="STUDY", help="study folder, e.g. outputs/demo, or an outputs folder of "
+                   "studies (then ?study=NAME on the URL chooses one)")
     e.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866)")
+    e.add_argument("--cull-idle", type=int, default=300, metavar="SECONDS",
+                   help="shut down the kernel of a closed page after it was idle this long (default 300)")
     e.add_argument("--open", action="store_true", help="open a web browser on the app")
     e.set_defaults(func=_explore)
     return p

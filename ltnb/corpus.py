@@ -200,7 +200,7 @@ def fetch(cache_dir: str | os.PathLike | None = None, *, force: bool = False,
 
 def _by_hand_hint(archive: Archive, path: Path) -> str:
     return (f"download {archive.filename} yourself ({archive.url}) and place it at {path}, "
-            "then rerun `ltnb data fetch`")
+            "then rerun `ltnb data fetch --force`")
 
 
 def _manifest_ok(builtin: Path) -> bool:
@@ -229,7 +229,7 @@ def _verify(path: Path, archive: Archive, *, remove: bool, hint: str) -> None:
         raise CorpusError(
             f"{archive.filename}: sha256 mismatch: expected {archive.sha256}, got {actual} (file {path}). "
             f"The archive was refused{' and removed' if remove else ''}; nothing was extracted. "
-            f"Rerun `ltnb data fetch` to download it again, or {hint}."
+            f"Rerun `ltnb data fetch --force` to download it again, or {hint}."
         )
 
 
@@ -283,7 +283,7 @@ def _open_tar(path: Path) -> tarfile.TarFile:
     try:
         return tarfile.open(path, mode="r:gz")
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise CorpusError(f"{path}: not a readable .tar.gz ({e}); delete it and rerun `ltnb data fetch`.") from None
+        raise CorpusError(f"{path}: not a readable .tar.gz ({e}); delete it and rerun `ltnb data fetch --force`.") from None
 
 
 def _read_member(tar: tarfile.TarFile, name: str, where) -> bytes:

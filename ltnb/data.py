@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import paths
+from . import integrity, paths
 from ._io import read_json, write_json, write_parquet
 
 SPLITS = ("train", "validation", "test")
@@ -240,7 +240,7 @@ def load_corpus(study_dir: str | os.PathLike) -> pd.DataFrame:
         raise FileNotFoundError(
             f"no corpus at {path}: run the data stage first (notebooks/01_data.ipynb, or ltnb.data.build({str(study_dir)!r}))"
         )
-    df = pd.read_parquet(path)
+    df = integrity.read_parquet(path)  # refused if changed since the data stage wrote it
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: lacks column(s) {missing}; rebuild the data stage")
@@ -261,11 +261,15 @@ def _resolve_domains(corpus: str, domains, amazon_files) -> tuple[list[str], dic
         if not amazon_files:
             what = "file" if corpus == "amazon" else "folder with positive.review and negative.review"
             raise ValueError(f"corpus={corpus!r} needs amazon_files: a dict {{domain: path to the {what}}}")
+        for d in amazon_files:  # domain names become file and folder names later
+            integrity.check_name(d, "domain (a key of amazon_files)")
         files = {str(d): str(Path(p).expanduser().resolve()) for d, p in amazon_files.items()}
         allowed = list(files)
     if domains is None:
         return allowed, files
     domains = [str(d) for d in domains]
+    for d in domains:
+        integrity.check_name(d, "domain")
     unknown = [d for d in domains if d not in allowed]
     if unknown:
         raise ValueError(f"unknown domain(s) {unknown} for corpus={corpus!r}; allowed: {', '.join(allowed)}")

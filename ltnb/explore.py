@@ -14,8 +14,12 @@ the table beside the charts carries the numbers instead.
 
 How the app finds its study (Voila passes no papermill parameters): the notebook's ``study_dir``
 parameter, overridden by the environment variable ``LTNB_STUDY`` (``serve`` sets it for the Voila
-server, whose kernels inherit it), overridden by a ``?study=PATH`` query string on the app's URL
-(Voila hands the query string to the kernel as ``QUERY_STRING``).
+server, whose kernels inherit it). ``ltnb explore`` serves the study it was started on, or, when given
+an outputs folder (``LTNB_OUTPUTS``), the studies in it, chosen by name with ``?study=NAME`` on the
+app's URL (Voila hands the query string to the kernel as ``QUERY_STRING``). A ``?study=`` naming
+anything else (another folder, ``/etc``, ``../..``) or a folder that is gone gets a plain message in the
+page (``page``): no traceback and no server path reach the page (Voila runs with
+``--show_tracebacks=False``). Idle kernels of closed pages are culled after ``cull_idle`` seconds.
 """
 from __future__ import annotations
 
@@ -35,6 +39,9 @@ from . import phase, plots
 from .plots import MEAN, SEEDS, series_name, sparsity_label
 
 STUDY_ENV = "LTNB_STUDY"
+OUTPUTS_ENV = "LTNB_OUTPUTS"  # an outputs folder: ?study=NAME chooses one of the studies in it
+CULL_IDLE_S = 300  # a kernel idle (and no page connected) this long is shut down
+STAGE_FOLDERS = ("obtain", "transfer", "data", "report")
 NOTEBOOK = "05_phase_transition.ipynb"
 ALPHAS = (0.001, 0.01, 0.05, 0.1)
 DELTAS = (0.01, 0.02, 0.05)
@@ -43,17 +50,55 @@ STRATEGY_ORDER = ("reset", "random", "reinit", "rewind", "masks-reset", "masks-r
 
 # ---------------------------------------------------------------- where the study comes from
 
+class StudyRefused(ValueError):
+    """A study the app does not serve, or one that is gone; the message is safe to show in the page."""
+
+
+def is_study(folder: str | os.PathLike) -> bool:
+    """A folder a batch wrote a study into (it has one of the stage folders)."""
+    return any((Path(folder) / d).is_dir() for d in STAGE_FOLDERS)
+
+
+def _studies_in(outputs: Path) -> list[str]:
+    from .integrity import name_problem
+
+    try:
+        return sorted(p.name for p in outputs.iterdir() if p.is_dir() and not name_problem(p.name) and is_study(p))
+    except OSError:
+        return []
+
+
 def study_from_env(default: str | os.PathLike) -> str:
-    """The study folder: ``?study=`` of the Voila URL, else ``$LTNB_STUDY``, else ``default``."""
+    """The study folder the notebook shows.
+
+    As the app (``ltnb explore``): the study it serves (``$LTNB_STUDY``), or, when it serves an outputs
+    folder (``$LTNB_OUTPUTS``), the study of that folder named by ``?study=NAME``. Elsewhere
+    (JupyterLab, papermill): ``default``. A ``?study=`` naming anything else raises ``StudyRefused``.
+    """
+    from .integrity import name_problem
+
     query = urllib.parse.parse_qs(os.environ.get("QUERY_STRING", ""))
-    if query.get("study"):
-        return query["study"][0]
-    return os.environ.get(STUDY_ENV) or str(default)
+    asked = query["study"][0] if query.get("study") else None
+    outputs = os.environ.get(OUTPUTS_ENV)
+    if outputs:
+        root = Path(outputs)
+        names = _studies_in(root)
+        if asked is None:
+            raise StudyRefused("Choose a study: " + (", ".join(f"?study={n}" for n in names) or "none is here yet") + ".")
+        if name_problem(asked, "study") is None and asked in names:
+            return str(root / asked)
+        raise StudyRefused(f"This explorer serves the studies of its outputs folder ({', '.join(names) or 'none yet'}); "
+                           f"?study={asked!r} is not one of them.")
+    served = os.environ.get(STUDY_ENV) or str(default)
+    if asked is None or asked in (served, Path(served).name):
+        return served
+    raise StudyRefused(f"This explorer serves the study {Path(served).name!r} only; ?study={asked!r} is not one of its studies.")
 
 
 def app_mode() -> bool:
-    """True when the notebook runs as the ``ltnb explore`` app (``$LTNB_STUDY`` set by ``serve``)."""
-    return bool(os.environ.get(STUDY_ENV))
+    """True when the notebook runs as the ``ltnb explore`` app (``$LTNB_STUDY`` or ``$LTNB_OUTPUTS`` set
+    by ``serve``)."""
+    return bool(os.environ.get(STUDY_ENV) or os.environ.get(OUTPUTS_ENV))
 
 
 # ---------------------------------------------------------------- the table behind the views
@@ -273,6 +318,42 @@ def app(study_dir=None, *, rows: pd.DataFrame | None = None, alpha: float = phas
     return Explorer(rows, study=str(study_dir or ""), alpha=alpha, delta=delta, test=test)
 
 
+class Message:
+    """What the app shows instead of the explorer: a plain message (no traceback, no server path)."""
+
+    def __init__(self, text: str):
+        self.text, self.study = text, ""
+        self.rows = pd.DataFrame()
+
+    def _repr_mimebundle_(self, **kwargs):  # plain HTML: Voila renders it into the page itself
+        return {"text/plain": self.text,
+                "text/html": f"<div class='ltnb-message' style='font-family:sans-serif;font-size:15px;margin:12px'>"
+                             f"<h2>Phase transition explorer</h2><p>{html.escape(self.text)}</p></div>"}
+
+
+def page(default_study, *, alpha: float = phase.ALPHA, delta: float = phase.DELTA, test: str = "signflip"):
+    """The explorer of the study ``study_from_env(default_study)`` names; as the app, any problem
+    (a study it does not serve, a folder that is gone, a result table that fails its checks) gives a
+    ``Message`` instead, so nothing of the server (tracebacks, paths) reaches the page."""
+    from . import paths
+    from .integrity import IntegrityError
+
+    try:
+        study = paths.resolve_study(study_from_env(default_study))
+        if app_mode() and not study.is_dir():
+            raise StudyRefused(f"The study {study.name!r} is not on this server (any more).")
+        return app(study, alpha=alpha, delta=delta, test=test)
+    except Exception as e:  # noqa: BLE001 - the app shows a message for anything
+        if not app_mode():
+            raise
+        if isinstance(e, StudyRefused):
+            return Message(str(e))
+        if isinstance(e, IntegrityError):
+            return Message("A result table of this study was changed or damaged since it was written, so it is not "
+                           "shown; rerun the study's batch (ltnb batch PLAN) to redo what it affects.")
+        return Message(f"This study could not be read ({type(e).__name__}).")
+
+
 # ---------------------------------------------------------------- the Voila app
 
 def notebook_path() -> Path:
@@ -284,48 +365,98 @@ def notebook_path() -> Path:
     return nb
 
 
-def voila_command(notebook: str | os.PathLike, *, port: int, ip: str = "127.0.0.1", open_browser: bool = False) -> list[str]:
+def voila_command(notebook: str | os.PathLike, *, port: int, ip: str = "127.0.0.1", open_browser: bool = False,
+                  cull_idle: int = CULL_IDLE_S, cull_interval: int | None = None) -> list[str]:
+    """Voila serving ``notebook``: no code, no tracebacks in the page, idle kernels of closed pages culled
+    after ``cull_idle`` seconds (checked every ``cull_interval``; pages still open keep theirs)."""
+    interval = int(cull_interval or max(1, min(60, int(cull_idle) // 2)))
     return [sys.executable, "-m", "voila", str(notebook), f"--port={int(port)}", "--Voila.port_retries=0",
-            f"--Voila.ip={ip}", "--strip_sources=True", "--show_tracebacks=True", *([] if open_browser else ["--no-browser"])]
+            f"--Voila.ip={ip}", "--strip_sources=True", "--show_tracebacks=False",
+            f"--MappingKernelManager.cull_idle_timeout={int(cull_idle)}",
+            f"--MappingKernelManager.cull_interval={interval}", "--MappingKernelManager.cull_connected=False",
+            "--KernelManager.shutdown_wait_time=2", *([] if open_browser else ["--no-browser"])]
+
+
+def _descendants(pid: int) -> list:
+    try:
+        import psutil
+
+        return psutil.Process(pid).children(recursive=True)
+    except Exception:  # noqa: BLE001 - gone already, or no psutil: nothing more to find
+        return []
+
+
+def stop_server(proc: subprocess.Popen, *, grace: float = 5.0) -> None:
+    """Stop a Voila server and every kernel it started: SIGTERM, then after ``grace`` seconds SIGKILL to
+    whatever is left (kernels run in their own sessions, so they are found as its descendants first)."""
+    kids = _descendants(proc.pid)
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                proc.kill()
+            proc.wait()
+    for k in kids:
+        try:
+            k.wait(timeout=0.5)
+        except Exception:  # noqa: BLE001 - still running (or not ours to wait for): kill it
+            try:
+                k.kill()
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def serve(study_dir: str | os.PathLike, *, port: int = 8866, open_browser: bool = False, ip: str = "127.0.0.1",
-          notebook: str | os.PathLike | None = None, wait: bool = True, env: dict | None = None):
+          notebook: str | os.PathLike | None = None, wait: bool = True, env: dict | None = None,
+          cull_idle: int = CULL_IDLE_S):
     """Serve the explorer of ``study_dir`` as a Voila app at http://{ip}:{port}/ (no code shown).
 
-    ``wait=True`` (the command line) runs until interrupted and returns Voila's exit status;
-    ``wait=False`` returns the running ``subprocess.Popen`` (tests; terminate it when done). The study is
-    handed to the notebook through ``$LTNB_STUDY``."""
+    ``study_dir`` is a study, or an outputs folder holding studies (then ``?study=NAME`` chooses one).
+    ``wait=True`` (the command line) runs until interrupted (Ctrl-C, SIGTERM) and returns Voila's exit
+    status, stopping Voila and its kernels within seconds; ``wait=False`` returns the running
+    ``subprocess.Popen`` (tests; stop it with ``stop_server``). The study is handed to the notebook
+    through ``$LTNB_STUDY`` (``$LTNB_OUTPUTS`` for an outputs folder)."""
     from . import paths
 
     study = paths.resolve_study(study_dir)
     if not study.is_dir():
         raise FileNotFoundError(f"study folder {study} does not exist (give the folder a batch wrote, e.g. outputs/demo)")
+    outputs = not is_study(study) and bool(_studies_in(study))
     nb = Path(notebook) if notebook else notebook_path()
-    cmd = voila_command(nb, port=port, ip=ip, open_browser=open_browser)
-    environ = {**os.environ, **(env or {}), STUDY_ENV: str(study)}
-    proc = subprocess.Popen(cmd, env=environ, cwd=str(nb.parent))
+    cmd = voila_command(nb, port=port, ip=ip, open_browser=open_browser, cull_idle=cull_idle)
+    environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in (STUDY_ENV, OUTPUTS_ENV)}
+    environ[OUTPUTS_ENV if outputs else STUDY_ENV] = str(study)
     if not wait:
-        return proc
-    print(f"ltnb explore: serving {study} at http://{ip}:{port}/ (Ctrl-C to stop)", flush=True)
+        return subprocess.Popen(cmd, env=environ, cwd=str(nb.parent), start_new_session=True)
 
     def _stop(signum, frame):  # `kill` of this process also stops Voila (and its kernels)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _stop)
+    # handlers first: a signal that arrives while Voila starts must not leave it running on its own
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _stop)
+    proc = None
     try:
+        # in this process group: a signal to the group (or SIGKILL of it) reaches Voila too; its kernels,
+        # in their own sessions, exit when Voila is gone (ipykernel watches its parent)
+        proc = subprocess.Popen(cmd, env=environ, cwd=str(nb.parent))
+        what = f"the studies in {study}: http://{ip}:{port}/?study=NAME" if outputs else f"{study} at http://{ip}:{port}/"
+        print(f"ltnb explore: serving {what} (Ctrl-C to stop)", flush=True)
         return proc.wait()
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+        if proc is not None:
+            stop_server(proc)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def wait_for_http(url: str, *, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:

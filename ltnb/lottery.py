@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import paths, strategies, tickets
+from . import integrity, paths, strategies, tickets
 from . import train as _train
 from ._io import read_json, stable_hash, write_json, write_parquet
 from .config import CELL_PARAMS, LotterySettings, check_transfer, check_value, derive_seed
@@ -130,12 +130,15 @@ def _check_common(seed, settings) -> None:
 
 
 def _check_name(param: str, value) -> None:
-    check_value("lottery", param, value, CELL_PARAMS[param]["schema"])
+    """A domain name becomes a folder name: the rule of ``ltnb.config.NAME`` (via ``ltnb.integrity``)."""
+    problem = integrity.name_problem(value, param)
+    if problem:
+        raise ValueError(f"{param} = {value!r}: expected a domain name; {problem}")
 
 
 def _read_rows(run: Path) -> pd.DataFrame:
     f = run / RESULTS
-    rows = pd.read_parquet(f) if f.exists() else pd.DataFrame(columns=COLUMNS)
+    rows = integrity.read_parquet(f) if f.exists() else pd.DataFrame(columns=COLUMNS)  # refused if changed
     for c in COLUMNS:  # rows written before a column existed
         if c not in rows.columns:
             rows[c] = pd.NA

@@ -56,12 +56,19 @@ def divergence_dir(study_dir: str | os.PathLike) -> Path:
     return Path(study_dir) / "divergence"
 
 
+def _name(value, what: str) -> str:
+    from .integrity import check_name  # names from plans and data become folder names here
+
+    return check_name(value, what)
+
+
 def obtain_dir(study_dir: str | os.PathLike, domain: str, strategy: str, seed: int) -> Path:
-    return Path(study_dir) / "obtain" / domain / strategy / f"seed{int(seed)}"
+    return Path(study_dir) / "obtain" / _name(domain, "domain") / _name(strategy, "strategy") / f"seed{int(seed)}"
 
 
 def transfer_dir(study_dir: str | os.PathLike, source: str, target: str, strategy: str, seed: int) -> Path:
-    return Path(study_dir) / "transfer" / f"{source}__{target}" / strategy / f"seed{int(seed)}"
+    return (Path(study_dir) / "transfer" / f"{_name(source, 'source')}__{_name(target, 'target')}"
+            / _name(strategy, "strategy") / f"seed{int(seed)}")
 
 
 def federated_dir(study_dir: str | os.PathLike, source: str, seed: int) -> Path:

@@ -4,7 +4,8 @@ Rows are written by ``ltnb.lottery`` (one per finished round) into ``results.par
 ``<study>/obtain/`` and ``<study>/transfer/``. ``load`` reads them all. If the study holds runs with
 different settings (different hash folders) their rows are all returned; the ``settings_hash``
 column tells them apart (pass ``settings_hash=`` to keep one). An empty study (no results yet)
-gives an empty frame with the columns, so notebooks can still draw empty figures.
+gives an empty frame with the columns, so notebooks can still draw empty figures. A table whose rows
+no longer match the digest recorded when it was written is refused (``ltnb.integrity.IntegrityError``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import integrity
 from .paths import RESULTS
 from .paths import ROW_COLUMNS as COLUMNS
 
@@ -25,7 +27,7 @@ def load(study_dir: str | os.PathLike, *, settings_hash: str | None = None) -> p
     if not study.exists():
         raise FileNotFoundError(f"study folder {study} does not exist")
     files = sorted(p for stage in ("obtain", "transfer") for p in (study / stage).glob(f"**/{RESULTS}"))
-    frames = [pd.read_parquet(f) for f in files]
+    frames = [integrity.read_parquet(f) for f in files]  # refused if changed since written
     frames = [f.reindex(columns=COLUMNS) for f in frames if not f.empty]  # rows written before a column existed get NaN
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in COLUMNS})

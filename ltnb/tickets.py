@@ -16,6 +16,14 @@ Its header metadata (strings) holds ``format``, ``round``, ``sparsity``, ``shape
 ``load`` refuses, with the file name and what is wrong: unreadable or truncated files, a missing
 or changed theta_0, missing tensors, shapes that do not match the recorded shapes, and (when asked
 with ``model=`` or ``settings=``) a ticket made for another model.
+
+Integrity: every file written by ``save_state`` (tickets, theta_0) carries a SHA-256 of all its
+tensors and its metadata in its header (``ltnb.integrity``); ``load_state`` refuses a file whose
+tensors or metadata (a flipped byte, an edited ``sparsity``) no longer match it, naming the file, the
+expected and the found hash. theta_0's path comes from the ticket, so it is resolved inside the
+study (the ticket's folder, or for a transfer ticket the source chain's folder of the same study)
+and must be a regular file: absolute paths, ``..`` out of the study, symlinks leading out and device
+files are refused before anything is read.
 """
 from __future__ import annotations
 
@@ -31,11 +39,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ._io import atomic_path, sha256_file
+from . import integrity, tensorfiles
+from ._io import atomic_path
 from .config import LotterySettings, ModelSettings
 from .pruning import Mask
 
-FORMAT = "ltnb-ticket/1"
+FORMAT = "ltnb-ticket/2"  # /2: content hash of tensors and metadata in the header
+OLD_FORMATS = ("ltnb-ticket/1",)
 
 
 @dataclass
@@ -75,23 +85,31 @@ def _check_shapes(path, shapes: Mapping[str, tuple], model: torch.nn.Module) -> 
 
 
 def save_state(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
-    """Save a dict of tensors (CPU, contiguous) atomically."""
+    """Save a dict of tensors (CPU, contiguous) atomically, with the content hash in the header."""
+    tensors = {n: t.detach().cpu().contiguous() for n, t in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(tmp), metadata=dict(metadata or {}))
+        save_file(tensors, str(tmp), metadata=tensorfiles.seal(tensors, metadata))
     return Path(path)
 
 
 def load_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a safetensors file, with a clear error for missing or corrupted files."""
+    """(tensors, metadata) of a file written by ``save_state``, with a clear error for missing,
+    corrupted or changed files (``ltnb.integrity.IntegrityError``: file, expected and found hash)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for bad headers / truncation
         raise ValueError(f"{path}: not a readable safetensors file, probably corrupted or truncated ({e})") from None
+    if meta.get("format") in OLD_FORMATS:
+        raise ValueError(f"{path}: a ticket of format {meta['format']!r}, written by an ltnb older than its integrity "
+                         f"checks; it cannot be verified. Delete its chain folder {path.parent} to run the chain again.")
+    tensorfiles.check_tensors(path, tensors, meta)
     return tensors, meta
 
 
@@ -123,10 +141,24 @@ def save(
         "settings": json.dumps(settings.to_dict(), sort_keys=True),
         "vocab_size": str(int(vocab_size)),
         "theta_0": rel,
-        "theta_0_sha256": sha256_file(theta_0),
+        "theta_0_sha256": integrity.file_sha256(theta_0),
         "extra": json.dumps(dict(extra or {}), sort_keys=True, default=str),
     }
     return save_state(path, tensors, meta)
+
+
+def theta_root(path: str | os.PathLike) -> Path:
+    """Where a ticket's theta_0 may lie: the study folder when the ticket sits in a chain folder
+    ``<study>/(obtain|transfer)/<name>/<strategy>/seed<k>/<hash>/`` (a transfer ticket references the
+    source chain's theta_0) or in a federated run ``<study>/federated/<source>/seed<k>/<hash>/runs/<run>/``,
+    else the ticket's own folder."""
+    run = Path(os.path.realpath(path)).parent
+    up = run.parents
+    if len(up) >= 5 and up[3].name in ("obtain", "transfer") and up[0].name.startswith("seed"):
+        return up[4]
+    if len(up) >= 6 and up[4].name == "federated" and up[2].name.startswith("seed") and up[0].name == "runs":
+        return up[5]
+    return run
 
 
 def load(
@@ -163,11 +195,16 @@ def load(
         dense.reshape(-1)[m.reshape(-1)] = t
         masks[name], trained[name] = m, dense
 
-    theta_path = (path.parent / meta["theta_0"]).resolve()
-    if not theta_path.exists():
-        raise FileNotFoundError(f"{path}: its theta_0 file {theta_path} is missing")
-    if sha256_file(theta_path) != meta.get("theta_0_sha256"):
-        raise ValueError(f"{path}: theta_0 file {theta_path} has changed since the ticket was written (SHA-256 differs)")
+    try:
+        theta_path = integrity.resolve_inside(theta_root(path), meta.get("theta_0"), base=path.parent, what="theta_0")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: its theta_0 file {(path.parent / meta['theta_0']).resolve()} is missing") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    found = integrity.file_sha256(theta_path)
+    if found != meta.get("theta_0_sha256"):
+        raise ValueError(f"{path}: theta_0 file {theta_path} has changed since the ticket was written "
+                         f"(expected sha256 {meta.get('theta_0_sha256')}, found {found})")
     init, _ = load_state(theta_path)
     bad = [n for n in shapes if n not in init or tuple(init[n].shape) != shapes[n]]
     if bad:

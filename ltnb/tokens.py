@@ -1,7 +1,8 @@
 """Encoded token ids: one ``TokenSplit`` per (domain, split), stored flat with offsets.
 
 This is the hand-off between the data side (vocabulary, encodings) and the training side
-(length-bucketed batches). Saved with safetensors (no pickle).
+(length-bucketed batches). Saved with safetensors (no pickle), with a SHA-256 of the tensors in the
+header that ``load_splits`` checks (``ltnb.integrity``).
 """
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from . import integrity, tensorfiles
 from ._io import atomic_path
 
 SPLITS = ("train", "validation", "test")
@@ -62,7 +65,7 @@ def save_splits(path: str | os.PathLike, splits: dict[str, TokenSplit]) -> Path:
         tensors[f"{name}.offsets"] = s.offsets.contiguous()
         tensors[f"{name}.labels"] = s.labels.contiguous()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata=tensorfiles.seal(tensors))
     return Path(path)
 
 
@@ -71,8 +74,11 @@ def load_splits(path: str | os.PathLike) -> dict[str, TokenSplit]:
     if not path.exists():
         raise FileNotFoundError(f"no encoded tokens at {path}: run the data stage (notebooks/01_data.ipynb) first")
     try:
-        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    tensorfiles.check_tensors(path, tensors, meta)
     names = sorted({k.split(".")[0] for k in tensors})
     return {n: TokenSplit(tensors[f"{n}.ids"], tensors[f"{n}.offsets"], tensors[f"{n}.labels"]) for n in names}

@@ -12,6 +12,11 @@ is then encoded once, truncated to ``max_len`` subwords, and cached next to the 
 ``key`` hashes everything that produced the encodings (the corpus table's checksum and the
 vocabulary settings), so a changed setting gets a new folder and later notebooks never re-tokenize.
 
+Integrity: ``info.json`` records the SHA-256 of the corpus table the encodings were made from and of
+every file in the folder. ``load_encoded`` refuses encodings whose corpus table has changed since (new
+chains never train on stale encodings) or whose files changed (``ltnb.integrity.IntegrityError``, naming
+the file, the expected and the found hash); ``build`` rebuilds a folder that fails these checks.
+
 Id 0 is the padding piece (``<pad>``) and id 1 the unknown piece (``<unk>``); no BOS/EOS pieces
 are added. The model's padding uses id 0.
 """
@@ -24,8 +29,8 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from . import paths
-from ._io import read_json, sha256_file, stable_hash, write_json
+from . import integrity, paths
+from ._io import _UMASK, read_json, sha256_file, stable_hash, write_json
 from .config import VocabSettings
 from .tokens import SPLITS, TokenSplit, load_splits, save_splits
 
@@ -100,16 +105,20 @@ def build(
     import sentencepiece as spm
 
     corpus_file = _corpus_path(study_dir)
-    key = stable_hash({"corpus": sha256_file(corpus_file), **asdict(settings)})
+    key = stable_hash({"corpus": integrity.file_sha256(corpus_file), **asdict(settings)})
     root = vocab_root(study_dir)
     folder = root / key
     if (folder / "info.json").exists():
-        info = read_json(folder / "info.json")
-        write_json(root / "CURRENT.json", {"key": key})
-        log(f"vocabulary {key} already built ({info['vocab_size']} pieces); reusing {folder}")
-        return info
+        problem = _folder_problem(study_dir, folder)
+        if problem is None:
+            info = read_json(folder / "info.json")
+            write_json(root / "CURRENT.json", {"key": key})
+            log(f"vocabulary {key} already built ({info['vocab_size']} pieces); reusing {folder}")
+            return info
+        log(f"vocabulary {key} at {folder} fails its checks ({problem}); building it again")
+        shutil.rmtree(folder)
 
-    corpus = pd.read_parquet(corpus_file)
+    corpus = integrity.read_parquet(corpus_file)
     train_text = corpus.loc[corpus["split"] == "train", "text"].tolist()
     log(f"training SentencePiece {settings.model_type} ({settings.vocab_size} pieces, coverage "
         f"{settings.character_coverage}) on {len(train_text)} training sentences of {corpus['domain'].nunique()} domains")
@@ -121,6 +130,7 @@ def build(
         lengths = {}
         truncated = 0
         for domain, rows in corpus.groupby("domain", sort=True):
+            integrity.check_name(domain, "domain")  # it names a file below
             splits = {}
             for split in SPLITS:
                 part = rows[rows["split"] == split]
@@ -138,13 +148,16 @@ def build(
             "key": key,
             "vocab_size": sp.get_piece_size(),
             "settings": asdict(settings),
-            "corpus_sha256": sha256_file(corpus_file),
+            "corpus_sha256": integrity.file_sha256(corpus_file),
             "domains": sorted(corpus["domain"].unique().tolist()),
             "train_sentences": len(train_text),
             "truncated_sequences": truncated,
             "lengths": lengths,
+            "files": {p.relative_to(tmp).as_posix(): sha256_file(p)
+                      for p in sorted([tmp / "spm.model", *(tmp / "tokens").glob("*.safetensors")])},
         }
         write_json(tmp / "info.json", info)
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp made it private; the folder is published as is
         try:
             os.replace(tmp, folder)  # atomic publish of the whole folder
         except OSError:
@@ -164,7 +177,11 @@ def current(study_dir: str | os.PathLike) -> Path:
     if not marker.exists():
         raise FileNotFoundError(
             f"no vocabulary in {vocab_root(study_dir)}: run the data stage (notebooks/01_data.ipynb) first")
-    folder = vocab_root(study_dir) / read_json(marker)["key"]
+    key = read_json(marker).get("key")
+    problem = integrity.name_problem(key, "vocabulary key")
+    if problem:
+        raise ValueError(f"{marker}: {problem}; rerun the data stage")
+    folder = vocab_root(study_dir) / key
     if not (folder / "info.json").exists():
         raise FileNotFoundError(f"{marker} points to {folder}, which is incomplete: rerun the data stage")
     return folder
@@ -182,13 +199,49 @@ def data_key(study_dir: str | os.PathLike) -> str:
 def processor(study_dir: str | os.PathLike):
     import sentencepiece as spm
 
-    return spm.SentencePieceProcessor(model_file=str(current(study_dir) / "spm.model"))
+    folder = current(study_dir)
+    _check_recorded(folder, read_json(folder / "info.json"), "spm.model")
+    return spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
+
+
+def _check_recorded(folder: Path, meta: dict, rel: str) -> None:
+    """Refuse a file of the folder whose SHA-256 is not the one ``info.json`` recorded."""
+    files = meta.get("files")
+    if not isinstance(files, dict) or rel not in files:
+        raise integrity.IntegrityError(folder / rel, None, integrity.file_sha256(folder / rel), "file")
+    integrity.check_file(folder / rel, files[rel], "file")
+
+
+def _check_corpus(study_dir, folder: Path, meta: dict) -> None:
+    """Refuse encodings made from another corpus table than the study's current one."""
+    corpus_file = _corpus_path(study_dir)
+    found = integrity.file_sha256(corpus_file)
+    if found != meta.get("corpus_sha256"):
+        raise integrity.IntegrityError(corpus_file, meta.get("corpus_sha256"), found, "corpus table",
+                                       f"when the encodings in {folder} were made from it")
+
+
+def _folder_problem(study_dir, folder: Path) -> str | None:
+    """Why a built vocabulary folder cannot be reused as it is (None when it can)."""
+    try:
+        meta = read_json(folder / "info.json")
+        _check_corpus(study_dir, folder, meta)
+        for rel in ["spm.model", *(f"tokens/{d}.safetensors" for d in meta["domains"])]:
+            _check_recorded(folder, meta, rel)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return str(e)
+    return None
 
 
 def load_encoded(study_dir: str | os.PathLike, domain: str) -> tuple[dict[str, TokenSplit], int]:
-    """The encoded splits of one domain and the vocabulary size."""
+    """The encoded splits of one domain and the vocabulary size, refused (``IntegrityError``) when the
+    corpus table changed since they were made or their file changed."""
+    integrity.check_name(domain, "domain")
     folder = current(study_dir)
     meta = read_json(folder / "info.json")
     if domain not in meta["domains"]:
         raise ValueError(f"domain {domain!r} is not in this study's data; it has: {', '.join(meta['domains'])}")
-    return load_splits(folder / "tokens" / f"{domain}.safetensors"), int(meta["vocab_size"])
+    _check_corpus(study_dir, folder, meta)
+    rel = f"tokens/{domain}.safetensors"
+    _check_recorded(folder, meta, rel)
+    return load_splits(folder / rel), int(meta["vocab_size"])

@@ -143,8 +143,11 @@ def test_study_comes_from_query_string_then_env(monkeypatch):
     assert explore.study_from_env("outputs/demo") == "outputs/demo" and not explore.app_mode()
     monkeypatch.setenv(explore.STUDY_ENV, "/x/study")
     assert explore.study_from_env("outputs/demo") == "/x/study" and explore.app_mode()
-    monkeypatch.setenv("QUERY_STRING", "study=%2Fy%2Fother&x=1")
-    assert explore.study_from_env("outputs/demo") == "/y/other"
+    monkeypatch.setenv("QUERY_STRING", "study=study&x=1")  # the served study, by name
+    assert explore.study_from_env("outputs/demo") == "/x/study"
+    monkeypatch.setenv("QUERY_STRING", "study=%2Fy%2Fother&x=1")  # any other folder is refused
+    with pytest.raises(explore.StudyRefused, match="serves the study 'study' only"):
+        explore.study_from_env("outputs/demo")
 
 
 def test_serve_names_a_missing_study(tmp_path):

@@ -1,6 +1,7 @@
 """The smoke plan end to end: the real notebooks, the real runner, a real Dask LocalCluster of 2 workers."""
 import io
 import json
+import shutil
 import xml.etree.ElementTree as ET
 
 import nbformat
@@ -10,6 +11,7 @@ import yaml
 
 from conftest import ROOT
 from ltnb import batch, results
+from ltnb._io import write_parquet
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,10 @@ def smoke(tmp_path_factory, builtin_cache):
     path.write_text(yaml.safe_dump(plan))
     out = io.StringIO()
     code = batch.main(path, workers=2, out=out)
-    return {"plan": path, "study": tmp / "outputs" / "smoke", "code": code, "log": out.getvalue(), "raw": plan}
+    pristine = tmp / "pristine"  # a copy as the batch left it, for tests that need it unchanged by others
+    shutil.copytree(tmp / "outputs" / "smoke", pristine)
+    return {"plan": path, "study": tmp / "outputs" / "smoke", "code": code, "log": out.getvalue(), "raw": plan,
+            "pristine": pristine}
 
 
 def _run(smoke, **kw):
@@ -104,7 +109,7 @@ def test_a_cell_killed_mid_way_keeps_its_finished_rounds(smoke):
     last = max(int(p.stem.split("_")[1]) for p in run.glob("round_*.safetensors"))
     (run / f"round_{last:02d}.safetensors").unlink()
     table = pd.read_parquet(run / "results.parquet")
-    table[table["round"] < last].to_parquet(run / "results.parquet", index=False)
+    write_parquet(run / "results.parquet", table[table["round"] < last])  # as a kill after round last-1 leaves it
     kept = {p.name: p.stat().st_mtime_ns for p in run.glob("round_*.safetensors")}
     code, log = _run(smoke, only="obtain")
     assert code == 0 and "1 to run" in log, log
@@ -141,3 +146,47 @@ def test_a_failing_chain_is_reported_and_the_others_finish(tmp_path, builtin_cac
         assert not (failed_nb.parent / "_COMPLETE.json").exists()
     assert "rewind_steps" in log and "ChainsFailed" in log  # the notebook's error is in the summary
     assert "transfer/products__movies/seed0: input obtain/products/seed0 failed" in log
+
+
+def test_changed_inputs_rerun_what_depends_on_them(smoke, tmp_path):
+    """Issue 13, item 3: an edited corpus table is noticed (the data stage reruns and restores it; the cells
+    that read it are checked again and stay complete once it is as it was), and a transfer cell that
+    reruns makes the report and the phase stage rerun: every rerun names the file, expected and found."""
+    assert smoke["code"] == 0, smoke["log"]
+    from ltnb import integrity
+
+    study = tmp_path / "outputs" / "smoke"
+    shutil.copytree(smoke["pristine"], study)  # as the batch left it (other tests change the shared study)
+    plan = json.loads(json.dumps(smoke["raw"]))
+    plan["outputs"] = str(tmp_path / "outputs")
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    corpus = study / "data" / "corpus.parquet"
+    original = integrity.file_sha256(corpus)
+    table = pd.read_parquet(corpus)
+    table.loc[0, "text"] = "an edited sentence"
+    table.to_parquet(corpus, index=False)
+    edited = integrity.file_sha256(corpus)
+    shutil.rmtree(study / "transfer" / "products__movies" / "masks-reset")  # a chain of the transfer cell, gone
+    report_inputs = json.loads((study / "report" / "_COMPLETE.json").read_text())["inputs"]
+
+    out = io.StringIO()
+    code = batch.main(path, dry_run=True, out=out, estimate=False)
+    assert code == 0 and f"rerun: data/corpus.parquet changed since it ran (expected sha256 {original[:16]}, " \
+                          f"found {edited[:16]})" in out.getvalue()
+    out = io.StringIO()
+    code = batch.main(path, workers=2, out=out, estimate=False)
+    log = out.getvalue()
+    assert code == 0, log
+    assert f"rerun    data: data/corpus.parquet changed since it ran (expected sha256 {original[:16]}" in log
+    for key in ("data", "transfer/products__movies/seed0", "report", "phase"):
+        assert f"done     {key}" in log, (key, log)
+    for key in ("divergence", "obtain/products/seed0", "obtain/movies/seed0"):
+        assert f"skipped  {key}: complete; what it read is as it was when it ran" in log, (key, log)
+    assert "rerun    report: transfer/products__movies/masks-reset/seed0/" in log
+    assert integrity.file_sha256(corpus) == original  # the data stage wrote the table again, as it was
+    now = json.loads((study / "report" / "_COMPLETE.json").read_text())["inputs"]
+    changed = {k for k in now if now[k] != report_inputs.get(k)}
+    assert changed and all(k.startswith("transfer/products__movies/masks-reset/") for k in changed)
+    out = io.StringIO()
+    assert batch.main(path, workers=2, out=out, estimate=False) == 0 and "0 to run" in out.getvalue()

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from ltnb import divergence, vocab
+from ltnb._io import write_parquet
 from ltnb.tokens import load_splits
 
 WORDS = ("good great bad awful movie phone food service plot screen battery tasty slow fast "
@@ -20,7 +21,7 @@ def _corpus(tmp_path, n=60):
             rows.append({"text": text, "label": i % 2, "domain": domain, "source": "test", "split": split})
     study = tmp_path / "study"
     (study / "data").mkdir(parents=True)
-    pd.DataFrame(rows).to_parquet(study / "data" / "corpus.parquet", index=False)
+    write_parquet(study / "data" / "corpus.parquet", pd.DataFrame(rows))  # as the data stage writes it
     return study, pd.DataFrame(rows)
 
 
@@ -60,7 +61,7 @@ def test_no_training_sentence_is_dropped_for_its_length(tmp_path):
     long = " ".join(["zeta\u03b6\u03b6 " + w for w in WORDS] * 30)  # ~6 KB, the only text with a zeta
     assert len(long.encode()) > 4192
     table.loc[0, "text"] = long
-    table.to_parquet(study / "data" / "corpus.parquet", index=False)
+    write_parquet(study / "data" / "corpus.parquet", table)
     vocab.build(study, vocab_size=60, character_coverage=1.0, max_len=5000, log=lambda *_: None)
     sp = vocab.processor(study)
     assert sp.piece_to_id("\u03b6") != sp.unk_id()

@@ -1,0 +1,46 @@
+"""Tensor files with a content digest: what ``ltnb.tickets`` and ``ltnb.tokens`` write and check.
+
+Every safetensors file the study writes carries a SHA-256 of all its tensors (name, dtype, shape,
+bytes) and of its metadata in its header (``content_sha256``); a file whose tensors or metadata no
+longer match is refused with an ``ltnb.integrity.IntegrityError`` naming the file, the expected and
+the found digest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Mapping
+
+import torch
+
+from .integrity import IntegrityError
+
+DIGEST_KEY = "content_sha256"  # safetensors header metadata
+
+
+def tensors_digest(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> str:
+    """SHA-256 of every tensor (name, dtype, shape, bytes) and of the metadata (without the digest)."""
+    h = hashlib.sha256()
+    meta = {k: v for k, v in (metadata or {}).items() if k != DIGEST_KEY}
+    h.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def seal(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The metadata with the content digest added (what a tensor file is written with)."""
+    meta = {k: v for k, v in (metadata or {}).items() if k != DIGEST_KEY}
+    meta[DIGEST_KEY] = tensors_digest(tensors, meta)
+    return meta
+
+
+def check_tensors(path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> None:
+    """Refuse (``IntegrityError``) a tensor file whose tensors or metadata do not match its digest."""
+    found = tensors_digest(tensors, metadata)
+    expected = (metadata or {}).get(DIGEST_KEY)
+    if expected != found:
+        raise IntegrityError(path, expected, found, "tensor data or metadata")
