@@ -455,7 +455,7 @@ def main(plan_path, *, workers: int | None = None, scheduler: str | None = None,
     if dry_run:
         print_dry_run(plan, selected, out)
         todo = [c for c in selected if completeness(c) is not None]
-        est = _estimate(plan, todo, _workers_for(workers, threads, todo), out) if estimate else None
+        est = _estimate(plan, todo, _workers_for(workers, threads, todo), threads, out) if estimate else None
         if est:
             from ltnb.estimate import print_summary as print_estimate
 
@@ -465,7 +465,7 @@ def main(plan_path, *, workers: int | None = None, scheduler: str | None = None,
     removed = clean_leftovers(plan)
     complete, todo, recheck, outcomes, stale = _what_to_run(plan, selected)
     n_workers = _workers_for(workers, threads, todo + recheck)
-    est = _estimate(plan, todo + recheck, n_workers, out) if estimate else None
+    est = _estimate(plan, todo + recheck, n_workers, threads, out) if estimate else None
     print(f"plan {plan.path}: study {plan.study} at {plan.study_dir}; {len(selected)} cells, "
           f"{len(selected) - len(todo) - len(recheck)} complete, {len(todo)} to run"
           + (f", {len(recheck)} to check again once their inputs have run" if recheck else "")
@@ -533,7 +533,7 @@ def _fmt(seconds: float) -> str:
     return fmt_seconds(seconds)
 
 
-def _estimate(plan: Plan, todo: list[Cell], workers: int, out: TextIO) -> dict | None:
+def _estimate(plan: Plan, todo: list[Cell], workers: int, threads: int, out: TextIO) -> dict | None:
     """The estimate for the cells to run (``ltnb.estimate``); None, with a note, if it cannot be made."""
     if not todo:
         return None
@@ -546,7 +546,7 @@ def _estimate(plan: Plan, todo: list[Cell], workers: int, out: TextIO) -> dict |
                                 deps=tuple(d for d in c.deps if d in keys), params_hash=c.params_hash)
                            for c in plan.cells if c.key in keys))
     try:
-        return estimate.summary(sub, workers, log=lambda m: print(m, file=out))
+        return estimate.summary(sub, workers, threads=threads, log=lambda m: print(m, file=out))
     except Exception as e:  # noqa: BLE001 - an estimate must never stop a run
         print(f"(no time estimate: {type(e).__name__}: {e})", file=out)
         return None
@@ -558,8 +558,10 @@ def _record(plan: Plan, outcomes: list[Outcome], run: RunTimes, est: dict | None
         write_times(plan, outcomes, run, est)
         from ltnb import estimate
 
-        estimate.record_run([{"stage": o.cell.stage, "status": o.state, "wall": o.seconds,
-                              "overhead": max(o.seconds - o.training, 0.0)} for o in outcomes if o.state == "done"])
+        raw = (est or {}).get("raw_training", {})
+        estimate.record_run([{"stage": o.cell.stage, "status": o.state, "wall": o.seconds, "training": o.training,
+                              "raw_training": raw.get(o.cell.key, 0.0), "overhead": max(o.seconds - o.training, 0.0)}
+                             for o in outcomes if o.state == "done"], workers=(est or {}).get("workers"))
     except Exception as e:  # noqa: BLE001
         print(f"(could not record the batch's times: {type(e).__name__}: {e})", file=sys.stderr)
 

@@ -38,28 +38,44 @@ from ._io import read_json, write_json
 
 RATES_FILE = "rates.json"
 SPARSITIES = (0.0, 0.65, 0.884, 0.968, 0.991, 0.998)
+CALIBRATION_BATCHES = (2, 8)  # a step's time is the difference of fits of these many batches
 LENGTHS = (16, 64)
 ASSUMED_LEN = {"builtin": 22.0, "amazon": 130.0, "blitzer": 160.0}  # subwords, when no data is there yet
 PAPER_SPLIT = (20000, 10000, 10000)
 DEFAULT_OVERHEAD = {"data": 8.0, "divergence": 6.0, "obtain": 7.0, "transfer": 7.0, "report": 8.0, "phase": 8.0}
+RAY_START = 20.0  # seconds: a federated cell's private Ray head and its client worker (measured here)
+# seconds per client and federated round besides training: Flower's messages, Ray's actor call, the shard
+# read (measured here: a dense demo-size round of 4 clients took about 12 s, 5 s of it training and evaluation)
+FL_CLIENT_ROUND = 1.75
 DEFAULT_WALL = {"data": 20.0, "divergence": 4.0, "report": 25.0, "phase": 25.0}  # non-training cells, seconds
 
 
 # ----------------------------------------------------------------------------------- calibration
 
-def _key(model: config.ModelSettings, vocab_size: int, batch_size: int) -> str:
-    import torch
-
+def _key(model: config.ModelSettings, vocab_size: int, batch_size: int, threads: int = 1) -> str:
     from .sparse import machine_key
 
     shape = json.dumps({"model": config._plain(config.kwargs(model)), "vocab": int(vocab_size),
                         "batch": int(batch_size)}, sort_keys=True)
-    return f"{machine_key('cpu')}|{torch.get_num_threads()}|{shape}"
+    return f"{machine_key('cpu')}|threads={int(threads)}|{shape}"
 
 
-def calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int = 32, *, log=print) -> dict:
-    """Time ``ltnb.train.fit`` at ``SPARSITIES`` x ``LENGTHS`` on synthetic data (see the module doc).
-    Returns ``{"step": {s: [t(L1), t(L2)]}, "eval": {...}, "fixed": {s: t}, "lengths": [...]}``."""
+def calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int = 32, *, threads: int = 1,
+              log=print) -> dict:
+    """Time ``ltnb.train.fit`` at ``SPARSITIES`` x ``LENGTHS`` on synthetic data (see the module doc),
+    with ``threads`` torch threads (a batch worker's). Returns ``{"step": {s: [t(L1), t(L2)]},
+    "eval": {...}, "fixed": {s: t}, "lengths": [...]}``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        return _calibrate(model, vocab_size, batch_size, log=log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int, *, log=print) -> dict:
     import torch
 
     from .model import KimCNN
@@ -80,6 +96,8 @@ def calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int = 32
     model_ = KimCNN.from_settings(vocab_size, model, seed=0)
     weights = {n: p.detach().clone() for n, p in model_.named_parameters()}
     mask = Mask.ones_like(weights)
+    warm = {"train": split(2 * batch_size, LENGTHS[0]), "validation": split(1, LENGTHS[0]), "test": split(1, LENGTHS[0])}
+    fit(KimCNN.from_settings(vocab_size, model, seed=0), warm, train_settings, seed=0, progress=False)  # first-call costs
     for s in SPARSITIES:
         while mask.sparsity() < s - 1e-3:  # (a tiny model's ceilings may stop short of s: then as far as it goes)
             before = mask.kept()
@@ -89,15 +107,17 @@ def calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int = 32
         steps, evals, fixed = [], [], []
         for length in LENGTHS:
             times = {}
-            for k in (2, 6):
+            for k in CALIBRATION_BATCHES:  # the best of two tries each: noise only ever adds time
                 data = {"train": split(k * batch_size, length), "validation": split(1, length), "test": split(1, length)}
-                m = KimCNN.from_settings(vocab_size, model, seed=0)
-                t = time.perf_counter()
-                fit(m, data, train_settings, masks=mask if s > 0 else None, seed=0, progress=False)
-                times[k] = time.perf_counter() - t
-            step = max((times[6] - times[2]) / 4, 1e-6)
+                for _ in range(2):
+                    m = KimCNN.from_settings(vocab_size, model, seed=0)
+                    t = time.perf_counter()
+                    fit(m, data, train_settings, masks=mask if s > 0 else None, seed=0, progress=False)
+                    times[k] = min(times.get(k, math.inf), time.perf_counter() - t)
+            k1, k2 = CALIBRATION_BATCHES
+            step = max((times[k2] - times[k1]) / (k2 - k1), times[k1] / k1 / 4, 1e-6)
             steps.append(step)
-            fixed.append(max(times[2] - 2 * step, 0.0))
+            fixed.append(max(times[k1] - k1 * step, 0.0))
             m.eval()
             batches = make_batches(split(EVAL_BATCH, length), EVAL_BATCH, max_len=10_000)
             t = time.perf_counter()
@@ -122,12 +142,14 @@ def _load_cache(cache_dir=None) -> dict:
         return {}
 
 
-def rates(model: config.ModelSettings, vocab_size: int, batch_size: int = 32, *, cache_dir=None, log=print) -> dict:
-    """The measured rates for this machine and model (from the cache, or measured once and stored)."""
+def rates(model: config.ModelSettings, vocab_size: int, batch_size: int = 32, *, threads: int = 1, cache_dir=None,
+          log=print) -> dict:
+    """The measured rates for this machine, model and thread count (from the cache, or measured once
+    and stored)."""
     table = _load_cache(cache_dir)
-    key = _key(model, vocab_size, batch_size)
+    key = _key(model, vocab_size, batch_size, threads)
     if key not in table.get("models", {}):
-        table.setdefault("models", {})[key] = calibrate(model, vocab_size, batch_size, log=log)
+        table.setdefault("models", {})[key] = calibrate(model, vocab_size, batch_size, threads=threads, log=log)
         _save_cache(table, cache_dir)
     return table["models"][key]
 
@@ -139,12 +161,17 @@ def _save_cache(table: dict, cache_dir=None) -> None:
         pass
 
 
-def record_run(times: list[dict], *, cache_dir=None) -> None:
-    """Keep what a batch measured (per stage: mean overhead per cell; wall of cells that do not
-    train) for later estimates."""
+def record_run(times: list[dict], *, workers: int | None = None, cache_dir=None) -> None:
+    """Keep what a batch measured for later estimates: per stage, the mean overhead per cell and the
+    wall of cells that do not train; and, when ``times`` carry ``raw_training`` (the calibrated model's
+    training seconds of the cell), the ratio of measured to modelled training with ``workers`` workers."""
     table = _load_cache(cache_dir)
     seen = table.setdefault("observed", {})
-    for stage in {t["stage"] for t in times}:
+    trained = [t for t in times if t["status"] == "done" and t.get("raw_training") and t.get("training")]
+    if workers and trained and sum(t["raw_training"] for t in trained) > 0:
+        seen.setdefault("training_ratio", {})[str(int(workers))] = \
+            sum(t["training"] for t in trained) / sum(t["raw_training"] for t in trained)
+    for stage in sorted({t["stage"] for t in times}):
         part = [t for t in times if t["stage"] == stage and t["status"] == "done"]
         if not part:
             continue
@@ -195,6 +222,7 @@ class CellEstimate:
     deps: tuple
     training: float
     overhead: float
+    raw_training: float = 0.0  # before the observed ratio
 
     @property
     def seconds(self) -> float:
@@ -224,9 +252,46 @@ def _data_shape(plan, domain: str) -> tuple[tuple[int, int, int], float, int, st
         f"the plan (per_domain {per}; mean length assumed {ASSUMED_LEN.get(corpus, 100.0):g} subwords)"
 
 
-def estimate_cells(plan, *, cache_dir=None, log=print) -> tuple[list[CellEstimate], list[str]]:
-    """Per cell: estimated training and overhead seconds; and notes on what was assumed."""
+def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None, log=print) -> float:
+    """One federated cell: the dense run and every (ticket round, strategy) run, each ``fl_rounds`` rounds
+    of every client's ``local_epochs`` on its shard (clients one after another: a batch cell has one CPU)
+    and the evaluation of the global model on every domain's test split; plus Ray's start."""
+    lottery = config.LotterySettings.flat_fields()
+    s = config.LotterySettings.from_params(**{k: c.params[k] for k in c.settings_names if k in lottery})
+    f = config.FederatedSettings(**{k: c.params[k] for k in c.settings_names if k not in lottery})
+    data = next((d for d in plan.cells if d.stage == "data"), None)
+    domains = list((data.params.get("domains") if data else None) or [c.params["source"]])
+    clients = list(f.client_domains or [d for d in domains if d != c.params["source"]])
+    strategies = c.params.get("strategies") or ["masks-reset", "masks-random"]
+    runs = [0.0] + [1 - (1 - s.prune_fraction) ** t for t in f.ticket_rounds for _ in strategies]
+    bs = s.train.batch_size
+    total = RAY_START
+    for sp in runs:
+        for d in clients:
+            (n_train, n_val, _), length, vocab_size, where = _data_shape(plan, d)
+            notes.add(f"data sizes and lengths from {where}")
+            r = rates(s.model, vocab_size, bs, threads=threads, cache_dir=cache_dir, log=log)
+            L = min(length, s.train.max_len)
+            step, ev = _interp(r, "step", sp, L), _interp(r, "eval", sp, L)
+            shard = math.ceil(n_train / f.clients_per_domain / bs) * f.clients_per_domain
+            total += f.fl_rounds * (f.local_epochs * (shard * step + n_val * ev) + _interp(r, "fixed", sp, 0)
+                                    + FL_CLIENT_ROUND * f.clients_per_domain)
+        for d in domains:  # the server's evaluation after every round
+            (_, _, n_test), length, vocab_size, _ = _data_shape(plan, d)
+            total += f.fl_rounds * n_test * _interp(rates(s.model, vocab_size, bs, threads=threads, cache_dir=cache_dir,
+                                                          log=log),
+                                                    "eval", sp, min(length, s.train.max_len))
+    return total
+
+
+def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_dir=None,
+                   log=print) -> tuple[list[CellEstimate], list[str]]:
+    """Per cell: estimated training and overhead seconds; and notes on what was assumed. Training
+    times are the calibrated model's (``raw_training``) times what the last batch on this machine with
+    ``workers`` workers measured against it (``observed.training_ratio``: workers running side by side
+    share memory bandwidth and caches, which a calibration run alone does not see)."""
     observed = _load_cache(cache_dir).get("observed", {})
+    ratio = observed.get("training_ratio", {}).get(str(workers)) if workers else None
     notes: set[str] = set()
     out = []
     for c in plan.cells:
@@ -237,7 +302,7 @@ def estimate_cells(plan, *, cache_dir=None, log=print) -> tuple[list[CellEstimat
             domain = c.params["domain"] if c.stage == "obtain" else c.params["target"]
             n, length, vocab_size, where = _data_shape(plan, domain)
             notes.add(f"data sizes and lengths from {where}")
-            r = rates(s.model, vocab_size, s.train.batch_size, cache_dir=cache_dir, log=log)
+            r = rates(s.model, vocab_size, s.train.batch_size, threads=threads, cache_dir=cache_dir, log=log)
             strategies = c.params.get("strategies") or (["reset", "random", "reinit"] if c.stage == "obtain"
                                                         else ["masks-reset", "masks-random"])
             for i, strategy in enumerate(strategies):
@@ -246,14 +311,23 @@ def estimate_cells(plan, *, cache_dir=None, log=print) -> tuple[list[CellEstimat
                     sp = 1 - (1 - s.prune_fraction) ** rnd
                     training += round_seconds(r, sparsity=sp, n=n, length=min(length, s.train.max_len),
                                               epochs=s.train.max_epochs, batch_size=s.train.batch_size)
+        elif c.stage == "federated":
+            training = _federated_seconds(plan, c, notes, threads=threads, cache_dir=cache_dir, log=log)
         else:
             wall = observed.get(c.stage, {}).get("wall", DEFAULT_WALL.get(c.stage, 10.0))
             overhead = max(overhead, wall)
             if c.stage == "data" and plan.cells and c.params.get("corpus", "builtin") != "builtin":
                 notes.add("the data stage of Amazon or Blitzer files (reading and sampling them) is not estimated")
-        out.append(CellEstimate(c.key, c.stage, tuple(c.deps), training, overhead))
-    if any(c.stage in ("obtain", "transfer") for c in plan.cells):
+        scaled = training * ratio if (ratio and training) else training
+        out.append(CellEstimate(c.key, c.stage, tuple(c.deps), scaled, overhead, raw_training=training))
+    if any(c.stage in ("obtain", "transfer", "federated") for c in plan.cells):
         notes.add("every round is assumed to run max_epochs (early stopping can only make it shorter)")
+        if ratio:
+            notes.add(f"training times x {ratio:.2f}: what the last batch with {workers} worker(s) here measured "
+                      "against the calibrated rates")
+        else:
+            notes.add(f"training times from rates measured by one process alone ({threads} thread(s)); the first "
+                      "batch records how much slower its workers side by side are, and later estimates use it")
     return out, sorted(notes)
 
 
@@ -272,10 +346,11 @@ def schedule(cells: list[CellEstimate], workers: int) -> float:
     return max(done.values(), default=0.0)
 
 
-def summary(plan, workers: int, *, cache_dir=None, log=print) -> dict:
+def summary(plan, workers: int, *, threads: int = 1, cache_dir=None, log=print) -> dict:
     """Per stage (cells, training, overhead, worker seconds), the total, and the wall time on
-    ``workers`` workers (and on 1, 2, 4, 8, 16, 32 for comparison)."""
-    cells, notes = estimate_cells(plan, cache_dir=cache_dir, log=log)
+    ``workers`` workers of ``threads`` threads (and on 1, 2, 4, 8, 16, 32 for comparison, with the
+    same per-cell times)."""
+    cells, notes = estimate_cells(plan, threads=threads, workers=workers, cache_dir=cache_dir, log=log)
     stages = {}
     for c in cells:
         st = stages.setdefault(c.stage, {"cells": 0, "training": 0.0, "overhead": 0.0})
@@ -284,7 +359,8 @@ def summary(plan, workers: int, *, cache_dir=None, log=print) -> dict:
         st["overhead"] += c.overhead
     return {"stages": stages, "worker_seconds": sum(c.seconds for c in cells), "workers": workers,
             "wall": schedule(cells, workers), "by_workers": {n: schedule(cells, n) for n in (1, 2, 4, 8, 16, 32)},
-            "notes": notes, "cells": {c.key: c.seconds for c in cells}}
+            "notes": notes, "cells": {c.key: c.seconds for c in cells},
+            "raw_training": {c.key: c.raw_training for c in cells}}
 
 
 def fmt_seconds(s: float) -> str:

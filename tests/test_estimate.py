@@ -1,0 +1,104 @@
+"""ltnb.estimate: the time model against a hand-worked computation on a known rates table (nothing is
+measured here: the rates are written into the cache first), and the list scheduling of cells."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ltnb import config, estimate
+from ltnb._io import write_json
+from ltnb.plan import load_plan
+
+STEP, EVAL, FIXED = 0.1, 0.001, 0.5  # seconds: a training step of a batch, evaluating one text, per round
+
+PLAN = """\
+study: est
+defaults: {seed: 0, max_epochs: 2, embed_dim: 16, channels: 8, hidden: 8}
+stages:
+  - stage: data
+    params: {corpus: builtin, per_domain: 100, domains: [products, movies, tweets], vocab_size: 300}
+  - stage: obtain
+    params: {rounds: 2, strategies: [reset, random]}
+    grid: {domain: [products], seed: [0]}
+  - stage: federated
+    params: {ticket_rounds: [1, 2], strategies: [masks-reset], clients_per_domain: 2, fl_rounds: 3, local_epochs: 1}
+    grid: {source: [products], seed: [0]}
+"""
+
+
+@pytest.fixture
+def plan_and_cache(tmp_path):
+    (tmp_path / "plan.yaml").write_text(PLAN)
+    plan = load_plan(tmp_path / "plan.yaml", root=tmp_path)
+    model = config.ModelSettings(embed_dim=16, channels=8, hidden=8)
+    flat = {str(s): [v, v] for s, v in ((s, STEP) for s in estimate.SPARSITIES)}
+    table = {"step": flat, "eval": {k: [EVAL, EVAL] for k in flat}, "fixed": {k: FIXED for k in flat},
+             "lengths": list(estimate.LENGTHS)}
+    cache = tmp_path / "cache"
+    write_json(cache / estimate.RATES_FILE, {"models": {estimate._key(model, 300, 32): table}})
+    return plan, cache
+
+
+def test_cells_follow_the_hand_worked_model(plan_and_cache):
+    plan, cache = plan_and_cache
+    cells, notes = estimate.estimate_cells(plan, cache_dir=cache, log=lambda *a: None)
+    by = {c.stage: c for c in cells}
+    # per_domain 100 from the plan: validation = test = 100 // 2 // 4 * 2 = 24, train 52
+    n_train, n_val, n_test = 52, 24, 24
+    one_round = 2 * (math.ceil(n_train / 32) * STEP + n_val * EVAL) + n_test * EVAL + FIXED
+    # reset trains rounds 0, 1, 2; random takes reset's round 0 and trains rounds 1, 2
+    assert by["obtain"].training == pytest.approx(5 * one_round)
+    # federated: the dense run and 2 tickets x 1 strategy; 2 client domains x 2 shards of 26 texts (1 batch
+    # each); after every round the global model is evaluated on all 3 domains' test splits
+    client_domain_round = (2 * math.ceil(26 / 32) * STEP + n_val * EVAL) + FIXED + 2 * estimate.FL_CLIENT_ROUND
+    per_run = 3 * (2 * client_domain_round + 3 * n_test * EVAL)
+    assert by["federated"].training == pytest.approx(estimate.RAY_START + 3 * per_run)
+    assert any("per_domain 100" in n for n in notes)
+
+
+def test_more_federated_rounds_and_clients_cost_more(plan_and_cache, tmp_path):
+    plan, cache = plan_and_cache
+    base = {c.stage: c for c in estimate.estimate_cells(plan, cache_dir=cache, log=lambda *a: None)[0]}
+    (tmp_path / "plan.yaml").write_text(PLAN.replace("fl_rounds: 3", "fl_rounds: 6"))
+    bigger = load_plan(tmp_path / "plan.yaml", root=tmp_path)
+    more = {c.stage: c for c in estimate.estimate_cells(bigger, cache_dir=cache, log=lambda *a: None)[0]}
+    assert more["federated"].training - estimate.RAY_START == pytest.approx(
+        2 * (base["federated"].training - estimate.RAY_START))
+
+
+def test_schedule_is_list_scheduling_in_dependency_order():
+    C = estimate.CellEstimate
+    cells = [C("data", "data", (), 0.0, 10.0),
+             C("a", "obtain", ("data",), 30.0, 0.0), C("b", "obtain", ("data",), 20.0, 0.0),
+             C("c", "obtain", ("data",), 25.0, 0.0),
+             C("t", "transfer", ("a",), 5.0, 0.0)]
+    # 1 worker: everything in a row
+    assert estimate.schedule(cells, 1) == pytest.approx(90.0)
+    # 2 workers: data 0-10; a 10-40 and b 10-30; c 30-55; t waits for a: 40-45 -> 55
+    assert estimate.schedule(cells, 2) == pytest.approx(55.0)
+    # many workers: the longest path, data + a + t = 45
+    assert estimate.schedule(cells, 8) == pytest.approx(45.0)
+
+
+def test_a_batch_teaches_the_estimate_its_side_by_side_slowdown(plan_and_cache):
+    """record_run keeps measured / modelled training per worker count; the next estimate with that
+    many workers scales training by it (and says so), other worker counts are left alone."""
+    plan, cache = plan_and_cache
+    quiet = {"log": lambda *a: None, "cache_dir": cache}
+    first = estimate.summary(plan, 2, **quiet)
+    raw = first["raw_training"]
+    key = next(k for k in raw if k.startswith("obtain"))
+    estimate.record_run([{"stage": "obtain", "status": "done", "wall": 3 * raw[key] + 5, "training": 3 * raw[key],
+                          "raw_training": raw[key], "overhead": 5.0}], workers=2, cache_dir=cache)
+    again = estimate.summary(plan, 2, **quiet)
+    assert again["stages"]["obtain"]["training"] == pytest.approx(3 * first["stages"]["obtain"]["training"])
+    assert any("x 3.00" in n for n in again["notes"])
+    alone = estimate.summary(plan, 1, **quiet)
+    assert alone["stages"]["obtain"]["training"] == pytest.approx(first["stages"]["obtain"]["training"])
+
+
+def test_rates_are_kept_per_thread_count():
+    model = config.ModelSettings(embed_dim=16, channels=8, hidden=8)
+    assert estimate._key(model, 300, 32, 1) != estimate._key(model, 300, 32, 2)
+    assert "threads=1" in estimate._key(model, 300, 32)
