@@ -96,10 +96,12 @@ def finding1(rows: pd.DataFrame, alpha: float) -> Finding:
                 "reset - FULL-MODEL, mean over rounds with sparsity in (0, 90%] (pp)")
     ob = rows[(rows["stage"] == "obtain") & (rows["strategy"] == "reset")]
     if ob.empty or not (ob["round"] == 0).any():
+        f.detail = "needs reset chains with their dense round 0"
         return f
     dense = ob[ob["round"] == 0].set_index(["pair", "seed"])["test_acc"]
     low = ob[(ob["round"] >= 1) & (ob["sparsity"] <= LOW_SPARSITY + 1e-9)]
     if low.empty:
+        f.detail = "needs reset rounds between 0 and 90% sparsity"
         return f
     v = low.groupby(["pair", "seed"])["test_acc"].mean() - dense
     values = v.dropna().rename("value").reset_index()
@@ -186,6 +188,7 @@ def finding3(rows: pd.DataFrame, alpha: float) -> list[Finding]:
                 "not held if the interval is <= 0",
                 "(masks-reset - masks-random) above 90% minus at or below 90% sparsity (pp)")
     if rows[rows["stage"] == "transfer"].empty:
+        a.detail = b.detail = "no transfer rows in this study (the plan has no transfer stage)"
         return [a, b]
     w = _target_rows(rows)
     w = w[w["round"] >= 1]
@@ -200,6 +203,11 @@ def finding3(rows: pd.DataFrame, alpha: float) -> list[Finding]:
                      else "inconclusive")
         per = values.groupby("pair")["value"].mean().mul(100)
         a.detail = "per pair (pp): " + ", ".join(f"{k} {v:+.1f}" for k, v in per.items())
+    if a.verdict == "no data":
+        a.detail = "needs the transfer's masks-reset rows and the target's own reset chain (ticket-target) at 0-90% sparsity"
+    b.detail = "needs masks-reset and masks-random rows both above and at or below 90% sparsity"
+    if len(w):
+        b.detail += f" (this study's transfer rounds reach {100 * w['sparsity'].max():.1f}%)"
     if {"masks-reset", "masks-random"} <= set(w.columns):
         g = w.assign(gap=w["masks-reset"] - w["masks-random"], high=w["sparsity"] > LOW_SPARSITY + 1e-9)
         per = g.groupby(["pair", "seed", "high"])["gap"].mean().unstack("high")
@@ -223,10 +231,12 @@ def finding4(rows: pd.DataFrame, alpha: float, delta: float, n_boot: int) -> Fin
     cmp = phase.COMPARISONS[0]
     domains = sorted(ob["pair"].unique())
     if len(domains) < 2 or not {cmp.a, cmp.b} <= set(ob["strategy"]):
+        f.detail = f"needs {cmp.a} and {cmp.b} chains in at least 2 domains (this study: {len(domains)})"
         return f
     per = {d: phase.seed_means(ob[ob["pair"] == d], cmp) for d in domains}
     seeds = sorted(set.intersection(*(set(v[1]) for v in per.values())))
     if len(seeds) < 2:
+        f.detail = f"needs at least 2 seeds shared by every domain (this study: {len(seeds)})"
         return f
     weights = phase.bootstrap_weights(len(seeds), n_boot)
     point, boot, names = [], [], {}
