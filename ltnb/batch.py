@@ -558,9 +558,10 @@ def _record(plan: Plan, outcomes: list[Outcome], run: RunTimes, est: dict | None
         write_times(plan, outcomes, run, est)
         from ltnb import estimate
 
-        raw = (est or {}).get("raw_training", {})
+        raw, keys = (est or {}).get("raw_training", {}), (est or {}).get("model_keys", {})
         estimate.record_run([{"stage": o.cell.stage, "status": o.state, "wall": o.seconds, "training": o.training,
-                              "raw_training": raw.get(o.cell.key, 0.0), "overhead": max(o.seconds - o.training, 0.0)}
+                              "raw_training": raw.get(o.cell.key, 0.0), "model_key": keys.get(o.cell.key, ""),
+                              "overhead": max(o.seconds - o.training, 0.0)}
                              for o in outcomes if o.state == "done"], workers=(est or {}).get("workers"))
     except Exception as e:  # noqa: BLE001
         print(f"(could not record the batch's times: {type(e).__name__}: {e})", file=sys.stderr)

@@ -164,13 +164,16 @@ def _save_cache(table: dict, cache_dir=None) -> None:
 def record_run(times: list[dict], *, workers: int | None = None, cache_dir=None) -> None:
     """Keep what a batch measured for later estimates: per stage, the mean overhead per cell and the
     wall of cells that do not train; and, when ``times`` carry ``raw_training`` (the calibrated model's
-    training seconds of the cell), the ratio of measured to modelled training with ``workers`` workers."""
+    training seconds of the cell) and ``model_key``, the ratio of measured to modelled training per model
+    with ``workers`` workers."""
     table = _load_cache(cache_dir)
     seen = table.setdefault("observed", {})
     trained = [t for t in times if t["status"] == "done" and t.get("raw_training") and t.get("training")]
-    if workers and trained and sum(t["raw_training"] for t in trained) > 0:
-        seen.setdefault("training_ratio", {})[str(int(workers))] = \
-            sum(t["training"] for t in trained) / sum(t["raw_training"] for t in trained)
+    for key in sorted({t.get("model_key", "") for t in trained}):
+        part = [t for t in trained if t.get("model_key", "") == key]
+        if workers and key:
+            seen.setdefault("training_ratio", {})[f"{int(workers)}|{key}"] = \
+                sum(t["training"] for t in part) / sum(t["raw_training"] for t in part)
     for stage in sorted({t["stage"] for t in times}):
         part = [t for t in times if t["stage"] == stage and t["status"] == "done"]
         if not part:
@@ -223,6 +226,7 @@ class CellEstimate:
     training: float
     overhead: float
     raw_training: float = 0.0  # before the observed ratio
+    model_key: str = ""  # the rates' key (machine, threads, model shape) of a cell that trains
 
     @property
     def seconds(self) -> float:
@@ -291,12 +295,18 @@ def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_
     ``workers`` workers measured against it (``observed.training_ratio``: workers running side by side
     share memory bandwidth and caches, which a calibration run alone does not see)."""
     observed = _load_cache(cache_dir).get("observed", {})
-    ratio = observed.get("training_ratio", {}).get(str(workers)) if workers else None
+    ratios = observed.get("training_ratio", {})
+    used: set[float] = set()
     notes: set[str] = set()
     out = []
     for c in plan.cells:
         overhead = observed.get(c.stage, {}).get("overhead", DEFAULT_OVERHEAD.get(c.stage, 6.0))
-        training = 0.0
+        training, model_key = 0.0, ""
+        if c.stage in ("obtain", "transfer", "federated"):
+            s = config.LotterySettings.from_params(**{k: c.params[k] for k in c.settings_names
+                                                      if k in config.LotterySettings.flat_fields()})
+            where = c.params.get("domain") or c.params.get("target") or c.params["source"]
+            model_key = _key(s.model, _data_shape(plan, where)[2], s.train.batch_size, threads)
         if c.stage in ("obtain", "transfer"):
             s = config.LotterySettings.from_params(**{k: c.params[k] for k in c.settings_names})
             domain = c.params["domain"] if c.stage == "obtain" else c.params["target"]
@@ -318,13 +328,17 @@ def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_
             overhead = max(overhead, wall)
             if c.stage == "data" and plan.cells and c.params.get("corpus", "builtin") != "builtin":
                 notes.add("the data stage of Amazon or Blitzer files (reading and sampling them) is not estimated")
+        ratio = ratios.get(f"{workers}|{model_key}") if (workers and model_key) else None
+        if ratio and training:
+            used.add(round(ratio, 2))
         scaled = training * ratio if (ratio and training) else training
-        out.append(CellEstimate(c.key, c.stage, tuple(c.deps), scaled, overhead, raw_training=training))
+        out.append(CellEstimate(c.key, c.stage, tuple(c.deps), scaled, overhead, raw_training=training,
+                                model_key=model_key))
     if any(c.stage in ("obtain", "transfer", "federated") for c in plan.cells):
         notes.add("every round is assumed to run max_epochs (early stopping can only make it shorter)")
-        if ratio:
-            notes.add(f"training times x {ratio:.2f}: what the last batch with {workers} worker(s) here measured "
-                      "against the calibrated rates")
+        if used:
+            notes.add(f"training times x {', '.join(f'{r:.2f}' for r in sorted(used))}: what the last batch of this "
+                      f"model with {workers} worker(s) here measured against the calibrated rates")
         else:
             notes.add(f"training times from rates measured by one process alone ({threads} thread(s)); the first "
                       "batch records how much slower its workers side by side are, and later estimates use it")
@@ -360,7 +374,8 @@ def summary(plan, workers: int, *, threads: int = 1, cache_dir=None, log=print) 
     return {"stages": stages, "worker_seconds": sum(c.seconds for c in cells), "workers": workers,
             "wall": schedule(cells, workers), "by_workers": {n: schedule(cells, n) for n in (1, 2, 4, 8, 16, 32)},
             "notes": notes, "cells": {c.key: c.seconds for c in cells},
-            "raw_training": {c.key: c.raw_training for c in cells}}
+            "raw_training": {c.key: c.raw_training for c in cells},
+            "model_keys": {c.key: c.model_key for c in cells}}
 
 
 def fmt_seconds(s: float) -> str:

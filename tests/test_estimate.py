@@ -89,13 +89,20 @@ def test_a_batch_teaches_the_estimate_its_side_by_side_slowdown(plan_and_cache):
     first = estimate.summary(plan, 2, **quiet)
     raw = first["raw_training"]
     key = next(k for k in raw if k.startswith("obtain"))
+    model_key = first["model_keys"][key]
     estimate.record_run([{"stage": "obtain", "status": "done", "wall": 3 * raw[key] + 5, "training": 3 * raw[key],
-                          "raw_training": raw[key], "overhead": 5.0}], workers=2, cache_dir=cache)
+                          "raw_training": raw[key], "model_key": model_key, "overhead": 5.0}], workers=2, cache_dir=cache)
     again = estimate.summary(plan, 2, **quiet)
     assert again["stages"]["obtain"]["training"] == pytest.approx(3 * first["stages"]["obtain"]["training"])
     assert any("x 3.00" in n for n in again["notes"])
     alone = estimate.summary(plan, 1, **quiet)
     assert alone["stages"]["obtain"]["training"] == pytest.approx(first["stages"]["obtain"]["training"])
+    # another model (here: the same plan with wider layers) is not scaled by this model's ratio
+    other = {"stage": "obtain", "status": "done", "wall": 1.0, "training": 100.0,
+             "raw_training": 1.0, "model_key": "another machine or model", "overhead": 0.0}
+    estimate.record_run([other], workers=2, cache_dir=cache)
+    assert estimate.summary(plan, 2, **quiet)["stages"]["obtain"]["training"] == pytest.approx(
+        again["stages"]["obtain"]["training"])
 
 
 def test_rates_are_kept_per_thread_count():
