@@ -27,14 +27,16 @@ def main(study: str, out: str, domain: str | None = None) -> None:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS, headless=True)
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
             deadline = time.monotonic() + 120
-            while True:
+            while True:  # the server is up once its port takes connections
                 try:
-                    page.goto(f"http://127.0.0.1:{port}/", timeout=10_000)
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
                     break
-                except Exception:
+                except OSError:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(1)
+            # Voila sends the page as the notebook runs: a full study's statistics take a while
+            page.goto(f"http://127.0.0.1:{port}/", timeout=300_000)
             page.wait_for_selector("svg", timeout=120_000)
             if domain:
                 page.get_by_role("combobox").first.select_option(domain)
