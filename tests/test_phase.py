@@ -268,7 +268,7 @@ def test_several_settings_are_kept_apart_and_bad_input_is_named():
 
 # ------------------------------------------------------------------------------ simulated error rates
 
-DEMO = dict(domains=5, seeds=5, rounds=15, sigma=0.04)  # the demo's design; sigma: a domain-seed's noise
+DEMO = dict(domains=3, seeds=5, rounds=15, sigma=0.04)  # the demo's design; sigma: a domain-seed's noise
 
 
 @pytest.mark.parametrize("seed_sd", [0.0, 0.03])
@@ -283,7 +283,7 @@ def test_500_null_studies_false_positive_rate_at_most_alpha(seed_sd):
 
 
 def test_naive_pooling_exceeds_alpha_when_seeds_are_correlated():
-    """Why the pooled test resamples seeds: treating 25 domain-seed pairs as independent units (here
+    """Why the pooled test resamples seeds: treating the 15 domain-seed pairs as independent units (here
     with the t-test, its fast form) claims transitions that are not there."""
     naive = phase.simulate_transitions(500, effect=0.0, seed_sd=0.03, rng_seed=12, test="t", naive_pooled=True, **DEMO)
     rate = (naive["pooled"] < DEMO["rounds"]).mean()
@@ -304,7 +304,7 @@ def test_planted_transitions_are_found_with_correlated_seeds(seed_sd):
 
 def test_power_at_the_demo_design_is_printed():
     """The chance that the demo's design finds a 5-point gap that holds from round 9 to the end, per
-    domain and pooled (5 seeds x 5 domains), for noise levels around the demo's."""
+    domain and pooled (5 seeds x 3 domains), for noise levels around the demo's."""
     lines = []
     for sigma in (0.02, 0.04, 0.06):
         sim = phase.simulate_transitions(300, effect=0.05, from_round=9, rng_seed=14, **{**DEMO, "sigma": sigma})
@@ -314,5 +314,5 @@ def test_power_at_the_demo_design_is_printed():
         lines.append(f"sigma {100 * sigma:.0f} pp: per domain {per_domain:.2f}, pooled {pooled:.2f} "
                      f"(pooled finds some transition {found_any:.2f})")
         assert pooled >= per_domain - 0.05  # pooling over domains never costs power here
-    print("\npower for a 5-point gap from round 9 (5 seeds x 5 domains, 15 rounds):\n  " + "\n  ".join(lines))
+    print("\npower for a 5-point gap from round 9 (5 seeds x 3 domains, 15 rounds):\n  " + "\n  ".join(lines))
     assert lines
