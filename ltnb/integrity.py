@@ -51,15 +51,14 @@ class IntegrityError(ValueError):
     """A file's content does not match the hash recorded when it was written."""
 
     def __init__(self, file, expected: str | None, found: str | None, what: str = "content",
-                 recorded: str = "when it was written"):
+                 recorded: str = "when it was written", advice: str = "Rerun the stage that writes it."):
         self.file, self.expected, self.found = str(file), expected, found
         if expected is None:
             msg = (f"{file}: no recorded {what} hash (written by another tool, or by an ltnb older than its "
-                   f"integrity checks), so it cannot be verified; found sha256 {found}. Rerun the stage that writes it.")
+                   f"integrity checks), so it cannot be verified; found sha256 {found}. {advice}")
         else:
             msg = (f"{file}: {what} does not match the hash recorded {recorded} "
-                   f"(expected sha256 {expected}, found {found}); the file was changed or corrupted. "
-                   f"Rerun the stage that writes it.")
+                   f"(expected sha256 {expected}, found {found}); the file was changed or corrupted. {advice}")
         super().__init__(msg)
 
 
@@ -193,6 +192,9 @@ def cell_outputs(study_dir: str | os.PathLike, key: str) -> dict[str, str]:
         # (likewise transfer/<source>__<target>/...): every chain of that domain (pair) and seed
         stage, what, seed = key.split("/")[:3]
         files = sorted(study.glob(f"{stage}/{what}/*/{seed}/*/results.parquet"))
+        if stage == "obtain":  # transfer and federated cells read the reset chain's tickets and theta_0
+            files += sorted(study.glob(f"obtain/{what}/reset/{seed}/*/round_*.safetensors"))
+            files += sorted(study.glob(f"obtain/{what}/reset/{seed}/*/theta_0.safetensors"))
     elif key.startswith("federated/"):
         files = sorted((study / key).glob("*/results.parquet"))
     elif key == "report":

@@ -150,6 +150,20 @@ def _finished_rounds(run: Path) -> set[int]:
     return {int(r) for r in rows["round"] if (run / ticket_name(int(r))).exists()}
 
 
+def _verify_finished(run: Path) -> None:
+    """Before a chain resumes (or is read back as finished), every ticket of its finished rounds must
+    still have the content it was written with; a changed one stops the chain, naming the file, and
+    what to do (its later rounds were trained from it, so the chain cannot be repaired in place)."""
+    for r in sorted(_finished_rounds(run)):
+        try:
+            tickets.load_state(run / ticket_name(r))
+        except integrity.IntegrityError as e:
+            raise integrity.IntegrityError(
+                e.file, e.expected, e.found, "tensor data or metadata",
+                advice=f"Its chain's later rounds were trained from it: delete the chain folder {run} and run "
+                       f"again to train the chain anew.") from None
+
+
 def _prepare_run(run: Path, info: dict) -> None:
     f = run / "settings.json"
     if f.exists():
@@ -272,6 +286,7 @@ def obtain(
                                                          settings=settings, data=data, vocab_size=vocab_size,
                                                          data_key=data_key, device=device, progress=progress)
     run, h, vocab_size = chain.run, chain.base["settings_hash"], chain.vocab_size
+    _verify_finished(run)
     rewound = tickets.load_state(run / REWOUND)[0] if strategy == "rewind" and start_round > 0 else None
     prev = tickets.load(run / ticket_name(start_round - 1)) if 0 < start_round <= settings.rounds else None
     prev_mask, prev_trained = (prev.masks, prev.trained) if prev else (None, None)

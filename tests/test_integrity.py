@@ -117,6 +117,25 @@ def test_item2_a_corrupted_mask_is_not_carried_into_a_transfer(tmp_path):
     assert not list((tmp_path / "transfer").rglob("results.parquet"))  # nothing trained on it
 
 
+def test_item2_a_changed_ticket_makes_its_obtain_cell_rerun_and_the_chain_stop(tmp_path):
+    """The obtain cell records the reset chain's tickets and theta_0 (what transfer and federated cells
+    read), so a flipped byte makes the batch rerun the cell, naming the file; the rerun stops the chain
+    (its later rounds were trained from that ticket) instead of recording the changed file as good."""
+    a = synthetic_data(40, seed=0)
+    two = LotterySettings(rounds=2, model=SMALL.model, train=SMALL.train)
+    kw = dict(settings=two, vocab_size=50, data_key=KEY, device="cpu", progress=False)
+    lottery.obtain(tmp_path, "a", data=a, **kw)
+    src = lottery.chain_dir(tmp_path, "a", "reset", 0, two, KEY, 50)
+    outputs = integrity.cell_outputs(tmp_path, "obtain/a/seed0")
+    rel = (src / "round_01.safetensors").relative_to(tmp_path).as_posix()
+    assert rel in outputs and (src / "theta_0.safetensors").relative_to(tmp_path).as_posix() in outputs
+    flip(src / "round_01.safetensors", "trained/fc1.weight", 3)
+    why = integrity.record_problem(tmp_path, outputs)
+    assert why is not None and why.startswith(f"{rel} changed since it ran")
+    with pytest.raises(integrity.IntegrityError, match=r"round_01.safetensors.*delete the chain folder"):
+        lottery.obtain(tmp_path, "a", data=a, **kw)
+
+
 # ---------------------------------------------------------------- item 3: inputs verified by content
 
 def test_item3_stale_encodings_and_edited_tables_are_refused(tmp_path):
