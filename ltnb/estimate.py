@@ -305,12 +305,11 @@ def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_
         if c.stage in ("obtain", "transfer", "federated"):
             s = config.LotterySettings.from_params(**{k: c.params[k] for k in c.settings_names
                                                       if k in config.LotterySettings.flat_fields()})
-            where = c.params.get("domain") or c.params.get("target") or c.params["source"]
-            model_key = _key(s.model, _data_shape(plan, where)[2], s.train.batch_size, threads)
-        if c.stage in ("obtain", "transfer"):
-            s = config.LotterySettings.from_params(**{k: c.params[k] for k in c.settings_names})
-            domain = c.params["domain"] if c.stage == "obtain" else c.params["target"]
+            # the domain trained on: obtain's domain, transfer's target (federated: the source's vocabulary)
+            domain = c.params.get("domain") or c.params.get("target") or c.params["source"]
             n, length, vocab_size, where = _data_shape(plan, domain)
+            model_key = _key(s.model, vocab_size, s.train.batch_size, threads)
+        if c.stage in ("obtain", "transfer"):
             notes.add(f"data sizes and lengths from {where}")
             r = rates(s.model, vocab_size, s.train.batch_size, threads=threads, cache_dir=cache_dir, log=log)
             strategies = c.params.get("strategies") or (["reset", "random", "reinit"] if c.stage == "obtain"
