@@ -44,8 +44,7 @@ CULL_IDLE_S = 300  # a kernel idle (and no page connected) this long is shut dow
 STAGE_FOLDERS = ("obtain", "transfer", "data", "report")
 NOTEBOOK = "05_phase_transition.ipynb"
 ALPHAS = (0.001, 0.01, 0.05, 0.1)
-DELTAS = (0.01, 0.02, 0.05)
-STRATEGY_ORDER = ("reset", "random", "reinit", "rewind", "masks-reset", "masks-random")
+STRATEGY_ORDER = ("reset", "random", "reinit", "shuffle", "rescaled", "rewind", "masks-reset", "masks-random")
 
 
 # ---------------------------------------------------------------- where the study comes from
@@ -133,9 +132,10 @@ def numbers(rows: pd.DataFrame, gaps: pd.DataFrame, *, strategies, rounds: tuple
         wide["difference (pp)"] = [fmt(100 * v, "+.2f") for v in gap["mean_gap"]]
         wide["CI (pp)"] = ["" if pd.isna(lo) else f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
                            for lo, hi in zip(gap["ci_lo"], gap["ci_hi"])]
-        wide["p"] = [fmt(v, ".3g") for v in gap["p"]]
-        wide["in run"] = ["" if not t or pd.isna(t) else ("yes" if q else "no")
-                          for t, q in zip(gap["tested"], gap["in_sequence"])]
+        wide["p (round)"] = [fmt(v, ".3g") for v in gap["p"]]
+        wide["p (max-T)"] = [fmt(v, ".3g") for v in gap["p_adj"]]
+        wide["significant"] = ["" if not t or pd.isna(t) else ("not informative" if not i else "yes" if q else "no")
+                               for t, i, q in zip(gap["tested"], gap["informative"], gap["significant"])]
     wide.index.name = "round"
     return wide.reset_index()
 
@@ -153,14 +153,12 @@ class Explorer:
     """The widgets app over one study's result rows. ``.widget`` is the whole app; ``.controls`` and
     ``.views`` name its parts (tests drive them); displaying an Explorer displays ``.widget``."""
 
-    def __init__(self, rows: pd.DataFrame, *, study: str = "", alpha: float = phase.ALPHA,
-                 delta: float = phase.DELTA, test: str = "signflip"):
+    def __init__(self, rows: pd.DataFrame, *, study: str = "", alpha: float = phase.ALPHA, test: str = "signflip"):
         import ipywidgets as w
 
         self.rows, self.study, self.test = rows, study, test
         self.sels = {s.label: s for s in phase.selections(rows, pooled=True) if s.stage in ("obtain", "transfer")}
         alphas = sorted(set(ALPHAS) | {float(alpha)})
-        deltas = sorted(set(DELTAS) | {float(delta)})
         self.controls = dict(
             pair=w.Dropdown(options=list(self.sels), description="domain / pair",
                             style={"description_width": "initial"}),
@@ -174,8 +172,6 @@ class Explorer:
             reset_zoom=w.Button(description="all rounds"),
             mode=w.ToggleButtons(options=[MEAN, SEEDS], description="seeds"),
             alpha=w.Dropdown(options=alphas, value=float(alpha), description="alpha", layout=w.Layout(width="160px")),
-            delta=w.Dropdown(options=[(f"{100 * d:g} pp", d) for d in deltas], value=float(delta),
-                             description="delta", layout=w.Layout(width="160px")),
         )
         c = self.controls
         self.views = dict(
@@ -192,14 +188,16 @@ class Explorer:
                       f"<div style='font-family:sans-serif;font-size:12px;color:#555'>{len(rows)} result rows. "
                       f"Every control redraws the views.</div>")
         method = w.Accordion(children=[w.HTML(f"<div style='font-family:sans-serif;font-size:13px;max-width:900px'>"
-                                              f"{html.escape(phase.METHOD)} Error bars: the per-round two-sided 1 - alpha "
-                                              f"t-interval of the mean difference (not a simultaneous band); dark blue "
-                                              f"points: the rounds the fixed-sequence transition claims.</div>")])
+                                              f"{html.escape(phase.METHOD)} Error bars: one round's exact sign-flip "
+                                              f"interval of the mean difference (not a simultaneous band); blue points: "
+                                              f"the rounds significant under max-T; grey: not informative (both "
+                                              f"strategies mostly at chance). Crosses on the accuracy chart: each "
+                                              f"chain's collapse point.</div>")])
         method.set_title(0, "How the transition is measured")
         self.widget = w.VBox([
             head,
             w.HBox([w.VBox([c["pair"], c["comparison"]]), c["strategies"],
-                    w.VBox([c["mode"], w.HBox([c["alpha"], c["delta"]])])]),
+                    w.VBox([c["mode"], c["alpha"]])]),
             w.HBox([c["rounds"], c["zoom"], c["reset_zoom"]]),
             v["estimate"],
             w.HBox([v["accuracy"], v["gap"]]),
@@ -214,7 +212,7 @@ class Explorer:
                                    " yet</b>: run the study's obtain stage (03_obtain) first.")
             return
         c["pair"].observe(lambda _: self._on_pair(), "value")
-        for name in ("comparison", "strategies", "rounds", "mode", "alpha", "delta"):
+        for name in ("comparison", "strategies", "rounds", "mode", "alpha"):
             c[name].observe(lambda _: self.refresh(), "value")
         c["zoom"].on_click(lambda _: self._zoom(0.9))
         c["reset_zoom"].on_click(lambda _: self._zoom(0.0))
@@ -260,11 +258,13 @@ class Explorer:
         rows = self._selected()
         strategies = list(c["strategies"].value) or list(c["strategies"].options)
         lo, hi = tuple(c["rounds"].value)
-        alpha, delta = float(c["alpha"].value), float(c["delta"].value)
+        alpha = float(c["alpha"].value)
         cmp = next((x for x in phase.comparisons(sel.stage, set(rows["strategy"])) if x.name == c["comparison"].value), None)
         shown = rows[rows["strategy"].isin(strategies) & rows["round"].between(lo, hi)]
         curves = plots.obtain_curves(shown) if sel.stage == "obtain" else plots.transfer_curves(shown)
         chance = phase.chance_table(shown, alpha=alpha)
+        points = phase.collapse_points(rows[rows["strategy"].isin(strategies)], alpha=alpha)
+        points = points.assign(series=points["strategy"].map(series_name))
         new = {}  # compute every view first, then swap them in together (no half-updated app)
         markers = []
         if cmp is None:
@@ -272,31 +272,39 @@ class Explorer:
             new["estimate"] = f"<div><b>{html.escape(sel.label)}</b>: needs two strategies to compare.</div>"
             new["gap"] = "<p>needs two strategies to compare</p>"
         else:
-            t = phase.transition(rows, cmp, alpha=alpha, delta=delta, test=self.test)
+            t = phase.transition(rows, cmp, alpha=alpha, test=self.test,
+                                 points=points[points["strategy"].isin([cmp.a, cmp.b])])
             gaps = phase.gap_table(rows, cmp, alpha=alpha, test=self.test)
-            markers = [(t.sparsity, "significant from", "#111111"), (t.effect_sparsity, f">= {100 * delta:g} pp from", "#7f7f7f")]
-            new["estimate"] = (f"<div><b>{html.escape(sel.label)}: {html.escape(cmp.label)}: transition {html.escape(t.text)}</b>"
-                               f" &mdash; {html.escape(t.message)}</div><div><b>difference &gt;= {100 * delta:g} pp from: "
-                               f"{html.escape(t.effect_text)}</b> (seed bootstrap interval); detectable effect at a round "
-                               f"(80% power): {html.escape(t.mde_text)}; instability ({html.escape(cmp.b)} spreads more): "
-                               f"{html.escape(t.instability_text)}; at chance at the last round: {html.escape(t.chance_last)}</div>")
+            markers = [(t.sparsity, "onset", "#111111")]
+            ct = t.collapse
+            new["estimate"] = (
+                f"<div><b>{html.escape(sel.label)}: {html.escape(cmp.label)}: transition {html.escape(t.text)}</b>"
+                f" &mdash; {html.escape(t.message)}</div>"
+                f"<div><b>collapse points</b> (crosses: where a chain falls below the midpoint of its start level and "
+                f"chance): {html.escape(cmp.a)} {html.escape(phase._pct_text(t.collapse_a_sparsity))}, "
+                f"{html.escape(cmp.b)} {html.escape(phase._pct_text(t.collapse_b_sparsity))} (means); "
+                f"<b>{html.escape(cmp.a)} - {html.escape(cmp.b)}: {html.escape(t.collapse_text)}</b>; "
+                f"detectable effect at a round (80% power): {html.escape(t.mde_text)}; instability "
+                f"({html.escape(cmp.b)} spreads more): {html.escape(t.instability_text)}; at chance at the last round: "
+                f"{html.escape(t.chance_last)}</div>")
             pairs = phase.paired(rows, cmp.a, cmp.b) if c["mode"].value == SEEDS else None
             shown_gaps = gaps[gaps["round"].between(lo, hi)]
+            level = 100 * phase.interval_level(int(gaps["n"].max()) if len(gaps) else 0, alpha)
             new["gap"] = plots.svg(plots.gap_chart(
                 shown_gaps, pairs=None if pairs is None else pairs[pairs["round"].between(lo, hi)],
-                markers=markers[:1], title=f"{sel.label}: {cmp.a} - {cmp.b}, {100 * (1 - alpha):g}% CI",
+                markers=markers, title=f"{sel.label}: {cmp.a} - {cmp.b}, {level:.4g}% exact interval per round",
                 ylabel=f"{cmp.a} - {cmp.b} (pp)")) if len(shown_gaps) else f"<p>{html.escape(t.message)}</p>"
+        shown_points = points[points["collapse_round"].between(lo, hi)]
         new["accuracy"] = plots.svg(plots.accuracy_chart(curves, facet=None, mode=c["mode"].value, markers=markers,
                                                          title=f"{sel.label}: test accuracy",
-                                                         width=plots.WIDTH, height=plots.HEIGHT))
+                                                         width=plots.WIDTH, height=plots.HEIGHT, collapse=shown_points))
         new["spread"] = plots.svg(plots.spread_chart(curves, chance, title=f"{sel.label}: spread across seeds, "
                                                      "chains at chance"))
         new["table"] = numbers(rows, gaps, strategies=strategies, rounds=(lo, hi), chance=chance).to_html(index=False, border=0)
-        if (alpha, delta) not in self._summaries:  # every selection's transitions: computed once per alpha, delta
-            self._summaries[(alpha, delta)] = phase.summary(self.rows, alpha=alpha, delta=delta, test=self.test)
-        s = self._summaries[(alpha, delta)]
-        cols = ["stage", "pair", "comparison", "seeds", "transition", "effect_transition", "mde_pp", "instability",
-                "chance_last"]
+        if alpha not in self._summaries:  # every selection's transitions: computed once per alpha
+            self._summaries[alpha] = phase.summary(self.rows, alpha=alpha, test=self.test)
+        s = self._summaries[alpha]
+        cols = ["stage", "pair", "comparison", "seeds", "transition", "collapse", "mde_pp", "instability", "chance_last"]
         new["summary"] = "<div class='ltnb-table'>" + s[cols].round({"mde_pp": 1}).to_html(index=False, border=0) + "</div>"
         for name, value in new.items():
             v[name].value = value
@@ -306,7 +314,7 @@ class Explorer:
 
 
 def app(study_dir=None, *, rows: pd.DataFrame | None = None, alpha: float = phase.ALPHA,
-        delta: float = phase.DELTA, test: str = "signflip") -> Explorer:
+        test: str = "signflip") -> Explorer:
     """The explorer over a study folder (``ltnb.results.load``) or over ``rows`` directly."""
     if rows is None:
         if study_dir is None:
@@ -315,7 +323,7 @@ def app(study_dir=None, *, rows: pd.DataFrame | None = None, alpha: float = phas
 
         study_dir = paths.resolve_study(study_dir)
         rows = results.load(study_dir)
-    return Explorer(rows, study=str(study_dir or ""), alpha=alpha, delta=delta, test=test)
+    return Explorer(rows, study=str(study_dir or ""), alpha=alpha, test=test)
 
 
 class Message:
@@ -331,7 +339,7 @@ class Message:
                              f"<h2>Phase transition explorer</h2><p>{html.escape(self.text)}</p></div>"}
 
 
-def page(default_study, *, alpha: float = phase.ALPHA, delta: float = phase.DELTA, test: str = "signflip"):
+def page(default_study, *, alpha: float = phase.ALPHA, test: str = "signflip"):
     """The explorer of the study ``study_from_env(default_study)`` names; as the app, any problem
     (a study it does not serve, a folder that is gone, a result table that fails its checks) gives a
     ``Message`` instead, so nothing of the server (tracebacks, paths) reaches the page."""
@@ -342,7 +350,7 @@ def page(default_study, *, alpha: float = phase.ALPHA, delta: float = phase.DELT
         study = paths.resolve_study(study_from_env(default_study))
         if app_mode() and not study.is_dir():
             raise StudyRefused(f"The study {study.name!r} is not on this server (any more).")
-        return app(study, alpha=alpha, delta=delta, test=test)
+        return app(study, alpha=alpha, test=test)
     except Exception as e:  # noqa: BLE001 - the app shows a message for anything
         if not app_mode():
             raise

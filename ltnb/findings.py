@@ -1,50 +1,79 @@
 """A verdict for each of the paper's four findings, computed from the result rows, never written by hand.
 
-Each finding (PROTOCOL.md, "Reported findings") is turned into one statistic with an interval, a
-test where the claim is directional, and a verdict: **held**, **not held** or **inconclusive**. The
-criteria are fixed here, before any data is seen, and printed with the verdict:
+Each finding (PROTOCOL.md, "Reported findings") is one estimand with its own test and its own interval,
+and a verdict that either side can reach: **held**, **not held** or **inconclusive**. The criteria are
+the texts in ``CRITERIA`` below, fixed before any data is seen; every verdict carries
+``criteria_hash``, a hash of those texts and of this module's and ``ltnb.phase``'s code, so a verdict
+computed under other criteria or other code shows it.
 
-1. *TICKET-RESET beats FULL-MODEL at 0-90% sparsity.* Per domain and seed, the mean over the rounds
-   with sparsity in (0, 90%] of reset's test accuracy minus the dense round 0's. Held if it is
-   significantly positive (exact one-sided sign-flip test, seed = unit, pooled over domains); not held
-   if the interval lies at or below 0; else inconclusive.
-2. *Reset and random match until ~96% sparsity; beyond it random drops and is unstable.* Held if the
-   pooled reset - random gap transition (``ltnb.phase``, fixed-sequence) is detected at a sparsity
-   >= 90% *and* below 90% the two are equivalent within +-delta (the 1 - 2 alpha interval of the
-   mean gap over those rounds lies inside [-delta, delta], two one-sided tests). Not held if the gap
-   is significant from a sparsity below 90% on, or below 90% the interval lies entirely outside
-   [-delta, delta], or the gap at the sparsest round is not positive (interval at or below 0). Else
-   inconclusive. Instability and the chains at chance are reported beside it.
-3. *Transfer.* (a) Masks transfer with a drop of 3-5 points up to 90% sparsity: TICKET-TARGET minus
-   MASKS-RESET, same seeds and settings, mean over the rounds with sparsity in (0, 90%]. Held if the
-   interval's upper end is <= 5 points; not held if its lower end is > 5 points. (b) Initial values
-   matter more at high sparsity: the MASKS-RESET - MASKS-RANDOM gap above 90% sparsity minus the gap
-   at or below 90%. Held if significantly positive; not held if the interval lies at or below 0.
-4. *The sparsity of the phase transition is dataset-dependent.* The range (max - min, in rounds) of
-   the domains' effect-size transitions (the first round from which reset - random stays >= delta),
-   with a bootstrap interval that resamples seeds jointly across domains (they share seeds). Held if
-   the interval's lower end is >= 1 round; not held if its upper end is 0; else inconclusive.
+The seed is the unit throughout (a seed's domains or pairs share its draws): per seed, the mean over
+its domains or pairs; tests are exact one-sided sign-flip tests (``phase.signflip_p``) and intervals
+invert them (``phase.signflip_interval``: the lower bound is above 0 exactly when the test of "> 0" is
+significant, the upper below 0 exactly when the test of "< 0" is), labelled with their exact coverage
+(5 seeds: 93.75%). "Equivalent within +-m" means the whole interval lies inside (-m, m) (two one-sided
+tests at alpha each).
 
-Intervals are two-sided 1 - alpha: t-intervals over the seeds' means (the seed is the unit: the
-domains of a seed share theta_0) for 1 and 3, percentile bootstrap for 2 and 4. ``n`` counts seeds
-and domains or pairs. A finding whose strategies or stages are missing is "no data".
+**Knife edges.** A verdict must not hinge on one chain's last digit (the same code and seeds run on
+another CPU give accuracies a test example or two apart). Every verdict is recomputed with every
+accuracy it reads moved by ``robust_examples`` test examples (default 1) up or down, in every
+combination of the groups of rows its statistics are monotone in (e.g. reset's dense round, reset's
+pruned rounds, random's rounds); if any of them gives another verdict, the verdict is
+**inconclusive**, with why. A finding whose trainings mostly did not converge (the rows' ``converged``
+column, where recorded) is **not assessable: not converged**, with the numbers.
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
+import itertools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from . import phase
 
 LOW_SPARSITY = 0.90  # "up to 90% sparsity"
 TRANSFER_DROP = 0.05  # "a 3-5% drop": at most 5 points
+SAME_ROUND = 1.0  # collapse points within one IMP round of each other count as the same (the design's resolution)
+ROBUST_EXAMPLES = 1  # a verdict must survive every accuracy moving by this many test examples
+CONVERGED_SHARE = 0.5  # below this share of converged trainings a finding is not assessable
+NOT_CONVERGED = "not assessable: not converged"
 
-COLUMNS = ["finding", "claim", "criterion", "statistic", "estimate", "ci_lo", "ci_hi", "unit", "p", "n", "verdict",
-           "detail"]
+CRITERIA = {
+    "1": "held if the interval of reset - FULL-MODEL lies above 0 (sign-flip, seed = unit); not held if it lies "
+         "below 0 or inside (-delta, delta) (no advantage); else inconclusive",
+    "2": "held if below 90% sparsity the reset - random gap is equivalent within +-delta AND reset's collapse point "
+         "is significantly later than random's; not held if below 90% the gap's interval lies outside +-delta, or "
+         "the collapse difference's interval lies below 0 or inside (-1, 1) rounds; else inconclusive",
+    "3a": "held if the drop TICKET-TARGET - MASKS-RESET is significantly positive and its interval's upper end is "
+          "<= 5 pp; not held if the interval lies below 0, inside (-delta, delta) (no drop) or above 5 pp; else "
+          "inconclusive",
+    "3b": "held if the increase of (masks-reset - masks-random) above 90% over at or below 90% has its interval "
+          "above 0; not held if it lies below 0 or inside (-delta, delta); else inconclusive",
+    "4": "held if the collapse points of TICKET-RANDOM differ between domains (permutation test of the between-domain "
+         "spread, domain labels permuted within each seed, p < alpha); not held if every pair of domains is "
+         "equivalent within +-1 round (intersection-union); else inconclusive",
+}
+
+COLUMNS = ["finding", "claim", "criterion", "statistic", "estimate", "ci_lo", "ci_hi", "ci_level", "unit", "p", "n",
+           "verdict", "detail", "criteria_hash"]
+
+
+def criteria_hash() -> str:
+    """SHA-256 (16 hex digits) of the criteria texts, the thresholds and the code of this module and of
+    ``ltnb.phase``: what a verdict was decided by."""
+    from . import findings as me
+
+    h = hashlib.sha256()
+    for k in sorted(CRITERIA):
+        h.update(f"{k}\0{CRITERIA[k]}\0".encode())
+    h.update(repr((LOW_SPARSITY, TRANSFER_DROP, SAME_ROUND, ROBUST_EXAMPLES, CONVERGED_SHARE)).encode())
+    for module in (me, phase):
+        h.update(inspect.getsource(module).encode())
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -56,6 +85,7 @@ class Finding:
     estimate: float = float("nan")
     ci_lo: float = float("nan")
     ci_hi: float = float("nan")
+    ci_level: float = float("nan")
     unit: str = "pp"
     p: float = float("nan")
     n: str = ""
@@ -63,21 +93,42 @@ class Finding:
     detail: str = ""
 
 
-def _seed_stat(values: pd.DataFrame, alpha: float, *, greater: bool = True) -> dict:
-    """``values``: columns seed, value (one per domain-seed or pair-seed unit). The seed's mean is the
-    unit: estimate, a two-sided 1 - alpha t-interval over the seeds, and the exact one-sided sign-flip
-    p (seed sums) of value > 0 (or < 0 with ``greater=False``)."""
-    per_seed = values.groupby("seed")["value"].agg(["sum", "count", "mean"])
+# ---------------------------------------------------------------------------------- shared pieces
+
+@dataclass(frozen=True)
+class SeedStat:
+    """A per-unit value summarised with the seed as the unit."""
+    estimate: float
+    lo: float
+    hi: float
+    level: float
+    p: float  # one-sided, "greater than 0"
+    seeds: int
+
+
+def seed_stat(values: pd.DataFrame, alpha: float) -> SeedStat:
+    """``values``: columns seed, value (one per domain-seed or pair-seed unit). Per seed the mean over
+    its units; the estimate is the mean of those; exact sign-flip p of "> 0" and the exact interval."""
+    per_seed = values.groupby("seed")["value"].mean().to_numpy(float)
     n = len(per_seed)
-    est = float(values["value"].mean())
-    if n < 2:
-        return dict(estimate=est, ci_lo=np.nan, ci_hi=np.nan, p=np.nan, seeds=n)
-    m = per_seed["mean"].to_numpy()
-    sd = m.std(ddof=1)
-    half = stats.t.ppf(1 - alpha / 2, n - 1) * sd / math.sqrt(n) if sd > 0 else 0.0
-    sums = per_seed["sum"].to_numpy() * (1 if greater else -1)
-    return dict(estimate=est, ci_lo=float(m.mean() - half), ci_hi=float(m.mean() + half),
-                p=float(phase.signflip_p(sums)), seeds=n)
+    if n == 0:
+        return SeedStat(*(float("nan"),) * 5, 0)
+    lo, hi = phase.signflip_interval(per_seed, alpha) if n >= 2 else (float("nan"), float("nan"))
+    return SeedStat(float(per_seed.mean()), lo, hi, phase.interval_level(n, alpha) if n >= 2 else float("nan"),
+                    float(phase.signflip_p(per_seed)) if n >= 2 else float("nan"), n)
+
+
+def _three_way(s: SeedStat, margin: float) -> str:
+    """held (interval above 0), not held (below 0, or inside +-margin), or inconclusive."""
+    if s.lo > 0:
+        return "held"
+    if s.hi < 0 or (-margin < s.lo and s.hi < margin):
+        return "not held"
+    return "inconclusive"
+
+
+def _fill(f: Finding, s: SeedStat, scale: float = 100.0) -> None:
+    f.estimate, f.ci_lo, f.ci_hi, f.ci_level, f.p = scale * s.estimate, scale * s.lo, scale * s.hi, s.level, s.p
 
 
 def _n(values: pd.DataFrame, what: str) -> str:
@@ -90,10 +141,15 @@ def _few(seeds: int, alpha: float) -> str:
             if phase.smallest_p(seeds) >= alpha else "")
 
 
-def finding1(rows: pd.DataFrame, alpha: float) -> Finding:
+def _pp(v: float) -> str:
+    return "-" if not np.isfinite(v) else f"{100 * v:+.2f}"
+
+
+# ---------------------------------------------------------------------------------- the findings
+
+def finding1(rows: pd.DataFrame, alpha: float, delta: float) -> Finding:
     f = Finding("1", "TICKET-RESET beats FULL-MODEL at 0-90% sparsity (paper: on Books, Electronics, Home)",
-                "held if reset - dense > 0 significantly (sign-flip, seed = unit); not held if the interval is <= 0",
-                "reset - FULL-MODEL, mean over rounds with sparsity in (0, 90%] (pp)")
+                CRITERIA["1"], "reset - FULL-MODEL, mean over rounds with sparsity in (0, 90%] (pp)")
     ob = rows[(rows["stage"] == "obtain") & (rows["strategy"] == "reset")]
     if ob.empty or not (ob["round"] == 0).any():
         f.detail = "needs reset chains with their dense round 0"
@@ -105,65 +161,56 @@ def finding1(rows: pd.DataFrame, alpha: float) -> Finding:
         return f
     v = low.groupby(["pair", "seed"])["test_acc"].mean() - dense
     values = v.dropna().rename("value").reset_index()
-    s = _seed_stat(values, alpha)
-    f.estimate, f.ci_lo, f.ci_hi, f.p = 100 * s["estimate"], 100 * s["ci_lo"], 100 * s["ci_hi"], s["p"]
+    s = seed_stat(values, alpha)
+    _fill(f, s)
     f.n = _n(values, "domains")
-    f.verdict = "held" if s["p"] < alpha else "not held" if s["ci_hi"] <= 0 else "inconclusive"
+    f.verdict = _three_way(s, delta)
     per = values.groupby("pair")["value"].mean().mul(100).round(1)
-    f.detail = "per domain (pp): " + ", ".join(f"{k} {v:+.1f}" for k, v in per.items()) + _few(s["seeds"], alpha)
+    f.detail = "per domain (pp): " + ", ".join(f"{k} {v:+.1f}" for k, v in per.items()) + _few(s.seeds, alpha)
     return f
 
 
-def _equivalence(rows: pd.DataFrame, cmp: phase.Comparison, alpha: float, delta: float) -> tuple[float, float, float]:
-    """Mean gap over rounds in (0, 90%) and its 1 - 2 alpha t-interval over seeds (two one-sided tests)."""
+def _low_gap(rows: pd.DataFrame, cmp: phase.Comparison, alpha: float) -> SeedStat:
+    """The a - b gap, mean over rounds with sparsity in (0, 90%), per unit; seed statistics."""
     p = phase.paired(rows, cmp.a, cmp.b)
     low = p[(p["round"] >= 1) & (p["sparsity"] < LOW_SPARSITY - 1e-9)]
-    if low.empty:
-        return np.nan, np.nan, np.nan
     values = low.groupby(["pair", "seed"])["gap"].mean().rename("value").reset_index()
-    s = _seed_stat(values, 2 * alpha)
-    return s["estimate"], s["ci_lo"], s["ci_hi"]
+    return seed_stat(values, alpha)
 
 
-def finding2(rows: pd.DataFrame, alpha: float, delta: float, n_boot: int) -> Finding:
+def finding2(rows: pd.DataFrame, alpha: float, delta: float, *, detail: bool = True) -> Finding:
     f = Finding("2", "TICKET-RESET and TICKET-RANDOM match until ~96% sparsity; beyond it random drops faster and is "
-                "unstable, reset stays stable",
-                f"held if the pooled reset - random gap transition is detected at >= 90% sparsity and below 90% the gap is "
-                f"within +-{100 * delta:g} pp (TOST); not held if it starts below 90%, or is outside +-{100 * delta:g} pp "
-                f"below 90%, or is not positive at the sparsest round",
-                "pooled reset - random gap transition (sparsity %); interval: effect-size transition "
-                f"(gap >= {100 * delta:g} pp), seed bootstrap", unit="% sparsity")
+                "unstable, reset stays stable", CRITERIA["2"],
+                "collapse point reset - random, pooled over domains (rounds; 1 round = x0.65 density)", unit="rounds")
     ob = rows[rows["stage"] == "obtain"]
     cmp = phase.COMPARISONS[0]
     if ob.empty or not {cmp.a, cmp.b} <= set(ob["strategy"]):
+        f.detail = "needs reset and random chains"
         return f
-    t = phase.transition(ob, cmp, alpha=alpha, delta=delta, n_boot=n_boot)
-    gaps = phase.gap_table(ob, cmp, alpha=alpha)
-    tested = gaps[gaps["tested"]]
-    eq, eq_lo, eq_hi = _equivalence(ob, cmp, alpha, delta)
-    last = tested.iloc[-1] if len(tested) else None
-    f.n = f"{t.seeds} seeds x {ob['pair'].nunique()} domains"
-    f.estimate = 100 * t.sparsity if t.sparsity is not None else np.nan
-    f.ci_lo = 100 * t.effect_ci_lo if t.effect_ci_lo is not None else np.nan
-    f.ci_hi = 100 * t.effect_ci_hi if t.effect_ci_hi is not None else np.nan
-    f.p = float(last["p"]) if last is not None else np.nan
-    starts_low = t.status == "detected" and t.sparsity < LOW_SPARSITY
-    equivalent = np.isfinite(eq_lo) and -delta <= eq_lo and eq_hi <= delta
-    outside = np.isfinite(eq_lo) and (eq_lo > delta or eq_hi < -delta)
-    not_positive = last is not None and last["ci_hi"] <= 0
-    if t.status == "detected" and not starts_low and equivalent:
-        f.verdict = "held"
-    elif starts_low or outside or not_positive:
-        f.verdict = "not held"
-    else:
-        f.verdict = "inconclusive"
-    f.detail = (f"gap transition {t.text}; below 90%: gap {100 * eq:+.2f} pp, {100 * (1 - 2 * alpha):g}% CI "
-                f"[{100 * eq_lo:+.2f}, {100 * eq_hi:+.2f}]; at the sparsest round: {100 * last['mean_gap']:+.2f} pp"
-                if last is not None else f"gap transition {t.text}")
-    f.detail += f"; instability (random spreads more) {t.instability_text}; chains at chance at the last round: {t.chance_last}"
-    if t.status != "detected":
-        f.detail += f"; minimal detectable effect {t.mde_text}" + _few(t.seeds, alpha)
+    both = ob[ob["strategy"].isin([cmp.a, cmp.b])]
+    pts = phase.collapse_points(both, alpha=alpha)
+    c = phase.collapse_test(pts, cmp, alpha)
+    eq = _low_gap(ob, cmp, alpha)
+    f.n = f"{both['seed'].nunique()} seeds x {ob['pair'].nunique()} domains"
+    f.estimate, f.ci_lo, f.ci_hi, f.ci_level, f.p = c.diff, c.lo, c.hi, c.level, c.p
+    alike = eq.seeds >= 2 and -delta < eq.lo and eq.hi < delta
+    apart = eq.seeds >= 2 and (eq.lo > delta or eq.hi < -delta)
+    later = c.n >= 2 and c.lo > 0
+    not_later = c.n >= 2 and (c.hi < 0 or (-SAME_ROUND < c.lo and c.hi < SAME_ROUND))
+    f.verdict = ("held" if alike and later else "not held" if apart or not_later else "inconclusive")
+    if detail:
+        t = phase.transition(ob, cmp, alpha=alpha, points=pts)
+        f.detail = (f"collapse points (midpoint of start level and chance): reset "
+                    f"{_sp(t.collapse_a_sparsity, c.a_censored)}, random {_sp(t.collapse_b_sparsity, c.b_censored)}; "
+                    f"below 90%: gap {_pp(eq.estimate)} pp, {100 * eq.level:.2f}% interval [{_pp(eq.lo)}, {_pp(eq.hi)}] "
+                    f"(alike if inside +-{100 * delta:g}); onset (max-T) {t.text}; instability (random spreads more) "
+                    f"{t.instability_text}; chains at chance at the last round: {t.chance_last}" + _few(t.seeds, alpha))
     return f
+
+
+def _sp(s: float, censored: int) -> str:
+    return ("-" if not np.isfinite(s) else f"{100 * s:.1f}%") + (f" ({censored} chains never fell, counted at their "
+                                                                   f"last round)" if censored else "")
 
 
 def _target_rows(rows: pd.DataFrame) -> pd.DataFrame:
@@ -179,32 +226,32 @@ def _target_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return wide.merge(target, on=["target", "seed", "round", "settings_hash"], how="left").merge(sp, on=["pair", "round"])
 
 
-def finding3(rows: pd.DataFrame, alpha: float) -> list[Finding]:
+def finding3(rows: pd.DataFrame, alpha: float, delta: float) -> list[Finding]:
     a = Finding("3a", "Transfer: masks found in one domain lose 3-5% against the target's own tickets up to 90% sparsity",
-                f"held if the interval's upper end is <= {100 * TRANSFER_DROP:g} pp; not held if its lower end is > "
-                f"{100 * TRANSFER_DROP:g} pp", "TICKET-TARGET - MASKS-RESET, mean over rounds with sparsity in (0, 90%] (pp)")
+                CRITERIA["3a"], "TICKET-TARGET - MASKS-RESET, mean over rounds with sparsity in (0, 90%] (pp)")
     b = Finding("3b", "Transfer: initial values matter more at high sparsity (MASKS-RESET vs MASKS-RANDOM)",
-                "held if the gap above 90% exceeds the gap at or below 90% significantly (sign-flip, seed = unit); "
-                "not held if the interval is <= 0",
-                "(masks-reset - masks-random) above 90% minus at or below 90% sparsity (pp)")
+                CRITERIA["3b"], "(masks-reset - masks-random) above 90% minus at or below 90% sparsity (pp)")
     if rows[rows["stage"] == "transfer"].empty:
         a.detail = b.detail = "no transfer rows in this study (the plan has no transfer stage)"
         return [a, b]
     w = _target_rows(rows)
     w = w[w["round"] >= 1]
     low = w[w["sparsity"] <= LOW_SPARSITY + 1e-9]
+    a.detail = "needs the transfer's masks-reset rows and the target's own reset chain (ticket-target) at 0-90% sparsity"
     if {"masks-reset", "ticket-target"} <= set(w.columns) and len(low.dropna(subset=["masks-reset", "ticket-target"])):
         d = low.assign(value=low["ticket-target"] - low["masks-reset"]).dropna(subset=["value"])
         values = d.groupby(["pair", "seed"])["value"].mean().reset_index()
-        s = _seed_stat(values, alpha)
-        a.estimate, a.ci_lo, a.ci_hi, a.p = 100 * s["estimate"], 100 * s["ci_lo"], 100 * s["ci_hi"], np.nan
+        s = seed_stat(values, alpha)
+        _fill(a, s)
         a.n = _n(values, "pairs")
-        a.verdict = ("held" if s["ci_hi"] <= TRANSFER_DROP else "not held" if s["ci_lo"] > TRANSFER_DROP
-                     else "inconclusive")
+        if s.lo > 0 and s.hi <= TRANSFER_DROP:
+            a.verdict = "held"
+        elif s.hi < 0 or (-delta < s.lo and s.hi < delta) or s.lo > TRANSFER_DROP:
+            a.verdict = "not held"
+        else:
+            a.verdict = "inconclusive"
         per = values.groupby("pair")["value"].mean().mul(100)
-        a.detail = "per pair (pp): " + ", ".join(f"{k} {v:+.1f}" for k, v in per.items())
-    if a.verdict == "no data":
-        a.detail = "needs the transfer's masks-reset rows and the target's own reset chain (ticket-target) at 0-90% sparsity"
+        a.detail = "per pair (pp): " + ", ".join(f"{k} {v:+.1f}" for k, v in per.items()) + _few(s.seeds, alpha)
     b.detail = "needs masks-reset and masks-random rows both above and at or below 90% sparsity"
     if len(w):
         b.detail += f" (this study's transfer rounds reach {100 * w['sparsity'].max():.1f}%)"
@@ -213,58 +260,170 @@ def finding3(rows: pd.DataFrame, alpha: float) -> list[Finding]:
         per = g.groupby(["pair", "seed", "high"])["gap"].mean().unstack("high")
         if True in per.columns and False in per.columns:
             values = (per[True] - per[False]).dropna().rename("value").reset_index()
-            s = _seed_stat(values, alpha)
-            b.estimate, b.ci_lo, b.ci_hi, b.p = 100 * s["estimate"], 100 * s["ci_lo"], 100 * s["ci_hi"], s["p"]
+            s = seed_stat(values, alpha)
+            _fill(b, s)
             b.n = _n(values, "pairs")
-            b.verdict = "held" if s["p"] < alpha else "not held" if s["ci_hi"] <= 0 else "inconclusive"
+            b.verdict = _three_way(s, delta)
             hi, lo = g[g["high"]]["gap"].mean(), g[~g["high"]]["gap"].mean()
-            b.detail = f"gap above 90%: {100 * hi:+.2f} pp; at or below 90%: {100 * lo:+.2f} pp" + _few(s["seeds"], alpha)
+            b.detail = f"gap above 90%: {_pp(hi)} pp; at or below 90%: {_pp(lo)} pp" + _few(s.seeds, alpha)
     return [a, b]
 
 
-def finding4(rows: pd.DataFrame, alpha: float, delta: float, n_boot: int) -> Finding:
-    f = Finding("4", "The sparsity of the phase transition is dataset-dependent",
-                "held if the interval of the range across domains is >= 1 round; not held if it is 0; else inconclusive",
-                f"range (max - min) across domains of the effect-size transition round (reset - random >= "
-                f"{100 * delta:g} pp from there on)", unit="rounds")
-    ob = rows[rows["stage"] == "obtain"]
-    cmp = phase.COMPARISONS[0]
+def domain_permutation_p(table: np.ndarray, *, resamples: int = 20000, rng_seed: int = 0) -> float:
+    """Permutation p of the between-domain spread of ``table`` [seeds, domains] (the sum of squared
+    deviations of the domains' means from their grand mean), domain labels permuted within each seed
+    (exact over all (D!)^seeds relabellings up to 50,000 of them, else Monte Carlo with the identity).
+    Under "no domain effect" a seed's values are exchangeable across domains, whatever the seeds share."""
+    x = np.asarray(table, float)
+    n, d = x.shape
+
+    def stat(v):  # [..., seeds, domains]
+        m = v.mean(axis=-2)
+        return ((m - m.mean(axis=-1, keepdims=True)) ** 2).sum(axis=-1)
+
+    perms = np.array(list(itertools.permutations(range(d))))
+    total = len(perms) ** n
+    if total <= 50000:
+        choice = np.array(list(itertools.product(range(len(perms)), repeat=n)))  # [total, seeds]
+    else:
+        choice = np.random.default_rng(rng_seed).integers(0, len(perms), size=(resamples, n))
+        choice[0] = 0  # the identity permutation is perms[0]
+    idx = perms[choice]  # [P, seeds, domains]
+    relabelled = np.take_along_axis(np.broadcast_to(x, idx.shape), idx, axis=-1)
+    null = stat(relabelled)
+    obs = stat(x)
+    return float((null >= obs - 1e-12 * max(1.0, abs(obs))).mean())
+
+
+def finding4(rows: pd.DataFrame, alpha: float, delta: float) -> Finding:
+    f = Finding("4", "The sparsity of the phase transition is dataset-dependent", CRITERIA["4"],
+                "range (max - min) across domains of TICKET-RANDOM's mean collapse point (rounds)", unit="rounds")
+    ob = rows[(rows["stage"] == "obtain") & (rows["strategy"] == "random")]
     domains = sorted(ob["pair"].unique())
-    if len(domains) < 2 or not {cmp.a, cmp.b} <= set(ob["strategy"]):
-        f.detail = f"needs {cmp.a} and {cmp.b} chains in at least 2 domains (this study: {len(domains)})"
+    if len(domains) < 2:
+        f.detail = f"needs random chains in at least 2 domains (this study: {len(domains)})"
         return f
-    per = {d: phase.seed_means(ob[ob["pair"] == d], cmp) for d in domains}
-    seeds = sorted(set.intersection(*(set(v[1]) for v in per.values())))
-    if len(seeds) < 2:
-        f.detail = f"needs at least 2 seeds shared by every domain (this study: {len(seeds)})"
+    pts = phase.collapse_points(ob, alpha=alpha).dropna(subset=["collapse_round"])
+    wide = pts.pivot_table(index="seed", columns="pair", values="collapse_round").dropna()
+    if len(wide) < 2 or wide.shape[1] < 2:
+        f.detail = f"needs collapse points of at least 2 seeds in every domain (this study: {len(wide)})"
         return f
-    weights = phase.bootstrap_weights(len(seeds), n_boot)
-    point, boot, names = [], [], {}
-    for d, (per_round, s, means) in per.items():
-        m = means[:, [s.index(x) for x in seeds]]
-        point.append(int(phase.effect_index(m, delta)[0]))
-        boot.append(phase.effect_index(m, delta, weights))
-        rounds = per_round["round"].tolist()
-        names[d] = f"round {rounds[point[-1]]}" if point[-1] < len(rounds) else "not reached"
-    rng_point = max(point) - min(point)
-    rng_boot = np.max(boot, axis=0) - np.min(boot, axis=0)
-    f.estimate = float(rng_point)
-    f.ci_lo = float(np.percentile(rng_boot, 100 * alpha / 2, method="lower"))
-    f.ci_hi = float(np.percentile(rng_boot, 100 * (1 - alpha / 2), method="higher"))
-    f.n = f"{len(seeds)} seeds x {len(domains)} domains"
-    f.verdict = "held" if f.ci_lo >= 1 else "not held" if f.ci_hi == 0 else "inconclusive"
-    f.detail = "effect-size transition per domain: " + ", ".join(f"{d} {v}" for d, v in names.items())
+    x = wide.to_numpy(float)
+    means = x.mean(axis=0)
+    f.estimate = float(means.max() - means.min())
+    f.p = domain_permutation_p(x)
+    f.n = f"{len(wide)} seeds x {wide.shape[1]} domains"
+    pairs = []
+    equivalent = True
+    for i, j in itertools.combinations(range(x.shape[1]), 2):
+        lo, hi = phase.signflip_interval(x[:, i] - x[:, j], alpha)
+        pairs.append(f"{wide.columns[i]} - {wide.columns[j]} {x[:, i].mean() - x[:, j].mean():+.2f} [{lo:+.2f}, {hi:+.2f}]")
+        equivalent &= -SAME_ROUND < lo and hi < SAME_ROUND
+    f.verdict = "held" if f.p < alpha else "not held" if equivalent else "inconclusive"
+    censored = int((pts["status"] == "censored").sum())
+    f.detail = ("random's mean collapse point per domain (round): "
+                + ", ".join(f"{d} {m:.2f}" for d, m in zip(wide.columns, means))
+                + f"; pairwise differences (rounds, {100 * phase.interval_level(len(wide), alpha):.2f}% exact): "
+                + "; ".join(pairs) + (f"; {censored} chains never fell (counted at their last round)" if censored else ""))
     return f
 
 
+# ---------------------------------------------------------------------------------- robustness and gating
+
+#: per finding: the function, and how its rows fall into groups whose accuracies its statistics are monotone in
+def _groups_1(rows):
+    return np.where((rows["stage"] == "obtain") & (rows["strategy"] == "reset"),
+                    np.where(rows["round"] == 0, "dense", "pruned"), "")
+
+
+def _groups_2(rows):  # round 0 is one dense network per seed, shared by reset and random
+    ob = (rows["stage"] == "obtain") & rows["strategy"].isin(["reset", "random"])
+    return np.where(ob, np.where(rows["round"] == 0, "dense", rows["strategy"].astype(str)), "")
+
+
+def _groups_3(rows):
+    return np.where((rows["stage"] == "obtain") & (rows["strategy"] == "reset"), "target",
+                    np.where(rows["stage"] == "transfer", rows["strategy"].astype(str), ""))
+
+
+def _groups_4(rows):
+    return np.where((rows["stage"] == "obtain") & (rows["strategy"] == "random"), rows["pair"].astype(str), "")
+
+
+FINDINGS: list[tuple[Callable, Callable]] = [
+    (lambda r, a, d, detail=True: [finding1(r, a, d)], _groups_1),
+    (lambda r, a, d, detail=True: [finding2(r, a, d, detail=detail)], _groups_2),
+    (lambda r, a, d, detail=True: finding3(r, a, d), _groups_3),
+    (lambda r, a, d, detail=True: [finding4(r, a, d)], _groups_4),
+]
+
+
+def perturbations(rows: pd.DataFrame, groups: np.ndarray, examples: int) -> list[pd.DataFrame]:
+    """``rows`` with every accuracy of each group moved by ``examples`` test examples (1 / test_n each)
+    up or down, one copy per combination of directions (2^groups); rows of no group ("") stay."""
+    names = sorted(set(groups) - {""})
+    n = pd.to_numeric(rows["test_n"], errors="coerce").to_numpy(float) if "test_n" in rows else np.full(len(rows), np.nan)
+    step = np.where(np.isfinite(n) & (n > 0), examples / np.where(n > 0, n, 1), 0.0)
+    out = []
+    for signs in itertools.product((1.0, -1.0), repeat=len(names)):
+        shift = np.zeros(len(rows))
+        for name, s in zip(names, signs):
+            shift[groups == name] = s
+        out.append(rows.assign(test_acc=rows["test_acc"].to_numpy(float) + shift * step))
+    return out
+
+
+def _robust(found: list[Finding], rows: pd.DataFrame, make: Callable, groups: np.ndarray, alpha: float, delta: float,
+            examples: int) -> list[Finding]:
+    if examples <= 0 or not any(f.verdict in ("held", "not held", "inconclusive") for f in found):
+        return found
+    seen: list[set] = [set() for _ in found]
+    for moved in perturbations(rows, groups, examples):
+        for k, f in enumerate(make(moved, alpha, delta, detail=False)):
+            seen[k].add(f.verdict)
+    out = []
+    for f, verdicts in zip(found, seen):
+        others = verdicts - {f.verdict}
+        if others and f.verdict != "no data":
+            f = replace(f, verdict="inconclusive",
+                        detail=f"knife edge: {f.verdict} as measured, but {' / '.join(sorted(others))} when the accuracies "
+                               f"move by {examples} test example(s); " + f.detail)
+        out.append(f)
+    return out
+
+
+def _gate(found: list[Finding], rows: pd.DataFrame, groups: np.ndarray) -> list[Finding]:
+    """``not assessable: not converged`` where most of the trainings a finding reads did not converge."""
+    if "converged" not in rows:
+        return found
+    used = rows[(groups != "") & (rows["round"] >= 1)]
+    c = pd.to_numeric(used["converged"].map({True: 1.0, False: 0.0, 1: 1.0, 0: 0.0}), errors="coerce").dropna()
+    if c.empty:
+        return found
+    share = float(c.mean())
+    if share >= CONVERGED_SHARE:
+        return found
+    return [replace(f, verdict=NOT_CONVERGED,
+                    detail=f"{100 * share:.0f}% of the {len(c)} trainings it reads converged (validation stopped improving "
+                           f"before the last epoch; needs >= {100 * CONVERGED_SHARE:.0f}%); as measured: {f.verdict}; "
+                           + f.detail) if f.verdict != "no data" else f for f in found]
+
+
 def verdicts(rows: pd.DataFrame, *, alpha: float = phase.ALPHA, delta: float = phase.DELTA,
-             n_boot: int = phase.N_BOOT) -> pd.DataFrame:
-    """The four findings' verdicts for result rows of one settings hash (see the module doc)."""
+             n_boot: int = phase.N_BOOT, robust_examples: int = ROBUST_EXAMPLES) -> pd.DataFrame:
+    """The four findings' verdicts for result rows of one settings hash (see the module doc). ``n_boot``
+    is accepted for the settings' sake (no verdict bootstraps)."""
     if rows["settings_hash"].nunique() > 1:
         raise ValueError("findings.verdicts: rows of several settings hashes; pass one (ltnb.report.settings_groups)")
-    out = [finding1(rows, alpha), finding2(rows, alpha, delta, n_boot), *finding3(rows, alpha),
-           finding4(rows, alpha, delta, n_boot)]
-    return pd.DataFrame([asdict(f) for f in out], columns=COLUMNS)
+    rows = rows.reset_index(drop=True)
+    out = []
+    for make, grouping in FINDINGS:
+        groups = grouping(rows)
+        found = _robust(make(rows, alpha, delta), rows, make, groups, alpha, delta, robust_examples)
+        out += _gate(found, rows, groups)
+    table = pd.DataFrame([asdict(f) for f in out], columns=COLUMNS[:-1])
+    table["criteria_hash"] = criteria_hash()
+    return table[COLUMNS]
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -272,12 +431,16 @@ def markdown(table: pd.DataFrame) -> str:
     def num(v, unit):
         if pd.isna(v):
             return "-"
-        return f"{v:.0f}" if unit == "rounds" else f"{v:.1f}" if unit == "% sparsity" else f"{v:+.1f}"
+        if not math.isfinite(v):
+            return "open" if v > 0 else "-inf"
+        return f"{v:.1f}" if unit in ("% sparsity",) else f"{v:+.1f}" if unit == "pp" else f"{v:+.2f}"
 
     lines = ["| finding | claim | statistic | estimate | interval | p | n | verdict |",
              "|---|---|---|---:|---|---:|---|---|"]
     for _, r in table.iterrows():
-        ci = "-" if pd.isna(r["ci_lo"]) and pd.isna(r["ci_hi"]) else f"[{num(r['ci_lo'], r['unit'])}, {num(r['ci_hi'], r['unit'])}]"
+        level = "" if pd.isna(r.get("ci_level", np.nan)) else f" ({100 * r['ci_level']:.1f}%)"
+        ci = ("-" if pd.isna(r["ci_lo"]) and pd.isna(r["ci_hi"])
+              else f"[{num(r['ci_lo'], r['unit'])}, {num(r['ci_hi'], r['unit'])}]{level}")
         p = "-" if pd.isna(r["p"]) else f"{r['p']:.3g}"
         lines.append(f"| {r['finding']} | {r['claim']} | {r['statistic']} | {num(r['estimate'], r['unit'])} "
                      f"{'' if r['unit'] == 'pp' else r['unit']} | {ci} | {p} | {r['n']} | **{r['verdict']}** |")

@@ -1,63 +1,65 @@
-"""The phase transition, measured: where reset's initial values start to matter, with tests that have
-power and stay honest.
+"""The phase transition, measured where the eye sees it: per-chain collapse points, the onset of the
+gap with family-wise error control, and instability, per domain, per transfer pair and pooled.
 
 The paper (Section 5.2) finds that TICKET-RESET and TICKET-RANDOM behave alike until about 96%
-sparsity, after which random collapses and becomes unstable while reset holds. This module turns that
-reading of a figure into numbers per domain, per transfer pair, and pooled over domains, computed from
-the study's result rows (``ltnb.results.load``). Torch-free: it is analysis, not engine.
+sparsity, after which random collapses and becomes unstable while reset holds. On real curves both
+strategies collapse, random first and reset later, often before the last round, so no estimand here
+asks "from this round to the end". Torch-free: it is analysis, not engine.
 
-Comparisons (``COMPARISONS``), each the paired difference ``a - b`` of test accuracy per seed and round:
+Comparisons (``COMPARISONS``), each the paired difference ``a - b`` per seed and round:
 
 * ``gap``: reset - random, what the paper compares (transfer: masks-reset - masks-random);
 * ``values``: reset - reinit: the same masks (the reset chain's), theta_0 vs fresh values;
 * ``history``: reinit - random: the same fresh values, the reset chain's masks vs random's own
-  pruning history. ``gap = values + history`` at every round, so the control splits the paper's
-  effect into "initial values" and "mask history".
+  pruning history (``gap = values + history`` at every round);
+* ``placement``: reset - shuffle: the same mask and the same multiset of surviving values, in their
+  own places vs permuted (does the specific value of each weight matter, or only the set?);
+* ``magnitude``: rescaled - reinit: fresh values under the same mask, rescaled to the RMS of reset's
+  survivors or not (does the survivors' larger scale alone carry the gap?).
 
-Pairing: the chains of one seed share theta_0, the dense round 0 and every training draw
-(``ltnb.lottery``), so per seed and round the difference is one observation.
+Pairing: the chains of one seed share the dense round 0 and every training draw (``ltnb.lottery``).
+The **seed is the unit** of every test. Pooled over domains or pairs, a seed's differences are averaged
+over its domains first and its sign is flipped in all domains together (a cluster sign-flip test): a
+seed's chains are not independent across domains (they share the seed's draws and the vocabulary).
 
-**Gap transition: fixed-sequence testing.** The rounds are tested from the sparsest one downward,
-each at the full ``alpha``, stopping at the first round that is not significant; the transition is
-the last round reached. Under the fixed-sequence principle this controls the family-wise error rate
-at ``alpha`` (no false "significant from here to the end" claim more often than ``alpha``), and it is
-exactly the estimand "significantly positive from here to the end". Holm's correction over all
-rounds (this module's earlier method) paid for rounds the estimand never needed.
+**1. Collapse point (primary, per chain).** Each chain's test accuracy is fitted by a non-increasing
+isotonic regression over its rounds (scipy's ``isotonic_regression``: a dip or a bump of one round does
+not move it, and it is monotone in the data). Its *start level* is the fit at the first round (obtain:
+the dense round 0, the same for every strategy of a seed). The collapse point is where the fit first
+falls below the midpoint between the start level and chance (50%), interpolated linearly in rounds,
+i.e. on log density (density is 0.65^round), reported as a (fractional) round and its sparsity. A chain
+that never falls below the midpoint is *censored* at its last round (its collapse is later than that);
+a chain whose start level is not significantly above chance (exact binomial test on ``test_n``) has
+none. Why the midpoint: it is where "holds" turns into "at chance" on any curve, whatever the dense
+level of the domain, and it is estimated from many rounds at once; a fitted sigmoid needs a shape the
+3-epoch and converged curves do not share, and "first round below a fixed accuracy" depends on the
+domain's dense level. Compared a vs b per seed (mean over the seed's domains when pooled): the exact
+one-sided sign-flip test (all 2^n sign patterns) of "a collapses later", and an exact interval by
+inverting it (two one-sided alpha-level bounds, labelled with the coverage the n seeds allow: with 5
+seeds the interval is [min, max] of the seeds' differences and covers 93.75%). A censored ``a`` leaves
+the upper end open; a censored ``b`` the lower end.
 
-* Test per round: the exact **sign-flip permutation test** of the mean difference (one-sided,
-  ``a > b``): under H0 the difference of each unit is symmetric about 0, so all 2^n sign patterns are
-  equally likely; p = share of patterns whose mean is at least the observed one. It needs no normality
-  (at collapse, random sits at exactly 50%, so differences are far from normal) and never reports a p
-  below 2^-n. With n seeds it can reject at ``alpha`` only if 2^-n <= alpha: 5 seeds (1/32) are the
-  fewest for alpha = 0.05; with fewer the result is "too few seeds", with the smallest p possible.
-  ``test="t"`` uses the one-sample t-test instead (an option, for designs where normality holds; the
-  simulations in ``tests/test_phase.py`` compare both).
-* **Pooled over domains, resampled by seed.** The chains of one seed share theta_0 (derived from the
-  seed alone) and the shared vocabulary across domains, so domains are not independent replicates:
-  a seed that happens to start from a good theta_0 helps every domain at once. Instead of changing
-  how theta_0 is drawn, the pooled test treats the seed as the unit: it flips the sign of a seed's
-  differences in *all* domains together (a cluster sign-flip test on the seed sums), and its
-  confidence intervals resample seeds (cluster bootstrap). This is exact whatever the dependence
-  across domains, keeps every existing chain valid, and ``tests/test_phase.py`` shows that the naive
-  pooled test (domains as independent units) exceeds alpha when seeds are correlated, while this
-  one does not.
+**2. Onset (``transition_round``).** The first round at which ``a`` is significantly better than
+``b``, with the family-wise error rate over rounds controlled at ``alpha`` by Westfall and Young's
+step-down max-T: the statistic is the mean difference over seeds per round, and the null distribution
+of its maximum over rounds comes from flipping each seed's signs jointly across all rounds (all 2^n
+patterns), so the rounds' dependence is kept. Only *informative* rounds take part: rounds where not
+both strategies have most of their chains at chance. That choice uses the chains' levels, never the
+sign of the difference (swapping a and b within a seed does not change it), so the test stays exact.
+Whether or not the strategies end at chance, a round where reset is at chance too cannot stop it.
+Every significant round is a claim "a beats b here" with FWER <= alpha; the onset is the first of them,
+so with probability >= 1 - alpha the gap has begun by the onset (it is an upper confidence bound on
+where the gap begins).
 
-**Effect-size transition.** The lowest sparsity from which the mean difference stays at least
-``delta`` (default 2 points) at every later round, with a percentile bootstrap confidence interval
-that resamples seeds (for pooled: seeds with all their domains). With 5 seeds there are only 126
-distinct resamples, so the interval is coarse; it says so by its width.
+**Minimal detectable effect**: the difference one round's test detects with 80% power at ``alpha``
+with n seeds, from the noise of the informative rounds only (rounds with both strategies at exactly
+chance have no spread and would deflate it); before the max-T adjustment, so a lower bound.
 
-**Minimal detectable effect.** Next to every "not detected": the difference that this design (its n
-and its noise, the median over rounds of the standard deviation of the differences) would detect at a
-round with 80% power at ``alpha``; infinite when the test cannot reach ``alpha`` at all.
-
-**Instability** (replaces "random's std first exceeds 2 x reset's", which fired on noise): a paired
-Brown-Forsythe permutation test per round (statistic: mean absolute deviation from the median of
-``b`` minus that of ``a``; the pair's two labels swapped within each seed), run as the same fixed
-sequence from the sparsest round down, so it cannot fire on noise more often than ``alpha``. And per
-round, the chains at chance: test accuracy not significantly above 50% (one-sided exact binomial test
-at ``alpha`` on the test split's size). At the collapse itself random's spread is 0 (every chain at
-exactly 50%), so the count at chance, not the spread, shows it.
+**Instability**: does ``b`` spread more across seeds than ``a``? Per informative round, each
+strategy's absolute deviations from its own median over seeds (centred, so a gap between the means
+costs no power: Brown-Forsythe), compared per seed with the same sign-flip max-T over rounds; rounds
+where both strategies are constant across seeds are left out. And per round, the chains at chance
+(test accuracy not significantly above 50%: one-sided exact binomial test on the test split's size).
 """
 from __future__ import annotations
 
@@ -74,12 +76,14 @@ from scipy import optimize, stats
 from .config import PhaseSettings
 
 ALPHA = PhaseSettings.alpha
-DELTA = PhaseSettings.delta  # effect-size threshold: 2 points of test accuracy
+DELTA = PhaseSettings.delta  # the equivalence margin of the findings: 2 points of test accuracy
 N_BOOT = PhaseSettings.n_boot
 POWER = 0.80  # for the minimal detectable effect
 TESTS = ("signflip", "t")
-EXACT_MAX_N = 16  # up to this many units the sign-flip test enumerates every pattern
+EXACT_MAX_N = 16  # up to this many units the sign-flip tests enumerate every pattern
+MC_PATTERNS = 20000  # beyond it, this many random patterns (the identity included)
 POOLED = "pooled"
+CHANCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -95,16 +99,18 @@ COMPARISONS = (
     Comparison("obtain", "reset", "random", "gap", "reset - random"),
     Comparison("obtain", "reset", "reinit", "values", "initial values: reset - reinit (same masks)"),
     Comparison("obtain", "reinit", "random", "history", "mask history: reinit - random (same fresh values)"),
+    Comparison("obtain", "reset", "shuffle", "placement", "placement: reset - shuffle (same mask, same values permuted)"),
+    Comparison("obtain", "rescaled", "reinit", "magnitude", "magnitude: rescaled - reinit (fresh values at reset's scale or not)"),
     Comparison("transfer", "masks-reset", "masks-random", "gap", "masks-reset - masks-random"),
 )
 
 METHOD = (
-    "Per comparison a - b (paired by seed): rounds tested from the sparsest down at the full alpha with an "
-    "exact one-sided sign-flip permutation test of the mean difference, stopping at the first round not "
-    "significant (fixed-sequence testing, family-wise error <= alpha); pooled over domains the seed is the "
-    "unit (cluster sign-flip, cluster bootstrap). Effect-size transition: lowest sparsity from which the mean "
-    "difference stays >= delta, with a seed-bootstrap percentile interval. Instability: paired Brown-Forsythe "
-    "permutation test of b's spread over a's, same fixed sequence; chains at chance: exact binomial test."
+    "Per comparison a - b, the seed is the unit (pooled: a seed's mean over its domains or pairs, signs flipped "
+    "jointly). Collapse point: where a chain's isotonic (non-increasing) fit first falls below the midpoint between "
+    "its start level and chance, interpolated on log density; a vs b by the exact one-sided sign-flip test, interval "
+    "by inverting it. Onset: the first round where a beats b under Westfall-Young step-down max-T over the "
+    "informative rounds (not both strategies mostly at chance), signs flipped jointly across rounds (FWER <= alpha). "
+    "Instability: the same max-T on centred absolute deviations (Brown-Forsythe). Chains at chance: exact binomial."
 )
 
 
@@ -157,14 +163,26 @@ def select(rows: pd.DataFrame, sel: Selection) -> pd.DataFrame:
 
 def paired(rows: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     """Per (pair, seed, round) where both strategies finished: sparsity, accuracy of ``a`` and ``b``
-    and the difference ``gap = a - b`` (test accuracy, fractions)."""
-    cols = ["pair", "seed", "round", "sparsity", "test_acc"]
-    left = rows.loc[rows["strategy"] == a, cols].rename(columns={"test_acc": "a"})
-    right = rows.loc[rows["strategy"] == b, cols].rename(columns={"test_acc": "b", "sparsity": "sparsity_b"})
+    (test accuracy, fractions), their test sizes ``na``, ``nb``, and the difference ``gap = a - b``."""
+    cols = ["pair", "seed", "round", "sparsity", "test_acc", "test_n"]
+    rows = rows if "test_n" in rows else rows.assign(test_n=np.nan)
+    left = rows.loc[rows["strategy"] == a, cols].rename(columns={"test_acc": "a", "test_n": "na"})
+    right = rows.loc[rows["strategy"] == b, cols].rename(columns={"test_acc": "b", "sparsity": "sparsity_b",
+                                                                   "test_n": "nb"})
     both = left.merge(right, on=["pair", "seed", "round"], how="inner")
     both["sparsity"] = (both["sparsity"] + both["sparsity_b"]) / 2
     both["gap"] = both["a"] - both["b"]
     return both.drop(columns="sparsity_b").sort_values(["round", "pair", "seed"]).reset_index(drop=True)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not (0 < float(alpha) < 1):
+        raise ValueError(f"alpha (the significance level) must be between 0 and 1, got {alpha!r}")
+
+
+def _check_test(test: str) -> None:
+    if test not in TESTS:
+        raise ValueError(f"test = {test!r}: expected one of {', '.join(TESTS)}")
 
 
 def _check_alpha(alpha: float) -> None:
@@ -184,22 +202,28 @@ def _signs(n: int) -> np.ndarray:
     return np.array(list(itertools.product((1.0, -1.0), repeat=n)))  # [2^n, n], first row all +1
 
 
-def signflip_p(x: np.ndarray, *, rng_seed: int = 0, resamples: int = 20000) -> np.ndarray:
+def sign_patterns(n: int, *, rng_seed: int = 0) -> np.ndarray:
+    """[P, n] sign patterns, the identity first: all 2^n up to ``EXACT_MAX_N`` units, else
+    ``MC_PATTERNS`` random ones."""
+    if n <= EXACT_MAX_N:
+        return _signs(n)
+    s = np.random.default_rng(rng_seed).choice((-1.0, 1.0), size=(MC_PATTERNS, n))
+    s[0] = 1.0
+    return s
+
+
+def signflip_p(x: np.ndarray, *, rng_seed: int = 0) -> np.ndarray:
     """One-sided (greater) sign-flip permutation p-values of the sum (equivalently the mean) of the
-    last axis of ``x``; exact (all 2^n patterns) up to ``EXACT_MAX_N`` units, else Monte Carlo with
-    the identity included, p = (1 + #{>= observed}) / (1 + resamples). Vectorised over leading axes."""
+    last axis of ``x``: the share of sign patterns whose sum is at least the observed one (exact up to
+    ``EXACT_MAX_N`` units, else Monte Carlo with the identity included). Vectorised over leading axes."""
     x = np.asarray(x, dtype=float)
     n = x.shape[-1]
     if n == 0:
         return np.full(x.shape[:-1], np.nan)
     obs = x.sum(axis=-1)
     tol = 1e-9 * np.maximum(1.0, np.abs(x).sum(axis=-1))
-    if n <= EXACT_MAX_N:
-        null = x @ _signs(n).T  # [..., 2^n]
-        return (null >= (obs - tol)[..., None]).mean(axis=-1)
-    s = np.random.default_rng(rng_seed).choice((-1.0, 1.0), size=(resamples, n))
-    null = x @ s.T
-    return (1 + (null >= (obs - tol)[..., None]).sum(axis=-1)) / (1 + resamples)
+    null = x @ sign_patterns(n, rng_seed=rng_seed).T  # [..., P]
+    return (null >= (obs - tol)[..., None]).mean(axis=-1)
 
 
 def t_p(x: np.ndarray) -> np.ndarray:
@@ -222,36 +246,83 @@ def smallest_p(n: int, test: str = "signflip") -> float:
     return 2.0 ** -n if test == "signflip" else 0.0
 
 
-def fixed_sequence(p: np.ndarray, alpha: float) -> np.ndarray:
-    """Index of the first round of the run of significant rounds that ends at the last round, testing
-    from the last round backwards and stopping at the first p >= alpha (NaN stops too). Vectorised
-    over leading axes; ``p.shape[-1]`` (one past the end) where the last round is not significant."""
-    sig = np.asarray(p) < alpha  # NaN compares False
+def interval_level(n: int, alpha: float) -> float:
+    """The coverage of ``signflip_interval`` with ``n`` units: 1 - 2 (ceil(alpha 2^n) - 1) / 2^n for
+    symmetric continuous differences (5 seeds at alpha 0.05: 0.9375; 1.0 when n is too small for any
+    bound)."""
+    if n < 1:
+        return float("nan")
+    if n > EXACT_MAX_N:
+        return 1 - 2 * alpha
+    return 1 - 2 * (math.ceil(alpha * 2 ** n - 1e-12) - 1) / 2 ** n
+
+
+def signflip_interval(x, alpha: float = ALPHA) -> tuple[float, float]:
+    """The exact interval for the centre of symmetry of ``x`` (its mean) by inverting the one-sided
+    sign-flip test at ``alpha`` on each side: the lower bound is the k-th smallest, the upper the k-th
+    largest of the 2^n - 1 means of non-empty subsets of ``x``, k = ceil(alpha 2^n) - 1 (a theta is
+    kept when the test of mean = theta does not reject). So ``lo > 0`` exactly when ``signflip_p(x) <
+    alpha``. Coverage: ``interval_level``. (-inf, inf) when k is 0 (too few units)."""
+    x = np.asarray(x, dtype=float)
+    x = x[~np.isnan(x)]
+    n = len(x)
+    if n == 0:
+        return float("nan"), float("nan")
+    member = sign_patterns(n) < 0  # each pattern's flipped set
+    size = member.sum(axis=1)
+    keep = size > 0
+    means = np.sort((member[keep] @ x) / size[keep])
+    k = math.ceil(alpha * len(member) - 1e-12) - 1 if n <= EXACT_MAX_N else math.ceil(alpha * len(means))
+    if k <= 0:
+        return -math.inf, math.inf
+    return float(means[k - 1]), float(means[-k])
+
+
+def maxt_stepdown(x: np.ndarray, use: np.ndarray | None = None) -> np.ndarray:
+    """Westfall-Young step-down max-T adjusted p-values (one-sided, greater) per round.
+
+    ``x``: [..., rounds, units], one value per unit (seed) and round (NaN: missing, counts as 0);
+    ``use``: [..., rounds] which rounds take part (NaN p elsewhere). The statistic of a round is the
+    mean over units; the null distribution flips each unit's signs jointly across every round (all
+    2^n patterns up to ``EXACT_MAX_N`` units), so the rounds' dependence is kept and the family-wise
+    error over the rounds used is at most alpha (strong control by the step-down and subset
+    pivotality of joint sign flips). Vectorised over leading axes."""
+    x = np.nan_to_num(np.asarray(x, dtype=float))
+    use = np.ones(x.shape[:-1], bool) if use is None else np.asarray(use, bool)
+    n = x.shape[-1]
+    if n == 0:
+        return np.full(use.shape, np.nan)
+    s = sign_patterns(n)
+    null = np.einsum("...rn,pn->...pr", x, s) / n  # [..., P, rounds]; pattern 0 is the observed data
+    null = np.where(use[..., None, :], null, -np.inf)
+    obs = null[..., 0, :]
+    order = np.argsort(-obs, axis=-1, kind="stable")
+    obs_sorted = np.take_along_axis(obs, order, axis=-1)
+    null_sorted = np.take_along_axis(null, np.broadcast_to(order[..., None, :], null.shape), axis=-1)
+    tail_max = np.maximum.accumulate(null_sorted[..., ::-1], axis=-1)[..., ::-1]  # max over this and later
+    tol = 1e-12 * np.maximum(1.0, np.abs(obs_sorted))
+    q = (tail_max >= (obs_sorted - tol)[..., None, :]).mean(axis=-2)
+    q = np.maximum.accumulate(q, axis=-1)  # step-down: never below an earlier (larger) round's p
+    p = np.empty_like(q)
+    np.put_along_axis(p, order, q, axis=-1)
+    return np.where(use, p, np.nan)
+
+
+def first_significant(p: np.ndarray, alpha: float) -> np.ndarray:
+    """Index of the first round with p < alpha (NaN is not significant); ``rounds`` where none."""
+    sig = np.asarray(p) < alpha
     r = sig.shape[-1]
-    tail = np.cumprod(sig[..., ::-1], axis=-1)[..., ::-1]  # tail[k] = all of sig[k:]
-    return r - tail.sum(axis=-1)
+    return np.where(sig.any(axis=-1), sig.argmax(axis=-1), r)
 
 
-def _brown_forsythe_p(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Paired permutation Brown-Forsythe p-values (greater: b spreads more than a), per round.
-    ``a``, ``b``: [rounds, n]. Under H0 a seed's two values are exchangeable, so each pattern swaps
-    them within a subset of seeds (all 2^n patterns up to ``EXACT_MAX_N`` seeds)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    n = a.shape[-1]
-    if n <= EXACT_MAX_N:
-        swap = _signs(n) < 0  # [P, n]
-    else:
-        swap = np.random.default_rng(0).random((20000, n)) < 0.5
-        swap[0] = False
-    A = np.where(swap, b[..., None, :], a[..., None, :])  # [rounds, P, n]
-    B = np.where(swap, a[..., None, :], b[..., None, :])
-
-    def spread(v):
-        return np.abs(v - np.median(v, axis=-1, keepdims=True)).mean(axis=-1)
-
-    stat = spread(B) - spread(A)  # [rounds, P]; pattern 0 is the observed labelling
-    tol = 1e-12
-    return (stat >= stat[..., :1] - tol).mean(axis=-1)
+def at_chance(acc, n, alpha: float = ALPHA) -> np.ndarray:
+    """Test accuracy not significantly above 50% (one-sided exact binomial test at ``alpha`` on ``n``
+    test texts); NaN where ``n`` is unknown."""
+    acc, n = np.asarray(acc, float), np.asarray(n, float)
+    k = np.round(acc * n)
+    with np.errstate(invalid="ignore"):
+        p = stats.binom.sf(k - 1, n, CHANCE)  # P(X >= k) under chance
+    return np.where(np.isnan(n) | np.isnan(acc), np.nan, (p >= alpha).astype(float))
 
 
 # ------------------------------------------------------------------------------------ the units
@@ -259,12 +330,14 @@ def _brown_forsythe_p(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Units:
     """One selection's paired data as arrays: ``per_round`` (round, sparsity), the seeds, and per round,
-    seed and domain/pair the two strategies' accuracies ``a``, ``b`` and the difference ``g = a - b``
+    seed and domain/pair the two strategies' accuracies ``a``, ``b`` and test sizes ``na``, ``nb``
     ([rounds, seeds, pairs], NaN where missing)."""
     per_round: pd.DataFrame
     seeds: list
     a: np.ndarray
     b: np.ndarray
+    na: np.ndarray
+    nb: np.ndarray
 
     @property
     def g(self) -> np.ndarray:
@@ -281,45 +354,170 @@ class Units:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.nansum(v, axis=2) / np.where(self.counts > 0, self.counts, np.nan)
 
+    def informative(self, alpha: float = ALPHA) -> np.ndarray:
+        """[rounds]: rounds where not both strategies have most of their chains at chance (where the test
+        sizes are unknown: rounds whose differences are not all exactly 0)."""
+        return informative_rounds(self.a, self.b, self.na, self.nb, alpha)
 
-def units(rows: pd.DataFrame, cmp: Comparison) -> Units:
-    """The paired rounds >= 1 of ``rows`` for ``cmp`` as arrays (see ``Units``)."""
+
+def informative_rounds(a, b, na, nb, alpha: float = ALPHA) -> np.ndarray:
+    """[..., rounds] from [..., rounds, seeds, pairs] accuracies and test sizes: not both strategies with
+    more than half their chains at chance. Symmetric in a and b, so it never looks at the sign of a - b."""
+    def mostly(acc, n):
+        c = at_chance(acc, n, alpha)
+        known = ~np.isnan(c)
+        have = known.sum(axis=(-1, -2))
+        with np.errstate(invalid="ignore"):
+            return np.where(have > 0, np.nansum(c, axis=(-1, -2)) > have / 2, False)
+
+    g = np.asarray(a, float) - np.asarray(b, float)
+    unknown = np.isnan(np.asarray(na, float)).all(axis=(-1, -2)) | np.isnan(np.asarray(nb, float)).all(axis=(-1, -2))
+    nonzero = np.nansum(np.abs(g), axis=(-1, -2)) > 0
+    return np.where(unknown, nonzero, ~(mostly(a, na) & mostly(b, nb)))
+
+
+def units(rows: pd.DataFrame, cmp: Comparison, *, min_round: int = 1) -> Units:
+    """The paired rounds >= ``min_round`` of ``rows`` for ``cmp`` as arrays (see ``Units``)."""
     p = paired(rows, cmp.a, cmp.b)
-    p = p[p["round"] >= 1]
+    p = p[p["round"] >= min_round]
     rounds = sorted(p["round"].unique().tolist())
     seeds = sorted(p["seed"].unique().tolist())
     pairs = sorted(p["pair"].unique().tolist())
     shape = (len(rounds), len(seeds), len(pairs))
-    a, b = np.full(shape, np.nan), np.full(shape, np.nan)
+    arrays = {k: np.full(shape, np.nan) for k in ("a", "b", "na", "nb")}
     idx = (p["round"].map({r: i for i, r in enumerate(rounds)}).to_numpy(),
            p["seed"].map({x: i for i, x in enumerate(seeds)}).to_numpy(),
            p["pair"].map({q: i for i, q in enumerate(pairs)}).to_numpy())
-    a[idx], b[idx] = p["a"].to_numpy(), p["b"].to_numpy()
+    for k in arrays:
+        arrays[k][idx] = pd.to_numeric(p[k], errors="coerce").to_numpy(float)
     per_round = p.groupby("round", sort=True)["sparsity"].mean().reset_index()
-    return Units(per_round, seeds, a, b)
+    return Units(per_round, seeds, **arrays)
 
 
-def _cluster_sums(g: np.ndarray) -> np.ndarray:
-    """[rounds, seeds]: the sum over pairs of each seed's differences (the pooled test's unit)."""
-    return np.nansum(g, axis=2)
+# ------------------------------------------------------------------------------------ collapse points
+
+def collapse_round(acc, rounds=None, *, n: float | None = None, alpha: float = ALPHA,
+                   chance: float = CHANCE) -> tuple[float, str]:
+    """One chain's collapse point: (round, status). ``acc``: its test accuracies in round order
+    (``rounds``: their round numbers, default 0, 1, ...). The non-increasing isotonic fit's first
+    crossing below the midpoint between its start level (the fit at the first round) and ``chance``,
+    linearly interpolated between the two rounds around it. Status "collapsed"; "censored" (never
+    below: the round returned is the last one, a lower bound); "starts at chance" (NaN: the start
+    level is not significantly above chance on ``n`` test texts, or not above chance when ``n`` is
+    unknown)."""
+    y = np.asarray(acc, float)
+    r = np.arange(len(y), dtype=float) if rounds is None else np.asarray(rounds, float)
+    ok = ~np.isnan(y)
+    y, r = y[ok], r[ok]
+    if not len(y):
+        return float("nan"), "no rounds"
+    fit = optimize.isotonic_regression(y, increasing=False).x
+    start = fit[0]
+    if n is not None and np.isfinite(n) and n > 0:
+        starts_above = not bool(at_chance(start, n, alpha))
+    else:
+        starts_above = start > chance
+    if not starts_above:
+        return float("nan"), "starts at chance"
+    level = (start + chance) / 2
+    below = np.nonzero(fit < level)[0]
+    if not len(below):
+        return float(r[-1]), "censored"
+    k = int(below[0])  # k >= 1: fit[0] = start > level
+    frac = (fit[k - 1] - level) / (fit[k - 1] - fit[k])
+    return float(r[k - 1] + frac * (r[k] - r[k - 1])), "collapsed"
+
+
+def round_sparsity(rnd: float, per_round: pd.DataFrame) -> float:
+    """The sparsity at a fractional round, interpolated on log density between the rounds around it
+    (``per_round``: round, sparsity)."""
+    if rnd is None or not np.isfinite(rnd) or per_round.empty:
+        return float("nan")
+    r = per_round["round"].to_numpy(float)
+    logd = np.log(np.clip(1 - per_round["sparsity"].to_numpy(float), 1e-300, None))
+    return float(1 - np.exp(np.interp(rnd, r, logd)))
+
+
+CHAIN_KEY = ["stage", "pair", "settings_hash", "strategy", "seed"]
+COLLAPSE_COLUMNS = CHAIN_KEY + ["start", "level", "collapse_round", "collapse_sparsity", "status", "last_round"]
+
+
+def collapse_points(rows: pd.DataFrame, *, alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per chain (stage, pair, settings_hash, strategy, seed): its start level, the midpoint
+    level, the collapse round and sparsity (``collapse_round``), status and last round."""
+    if rows.empty:
+        return pd.DataFrame(columns=COLLAPSE_COLUMNS)
+    r = rows.sort_values(CHAIN_KEY + ["round"], kind="stable")
+    acc, rnd = r["test_acc"].to_numpy(float), r["round"].to_numpy(float)
+    ns = pd.to_numeric(r["test_n"], errors="coerce").to_numpy(float) if "test_n" in r else np.full(len(r), np.nan)
+    levels = {k: g.reset_index()[["round", "sparsity"]] for k, g in
+              r.groupby(["stage", "pair", "settings_hash", "round"])["sparsity"].mean().groupby(level=[0, 1, 2])}
+    out = []
+    for key, idx in r.groupby(CHAIN_KEY, sort=True).indices.items():
+        y, x = acc[idx], rnd[idx]
+        value, status = collapse_round(y, x, n=ns[idx][0], alpha=alpha)
+        start = float(optimize.isotonic_regression(y[~np.isnan(y)], increasing=False).x[0]) if (~np.isnan(y)).any() else np.nan
+        out.append(dict(zip(CHAIN_KEY, key), start=start, level=(start + CHANCE) / 2, collapse_round=value,
+                        collapse_sparsity=round_sparsity(value, levels[key[:3]]) if status == "collapsed" else float("nan"),
+                        status=status, last_round=int(x.max())))
+    return pd.DataFrame(out, columns=COLLAPSE_COLUMNS)
+
+
+@dataclass(frozen=True)
+class CollapseTest:
+    """a's collapse point minus b's (rounds), per seed (mean over the seed's domains or pairs), tested."""
+    n: int
+    diff: float  # mean over seeds, rounds
+    lo: float  # exact interval (signflip_interval); -inf / inf where censoring leaves a side open
+    hi: float
+    level: float  # its coverage
+    p: float  # one-sided sign-flip p of "a collapses later"
+    a_round: float  # mean collapse round of a's chains (censored ones at their last round)
+    b_round: float
+    a_censored: int
+    b_censored: int
+    chains: int
+    per_seed: tuple
+
+
+def collapse_test(points: pd.DataFrame, cmp: Comparison, alpha: float = ALPHA) -> CollapseTest:
+    """Compare the collapse points (``collapse_points`` of one selection) of ``cmp.a`` and ``cmp.b``."""
+    pa = points[points["strategy"] == cmp.a].set_index(["pair", "seed"])
+    pb = points[points["strategy"] == cmp.b].set_index(["pair", "seed"])
+    both = pa[["collapse_round", "status"]].merge(pb[["collapse_round", "status"]], left_index=True, right_index=True,
+                                                    suffixes=("_a", "_b")).dropna(subset=["collapse_round_a",
+                                                                                          "collapse_round_b"])
+    if both.empty:
+        return CollapseTest(0, *(float("nan"),) * 5, float("nan"), float("nan"), 0, 0, 0, ())
+    d = (both["collapse_round_a"] - both["collapse_round_b"]).groupby(level="seed").mean()
+    x = d.to_numpy(float)
+    lo, hi = signflip_interval(x, alpha)
+    a_cens, b_cens = int((both["status_a"] == "censored").sum()), int((both["status_b"] == "censored").sum())
+    if a_cens:
+        hi = math.inf
+    if b_cens:
+        lo = -math.inf
+    return CollapseTest(n=len(x), diff=float(x.mean()), lo=lo, hi=hi, level=interval_level(len(x), alpha),
+                        p=float(signflip_p(x)), a_round=float(both["collapse_round_a"].mean()),
+                        b_round=float(both["collapse_round_b"].mean()), a_censored=a_cens, b_censored=b_cens,
+                        chains=len(both), per_seed=tuple(float(v) for v in x))
 
 
 # ------------------------------------------------------------------------------------ per round
 
-GAP_COLUMNS = ["round", "sparsity", "n", "units", "mean_gap", "std_gap", "p", "ci_lo", "ci_hi", "significant",
-               "in_sequence", "tested", "p_spread", "spread_in_sequence"]
+GAP_COLUMNS = ["round", "sparsity", "n", "units", "mean_gap", "std_gap", "p", "p_adj", "ci_lo", "ci_hi",
+               "informative", "significant", "tested", "p_spread_adj", "spread_significant"]
 
 
 def gap_table(rows: pd.DataFrame, cmp: Comparison | None = None, *, alpha: float = ALPHA,
               test: str = "signflip") -> pd.DataFrame:
-    """Per round >= 1 of one selection (a domain, a pair, or pooled): the paired difference and its test.
+    """Per round >= 1 of one selection (a domain, a pair, or pooled): the paired difference and its tests.
 
-    Columns: round, sparsity, n (seeds, the units of the test), units (domain-seed pairs), mean_gap,
-    std_gap (over the test's units: seeds, or seed means when pooled), p (one-sided, per round),
-    ci_lo/ci_hi (two-sided 1 - alpha t-interval of the mean over the test's units, per round, not a
-    simultaneous band), significant (p < alpha), in_sequence (part of the fixed-sequence run of
-    significant rounds that ends at the last round: the rounds the transition claims), tested (n >= 2),
-    p_spread and spread_in_sequence (the instability test, the same way)."""
+    Columns: round, sparsity, n (seeds, the units), units (domain-seed pairs), mean_gap, std_gap (over
+    the seeds' means), p (one round's own one-sided test, unadjusted; ``test``), p_adj (Westfall-Young
+    step-down max-T over the informative rounds), ci_lo/ci_hi (one round's exact sign-flip interval,
+    coverage ``interval_level``; not a simultaneous band), informative, significant (p_adj < alpha),
+    tested (n >= 2), p_spread_adj and spread_significant (the instability test, the same way)."""
     _check_alpha(alpha)
     _check_test(test)
     return _gap_table(units(rows, cmp or _default_comparison(rows)), alpha, test)
@@ -329,45 +527,47 @@ def _gap_table(u: Units, alpha: float, test: str) -> pd.DataFrame:
     per_round, g, counts = u.per_round, u.g, u.counts
     if not len(per_round):
         return pd.DataFrame(columns=GAP_COLUMNS)
-    x = _cluster_sums(g)  # [rounds, seeds]
-    have = counts > 0
+    means = u.seed_means()  # [rounds, seeds]
+    info = u.informative(alpha)
     out = []
     for i, r in enumerate(per_round["round"]):
-        xi = x[i][have[i]]
-        # the seed's mean difference (over its pairs) is the unit; the sum is the test statistic
-        means = xi / counts[i][have[i]]
-        n = len(xi)
+        m = means[i][~np.isnan(means[i])]
+        n = len(m)
         row = dict(round=int(r), sparsity=float(per_round["sparsity"].iloc[i]), n=n, units=int(counts[i].sum()),
                    mean_gap=float(np.nansum(g[i]) / max(counts[i].sum(), 1)),
-                   std_gap=float(np.std(means, ddof=1)) if n > 1 else np.nan, tested=n >= 2)
+                   std_gap=float(np.std(m, ddof=1)) if n > 1 else np.nan, tested=n >= 2, informative=bool(info[i]))
         if n >= 2:
-            row["p"] = float(pvalues(xi, test)) if test == "signflip" else float(t_p(means))
-            sd = row["std_gap"]
-            half = stats.t.ppf(1 - alpha / 2, n - 1) * sd / math.sqrt(n) if sd > 0 else 0.0
-            row["ci_lo"], row["ci_hi"] = float(means.mean() - half), float(means.mean() + half)
+            row["p"] = float(signflip_p(m)) if test == "signflip" else float(t_p(m))
+            row["ci_lo"], row["ci_hi"] = signflip_interval(m, alpha)
         else:
             row.update(p=np.nan, ci_lo=np.nan, ci_hi=np.nan)
         out.append(row)
     t = pd.DataFrame(out)
-    t["significant"] = t["p"] < alpha
-    start = int(fixed_sequence(t["p"].to_numpy(), alpha))
-    t["in_sequence"] = np.arange(len(t)) >= start
-    t["p_spread"] = _spread_p(u)
-    s_start = int(fixed_sequence(t["p_spread"].to_numpy(), alpha))
-    t["spread_in_sequence"] = np.arange(len(t)) >= s_start
+    use = info & t["tested"].to_numpy(bool)
+    t["p_adj"] = maxt_stepdown(means, use) if means.shape[1] >= 2 else np.nan
+    t["significant"] = t["p_adj"] < alpha
+    t["p_spread_adj"] = _spread_p(u, use)
+    t["spread_significant"] = t["p_spread_adj"] < alpha
     return t[GAP_COLUMNS]
 
 
-def _spread_p(u: Units) -> np.ndarray:
-    """Per round: the instability test's p (b spreads more than a), on the seeds' values (pooled: the
-    seed means over domains or pairs, so the unit stays the seed); NaN with fewer than 2 seeds."""
+def spread_deviations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per round and seed (last axis): |b - median(b)| - |a - median(a)|, each strategy centred on its
+    own median over seeds (Brown-Forsythe), so a difference between the means does not enter."""
+    za = np.abs(a - np.nanmedian(a, axis=-1, keepdims=True))
+    zb = np.abs(b - np.nanmedian(b, axis=-1, keepdims=True))
+    return zb - za
+
+
+def _spread_p(u: Units, use: np.ndarray) -> np.ndarray:
+    """Per round: the instability test's max-T adjusted p (b spreads more than a), on the seeds' values
+    (pooled: seed means over domains or pairs); rounds where both strategies are constant left out."""
     a, b = u.seed_means(u.a), u.seed_means(u.b)
-    out = np.full(len(a), np.nan)
-    for i in range(len(a)):
-        ok = ~np.isnan(a[i]) & ~np.isnan(b[i])
-        if ok.sum() >= 2:
-            out[i] = _brown_forsythe_p(a[i][ok][None], b[i][ok][None])[0]
-    return out
+    if a.shape[1] < 2:
+        return np.full(len(a), np.nan)
+    with np.errstate(invalid="ignore"):
+        constant = (np.nanstd(a, axis=1) == 0) & (np.nanstd(b, axis=1) == 0)
+    return maxt_stepdown(spread_deviations(a, b), use & ~constant)
 
 
 def _default_comparison(rows: pd.DataFrame) -> Comparison:
@@ -381,18 +581,14 @@ def _default_comparison(rows: pd.DataFrame) -> Comparison:
 
 
 def chance_table(rows: pd.DataFrame, *, alpha: float = ALPHA) -> pd.DataFrame:
-    """Per (strategy, round): chains, and chains at chance (test accuracy not significantly above 50%:
-    one-sided exact binomial test at ``alpha`` on ``test_n`` test texts; NaN where ``test_n`` is
+    """Per (strategy, round): chains, and chains at chance (``at_chance``; NaN where ``test_n`` is
     unknown, i.e. rows written before it was recorded)."""
     cols = ["strategy", "round", "sparsity", "chains", "at_chance"]
     if rows.empty:
         return pd.DataFrame(columns=cols)
     r = rows.copy()
-    n = pd.to_numeric(r.get("test_n"), errors="coerce") if "test_n" in r else pd.Series(np.nan, index=r.index)
-    k = np.round(r["test_acc"].to_numpy(float) * n.to_numpy(float))
-    with np.errstate(invalid="ignore"):
-        p = stats.binom.sf(k - 1, n.to_numpy(float), 0.5)  # P(X >= k) under chance
-    r["at_chance"] = np.where(np.isnan(n.to_numpy(float)), np.nan, (p >= alpha).astype(float))
+    n = pd.to_numeric(r["test_n"], errors="coerce") if "test_n" in r else pd.Series(np.nan, index=r.index)
+    r["at_chance"] = at_chance(r["test_acc"].to_numpy(float), n.to_numpy(float), alpha)
     out = (r.groupby(["strategy", "round"], sort=True)
            .agg(sparsity=("sparsity", "mean"), chains=("seed", "size"), at_chance=("at_chance", "sum"))
            .reset_index())
@@ -401,13 +597,13 @@ def chance_table(rows: pd.DataFrame, *, alpha: float = ALPHA) -> pd.DataFrame:
     return out[cols]
 
 
-# ------------------------------------------------------------------------------------ transitions
+# ------------------------------------------------------------------------------------ power
 
 @lru_cache(maxsize=256)
 def mde_factor(n: int, alpha: float, test: str = "signflip", power: float = POWER) -> float:
     """The minimal detectable effect in units of the noise's standard deviation: the mean difference
     k * sigma that a one-sided test at ``alpha`` with ``n`` units detects with probability ``power``
-    (normal noise). ``inf`` when the test cannot reach ``alpha`` (sign-flip with 2^-n > alpha)."""
+    (normal noise). ``inf`` when the test cannot reach ``alpha`` (sign-flip with 2^-n >= alpha)."""
     _check_test(test)
     if n < 2 or smallest_p(n, test) >= alpha:
         return math.inf
@@ -448,10 +644,12 @@ def power(effect: float, sigma: float, n: int, *, alpha: float = ALPHA, test: st
     return float((signflip_p(z) < alpha).mean())
 
 
+# ------------------------------------------------------------------------------------ transitions
+
 @dataclass(frozen=True)
 class Transition:
-    """The measured transitions of one selection and comparison. Sparsities are None unless the
-    corresponding status is "detected"."""
+    """The measured transition of one selection and comparison. ``round``/``sparsity``: the onset
+    (None unless ``status`` is "detected"); ``collapse_*``: the collapse points (rounds)."""
     stage: str
     pair: str
     settings_hash: str
@@ -460,20 +658,18 @@ class Transition:
     b: str
     seeds: int
     units: int
-    rounds_tested: int
+    rounds_tested: int  # informative rounds
     alpha: float
     test: str
     status: str  # detected | not detected | too few seeds
     round: int | None
     sparsity: float | None
+    p: float  # the onset's adjusted p (or the smallest adjusted p when none)
+    significant_rounds: tuple
     message: str
-    delta: float
-    effect_status: str
-    effect_round: int | None
-    effect_sparsity: float | None
-    effect_ci_lo: float | None  # sparsity (None: below the first round tested / not defined)
-    effect_ci_hi: float | None
-    effect_undefined_share: float
+    collapse: CollapseTest
+    collapse_a_sparsity: float
+    collapse_b_sparsity: float
     mde: float  # in accuracy (fraction); inf where not detectable at all
     sigma: float
     instability_status: str
@@ -486,12 +682,8 @@ class Transition:
         return _pct_text(self.sparsity) if self.status == "detected" else self.status
 
     @property
-    def effect_text(self) -> str:
-        if self.effect_status != "detected":
-            return self.effect_status
-        lo = "<=first" if self.effect_ci_lo is None else _pct_text(self.effect_ci_lo)
-        hi = "none" if self.effect_ci_hi is None else _pct_text(self.effect_ci_hi)
-        return f"{_pct_text(self.effect_sparsity)} [{lo}, {hi}]"
+    def collapse_text(self) -> str:
+        return collapse_text(self.collapse)
 
     @property
     def mde_text(self) -> str:
@@ -502,41 +694,38 @@ class Transition:
         return _pct_text(self.instability_sparsity) if self.instability_status == "detected" else self.instability_status
 
 
+def collapse_text(c: CollapseTest) -> str:
+    """"+4.10 rounds [+3.20, +5.00] (93.75% exact), p = 0.0312"; an open side shows as -inf / open."""
+    if not c.n:
+        return "no collapse points"
+    lo = "-inf" if not np.isfinite(c.lo) else f"{c.lo:+.2f}"
+    hi = "open" if not np.isfinite(c.hi) else f"{c.hi:+.2f}"
+    return f"{c.diff:+.2f} rounds [{lo}, {hi}] ({100 * c.level:.2f}% exact), p = {c.p:.3g}"
+
+
 def _pct_text(s: float | None) -> str:
-    from .plots import sparsity_label
-
-    return f"{sparsity_label(s)}%"
-
-
-def bootstrap_weights(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
-    """[n_boot, n] multinomial counts: each row one bootstrap resample of n seeds (with replacement)."""
-    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
-
-
-def effect_index(means: np.ndarray, delta: float, weights: np.ndarray | None = None) -> np.ndarray:
-    """The effect-size transition as a round index: the first round from which the mean difference stays
-    >= ``delta`` (``rounds`` when it is not reached at the last round). ``means``: [rounds, seeds], a
-    seed's mean difference per round (NaN where missing). With bootstrap ``weights`` [B, seeds], one
-    index per resample; without, the point estimate."""
-    filled = np.where(np.isnan(means), 0.0, means)
-    present = (~np.isnan(means)).astype(float)
-    if weights is None:
-        weights = np.ones((1, means.shape[1]))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        m = (weights @ filled.T) / (weights @ present.T)  # [B, rounds]
-    return fixed_sequence(np.where(m >= delta, 0.0, 1.0), 0.5)
+    if s is None or not np.isfinite(s):
+        return "-"
+    p = 100 * float(s)
+    if p < 90:
+        return f"{p:.0f}%"
+    for digits in (1, 2, 3, 4):
+        text = f"{p:.{digits}f}"
+        if float(text) < 100 and abs(float(text) - p) <= 0.2 * (100 - p):
+            return f"{text}%"
+    return f"{p:.5f}%"
 
 
-def seed_means(rows: pd.DataFrame, cmp: Comparison) -> tuple[pd.DataFrame, list[int], np.ndarray]:
-    """(per-round round/sparsity table, seeds, [rounds, seeds] each seed's mean difference over its
-    domains or pairs)."""
-    u = units(rows, cmp)
-    return u.per_round, u.seeds, u.seed_means()
+def _censor_text(c: CollapseTest, cmp: Comparison) -> str:
+    parts = [f"{s} {k}/{c.chains}" for s, k in ((cmp.a, c.a_censored), (cmp.b, c.b_censored)) if k]
+    return ("; never below the midpoint by the last round (censored): " + ", ".join(parts)) if parts else ""
 
 
 def transition(rows: pd.DataFrame, cmp: Comparison | None = None, *, alpha: float = ALPHA, delta: float = DELTA,
-               test: str = "signflip", n_boot: int = N_BOOT, boot_seed: int = 0) -> Transition:
-    """Measure the transitions of one selection (one domain or pair, or pooled) for one comparison."""
+               test: str = "signflip", n_boot: int = N_BOOT, points: pd.DataFrame | None = None) -> Transition:
+    """Measure one selection (one domain or pair, or pooled) for one comparison. ``delta`` and
+    ``n_boot`` are accepted for the findings' settings and not used here. ``points``: the selection's
+    ``collapse_points`` when already computed."""
     _check_alpha(alpha)
     _check_test(test)
     if rows.empty:
@@ -550,85 +739,78 @@ def transition(rows: pd.DataFrame, cmp: Comparison | None = None, *, alpha: floa
     u = units(rows, cmp)
     gaps = _gap_table(u, alpha, test)
     tested = gaps[gaps["tested"]].reset_index(drop=True)
-    per_round, seeds, counts = u.per_round, u.seeds, u.counts
     n = int(tested["n"].max()) if len(tested) else 0
-    base = dict(stage=stage, pair=pair, settings_hash=h, comparison=cmp.name, a=cmp.a, b=cmp.b, seeds=len(seeds),
-                units=int(counts.max(axis=0).sum()) if counts.size else 0, rounds_tested=len(tested),
-                alpha=float(alpha), test=test, delta=float(delta))
+    used = tested[tested["informative"]]
+    base = dict(stage=stage, pair=pair, settings_hash=h, comparison=cmp.name, a=cmp.a, b=cmp.b, seeds=len(u.seeds),
+                units=int(u.counts.max(axis=0).sum()) if u.counts.size else 0, rounds_tested=len(used),
+                alpha=float(alpha), test=test)
     chance = chance_table(rows[rows["strategy"].isin([cmp.a, cmp.b])], alpha=alpha)
     last = chance[chance["round"] == chance["round"].max()] if len(chance) else chance
     base["chance_last"] = ", ".join(
         f"{s} {'?' if pd.isna(c) else int(c)}/{k}" for s, c, k in zip(last["strategy"], last["at_chance"], last["chains"]))
-
-    means = u.seed_means()  # [rounds, seeds]
-    sigma = float(np.nanmedian(tested["std_gap"])) if len(tested) else float("nan")
+    sd = used["std_gap"].to_numpy(float)
+    sd = sd[np.isfinite(sd) & (sd > 0)]
+    sigma = float(np.median(sd)) if len(sd) else float("nan")
     base["sigma"] = sigma
     base["mde"] = mde_factor(n, float(alpha), test) * sigma if n >= 2 and np.isfinite(sigma) else math.inf
 
-    # the effect-size transition, and its bootstrap interval
-    if means.size:
-        k = int(effect_index(means, delta)[0])
-        boot = effect_index(means, delta, bootstrap_weights(means.shape[1], n_boot, boot_seed))
-        rnd = per_round["round"].tolist()
-        sp = per_round["sparsity"].tolist()
-        lo = int(np.percentile(boot, 100 * alpha / 2, method="lower"))
-        hi = int(np.percentile(boot, 100 * (1 - alpha / 2), method="higher"))
-        base.update(effect_status="detected" if k < len(rnd) else "not reached",
-                    effect_round=rnd[k] if k < len(rnd) else None, effect_sparsity=sp[k] if k < len(rnd) else None,
-                    effect_ci_lo=sp[lo] if lo < len(rnd) else None, effect_ci_hi=sp[hi] if hi < len(rnd) else None,
-                    effect_undefined_share=float((boot >= len(rnd)).mean()))
-    else:
-        base.update(effect_status="no data", effect_round=None, effect_sparsity=None, effect_ci_lo=None,
-                    effect_ci_hi=None, effect_undefined_share=float("nan"))
+    pts = collapse_points(rows[rows["strategy"].isin([cmp.a, cmp.b])], alpha=alpha) if points is None else points
+    ct = collapse_test(pts, cmp, alpha)
+    levels = u.per_round if stage == "transfer" else rows.groupby("round")["sparsity"].mean().reset_index()
+    base.update(collapse=ct, collapse_a_sparsity=round_sparsity(ct.a_round, levels),
+                collapse_b_sparsity=round_sparsity(ct.b_round, levels))
 
-    # instability
-    if len(tested) and tested["spread_in_sequence"].any():
-        first = tested[tested["spread_in_sequence"]].iloc[0]
-        base.update(instability_status="detected", instability_round=int(first["round"]),
-                    instability_sparsity=float(first["sparsity"]))
+    spread = tested[tested["spread_significant"]]
+    if len(spread):
+        base.update(instability_status="detected", instability_round=int(spread["round"].iloc[0]),
+                    instability_sparsity=float(spread["sparsity"].iloc[0]))
     else:
         base.update(instability_status="not detected" if len(tested) else "too few seeds", instability_round=None,
                     instability_sparsity=None)
 
-    # the gap transition
     where = "pooled over domains or pairs (seed = unit)" if pair == POOLED else pair
-    if tested.empty or smallest_p(n, test) >= alpha:
-        msg = (f"{where}: too few seeds for the {test} test: {n} seed(s) with both {cmp.a} and {cmp.b}; its smallest "
-               f"p-value is {smallest_p(n, test):.3g}, not below alpha = {alpha:g}. Run at least "
-               f"{_seeds_needed(alpha, test)} seeds.")
-        return Transition(**base, status="too few seeds", round=None, sparsity=None, message=msg)
-    if tested["in_sequence"].any():
-        first = tested[tested["in_sequence"]].iloc[0]
-        msg = (f"{where}: {cmp.a} beats {cmp.b} at every round from round {int(first['round'])} "
-               f"({_pct_text(float(first['sparsity']))} sparsity) to the last (difference {100 * first['mean_gap']:+.2f} pp "
-               f"there, p = {first['p']:.3g} < alpha = {alpha:g}; fixed sequence over {len(tested)} rounds, {n} seeds)")
-        if int(first["round"]) == int(tested["round"].iloc[0]):
-            msg += "; already at the first pruned round, so no 'alike' regime was observed"
+    collapse_msg = f"collapse point {cmp.a} - {cmp.b}: {collapse_text(ct)}{_censor_text(ct, cmp)}"
+    sig = tested[tested["significant"]]
+    if tested.empty or smallest_p(n, "signflip") >= alpha:
+        msg = (f"{where}: too few seeds for the exact sign-flip test: {n} seed(s) with both {cmp.a} and {cmp.b}; its "
+               f"smallest p-value is {smallest_p(n):.3g}, not below alpha = {alpha:g}. Run at least "
+               f"{_seeds_needed(alpha)} seeds.")
+        return Transition(**base, status="too few seeds", round=None, sparsity=None, p=float("nan"),
+                          significant_rounds=(), message=msg)
+    if len(sig):
+        first = sig.iloc[0]
+        msg = (f"{where}: {cmp.a} beats {cmp.b} from round {int(first['round'])} ({_pct_text(float(first['sparsity']))} "
+               f"sparsity; difference {100 * first['mean_gap']:+.2f} pp, adjusted p = {first['p_adj']:.3g} < alpha = "
+               f"{alpha:g}; max-T over {len(used)} informative rounds, {n} seeds); significant at rounds "
+               f"{', '.join(str(int(r)) for r in sig['round'])}; {collapse_msg}")
         return Transition(**base, status="detected", round=int(first["round"]), sparsity=float(first["sparsity"]),
-                          message=msg)
-    lastrow = tested.iloc[-1]
-    msg = (f"{where}: not detected: the {cmp.a} - {cmp.b} difference is not significantly positive at the sparsest "
-           f"round (round {int(lastrow['round'])}, {100 * lastrow['mean_gap']:+.2f} pp, p = {lastrow['p']:.3g} >= "
-           f"alpha = {alpha:g}); with {n} seeds this design detects about {base['mde'] * 100:.1f} pp at a round "
-           f"(80% power)")
-    return Transition(**base, status="not detected", round=None, sparsity=None, message=msg)
+                          p=float(first["p_adj"]), significant_rounds=tuple(int(r) for r in sig["round"]), message=msg)
+    best = float(used["p_adj"].min()) if len(used) else float("nan")
+    msg = (f"{where}: no round where {cmp.a} significantly beats {cmp.b} (smallest adjusted p = {best:.3g}, max-T over "
+           f"{len(used)} informative rounds, {n} seeds); one round's test detects about {base['mde'] * 100:.1f} pp with "
+           f"80% power; {collapse_msg}")
+    return Transition(**base, status="not detected", round=None, sparsity=None, p=best, significant_rounds=(),
+                      message=msg)
 
 
-def _seeds_needed(alpha: float, test: str) -> int:
+def _seeds_needed(alpha: float, test: str = "signflip") -> int:
     """The fewest units with which the test can give p < alpha (sign-flip: 2^-n < alpha)."""
     return max(2, math.floor(math.log2(1 / alpha)) + 1) if test == "signflip" else 2
 
 
 SUMMARY_COLUMNS = ["stage", "pair", "settings_hash", "comparison", "a", "b", "seeds", "units", "rounds_tested",
-                   "test", "alpha", "transition", "transition_round", "transition_sparsity", "delta",
-                   "effect_transition", "effect_sparsity", "effect_ci_lo", "effect_ci_hi", "mde_pp",
-                   "instability", "instability_sparsity", "chance_last", "message", "method"]
+                   "test", "alpha", "transition", "transition_round", "transition_sparsity", "onset_p",
+                   "significant_rounds", "collapse_a_round", "collapse_a_sparsity", "collapse_b_round",
+                   "collapse_b_sparsity", "collapse_diff", "collapse_ci_lo", "collapse_ci_hi", "collapse_ci_level",
+                   "collapse_p", "collapse_censored", "collapse", "mde_pp", "instability", "instability_sparsity",
+                   "chance_last", "message", "method"]
 
 
 def summary(study_or_rows, alpha: float = ALPHA, delta: float = DELTA, test: str = "signflip",
             n_boot: int = N_BOOT) -> pd.DataFrame:
     """One row per (stage, domain or pair or pooled, settings hash, comparison) with the measured
-    transitions. ``study_or_rows``: a study folder or result rows (``ltnb.results.load``)."""
+    onset (``transition_round``, NaN when none) and collapse points. ``study_or_rows``: a study folder
+    or result rows (``ltnb.results.load``)."""
     if isinstance(study_or_rows, pd.DataFrame):
         rows = study_or_rows
     elif isinstance(study_or_rows, (str, os.PathLike)):
@@ -639,70 +821,132 @@ def summary(study_or_rows, alpha: float = ALPHA, delta: float = DELTA, test: str
         raise TypeError(f"study_or_rows must be a study folder or a DataFrame of result rows, "
                         f"got {type(study_or_rows).__name__}")
     out = []
+    points = collapse_points(rows, alpha=alpha)
     for sel in selections(rows, pooled=True):
         part = select(rows, sel)
+        pts = points[(points["stage"] == sel.stage) & (points["settings_hash"] == sel.settings_hash)]
+        if sel.pair != POOLED:
+            pts = pts[pts["pair"] == sel.pair]
         for cmp in comparisons(sel.stage, set(part["strategy"])):
-            t = transition(part, cmp, alpha=alpha, delta=delta, test=test, n_boot=n_boot)
-            d = asdict(t)
+            t = transition(part, cmp, alpha=alpha, delta=delta, test=test, n_boot=n_boot, points=pts)
+            c = t.collapse
             out.append(dict(
                 stage=t.stage, pair=sel.pair, settings_hash=t.settings_hash, comparison=t.comparison, a=t.a, b=t.b,
                 seeds=t.seeds, units=t.units, rounds_tested=t.rounds_tested, test=t.test, alpha=t.alpha,
-                transition=t.text, transition_round=d["round"], transition_sparsity=d["sparsity"], delta=t.delta,
-                effect_transition=t.effect_text, effect_sparsity=t.effect_sparsity, effect_ci_lo=t.effect_ci_lo,
-                effect_ci_hi=t.effect_ci_hi, mde_pp=100 * t.mde, instability=t.instability_text,
+                transition=t.text, transition_round=t.round, transition_sparsity=t.sparsity, onset_p=t.p,
+                significant_rounds=" ".join(map(str, t.significant_rounds)),
+                collapse_a_round=c.a_round, collapse_a_sparsity=t.collapse_a_sparsity, collapse_b_round=c.b_round,
+                collapse_b_sparsity=t.collapse_b_sparsity, collapse_diff=c.diff, collapse_ci_lo=c.lo,
+                collapse_ci_hi=c.hi, collapse_ci_level=c.level, collapse_p=c.p,
+                collapse_censored=f"{t.a} {c.a_censored}/{c.chains}, {t.b} {c.b_censored}/{c.chains}",
+                collapse=t.collapse_text, mde_pp=100 * t.mde, instability=t.instability_text,
                 instability_sparsity=t.instability_sparsity, chance_last=t.chance_last, message=t.message,
                 method=METHOD))
     table = pd.DataFrame(out, columns=SUMMARY_COLUMNS)
-    for c in ("transition_round", "transition_sparsity", "effect_sparsity", "effect_ci_lo", "effect_ci_hi",
-              "instability_sparsity", "mde_pp"):
-        table[c] = pd.to_numeric(table[c], errors="coerce").astype(float)
+    for col in ("transition_round", "transition_sparsity", "onset_p", "collapse_a_round", "collapse_a_sparsity",
+                "collapse_b_round", "collapse_b_sparsity", "collapse_diff", "collapse_ci_lo", "collapse_ci_hi",
+                "collapse_ci_level", "collapse_p", "instability_sparsity", "mde_pp"):
+        table[col] = pd.to_numeric(table[col], errors="coerce").astype(float)
     return table
 
 
 # ------------------------------------------------------------------------------------ simulation
 
-def simulate_rows(*, domains: int = 5, seeds: int = 5, rounds: int = 15, effect: float = 0.0,
-                  from_round: int | None = None, sigma: float = 0.04, seed_sd: float = 0.0,
-                  rng: np.random.Generator | int = 0, prune_fraction: float = 0.35, test_n: int = 248) -> pd.DataFrame:
-    """Result rows of a planted study: per domain, seed and round, reset's and random's test accuracy,
-    with a reset - random difference of ``effect`` from round ``from_round`` on (0 before, or
-    everywhere when None) plus noise: a per (seed, round) shock of sd ``seed_sd`` shared by every
-    domain of that seed (correlated seeds) and an independent one of sd ``sigma``. For tests and
-    power calculations."""
+def simulate_curves(studies: int, *, domains: int = 3, seeds: int = 5, rounds: int = 15, collapse_a: float = 12.0,
+                    collapse_b: float = 8.0, width: float = 0.5, dense: float = 0.68, sd: float = 0.03,
+                    seed_sd: float = 0.01, jitter: float = 0.4, test_n: int = 248, floor: float = 0.03,
+                    rng: np.random.Generator | int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Planted studies shaped like the real curves: ``a``, ``b`` [studies, domains, seeds, rounds + 1]
+    test accuracies and the expected difference ``a - b`` (same shape, no noise).
+
+    Each chain holds its start level (``dense`` + a domain and a seed effect; round 0 is shared by a
+    seed's two chains) and collapses to chance along a logistic in rounds centred at its collapse round
+    (``collapse_a`` or ``collapse_b`` + N(0, ``jitter``) per chain; ``width`` in rounds); a chain whose
+    expected margin over chance is below ``floor`` predicts one class (exactly 50%, as collapsed chains
+    do). Noise: N(0, ``sd``) per chain and round, plus a per (seed, round, strategy) shock of sd
+    ``seed_sd`` shared by every domain of that seed (seeds correlated across domains); accuracies are
+    whole counts of ``test_n`` texts."""
     rng = np.random.default_rng(rng)
-    shared = rng.normal(0, seed_sd, (seeds, rounds + 1)) if seed_sd > 0 else np.zeros((seeds, rounds + 1))
+    shape = (studies, domains, seeds)
+    start = (dense + rng.normal(0, 0.02, (studies, domains, 1)) + rng.normal(0, 0.01, (studies, 1, seeds)))
+    start = np.broadcast_to(start, shape)
+    r = np.arange(rounds + 1, dtype=float)
+
+    def expected(centre):
+        c = centre + rng.normal(0, jitter, shape)
+        return CHANCE + (start[..., None] - CHANCE) / (1 + np.exp(-(c[..., None] - r) / width))
+
+    ta, tb = expected(collapse_a), expected(collapse_b)
+
+    def observe(t):
+        shock = rng.normal(0, seed_sd, (studies, 1, seeds, rounds + 1)) if seed_sd > 0 else 0.0
+        y = t + shock + rng.normal(0, sd, t.shape)
+        y = np.where(t - CHANCE < floor, CHANCE, y)
+        return np.clip(np.round(y * test_n), 0, test_n) / test_n
+
+    a, b = observe(ta), observe(tb)
+    b[..., 0] = a[..., 0]  # the dense round 0 is one network
+    return a, b, ta - tb
+
+
+def planted_onset(expected_gap: np.ndarray, delta: float = DELTA) -> np.ndarray:
+    """[studies, domains]: the first round >= 1 where the domain's expected gap (mean over its chains)
+    reaches ``delta``, as an index into rounds 1..R (R where never)."""
+    g = expected_gap[..., 1:].mean(axis=-2) >= delta
+    return np.where(g.any(axis=-1), g.argmax(axis=-1), g.shape[-1])
+
+
+def simulate_calls(a: np.ndarray, b: np.ndarray, *, alpha: float = ALPHA, test_n: int = 248,
+                   stage: str = "obtain") -> dict[str, np.ndarray]:
+    """The calls ``transition`` makes, on arrays from ``simulate_curves`` (rounds 1..R take part in the
+    onset; round indices are into 1..R, R meaning none): per domain and pooled (seed = unit) the onset,
+    and the collapse-point comparison's p and exact interval (rounds). ``stage="transfer"``: chains
+    have no round 0 (their start level is their round 1)."""
+    studies, domains, seeds, _ = a.shape
+    first = 0 if stage == "obtain" else 1
+    x = (a - b)[..., 1:]  # [S, D, seeds, R]
+    n = np.full(a[..., 1:].shape, float(test_n))
+    # arrays as Units holds them: [..., rounds, seeds, pairs]
+    A = np.moveaxis(a[..., 1:], -1, -2)[..., None]  # per domain: [S, D, R, seeds, 1]
+    B = np.moveaxis(b[..., 1:], -1, -2)[..., None]
+    N = np.moveaxis(n, -1, -2)[..., None]
+    info_d = informative_rounds(A, B, N, N, alpha)  # [S, D, R]
+    onset_d = first_significant(maxt_stepdown(np.moveaxis(x, -1, -2), info_d), alpha)
+    Ap, Bp, Np = (np.moveaxis(v[..., 0], 1, -1) for v in (A, B, N))  # pooled: [S, R, seeds, D]
+    info_p = informative_rounds(Ap, Bp, Np, Np, alpha)
+    onset_p = first_significant(maxt_stepdown(np.moveaxis(x.mean(axis=1), -1, -2), info_p), alpha)
+    ca = np.empty((studies, domains, seeds))
+    cb = np.empty_like(ca)
+    for idx in np.ndindex(ca.shape):
+        ca[idx] = collapse_round(a[idx][first:], n=test_n, alpha=alpha)[0] + first
+        cb[idx] = collapse_round(b[idx][first:], n=test_n, alpha=alpha)[0] + first
+    d = ca - cb  # censored chains at the last round, as collapse_test uses them
+    out = dict(onset_domain=onset_d, onset_pooled=onset_p, collapse_a=ca, collapse_b=cb,
+               collapse_p_domain=signflip_p(np.nan_to_num(d)), collapse_p_pooled=signflip_p(np.nan_to_num(np.nanmean(d, axis=1))))
+    lo_d, hi_d = np.empty((studies, domains)), np.empty((studies, domains))
+    lo_p, hi_p = np.empty(studies), np.empty(studies)
+    for s in range(studies):
+        for k in range(domains):
+            lo_d[s, k], hi_d[s, k] = signflip_interval(d[s, k], alpha)
+        lo_p[s], hi_p[s] = signflip_interval(np.nanmean(d[s], axis=0), alpha)
+    out.update(collapse_lo_domain=lo_d, collapse_hi_domain=hi_d, collapse_lo_pooled=lo_p, collapse_hi_pooled=hi_p)
+    return out
+
+
+def simulate_rows(*, domains: int = 3, seeds: int = 5, rounds: int = 15, stage: str = "obtain",
+                  strategies: tuple[str, str] | None = None, test_n: int = 248, rng: int = 0, **shape) -> pd.DataFrame:
+    """One planted study of ``simulate_curves`` as schema-true result rows (obtain: rounds 0..R;
+    transfer: pairs d0->t0 ... , rounds 1..R)."""
+    a, b, _ = simulate_curves(1, domains=domains, seeds=seeds, rounds=rounds, test_n=test_n, rng=rng, **shape)
+    strategies = strategies or (("reset", "random") if stage == "obtain" else ("masks-reset", "masks-random"))
     out = []
     for d in range(domains):
+        src, tgt = (f"d{d}", f"d{d}") if stage == "obtain" else (f"s{d}", f"d{d}")
+        pair = tgt if stage == "obtain" else f"{src}->{tgt}"
         for s in range(seeds):
-            for r in range(rounds + 1):
-                base = 0.65 + rng.normal(0, 0.02)
-                planted = effect if r >= 1 and (from_round is None or r >= from_round) else 0.0
-                diff = (planted + shared[s, r] + rng.normal(0, sigma)) if r >= 1 else 0.0
-                sp = 1 - (1 - prune_fraction) ** r
-                for strategy, acc in (("reset", base + diff / 2), ("random", base - diff / 2)):
-                    out.append(dict(stage="obtain", source=f"d{d}", target=f"d{d}", domain=f"d{d}", pair=f"d{d}",
-                                    seed=s, strategy=strategy, round=r, sparsity=sp, val_acc=acc, test_acc=acc,
-                                    test_n=test_n, best_epoch=1, epochs_run=1, seconds=0.0, settings_hash="sim"))
+            for r in range(0 if stage == "obtain" else 1, rounds + 1):
+                for strategy, acc in zip(strategies, (a[0, d, s, r], b[0, d, s, r])):
+                    out.append(dict(stage=stage, source=src, target=tgt, domain=tgt, pair=pair, seed=s, strategy=strategy,
+                                    round=r, sparsity=1 - 0.65 ** r, val_acc=acc, test_acc=acc, test_n=test_n,
+                                    best_epoch=1, epochs_run=1, seconds=0.0, settings_hash="sim"))
     return pd.DataFrame(out)
-
-
-def simulate_transitions(studies: int, *, domains: int = 5, seeds: int = 5, rounds: int = 15, effect: float = 0.0,
-                         from_round: int | None = None, sigma: float = 0.04, seed_sd: float = 0.0,
-                         alpha: float = ALPHA, test: str = "signflip", rng_seed: int = 0,
-                         naive_pooled: bool = False) -> dict[str, np.ndarray]:
-    """Vectorised planted studies (the same model as ``simulate_rows``, differences only): the gap
-    transition's round index per study, per domain (``[studies, domains]``) and pooled
-    (``[studies]``); ``rounds`` (one past the last index) means not detected. ``naive_pooled``
-    treats every domain-seed pair as an independent unit (the wrong test when seeds are correlated)."""
-    rng = np.random.default_rng(rng_seed)
-    planted = np.array([effect if from_round is None or r >= from_round else 0.0 for r in range(1, rounds + 1)])
-    shared = rng.normal(0, seed_sd, (studies, 1, rounds, seeds)) if seed_sd > 0 else 0.0
-    g = planted[None, None, :, None] + shared + rng.normal(0, sigma, (studies, domains, rounds, seeds))
-    per_domain = fixed_sequence(pvalues(g, test), alpha)  # [studies, domains]
-    if naive_pooled:
-        flat = g.transpose(0, 2, 1, 3).reshape(studies, rounds, domains * seeds)
-        pooled = fixed_sequence(pvalues(flat, test), alpha)
-    else:
-        sums = g.sum(axis=1)  # [studies, rounds, seeds]: the seed is the unit
-        pooled = fixed_sequence(pvalues(sums, test), alpha)
-    return {"per_domain": per_domain, "pooled": pooled}

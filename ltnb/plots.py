@@ -159,11 +159,13 @@ def transfer_curves(rows: pd.DataFrame) -> pd.DataFrame:
 
 def accuracy_chart(curves: pd.DataFrame, *, facet: str | None = "pair", mode: str = MEAN, title: str = "",
                    columns: int = 3, markers: list[tuple[float, str, str]] = (), width: int = 260,
-                   height: int = 190) -> alt.TopLevelMixin:
+                   height: int = 190, collapse: pd.DataFrame | None = None) -> alt.TopLevelMixin:
     """Test accuracy (%) against the rounds' sparsity: per ``series``, the mean line with a +-1 std band
     over seeds (``mode=MEAN``) or each seed's chain as a thin line under the mean (``mode=SEEDS``).
     ``curves``: rows with a ``series`` column (``obtain_curves``, ``transfer_curves``). One panel per
-    value of ``facet`` (None: one panel). ``markers``: (sparsity, label, color) vertical rules."""
+    value of ``facet`` (None: one panel). ``markers``: (sparsity, label, color) vertical rules.
+    ``collapse`` (one panel only): per chain its collapse point (``ltnb.phase.collapse_points`` with a
+    ``series`` column), drawn as a cross at (collapse round, midpoint level) in the series' colour."""
     from .results import summarize
 
     if facet and (mode != MEAN or markers):  # layers with their own data cannot be faceted: one panel each
@@ -193,6 +195,12 @@ def accuracy_chart(curves: pd.DataFrame, *, facet: str | None = "pair", mode: st
         c = curves.assign(acc=100 * curves["test_acc"])
         layers = [alt.Chart(c).mark_line(strokeWidth=1, opacity=0.5, point=alt.OverlayMarkDef(size=12))
                   .encode(x=x, y=y, color=color, detail="seed:N", strokeDash=dash)]
+    if collapse is not None and len(collapse):
+        c = collapse.dropna(subset=["collapse_round"]).assign(acc=lambda d: 100 * d["level"], round=lambda d: d["collapse_round"])
+        c = c[c["status"] == "collapsed"]
+        if len(c):
+            layers.append(alt.Chart(c).mark_point(shape="cross", size=90, filled=True, opacity=0.9).encode(
+                x=x, y=y, color=color, tooltip=["series:N", "seed:N", alt.Tooltip("collapse_round:Q", format=".2f")]))
     return alt.layer(*layers, line, *_markers(markers, s, height)).properties(width=width, height=height, title=title)
 
 
@@ -233,21 +241,21 @@ def figure4(rows: pd.DataFrame, *, columns: int = 3):
 
 # ---------------------------------------------------------------------------------- phase views
 
-VERDICT_COLORS = {"in the transition's run": "#1f77b4", "p < alpha, run broken later": "#9ecae1",
-                  "not significant": "#d62728", "too few seeds": "#aaaaaa"}
+VERDICT_COLORS = {"significant (max-T)": "#1f77b4", "not significant": "#d62728",
+                  "not informative (both at chance)": "#bbbbbb", "too few seeds": "#888888"}
 
 
 def gap_chart(gaps: pd.DataFrame, *, pairs: pd.DataFrame | None = None, title: str = "",
               ylabel: str = "difference (pp)", markers=(), width: int = WIDTH, height: int = HEIGHT):
-    """The paired difference (percentage points) per round with its per-round 1 - alpha t-interval,
-    coloured by the fixed-sequence verdict; with ``pairs`` each seed's own difference as a tick."""
+    """The paired difference (percentage points) per round with one round's exact sign-flip interval
+    (``ltnb.phase.gap_table``), coloured by the max-T verdict; with ``pairs`` each seed's own difference
+    as a tick."""
     g = gaps.copy()
     g["gap"] = 100 * g["mean_gap"].astype(float)
     g["lo"], g["hi"] = 100 * g["ci_lo"].astype(float), 100 * g["ci_hi"].astype(float)
     g["verdict"] = np.where(~g["tested"].astype(bool), "too few seeds",
-                            np.where(g["in_sequence"].astype(bool), "in the transition's run",
-                                     np.where(g["significant"].astype(bool), "p < alpha, run broken later",
-                                              "not significant")))
+                            np.where(~g["informative"].astype(bool), "not informative (both at chance)",
+                                     np.where(g["significant"].astype(bool), "significant (max-T)", "not significant")))
     color = alt.Color("verdict:N", title=None, scale=alt.Scale(domain=list(VERDICT_COLORS),
                                                                range=list(VERDICT_COLORS.values())),
                       legend=alt.Legend(orient="bottom"))
@@ -257,6 +265,7 @@ def gap_chart(gaps: pd.DataFrame, *, pairs: pd.DataFrame | None = None, title: s
         p = pairs[pairs["round"] >= 1].assign(seed_gap=lambda d: 100 * d["gap"])
         layers.append(alt.Chart(p).mark_tick(color="#555555", opacity=0.7, thickness=1.5, size=12, orient="horizontal")
                       .encode(x=x, y=alt.Y("seed_gap:Q", title=ylabel)))
+    g = g.replace([np.inf, -np.inf], np.nan)
     layers.append(alt.Chart(g).mark_rule(strokeWidth=2).encode(x=x, y=alt.Y("lo:Q", title=ylabel), y2="hi:Q", color=color))
     layers.append(alt.Chart(g).mark_point(size=60, filled=True).encode(x=x, y=alt.Y("gap:Q", title=ylabel), color=color))
     layers += _markers(markers, g, height)

@@ -102,10 +102,17 @@ def phase_columns(table: pd.DataFrame) -> pd.DataFrame:
     t = table.copy()
     t["mde"] = [("-" if st == "detected" else "not detectable" if not pd.notna(m) or m == float("inf") else f"{m:.1f} pp")
                 for st, m in zip(t["transition"].map(lambda x: "detected" if x.endswith("%") else x), t["mde_pp"])]
+    t["collapse_points"] = [f"{a}: {_pct(sa)}, {b}: {_pct(sb)}" for a, b, sa, sb in
+                            zip(t["a"], t["b"], t["collapse_a_sparsity"], t["collapse_b_sparsity"])]
     cols = {"stage": "stage", "pair": "domain / pair", "comparison": "comparison", "seeds": "seeds",
-            "transition": "significant from (fixed sequence)", "effect_transition": "difference >= delta from [CI]",
-            "mde": "detectable effect (80%)", "instability": "instability", "chance_last": "at chance (last round)"}
+            "transition": "onset: a beats b from (max-T)", "collapse_points": "collapse points (mean)",
+            "collapse": "collapse a - b (rounds, exact interval)", "mde": "detectable at a round (80%)",
+            "instability": "instability", "chance_last": "at chance (last round)"}
     return t[list(cols)].rename(columns=cols)
+
+
+def _pct(s) -> str:
+    return "-" if pd.isna(s) else f"{plots.sparsity_label(s)}%"
 
 
 def groups(study_dir: str | os.PathLike) -> list[Group]:
@@ -169,7 +176,7 @@ CAPTIONS = {
 def _html(study: Path, sections, rows: pd.DataFrame) -> str:
     css = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px}"
            "td,th{border:1px solid #ccc;padding:2px 6px;vertical-align:top}figure{margin:1em 0}"
-           ".held{color:#1a7f37;font-weight:bold}.not-held{color:#b42318;font-weight:bold}.inconclusive{color:#9a6700}")
+           ".held{color:#1a7f37;font-weight:bold}.not-held{color:#b42318;font-weight:bold}.inconclusive{color:#9a6700}.not-assessable{color:#777;font-weight:bold}")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ltnb report: {html.escape(study.name)}</title>"
              f"<style>{css}</style></head><body>",
              f"<h1>Lottery tickets under distribution shift: study <code>{html.escape(study.name)}</code></h1>",
@@ -241,14 +248,25 @@ def _findings_html(fi: pd.DataFrame) -> str:
             "<th>p</th><th>n</th><th>verdict</th><th>criterion</th><th>detail</th></tr>"]
     for _, r in fi.iterrows():
         ci = "-" if pd.isna(r["ci_lo"]) and pd.isna(r["ci_hi"]) else f"[{_num(r['ci_lo'])}, {_num(r['ci_hi'])}]"
+        if ci != "-" and pd.notna(r.get("ci_level")):
+            ci += f" ({100 * r['ci_level']:.2f}%, exact)"
         rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in (
             html.escape(r["finding"]), html.escape(r["claim"]), html.escape(r["statistic"]),
             f"{_num(r['estimate'])} {html.escape(r['unit'])}", ci, "-" if pd.isna(r["p"]) else f"{r['p']:.3g}",
-            html.escape(r["n"]), f"<span class='{r['verdict'].replace(' ', '-')}'>{html.escape(r['verdict'])}</span>",
+            html.escape(r["n"]), f"<span class='{r['verdict'].split(':')[0].replace(' ', '-')}'>{html.escape(r['verdict'])}"
+                                 f"</span>",
             html.escape(r["criterion"]), html.escape(r["detail"]))) + "</tr>")
     rows.append("</table>")
+    if len(fi) and "criteria_hash" in fi:
+        rows.append(f"<p style='font-size:12px;color:#555'>Criteria fixed in <code>ltnb.findings</code> before the data; "
+                    f"criteria hash <code>{html.escape(str(fi['criteria_hash'].iloc[0]))}</code> (the criteria's text and "
+                    f"the code of ltnb.findings and ltnb.phase).</p>")
     return "\n".join(rows)
 
 
 def _num(v) -> str:
-    return "-" if pd.isna(v) else f"{v:.2f}"
+    if pd.isna(v):
+        return "-"
+    if v in (float("inf"), float("-inf")):
+        return "open" if v > 0 else "-inf"
+    return f"{v:.2f}"

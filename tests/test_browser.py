@@ -116,10 +116,11 @@ def test_explorer_widgets_update_every_view(study):
     assert "transition not detected" in before["estimate"] and before["accuracy"].startswith("<svg")
     assert "detectable effect" in before["estimate"]
     c["pair"].value = "products"
-    assert "transition 96.8%" in v["estimate"].value and "significant from 96.8%" in v["accuracy"].value
+    assert "transition 96.8%" in v["estimate"].value and "onset 96.8%" in v["accuracy"].value
+    assert "collapse points" in v["estimate"].value and "(93.75% exact)" in v["estimate"].value
     after = {k: w.value for k, w in v.items()}
     assert all(after[k] != before[k] for k in ("estimate", "accuracy", "gap", "spread", "table"))
-    for name, value in (("mode", explore.SEEDS), ("alpha", 0.1), ("delta", 0.05)):
+    for name, value in (("mode", explore.SEEDS), ("alpha", 0.1)):
         old = v["accuracy"].value + v["gap"].value + v["table"].value + v["estimate"].value
         c[name].value = value
         assert v["accuracy"].value + v["gap"].value + v["table"].value + v["estimate"].value != old, name
@@ -181,7 +182,7 @@ def test_voila_app_in_chromium(study, browser, tmp_path):
         # choose another domain: every view changes, the estimate is drawn on the chart
         page.locator(".widget-dropdown", has_text="domain / pair").locator("select").select_option("products")
         acc2 = wait_changed(page, ".ltnb-accuracy", acc)
-        assert "products: test accuracy" in acc2 and "significant from 96.8%" in acc2
+        assert "products: test accuracy" in acc2 and "onset 96.8%" in acc2
         assert "products: reset - random" in wait_changed(page, ".ltnb-gap", gap)
         assert "<td>96.8</td>" in wait_changed(page, ".ltnb-table", table)
         page.wait_for_function("() => document.querySelector('.ltnb-estimate').innerText"
