@@ -344,7 +344,6 @@ class PhaseSettings(_Checked):
                            number(0, 1, low_open=True, high_open=True))
     test: str = setting("signflip", "the per-round test: exact sign-flip permutation, or the t-test",
                         one_of(("signflip", "t")))
-    n_boot: int = setting(2000, "bootstrap resamples for the intervals", integer(100))
 
 
 @dataclass(frozen=True)

@@ -410,7 +410,7 @@ def _gate(found: list[Finding], rows: pd.DataFrame, groups: np.ndarray) -> list[
 
 
 def verdicts(rows: pd.DataFrame, *, alpha: float = phase.ALPHA, delta: float = phase.DELTA,
-             n_boot: int = phase.N_BOOT, robust_examples: int = ROBUST_EXAMPLES) -> pd.DataFrame:
+             robust_examples: int = ROBUST_EXAMPLES) -> pd.DataFrame:
     """The four findings' verdicts for result rows of one settings hash (see the module doc). ``n_boot``
     is accepted for the settings' sake (no verdict bootstraps)."""
     if rows["settings_hash"].nunique() > 1:

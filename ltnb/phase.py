@@ -77,7 +77,6 @@ from .config import PhaseSettings
 
 ALPHA = PhaseSettings.alpha
 DELTA = PhaseSettings.delta  # the equivalence margin of the findings: 2 points of test accuracy
-N_BOOT = PhaseSettings.n_boot
 POWER = 0.80  # for the minimal detectable effect
 TESTS = ("signflip", "t")
 EXACT_MAX_N = 16  # up to this many units the sign-flip tests enumerate every pattern
@@ -173,16 +172,6 @@ def paired(rows: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     both["sparsity"] = (both["sparsity"] + both["sparsity_b"]) / 2
     both["gap"] = both["a"] - both["b"]
     return both.drop(columns="sparsity_b").sort_values(["round", "pair", "seed"]).reset_index(drop=True)
-
-
-def _check_alpha(alpha: float) -> None:
-    if not (0 < float(alpha) < 1):
-        raise ValueError(f"alpha (the significance level) must be between 0 and 1, got {alpha!r}")
-
-
-def _check_test(test: str) -> None:
-    if test not in TESTS:
-        raise ValueError(f"test = {test!r}: expected one of {', '.join(TESTS)}")
 
 
 def _check_alpha(alpha: float) -> None:
@@ -721,10 +710,9 @@ def _censor_text(c: CollapseTest, cmp: Comparison) -> str:
     return ("; never below the midpoint by the last round (censored): " + ", ".join(parts)) if parts else ""
 
 
-def transition(rows: pd.DataFrame, cmp: Comparison | None = None, *, alpha: float = ALPHA, delta: float = DELTA,
-               test: str = "signflip", n_boot: int = N_BOOT, points: pd.DataFrame | None = None) -> Transition:
-    """Measure one selection (one domain or pair, or pooled) for one comparison. ``delta`` and
-    ``n_boot`` are accepted for the findings' settings and not used here. ``points``: the selection's
+def transition(rows: pd.DataFrame, cmp: Comparison | None = None, *, alpha: float = ALPHA,
+               test: str = "signflip", points: pd.DataFrame | None = None) -> Transition:
+    """Measure one selection (one domain or pair, or pooled) for one comparison. ``points``: the selection's
     ``collapse_points`` when already computed."""
     _check_alpha(alpha)
     _check_test(test)
@@ -806,8 +794,7 @@ SUMMARY_COLUMNS = ["stage", "pair", "settings_hash", "comparison", "a", "b", "se
                    "chance_last", "message", "method"]
 
 
-def summary(study_or_rows, alpha: float = ALPHA, delta: float = DELTA, test: str = "signflip",
-            n_boot: int = N_BOOT) -> pd.DataFrame:
+def summary(study_or_rows, alpha: float = ALPHA, test: str = "signflip") -> pd.DataFrame:
     """One row per (stage, domain or pair or pooled, settings hash, comparison) with the measured
     onset (``transition_round``, NaN when none) and collapse points. ``study_or_rows``: a study folder
     or result rows (``ltnb.results.load``)."""
@@ -828,7 +815,7 @@ def summary(study_or_rows, alpha: float = ALPHA, delta: float = DELTA, test: str
         if sel.pair != POOLED:
             pts = pts[pts["pair"] == sel.pair]
         for cmp in comparisons(sel.stage, set(part["strategy"])):
-            t = transition(part, cmp, alpha=alpha, delta=delta, test=test, n_boot=n_boot, points=pts)
+            t = transition(part, cmp, alpha=alpha, test=test, points=pts)
             c = t.collapse
             out.append(dict(
                 stage=t.stage, pair=sel.pair, settings_hash=t.settings_hash, comparison=t.comparison, a=t.a, b=t.b,

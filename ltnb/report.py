@@ -128,13 +128,13 @@ def write_table(study_dir: str | os.PathLike, name: str, table: pd.DataFrame) ->
 
 
 def build(study_dir: str | os.PathLike, *, alpha: float = phase.ALPHA, delta: float = phase.DELTA,
-          test: str = "signflip", n_boot: int = phase.N_BOOT, log=print) -> dict:
+          test: str = "signflip", log=print) -> dict:
     """Write the report of a study (``PhaseSettings`` for the statistics); returns the paths written."""
     study = paths.resolve_study(study_dir)
     out = paths.report_dir(study)
     rows = results.load(study)
     groups = settings_groups(rows, settings_of(study))
-    stats = dict(alpha=alpha, delta=delta, n_boot=n_boot)
+    stats = dict(alpha=alpha, delta=delta)
     written: dict[str, object] = {}
     summary = results.summarize(rows)
     write_parquet(out / "summary.parquet", summary)
@@ -148,7 +148,7 @@ def build(study_dir: str | os.PathLike, *, alpha: float = phase.ALPHA, delta: fl
             if chart is not None:
                 written[name + tag] = plots.save(chart, out / f"{name}{tag}", formats=("png", "svg"))
                 figs[name] = out / f"{name}{tag}.svg"
-        ph = phase.summary(g.rows, test=test, **stats).assign(group=g.label)
+        ph = phase.summary(g.rows, alpha=alpha, test=test).assign(group=g.label)
         fi = findings.verdicts(g.rows, **stats).assign(group=g.label, settings_hash=g.settings_hash)
         phase_tables.append(ph)
         finding_tables.append(fi)

@@ -190,3 +190,27 @@ def test_markdown_and_bad_input():
     assert md.count("\n") == 1 + len(t) and "**held**" in md and "(93.8%)" in md
     with pytest.raises(ValueError, match="several settings"):
         findings.verdicts(pd.concat([rows_for(), rows_for().assign(settings_hash="x")]))
+
+
+# ------------------------------------------------------------------------------ the demo's verdicts, perturbed
+
+DEMO_ROWS = __import__("pathlib").Path(__file__).parent / "fixtures" / "demo_rows.csv.gz"
+
+
+@pytest.mark.skipif(not DEMO_ROWS.exists(), reason="tests/fixtures/demo_rows.csv.gz not present")
+def test_the_demos_verdicts_survive_one_test_example_more_or_less():
+    """The demo's own result rows (tests/fixtures/demo_rows.csv.gz: ``ltnb.results.load`` of a fresh
+    clone's ``make study``): moving every accuracy by one test example up or down (at random, and all
+    up, and all down) changes no verdict. The same code on another CPU gives chains a little apart; a
+    verdict that cannot stand that is reported as inconclusive instead (the knife-edge rule)."""
+    rows = pd.read_csv(DEMO_ROWS)
+    base = findings.verdicts(rows).set_index("finding")["verdict"]
+    rng = np.random.default_rng(2026)
+    step = 1.0 / rows["test_n"].to_numpy(float)
+    moves = {"all up": np.ones(len(rows)), "all down": -np.ones(len(rows))}
+    moves.update({f"random {k}": rng.choice((-1.0, 1.0), len(rows)) for k in range(3)})
+    for name, sign in moves.items():
+        moved = findings.verdicts(rows.assign(test_acc=rows["test_acc"] + sign * step)).set_index("finding")["verdict"]
+        assert moved.equals(base), (name, pd.concat([base, moved], axis=1))
+    print("\nthe demo's verdicts, unchanged by one test example more or less: "
+          + ", ".join(f"{k} {v}" for k, v in base.items()))
