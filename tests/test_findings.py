@@ -16,17 +16,18 @@ def curve(r, level, collapse, width=0.4):
 
 def rows_for(*, domains=("a", "b"), seeds=5, rounds=15, reset_gain=0.0, reset_collapse=12.0, random_collapse=8.0,
              random_collapses=None, random_early=0.0, transfer_drop=None, masks_gap_high=0.0, noise=0.004, rng=0,
-             converged=None):
+             converged=None, test_n=2000):
     """Result rows: dense at ~0.70 per seed; reset ``reset_gain`` above it up to 90% sparsity, collapsing
     around ``reset_collapse``; random like reset (minus ``random_early`` below 90%) but collapsing around
     ``random_collapse`` (or the per-domain ``random_collapses``); reinit half-way. With ``transfer_drop``:
     a pair a->b whose masks-reset is that much below b's reset chain, and masks-random ``masks_gap_high``
-    below masks-reset above 90%. ``converged``: the rows' ``converged`` value."""
+    below masks-reset above 90%. ``converged``: the rows' ``converged`` value. ``test_n``: test texts per
+    domain (2000: one example is 0.05 points, far from any verdict's edge unless a test puts it there)."""
     rng = np.random.default_rng(rng)
     out = []
 
     def add(**kw):
-        out.append(dict(test_n=248, val_acc=kw["test_acc"], best_epoch=1, epochs_run=1, seconds=0.0,
+        out.append(dict(test_n=test_n, val_acc=kw["test_acc"], best_epoch=1, epochs_run=1, seconds=0.0,
                         settings_hash="h", **({} if converged is None else {"converged": converged}), **kw))
 
     for d in domains:
@@ -43,7 +44,7 @@ def rows_for(*, domains=("a", "b"), seeds=5, rounds=15, reset_gain=0.0, reset_co
                     random = curve(r, level + gain - (random_early if sp <= 0.9 else 0.0), rc) + rng.normal(0, noise)
                 for strategy, acc in (("reset", reset), ("random", random), ("reinit", (reset + random) / 2)):
                     add(stage="obtain", source=d, target=d, domain=d, pair=d, seed=s, strategy=strategy, round=r,
-                        sparsity=sp, test_acc=round(acc * 248) / 248)
+                        sparsity=sp, test_acc=round(acc * test_n) / test_n)
     if transfer_drop is not None:
         target = pd.DataFrame(out)
         target = target[(target.pair == domains[1]) & (target.strategy == "reset")].set_index(["seed", "round"])
@@ -55,7 +56,7 @@ def rows_for(*, domains=("a", "b"), seeds=5, rounds=15, reset_gain=0.0, reset_co
                 for strategy, acc in (("masks-reset", mr), ("masks-random", mrand)):
                     add(stage="transfer", source=domains[0], target=domains[1], domain=domains[1],
                         pair=f"{domains[0]}->{domains[1]}", seed=s, strategy=strategy, round=r, sparsity=sp,
-                        test_acc=round(acc * 248) / 248)
+                        test_acc=round(acc * test_n) / test_n)
     return pd.DataFrame(out)
 
 
@@ -73,10 +74,7 @@ def test_finding_1_both_sides_and_its_interval_by_hand():
     assert f["verdict"] == "held" and f["p"] == pytest.approx(1 / 32) and f["n"] == "5 seeds x 2 domains"
     assert f["estimate"] == pytest.approx(3.0, abs=0.4) and f["ci_level"] == pytest.approx(0.9375)
     assert verdict(findings.verdicts(rows_for(reset_gain=-0.03)), "1") == "not held"  # worse than dense
-    # within +-2 pp: no advantage (the rule itself; measured this precisely, one test example more or less per
-    # chain moves the mean by 0.8 pp and flips its sign, so the robust verdict is "inconclusive": a knife edge)
-    assert verdict(findings.verdicts(rows_for(reset_gain=0.0), robust_examples=0), "1") == "not held"
-    assert get(findings.verdicts(rows_for(reset_gain=0.0)), "1")["detail"].startswith("knife edge: not held")
+    assert verdict(findings.verdicts(rows_for(reset_gain=0.0, noise=0.02)), "1") == "not held"  # inside +-2 pp
     assert verdict(findings.verdicts(rows_for(reset_gain=0.01, noise=0.03, rng=3)), "1") == "inconclusive"
     rows = rows_for(reset_gain=0.01, noise=0.01, rng=3)
     f = get(findings.verdicts(rows), "1")
@@ -105,7 +103,7 @@ def test_finding_2_one_estimand_both_sides():
 
 
 def test_finding_3_transfer_both_sides():
-    small = findings.verdicts(rows_for(transfer_drop=0.03, masks_gap_high=0.05))
+    small = findings.verdicts(rows_for(transfer_drop=0.025, masks_gap_high=0.05))
     assert verdict(small, "3a") == "held" and verdict(small, "3b") == "held"
     big = findings.verdicts(rows_for(transfer_drop=0.10, masks_gap_high=-0.03))
     assert verdict(big, "3a") == "not held" and verdict(big, "3b") == "not held"
@@ -155,7 +153,7 @@ def test_finding_4_is_calibrated_when_every_domain_collapses_alike():
 
 
 def test_a_verdict_on_a_knife_edge_is_inconclusive():
-    rows = rows_for(reset_gain=0.02, noise=0.0005, rng=1)
+    rows = rows_for(reset_gain=0.02, noise=0.0005, rng=1, test_n=248)
     low = (rows.strategy == "reset") & (rows["round"] >= 1) & (rows.sparsity <= 0.9)
     # make seed 0's advantage over its dense round +0.1 pp in both domains: positive, but one example is 0.4 pp
     for d in ("a", "b"):
@@ -200,15 +198,16 @@ DEMO_ROWS = __import__("pathlib").Path(__file__).parent / "fixtures" / "demo_row
 @pytest.mark.skipif(not DEMO_ROWS.exists(), reason="tests/fixtures/demo_rows.csv.gz not present")
 def test_the_demos_verdicts_survive_one_test_example_more_or_less():
     """The demo's own result rows (tests/fixtures/demo_rows.csv.gz: ``ltnb.results.load`` of a fresh
-    clone's ``make study``): moving every accuracy by one test example up or down (at random, and all
-    up, and all down) changes no verdict. The same code on another CPU gives chains a little apart; a
-    verdict that cannot stand that is reported as inconclusive instead (the knife-edge rule)."""
+    clone's ``make study``, 3 epochs, 2026-12-03): moving every accuracy by one test example up or down (at
+    random, and all up, and all down) changes no verdict. The same code on another CPU gives chains a little
+    apart; a verdict that cannot stand that is reported as inconclusive instead (the knife-edge rule; with
+    a check that reaches 1 example instead of 2, 7 of 16 such perturbations changed a verdict here)."""
     rows = pd.read_csv(DEMO_ROWS)
     base = findings.verdicts(rows).set_index("finding")["verdict"]
     rng = np.random.default_rng(2026)
     step = 1.0 / rows["test_n"].to_numpy(float)
     moves = {"all up": np.ones(len(rows)), "all down": -np.ones(len(rows))}
-    moves.update({f"random {k}": rng.choice((-1.0, 1.0), len(rows)) for k in range(3)})
+    moves.update({f"random {k}": rng.choice((-1.0, 1.0), len(rows)) for k in range(8)})
     for name, sign in moves.items():
         moved = findings.verdicts(rows.assign(test_acc=rows["test_acc"] + sign * step)).set_index("finding")["verdict"]
         assert moved.equals(base), (name, pd.concat([base, moved], axis=1))
