@@ -282,7 +282,7 @@ def test_controls_train_resets_masks_from_theta_0s_values_permuted_or_fresh_valu
             kept = theta_0[n][m]
             assert torch.equal(torch.sort(sh[n][m]).values, torch.sort(kept).values)  # same multiset
             assert (sh[n][~m] == 0).all() and (rs[n][~m] == 0).all()
-            if m.sum() > 1 and kept.unique().numel() > 1:
+            if m.sum() >= 10:  # (a tiny tensor's permutation may be the identity)
                 assert not torch.equal(sh[n][m], kept)  # ... in other places
             want = float(kept.double().pow(2).mean().sqrt())
             assert float(rs[n][m].double().pow(2).mean().sqrt()) == pytest.approx(want, rel=1e-5)
