@@ -35,8 +35,9 @@ def _batch(args) -> int:
 
 
 def _report(args) -> int:
-    from . import report
+    from . import lottery, report
 
+    lottery.write_mask_overlap(args.study)
     report.build(args.study)
     return 0
 

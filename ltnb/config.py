@@ -45,11 +45,14 @@ NAME_PATTERN = r"^(?!.*\.\.)(?!.*__)[A-Za-z0-9][A-Za-z0-9_.-]*$"
 NAME = {"type": "string", "pattern": NAME_PATTERN,
         "x-allowed": "a name of letters, digits, '_', '.' and '-' (no '..' or '__', not starting with '.')"}
 
-OBTAIN_STRATEGIES = ("reset", "random", "reinit", "rewind")
+OBTAIN_STRATEGIES = ("reset", "random", "reinit", "shuffle", "rescaled", "rewind")
 TRANSFER_STRATEGIES = ("masks-reset", "masks-random")
+#: obtain strategies that train the reset chain's mask of each round (controls), not masks of their own
+RESET_MASK_STRATEGIES = ("reinit", "shuffle", "rescaled")
 FEDERATED_DENSE = "dense"  # the federated stage's dense FedAvg baseline, run beside the tickets
 CORPORA = ("builtin", "amazon", "blitzer")
 BIAS_INITS = ("fan_in", "zero")
+THETA_0_PER = ("seed_domain", "seed")
 
 
 def integer(minimum: int | None = None, *, nullable: bool = False) -> dict:
@@ -193,6 +196,8 @@ class DataSettings(_Checked):
                                          "minProperties": 1})
     strict: bool = setting(False, "stop at the first bad record instead of skipping and counting it", BOOLEAN,
                            hashed=False)
+    test_surplus: bool = setting(True, "each domain's balanced surplus beyond per_domain goes to its own test split "
+                                 "(training and validation stay equal across domains)", BOOLEAN)
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,9 @@ class LotterySettings(_Checked):
     prune_biases: bool = setting(True, "prune bias vectors too (the paper prunes every layer)", BOOLEAN)
     rewind_steps: int = setting(0, "strategy rewind only: restart from the weights after this many optimizer "
                                 "steps of round 0", integer(0))
+    theta_0_per: str = setting("seed_domain", "what theta_0 is drawn from: (seed, domain), so a transfer's MASKS-RESET "
+                               "carries the source's own values; or (seed) alone, one theta_0 for every domain of a "
+                               "seed (the engine before version 4)", one_of(THETA_0_PER))
     model: ModelSettings = field(default_factory=ModelSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
@@ -311,8 +319,10 @@ class LotterySettings(_Checked):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LotterySettings":
-        """Inverse of ``to_dict`` (reads settings.json and ticket metadata)."""
+        """Inverse of ``to_dict`` (reads settings.json and ticket metadata). Settings recorded before
+        ``theta_0_per`` existed drew theta_0 per seed alone."""
         d = dict(d)
+        d.setdefault("theta_0_per", "seed")
         return cls(model=ModelSettings(**d.pop("model")), train=TrainSettings(**d.pop("train")), **d)
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,6 +15,12 @@ Choices (the paper gives only "20K / 10K / 10K per category, balanced"):
 - **Split** within each class: validation and test each get ``floor(n * 1/4)`` of the ``n`` texts of a
   class, train gets the rest (so train absorbs the rounding, at most 2 extra per class for 2:1:1).
   Both classes have the same ``n``, so every split is exactly balanced and the same size in every domain.
+- **Surplus to test** (``test_surplus``, on in the data stage): a domain that has more than ``n`` texts
+  of each class gives its surplus, ``min(texts of class 0, texts of class 1) - n`` per class, to its own
+  test split. Training and validation stay the same size in every domain (the smallest domain sets
+  them, and they are exactly the texts they would be without the surplus); the test split stays
+  balanced, de-duplicated and disjoint from every training and validation split, and a larger one gives
+  tighter accuracies (each result row carries its own ``test_n``).
 - **Determinism**: within each (domain, class) the texts are sorted, then permuted by a generator
   seeded with ``(seed, hash(domain), class)``; the result depends only on the seed and the set of texts,
   not on the input row order (the domains present matter only through texts they share).
@@ -136,18 +142,20 @@ def _domain_seed(domain: str) -> int:
 
 
 def sample_and_split(df: pd.DataFrame, *, per_domain: int | None = None, seed: int = 0,
-                     ratios: Sequence[int] = (2, 1, 1)) -> pd.DataFrame:
-    """De-duplicate, take ``per_domain`` texts per domain (half per class) and add a ``split`` column.
+                     ratios: Sequence[int] = (2, 1, 1), test_surplus: bool = False) -> pd.DataFrame:
+    """De-duplicate, take ``per_domain`` texts per domain (half per class) and add a ``split`` column;
+    ``test_surplus``: each domain's balanced surplus beyond ``per_domain`` joins its test split.
 
     Raises ``NotEnoughData`` naming the domain, class and counts when a domain is short.
     The de-duplication counts are in ``result.attrs["dedup"]``.
     """
-    out, stats = _sample_and_split(df, per_domain=per_domain, seed=seed, ratios=ratios)
+    out, stats = _sample_and_split(df, per_domain=per_domain, seed=seed, ratios=ratios, test_surplus=test_surplus)
     out.attrs["dedup"] = stats
     return out
 
 
-def _sample_and_split(df, *, per_domain=None, seed=0, ratios=(2, 1, 1)) -> tuple[pd.DataFrame, dict]:
+def _sample_and_split(df, *, per_domain=None, seed=0, ratios=(2, 1, 1),
+                      test_surplus=False) -> tuple[pd.DataFrame, dict]:
     ratios = _check_ratios(ratios)
     missing = [c for c in ("text", "label", "domain", "source") if c not in df.columns]
     if missing:
@@ -190,11 +198,14 @@ def _sample_and_split(df, *, per_domain=None, seed=0, ratios=(2, 1, 1)) -> tuple
     parts = []
     for d in avail.index:
         per_class = []
+        # the balanced surplus of this domain: the same number of extra texts of each class
+        extra = int(min(avail.loc[d, 0], avail.loc[d, 1])) - n if test_surplus else 0
         for y in (0, 1):
             sub = dedup[(dedup["domain"] == d) & (dedup["label"] == y)].sort_values("text", kind="stable")
             rng = np.random.default_rng([int(seed), _domain_seed(str(d)), y])
-            take = sub.iloc[rng.permutation(len(sub))[:n]].copy()
-            take["split"] = split_col
+            # the first n are exactly the texts taken without a surplus; the surplus follows, all test
+            take = sub.iloc[rng.permutation(len(sub))[:n + extra]].copy()
+            take["split"] = np.concatenate([split_col, np.array(["test"] * extra, dtype=object)])
             per_class.append(take)
         # Interleave the two classes in a seeded random order within each split, so the table reads naturally.
         dom = pd.concat(per_class, ignore_index=True)
@@ -206,7 +217,9 @@ def _sample_and_split(df, *, per_domain=None, seed=0, ratios=(2, 1, 1)) -> tuple
     out["label"] = out["label"].astype("int64")
     for d in stats:
         stats[d]["available"] = {LABEL_NAMES[y]: int(avail.loc[d, y]) for y in (0, 1)} if d in avail.index else {}
-    return out[COLUMNS], stats
+    out = out[COLUMNS].copy()
+    out.attrs["per_domain"] = 2 * n
+    return out, stats
 
 
 def _argmin(avail: pd.DataFrame) -> tuple[str, int]:
@@ -297,13 +310,15 @@ def _check_settings(settings_path: Path, corpus_file: Path, settings: dict, keys
 def build(study_dir: str | os.PathLike, *, corpus: str = "builtin", domains: Sequence[str] | None = None,
           per_domain: int | None = None, seed: int = 0, cache_dir: str | os.PathLike | None = None,
           amazon_files: dict | None = None, pos_threshold: float = 1.0, neg_threshold: float = -1.0,
-          strict: bool = False, log: Callable[[str], None] = print) -> pd.DataFrame:
+          strict: bool = False, test_surplus: bool = True, log: Callable[[str], None] = print) -> pd.DataFrame:
     """Run the data stage: load ``corpus``, restrict it to ``domains``, de-duplicate, balance and split,
     then write ``study/data/corpus.parquet``, ``summary.json`` and ``settings.json``.
 
     ``corpus``: ``"builtin"`` (fetched with ``ltnb data fetch``), ``"amazon"`` (``amazon_files`` =
     ``{domain: McAuley file}``) or ``"blitzer"`` (``{domain: folder}``). ``per_domain`` defaults to the
     largest even size every domain can give (for ``"amazon"``: the paper's 40,000 when available).
+    ``test_surplus``: each domain's balanced surplus beyond ``per_domain`` goes to its test split
+    (training and validation stay equal across domains).
     Rebuilding a study with the same settings is allowed (the result is the same); with different
     settings it raises ``SettingsMismatch``.
     """
@@ -315,6 +330,8 @@ def build(study_dir: str | os.PathLike, *, corpus: str = "builtin", domains: Seq
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ValueError(f"seed={seed!r}: must be an int")
     settings = {"corpus": corpus, "domains": domains, "seed": int(seed), "ratios": [2, 1, 1]}
+    if test_surplus:  # (absent when off: studies built before this setting existed keep their settings)
+        settings["test_surplus"] = True
     if corpus == "builtin":
         corpus_mod.check_thresholds(pos_threshold, neg_threshold)
         settings.update(pos_threshold=float(pos_threshold), neg_threshold=float(neg_threshold))
@@ -342,8 +359,10 @@ def build(study_dir: str | os.PathLike, *, corpus: str = "builtin", domains: Seq
     if per_domain is None and corpus == "amazon":
         dd, _ = deduplicate(raw)
         per_domain = min(PAPER_PER_DOMAIN, largest_per_domain(dd))
-    df, dedup_stats = _sample_and_split(raw, per_domain=per_domain, seed=seed)
-    settings["per_domain"] = int(len(df) // len(domains))
+    df, dedup_stats = _sample_and_split(raw, per_domain=per_domain, seed=seed, test_surplus=test_surplus)
+    # the balanced size every domain gives (training, validation and the base test split); the test
+    # surplus comes on top (summary.json: "test_sizes")
+    settings["per_domain"] = int(df.attrs["per_domain"])
     _check_settings(settings_path, corpus_file, settings)
 
     c = counts(df)
@@ -353,6 +372,8 @@ def build(study_dir: str | os.PathLike, *, corpus: str = "builtin", domains: Seq
         "per_domain": settings["per_domain"],
         "per_domain_requested": requested,
         "rows": int(len(df)),
+        "test_surplus": bool(test_surplus),
+        "test_sizes": {d: int(((df["domain"] == d) & (df["split"] == "test")).sum()) for d in domains},
         "counts": {d: {s: {k: int(c.loc[(d, s), k]) for k in ("negative", "positive")} for s in SPLITS}
                    for d in domains},
         "sources": {d: {str(k): int(v) for k, v in df[df["domain"] == d]["source"].value_counts().sort_index().items()}

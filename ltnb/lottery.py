@@ -59,8 +59,59 @@ from .tokens import SPLITS, TokenSplit
 
 #: Bumped whenever the engine's arithmetic changes, so a chain resumed by a newer engine never mixes
 #: its rounds with rounds of an older one: it starts a new folder instead. 3: dropout on a pruned
-#: embedding draws for its surviving entries only (ltnb.sparse.PackedEmbedding).
-ENGINE_VERSION = 3
+#: embedding draws for its surviving entries only (ltnb.sparse.PackedEmbedding). 4: theta_0 per
+#: (seed, domain) by default (``theta_0_per``), and every row carries the training diagnostics.
+ENGINE_VERSION = 4
+
+
+def theta_0_seed(seed: int, domain: str, settings: LotterySettings) -> int:
+    """The seed theta_0 is drawn from: (seed, domain) by default, (seed) with ``theta_0_per: seed``."""
+    if settings.theta_0_per == "seed":
+        return derive_seed(seed, "theta_0")
+    return derive_seed(seed, domain, "theta_0")
+
+
+#: layer groups of the diagnostics: parameter-name prefixes of their weight matrices
+LAYER_GROUPS = {"embedding": ("embedding.",), "conv": ("convs.",), "mlp": ("fc1.", "fc2.")}
+
+
+def layer_group(name: str) -> str | None:
+    return next((g for g, prefixes in LAYER_GROUPS.items() if name.startswith(prefixes)), None)
+
+
+def seen_ids(split: TokenSplit, max_len: int) -> torch.Tensor:
+    """The distinct token ids of ``split`` within its first ``max_len`` subwords per text (what training sees)."""
+    lengths = split.lengths
+    pos = torch.arange(split.ids.numel()) - torch.repeat_interleave(split.offsets[:-1], lengths)
+    keep = pos < max_len
+    return torch.unique(split.ids[keep])
+
+
+def diagnostics(start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor],
+                seen: torch.Tensor, result) -> dict:
+    """The training diagnostics of a round (``paths.DIAGNOSTIC_COLUMNS``): ``start`` the values the round
+    trained from (pruned entries 0), ``end`` its trained values, ``seen`` the token ids of the training split."""
+    out: dict = {"converged": bool(int(result.best_epoch) < int(result.epochs_run))}
+    diff2 = {g: 0.0 for g in LAYER_GROUPS}
+    base2 = {g: 0.0 for g in LAYER_GROUPS}
+    for name, w0 in start.items():
+        g = layer_group(name)
+        if g is None or not name.endswith(".weight"):
+            continue
+        w0 = w0.detach().double() * mask[name].double()  # the round's starting values under its mask
+        diff2[g] += float((end[name].detach().double() - w0).pow(2).sum())
+        base2[g] += float(w0.pow(2).sum())
+    for g in LAYER_GROUPS:
+        out[f"wchange_{g}"] = (diff2[g] / base2[g]) ** 0.5 if base2[g] > 0 else float("nan")
+    emb = mask["embedding.weight"].bool()
+    rows_alive = emb.any(dim=1)
+    in_train = torch.zeros(emb.shape[0], dtype=torch.bool)
+    in_train[seen[seen < emb.shape[0]]] = True
+    n_alive = int(rows_alive.sum())
+    out["emb_rows_seen"] = int((rows_alive & in_train).sum()) / n_alive if n_alive else float("nan")
+    kept = int(emb.sum())
+    out["emb_weights_seen"] = int(emb[in_train].sum()) / kept if kept else float("nan")
+    return out
 
 
 def data_fingerprint(data: Mapping[str, TokenSplit]) -> str:
@@ -214,6 +265,7 @@ class _Run:
         self.theta_file, self.base, self.extra, self.device, self.progress = theta_file, base, extra, device, progress
         self.rows = _read_rows(run)
         self.model = None
+        self.seen = seen_ids(data["train"], settings.train.max_len)  # for emb_rows_seen
 
     def train_round(self, r: int, mask: Mask, init: Mapping[str, torch.Tensor], *, seed: int,
                     on_step: Callable | None = None) -> tuple[dict[str, torch.Tensor], _train.FitResult]:
@@ -225,15 +277,21 @@ class _Run:
         result = _train.fit(self.model, self.data, self.settings.train, masks=mask, seed=seed, device=self.device,
                             progress=self.progress, desc=f"round {r}", on_step=on_step)
         trained = _trained_state(self.model)
-        self.save_round(r, mask, trained, result, seconds=time.perf_counter() - t0)
+        diag = diagnostics(init, trained, mask, self.seen, result)
+        self.save_round(r, mask, trained, result, seconds=time.perf_counter() - t0, diag=diag)
         return trained, result
 
-    def save_round(self, r: int, mask: Mask, trained: Mapping[str, torch.Tensor], result, *, seconds: float) -> None:
+    def save_round(self, r: int, mask: Mask, trained: Mapping[str, torch.Tensor], result, *, seconds: float,
+                   diag: Mapping | None = None) -> None:
+        """Save the ticket and append the row; ``diag``: the diagnostics (default: taken from ``result``,
+        a sibling chain's row of the shared round 0)."""
         tickets.save(self.run / ticket_name(r), masks=mask, trained=trained, round=r, settings=self.settings,
                      vocab_size=self.vocab_size, theta_0=self.theta_file, extra=self.extra)
+        if diag is None:
+            diag = {c: result[c] for c in paths.DIAGNOSTIC_COLUMNS}
         row = dict(self.base, round=r, sparsity=mask.sparsity(), val_acc=result.val_acc, test_acc=result.test_acc,
                    test_n=len(self.data["test"]), best_epoch=result.best_epoch, epochs_run=result.epochs_run,
-                   seconds=seconds)
+                   seconds=seconds, **diag)
         self.rows = _append_row(self.run, self.rows, row)
 
     def finish(self) -> pd.DataFrame:
@@ -356,8 +414,11 @@ def _open_chain(study_dir, domain, *, seed, strategy, settings, data, vocab_size
     if theta_file.exists():
         theta_0, _ = tickets.load_state(theta_file)
     else:
-        theta_0 = initial_state(vocab_size, settings.model, derive_seed(seed, "theta_0"))
-        tickets.save_state(theta_file, theta_0, {"what": "theta_0", "seed": str(seed)})
+        theta_0 = initial_state(vocab_size, settings.model, theta_0_seed(seed, domain, settings))
+        meta = {"what": "theta_0", "seed": str(seed)}
+        if settings.theta_0_per == "seed_domain":
+            meta["domain"] = domain
+        tickets.save_state(theta_file, theta_0, meta)
     chain = _Run(run, data=data, settings=settings, vocab_size=vocab_size, theta_file=theta_file,
                  base={"stage": "obtain", "source": domain, "target": domain, "domain": domain, "pair": domain,
                        "seed": seed, "strategy": strategy, "settings_hash": h},
@@ -535,3 +596,77 @@ def target_baseline(study_dir, target: str, *, seed: int, settings: LotterySetti
     settings (empty if it has not run)."""
     run = study_chain_dir(study_dir, target, "reset", seed, settings)
     return _read_rows(run) if run.exists() else pd.DataFrame(columns=COLUMNS)
+
+
+# ------------------------------------------------------------------------------------- mask overlap
+
+OVERLAP_COLUMNS = ["comparison", "stage", "pair", "seed", "settings_hash", "round", "sparsity", "layer", "jaccard"]
+
+
+def jaccard(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Jaccard overlap |A and B| / |A or B| of two masks' surviving entries, per layer group
+    (``LAYER_GROUPS``: weights and biases) and over all parameters (``"all"``)."""
+    inter: dict[str, int] = {}
+    union: dict[str, int] = {}
+    for name in a:
+        x, y = a[name].bool(), b[name].bool()
+        for g in (layer_group(name), "all"):
+            if g is None:
+                continue
+            inter[g] = inter.get(g, 0) + int((x & y).sum())
+            union[g] = union.get(g, 0) + int((x | y).sum())
+    return {g: inter[g] / union[g] if union[g] else float("nan") for g in union}
+
+
+def mask_overlap(study_dir, *, pair: str | None = None, seed: int | None = None) -> pd.DataFrame:
+    """Per round and layer group, the Jaccard overlap of the masks (``OVERLAP_COLUMNS``) of
+
+    * ``reset-<strategy>``: an obtain chain that prunes its own weights (``random``, ``rewind``) against
+      the reset chain of the same domain, seed and settings (``pair`` is the domain);
+    * ``source-target``: a transfer's source masks (its source's reset chain) against the target's own
+      reset chain's masks (TICKET-TARGET), for every transfer pair and seed of the study (``pair`` is
+      ``source->target``).
+
+    ``pair`` (a domain or ``source->target``) and ``seed`` restrict it to those chains.
+    Only finished rounds >= 1 of both chains; every ticket is read with its integrity check. The report
+    stage writes it to ``report/mask_overlap.parquet`` (``write_mask_overlap``)."""
+    study = paths.resolve_study(study_dir)
+    cache: dict[Path, Mask] = {}
+
+    def masks(run: Path, r: int) -> Mask:
+        f = run / ticket_name(r)
+        if f not in cache:
+            cache[f] = tickets.load(f).masks
+        return cache[f]
+
+    only_pair, only_seed = pair, seed
+
+    def compare(what: str, stage: str, pair: str, seed: int, a: Path, b: Path, out: list) -> None:
+        if not (a.exists() and b.exists()) or only_pair not in (None, pair) or only_seed not in (None, seed):
+            return
+        for r in sorted((_finished_rounds(a) & _finished_rounds(b)) - {0}):
+            ma, mb = masks(a, r), masks(b, r)
+            for layer, j in jaccard(ma, mb).items():
+                out.append({"comparison": what, "stage": stage, "pair": pair, "seed": seed, "settings_hash": a.name,
+                            "round": r, "sparsity": ma.sparsity(), "layer": layer, "jaccard": j})
+
+    out: list[dict] = []
+    own = [s for s in strategies.OBTAIN if s != "reset" and s not in strategies.USES_RESET_MASKS]
+    for reset_run in sorted(study.glob("obtain/*/reset/seed*/*/")):
+        domain, seed = reset_run.parent.parent.parent.name, int(reset_run.parent.name[4:])
+        for other in own:
+            compare(f"reset-{other}", "obtain", domain, seed, reset_run,
+                    paths.obtain_dir(study, domain, other, seed) / reset_run.name, out)
+    for run in sorted(study.glob("transfer/*/masks-reset/seed*/*/")):
+        source, target = run.parent.parent.parent.name.split("__")
+        seed = int(run.parent.name[4:])
+        compare("source-target", "transfer", f"{source}->{target}", seed,
+                paths.obtain_dir(study, source, "reset", seed) / run.name,
+                paths.obtain_dir(study, target, "reset", seed) / run.name, out)
+    return pd.DataFrame(out, columns=OVERLAP_COLUMNS)
+
+
+def write_mask_overlap(study_dir) -> Path:
+    """``mask_overlap`` of the study, written to ``<study>/report/mask_overlap.parquet`` (the report reads it)."""
+    study = paths.resolve_study(study_dir)
+    return write_parquet(paths.report_dir(study) / "mask_overlap.parquet", mask_overlap(study))

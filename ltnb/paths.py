@@ -26,10 +26,19 @@ COMPLETE_MARKER = "_COMPLETE.json"
 RESULTS = "results.parquet"
 THETA_0 = "theta_0.safetensors"
 REWOUND = "theta_rewind.safetensors"
-#: one row per (stage, domain or pair, seed, strategy, round); ``test_n`` is the test split's size
+#: one row per (stage, domain or pair, seed, strategy, round); ``test_n`` is the test split's size.
+#: The training diagnostics (``ltnb.lottery.diagnostics``): ``converged`` is ``best_epoch < epochs_run``
+#: (validation accuracy stopped improving before the last epoch run); ``wchange_*`` the relative L2
+#: change ||w_end - w_start|| / ||w_start|| of a layer group's weight matrices over the round (pruned
+#: entries are 0 at both ends); ``emb_rows_seen`` the share of the embedding rows with a surviving
+#: entry whose token id occurs in the training split, ``emb_weights_seen`` the share of surviving
+#: embedding entries in such rows (the others get no gradient but weight decay).
+DIAGNOSTIC_COLUMNS = ["converged", "wchange_embedding", "wchange_conv", "wchange_mlp", "emb_rows_seen",
+                      "emb_weights_seen"]
 ROW_COLUMNS = [
     "stage", "source", "target", "domain", "pair", "seed", "strategy", "round", "sparsity",
     "val_acc", "test_acc", "test_n", "best_epoch", "epochs_run", "seconds", "settings_hash",
+    *DIAGNOSTIC_COLUMNS,
 ]
 
 

@@ -437,8 +437,10 @@ def _check_one(e: _Stage, key: str, value: Any, where: str, P: _Problems) -> Non
             for j, s in enumerate(value):
                 if s not in allowed:
                     P.add(f"{where}[{j}]", f"unknown {e.name} strategy {s!r}; allowed: {', '.join(allowed)}")
-            if e.name == "obtain" and "reinit" in value and "reset" not in value:
-                P.add(where, "strategy reinit trains the reset chain's masks: list reset too (it runs first)")
+            controls = [s for s in value if s in config.RESET_MASK_STRATEGIES]
+            if e.name == "obtain" and controls and "reset" not in value:
+                P.add(where, f"strateg{'ies' if len(controls) > 1 else 'y'} {', '.join(map(str, controls))} "
+                             f"train{'' if len(controls) > 1 else 's'} the reset chain's masks: list reset too (it runs first)")
             if len(set(map(str, value))) != len(value):
                 P.add(where, "a strategy is listed twice")
             return

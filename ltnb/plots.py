@@ -30,6 +30,8 @@ LABELS = {
     "reset": "TICKET-RESET",
     "random": "TICKET-RANDOM",
     "reinit": "TICKET-REINIT",
+    "shuffle": "TICKET-SHUFFLE",
+    "rescaled": "TICKET-RESCALED",
     "rewind": "TICKET-REWIND",
     "masks-reset": "MASKS-RESET",
     "masks-random": "MASKS-RANDOM",
@@ -40,12 +42,14 @@ COLORS = {
     "TICKET-RESET": "#1f77b4",
     "TICKET-RANDOM": "#d62728",
     "TICKET-REINIT": "#9467bd",
+    "TICKET-SHUFFLE": "#17becf",
+    "TICKET-RESCALED": "#bcbd22",
     "TICKET-REWIND": "#8c564b",
     "MASKS-RESET": "#2ca02c",
     "MASKS-RANDOM": "#ff7f0e",
     "TICKET-TARGET": "#1f77b4",
 }
-EXTRA_COLORS = ["#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+EXTRA_COLORS = ["#e377c2", "#7f7f7f", "#aec7e8", "#98df8a"]
 MEAN, SEEDS = "mean ± std", "each seed"
 WIDTH, HEIGHT = 470, 240
 
@@ -237,6 +241,33 @@ def figure4(rows: pd.DataFrame, *, columns: int = 3):
         return None
     return accuracy_chart(curves, columns=columns,
                           title="Figure 4 - transferring tickets (source->target): test accuracy vs sparsity")
+
+
+# ---------------------------------------------------------------------------------- diagnostics
+
+DIAGNOSTIC_TITLES = {"epochs_run": "epochs run (mean)", "converged": "converged (share of trainings)",
+                     "wchange_embedding": "embedding: ||w_end - w_start|| / ||w_start||",
+                     "wchange_conv": "convolutions: relative change", "wchange_mlp": "MLP: relative change",
+                     "emb_rows_seen": "surviving embedding rows seen in training (share)"}
+
+
+def diagnostics_chart(summary: pd.DataFrame, *, columns: int = 3, width: int = 240, height: int = 150,
+                      title: str = "Training diagnostics per strategy and round (mean over domains and seeds)"):
+    """The training diagnostics (``ltnb.results.diagnostics``) against the rounds' sparsity, one panel per
+    measure, one line per strategy (None without rows)."""
+    if summary.empty:
+        return None
+    s = summary.assign(series=summary["strategy"].map(series_name))
+    color, x = _color(s["series"]), _x(s)
+    panels = []
+    for col, text in DIAGNOSTIC_TITLES.items():
+        if col not in s or s[col].isna().all():
+            continue
+        panels.append(alt.Chart(s).mark_line(point=True).encode(
+            x=x, y=alt.Y(f"{col}:Q", title=None, scale=alt.Scale(zero=col in ("converged", "emb_rows_seen"))),
+            color=color, tooltip=["series:N", "round:Q", alt.Tooltip(f"{col}:Q", format=".3f")],
+        ).properties(width=width, height=height, title=text))
+    return alt.concat(*panels, columns=columns).properties(title=title) if panels else None
 
 
 # ---------------------------------------------------------------------------------- phase views

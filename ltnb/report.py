@@ -5,6 +5,12 @@
   chain's masks, fresh values); mean line and +-1 std band over seeds (``ltnb.plots``).
 - Figure 4 (transferring tickets): per source->target pair, MASKS-RESET, MASKS-RANDOM and the target's
   own TICKET-RESET chain with the same seeds and settings (TICKET-TARGET).
+- The training diagnostics per strategy and round (``ltnb.results.diagnostics``: epochs run, best epoch,
+  the share of trainings that converged, the relative weight change per layer group, the embedding rows
+  seen in training), a table and a chart (``diagnostics.csv``, ``diagnostics.{png,svg}``).
+- The masks' overlap (Jaccard, per layer group and round; ``mask_overlap.csv``): reset's against
+  random's, and a transfer source's against the target's own; computed from the tickets by
+  ``ltnb.lottery.write_mask_overlap`` (the report stage runs it first; torch is not imported here).
 - Beside them, the measured transitions (``ltnb.phase.summary``) and the verdict on each of the
   paper's four findings (``ltnb.findings``), computed from the same rows.
 
@@ -148,6 +154,12 @@ def build(study_dir: str | os.PathLike, *, alpha: float = phase.ALPHA, delta: fl
             if chart is not None:
                 written[name + tag] = plots.save(chart, out / f"{name}{tag}", formats=("png", "svg"))
                 figs[name] = out / f"{name}{tag}.svg"
+        diag = results.diagnostics(g.rows)
+        chart = plots.diagnostics_chart(diag)
+        if chart is not None:
+            written["diagnostics" + tag] = plots.save(chart, out / f"diagnostics{tag}", formats=("png", "svg"))
+            figs["diagnostics"] = out / f"diagnostics{tag}.svg"
+        write_text(out / f"diagnostics{tag}.csv", diag.to_csv(index=False))
         ph = phase.summary(g.rows, alpha=alpha, test=test).assign(group=g.label)
         fi = findings.verdicts(g.rows, **stats).assign(group=g.label, settings_hash=g.settings_hash)
         phase_tables.append(ph)
@@ -157,10 +169,52 @@ def build(study_dir: str | os.PathLike, *, alpha: float = phase.ALPHA, delta: fl
     fi_all = pd.concat(finding_tables, ignore_index=True) if finding_tables else pd.DataFrame(columns=findings.COLUMNS)
     write_table(study, "phase_transition", ph_all)
     write_table(study, "findings", fi_all)
-    page = _html(study, sections, rows).replace("</body></html>", federated_html(study, out, log=log) + "</body></html>")
+    overlap = load_overlap(study)
+    if not overlap.empty:
+        write_text(out / "mask_overlap.csv", overlap_table(overlap).to_csv(index=False))
+    page = _html(study, sections, rows, overlap).replace("</body></html>", federated_html(study, out, log=log) + "</body></html>")
     written["index"] = write_text(out / "index.html", page)
     log(f"report of {len(rows)} result rows ({len(groups)} settings group(s)) written to {out}/index.html")
     return written
+
+
+def load_overlap(study: Path) -> pd.DataFrame:
+    """``report/mask_overlap.parquet`` (``ltnb.lottery.write_mask_overlap``), or an empty frame."""
+    from . import integrity
+
+    f = paths.report_dir(study) / "mask_overlap.parquet"
+    return integrity.read_parquet(f) if f.exists() else pd.DataFrame()
+
+
+def overlap_table(overlap: pd.DataFrame) -> pd.DataFrame:
+    """Mean (and min, max) Jaccard over seeds per (comparison, settings, domain or pair, layer, round)."""
+    if overlap.empty:
+        return overlap
+    return (overlap.groupby(["settings_hash", "comparison", "pair", "layer", "round"], sort=True)
+            .agg(sparsity=("sparsity", "mean"), jaccard=("jaccard", "mean"), jaccard_min=("jaccard", "min"),
+                 jaccard_max=("jaccard", "max"), seeds=("seed", "nunique")).reset_index())
+
+
+def overlap_wide(overlap: pd.DataFrame, settings_hash: str) -> pd.DataFrame:
+    """Mean Jaccard over seeds, (comparison, pair, layer) x round, for one settings group."""
+    t = overlap_table(overlap)
+    t = t[t["settings_hash"] == settings_hash] if len(t) else t
+    if t.empty:
+        return pd.DataFrame()
+    levels = t.groupby("round")["sparsity"].mean()
+    wide = t.pivot_table(index=["comparison", "pair", "layer"], columns="round", values="jaccard", aggfunc="first")
+    wide.columns = [f"r{int(r)} ({plots.sparsity_label(levels[r])}%)" for r in wide.columns]
+    return wide.map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
+
+
+def diagnostics_wide(diag: pd.DataFrame) -> pd.DataFrame:
+    """The diagnostics table as shown: one row per (stage, strategy, round), rounded."""
+    if diag.empty:
+        return diag
+    t = diag.drop(columns=["settings_hash"]).copy()
+    t["sparsity"] = [f"{plots.sparsity_label(v)}%" for v in t["sparsity"]]
+    return t.round({"epochs_run": 1, "best_epoch": 1, "converged": 2, "wchange_embedding": 3, "wchange_conv": 3,
+                    "wchange_mlp": 3, "emb_rows_seen": 3, "emb_weights_seen": 3})
 
 
 CAPTIONS = {
@@ -170,10 +224,14 @@ CAPTIONS = {
     "figure4": "Figure 4 - Transferring tickets: the source's masks trained on the target with the source's initial "
                "values (MASKS-RESET) or fresh ones (MASKS-RANDOM), against the target's own tickets with the same seeds "
                "and settings (TICKET-TARGET).",
+    "diagnostics": "Training diagnostics per strategy and round, mean over domains (pairs) and seeds: epochs run, "
+                   "the share of trainings whose validation accuracy stopped improving before their last epoch, the "
+                   "relative change of each layer group's weights during the round, and the share of surviving "
+                   "embedding rows whose token occurs in the training split.",
 }
 
 
-def _html(study: Path, sections, rows: pd.DataFrame) -> str:
+def _html(study: Path, sections, rows: pd.DataFrame, overlap: pd.DataFrame | None = None) -> str:
     css = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px}"
            "td,th{border:1px solid #ccc;padding:2px 6px;vertical-align:top}figure{margin:1em 0}"
            ".held{color:#1a7f37;font-weight:bold}.not-held{color:#b42318;font-weight:bold}.inconclusive{color:#9a6700}.not-assessable{color:#777;font-weight:bold}")
@@ -203,6 +261,20 @@ def _html(study: Path, sections, rows: pd.DataFrame) -> str:
         if not wide.empty:
             parts.append("<h3>Test accuracy per round</h3>")
             parts.append(wide.to_html(border=0))
+        diag = diagnostics_wide(results.diagnostics(g.rows))
+        if not diag.empty:
+            parts.append("<h3>Training diagnostics</h3>")
+            if "diagnostics" in figs:
+                parts.append(_figure(figs["diagnostics"], CAPTIONS["diagnostics"]))
+            parts.append(diag.to_html(index=False, border=0, na_rep="-"))
+        ov = overlap_wide(overlap, g.settings_hash) if overlap is not None and len(overlap) else pd.DataFrame()
+        if not ov.empty:
+            parts.append("<h3>Mask overlap (Jaccard), mean over seeds</h3>")
+            parts.append("<p style='font-size:12px;color:#555'>|A and B| / |A or B| of two masks' surviving entries "
+                         "per layer group: reset-random compares the reset chain's masks with random's own (same "
+                         "domain, seed, round); source-target a transfer's source masks with the target's own reset "
+                         "masks (TICKET-TARGET).</p>")
+            parts.append(ov.to_html(border=0))
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -40,9 +40,37 @@ def load(study_dir: str | os.PathLike, *, settings_hash: str | None = None) -> p
 def _dtype(column: str) -> str:
     if column in ("seed", "round", "best_epoch", "epochs_run"):
         return "int64"
-    if column in ("sparsity", "val_acc", "test_acc", "seconds", "test_n"):
+    if column in ("sparsity", "val_acc", "test_acc", "seconds", "test_n", "wchange_embedding", "wchange_conv",
+                  "wchange_mlp", "emb_rows_seen", "emb_weights_seen"):
         return "float64"
+    if column == "converged":
+        return "boolean"
     return "object"
+
+
+#: the training diagnostics summarized per (stage, strategy, round): output column -> input column
+DIAGNOSTICS = {"epochs_run": "epochs_run", "best_epoch": "best_epoch", "converged": "converged",
+               "wchange_embedding": "wchange_embedding", "wchange_conv": "wchange_conv", "wchange_mlp": "wchange_mlp",
+               "emb_rows_seen": "emb_rows_seen", "emb_weights_seen": "emb_weights_seen"}
+
+
+def diagnostics(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """Mean of the training diagnostics per ``by`` (default stage, strategy, round, settings_hash: pooled
+    over domains, pairs and seeds): epochs run, best epoch, ``converged`` as the share of trainings whose
+    validation accuracy stopped improving before their last epoch, the relative weight changes, the
+    embedding rows seen; ``trainings`` counts the rows. Rows written before the diagnostics existed
+    count as missing (NaN), not as 0."""
+    groups = list(by or ["stage", "strategy", "round", "settings_hash"])
+    cols = groups + ["sparsity", *DIAGNOSTICS, "trainings"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    d = df.copy()
+    for c in DIAGNOSTICS.values():
+        d[c] = pd.to_numeric(d[c].astype("Float64") if c == "converged" else d[c], errors="coerce").astype(float)
+    out = d.groupby(groups, dropna=False, sort=True).agg(
+        sparsity=("sparsity", "mean"), **{k: (v, "mean") for k, v in DIAGNOSTICS.items()},
+        trainings=("round", "size")).reset_index()
+    return out[cols]
 
 
 SUMMARY_KEYS = ["stage", "source", "target", "pair", "strategy", "round", "settings_hash"]

@@ -38,6 +38,27 @@ def test_balance_and_ratio():
         .drop_duplicates().values.tolist() == [[20, 10, 10]]
 
 
+def test_surplus_goes_to_test_balanced_disjoint_and_train_validation_unchanged():
+    df = table({"small": (50, 60), "big": (200, 170)})
+    base = data.sample_and_split(df, seed=3)
+    more = data.sample_and_split(df, seed=3, test_surplus=True)
+    c = more.groupby(["domain", "split", "label"]).size()
+    # train and validation: equal across domains and exactly the texts taken without the surplus
+    for split in ("train", "validation"):
+        for d in ("small", "big"):
+            assert set(more[(more.domain == d) & (more.split == split)].text) == \
+                set(base[(base.domain == d) & (base.split == split)].text)
+        assert c[("small", split, 0)] == c[("big", split, 0)] == c[("small", split, 1)] == c[("big", split, 1)]
+    # the small domain has no surplus; the big one gives min(200, 170) - 50 = 120 more texts per class to test
+    assert c[("small", "test", 0)] == c[("small", "test", 1)] == 12
+    assert c[("big", "test", 0)] == c[("big", "test", 1)] == 12 + 120
+    assert set(base[base.split == "test"].text) <= set(more[more.split == "test"].text)
+    # disjoint: no text in two splits, none repeated; nothing leaks
+    assert more["text"].is_unique
+    assert data.leaks(more)["in_train_or_validation"] == 0
+    assert more.attrs["per_domain"] == base.attrs["per_domain"] == 100
+
+
 def test_split_sizes_rounding():
     assert data.split_sizes(40) == {"train": 20, "validation": 10, "test": 10}
     assert data.split_sizes(497) == {"train": 249, "validation": 124, "test": 124}
@@ -98,7 +119,11 @@ def test_the_built_in_corpus_has_no_leaks(tmp_path, builtin_cache):
     (4 in the vocabulary's training text) before normalized, cross-domain de-duplication; now 0."""
     df = data.build(tmp_path / "s", domains=list(corpus.BUILTIN_DOMAINS), log=lambda *_: None)
     leaks = data.leaks(df)
-    assert leaks["test_texts"] == 1240 and leaks["in_train_or_validation"] == 0 and leaks["in_vocab_training_text"] == 0
+    # 1,240 test texts without the surplus (248 per domain); the domains' surplus makes 12,982
+    assert leaks["test_texts"] == 12982 and leaks["in_train_or_validation"] == 0 and leaks["in_vocab_training_text"] == 0
+    assert (df[df.split != "test"].groupby("domain").size() == 746).all()
+    base = data.sample_and_split(df.drop(columns="split"), test_surplus=False)
+    assert (base.split == "test").sum() == 1240
     assert read_json(tmp_path / "s" / "data" / "summary.json")["leaks"]["in_train_or_validation"] == 0
 
 

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ltnb import lottery, paths, results, tickets
+from ltnb import lottery, paths, results, strategies, tickets
 from ltnb import train as _train
 from ltnb.config import LotterySettings, ModelSettings, TrainSettings
 from ltnb.train import synthetic_data
@@ -145,7 +145,7 @@ def test_bad_parameters_fail_before_training(tmp_path, monkeypatch):
         LotterySettings(prune_fraction=0)
     with pytest.raises(ValueError, match="rounds"):
         LotterySettings(rounds=-1)
-    with pytest.raises(ValueError, match=r"strategy = 'bogus'.*\['random', 'reinit', 'reset', 'rewind'\]"):
+    with pytest.raises(ValueError, match=r"strategy = 'bogus'.*\['random', 'reinit', 'rescaled', 'reset', 'rewind', 'shuffle'\]"):
         _obtain(tmp_path, strategy="bogus")
     with pytest.raises(ValueError, match="strategy"):
         _obtain(tmp_path, strategy="masks-reset")
@@ -259,3 +259,97 @@ def test_rewind_steps_beyond_round_0_refused_before_training(tmp_path):
     s = LotterySettings(rounds=1, rewind_steps=10_000, model=SMALL.model, train=TrainSettings(max_epochs=1))
     with pytest.raises(ValueError, match="rewind_steps = 10000"):
         _obtain(tmp_path, settings=s, strategy="rewind")
+
+
+def test_controls_train_resets_masks_from_theta_0s_values_permuted_or_fresh_values_rescaled(tmp_path):
+    """shuffle: reset's mask, theta_0's survivors permuted within each tensor; rescaled: reset's mask,
+    reinit's fresh values scaled per tensor to the RMS of theta_0's survivors. Both through obtain."""
+    for strategy in ("reset", "random", "shuffle", "rescaled"):
+        _obtain(tmp_path, strategy=strategy)
+    theta_0 = tickets.load_state(lottery.chain_dir(tmp_path, "a", "reset", 0, SMALL, KEY, 50) / "theta_0.safetensors")[0]
+    for r in range(1, SMALL.rounds + 1):
+        name = f"round_{r:02d}.safetensors"
+        reset = tickets.load(lottery.chain_dir(tmp_path, "a", "reset", 0, SMALL, KEY, 50) / name)
+        for strategy in ("shuffle", "rescaled"):
+            t = tickets.load(lottery.chain_dir(tmp_path, "a", strategy, 0, SMALL, KEY, 50) / name)
+            assert all(torch.equal(t.masks[n], reset.masks[n]) for n in reset.masks)
+        # the values each started from, re-drawn exactly as the chain drew them
+        start = strategies.Start(theta_0=theta_0, vocab_size=50, model=SMALL.model, seed=0, round=r, strategy="shuffle")
+        sh = strategies.shuffle(reset.masks, start)
+        fresh = strategies.reinit(reset.masks, start)  # random's draw of (seed, round) under reset's mask
+        rs = strategies.rescaled(reset.masks, start)
+        for n, m in reset.masks.items():
+            kept = theta_0[n][m]
+            assert torch.equal(torch.sort(sh[n][m]).values, torch.sort(kept).values)  # same multiset
+            assert (sh[n][~m] == 0).all() and (rs[n][~m] == 0).all()
+            if m.sum() >= 10:  # (a tiny tensor's permutation may be the identity)
+                assert not torch.equal(sh[n][m], kept)  # ... in other places
+            want = float(kept.double().pow(2).mean().sqrt())
+            assert float(rs[n][m].double().pow(2).mean().sqrt()) == pytest.approx(want, rel=1e-5)
+            ratio = rs[n][m] / fresh[n][m]
+            assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-5)  # one factor per tensor
+
+
+def test_theta_0_per_seed_and_domain_by_default_or_per_seed(tmp_path):
+    a = _obtain(tmp_path, domain="a", data=DATA_A)
+    b = _obtain(tmp_path, domain="b", data=DATA_A)
+    ta = tickets.load_state(lottery.chain_dir(tmp_path, "a", "reset", 0, SMALL, KEY, 50) / "theta_0.safetensors")[0]
+    tb = tickets.load_state(lottery.chain_dir(tmp_path, "b", "reset", 0, SMALL, KEY, 50) / "theta_0.safetensors")[0]
+    assert SMALL.theta_0_per == "seed_domain"
+    assert all(not torch.equal(ta[n], tb[n]) for n in ta)
+    per_seed = LotterySettings.from_params(**{**SMALL.flat(), "theta_0_per": "seed"})
+    assert lottery.run_hash(per_seed, data_key=KEY, vocab_size=50, strategy="reset") != \
+        lottery.run_hash(SMALL, data_key=KEY, vocab_size=50, strategy="reset")
+    _obtain(tmp_path, settings=per_seed, domain="a")
+    _obtain(tmp_path, settings=per_seed, domain="b")
+    sa = tickets.load_state(lottery.chain_dir(tmp_path, "a", "reset", 0, per_seed, KEY, 50) / "theta_0.safetensors")[0]
+    sb = tickets.load_state(lottery.chain_dir(tmp_path, "b", "reset", 0, per_seed, KEY, 50) / "theta_0.safetensors")[0]
+    assert all(torch.equal(sa[n], sb[n]) for n in sa)
+    # settings recorded before the setting existed drew theta_0 per seed
+    old = SMALL.to_dict()
+    old.pop("theta_0_per")
+    assert LotterySettings.from_dict(old).theta_0_per == "seed"
+    assert len(a) == len(b)
+
+
+def test_diagnostics_columns_against_a_hand_computation(tmp_path):
+    """Every row's diagnostics, recomputed from the saved tickets (start values, mask, trained values)."""
+    rows = _obtain(tmp_path, strategy="reset")
+    run = lottery.chain_dir(tmp_path, "a", "reset", 0, SMALL, KEY, 50)
+    theta_0 = tickets.load_state(run / "theta_0.safetensors")[0]
+    ids = set()
+    for i in range(len(DATA_A["train"])):
+        ids |= set(DATA_A["train"].sequence(i)[:SMALL.train.max_len].tolist())
+    for _, row in rows.iterrows():
+        t = tickets.load(run / f"round_{int(row['round']):02d}.safetensors")
+        groups = {"embedding": ["embedding.weight"], "conv": [n for n in t.masks if n.startswith("convs.") and n.endswith("weight")],
+                  "mlp": ["fc1.weight", "fc2.weight"]}
+        for g, names in groups.items():
+            num = sum(float(((t.trained[n] - theta_0[n] * t.masks[n]).double() ** 2).sum()) for n in names)
+            den = sum(float(((theta_0[n] * t.masks[n]).double() ** 2).sum()) for n in names)
+            assert row[f"wchange_{g}"] == pytest.approx((num / den) ** 0.5, rel=1e-6)
+        emb = t.masks["embedding.weight"]
+        alive = [i for i in range(emb.shape[0]) if bool(emb[i].any())]
+        assert row["emb_rows_seen"] == pytest.approx(sum(i in ids for i in alive) / len(alive))
+        assert row["emb_weights_seen"] == pytest.approx(sum(int(emb[i].sum()) for i in alive if i in ids) / int(emb.sum()))
+        assert bool(row["converged"]) == (row["best_epoch"] < row["epochs_run"])
+    assert rows["wchange_embedding"].gt(0).all()
+
+
+def test_mask_overlap_is_the_jaccard_of_the_survivors(tmp_path):
+    for strategy in ("reset", "random"):
+        _obtain(tmp_path, strategy=strategy)
+    ov = lottery.mask_overlap(tmp_path)
+    assert set(ov["comparison"]) == {"reset-random"} and set(ov["round"]) == {1, 2, 3}
+    assert set(ov["layer"]) == {"embedding", "conv", "mlp", "all"}
+    assert (ov[ov["round"] == 1]["jaccard"] == 1).all()  # both prune the shared dense round 0
+    r = 3
+    a = tickets.load(lottery.chain_dir(tmp_path, "a", "reset", 0, SMALL, KEY, 50) / f"round_{r:02d}.safetensors").masks
+    b = tickets.load(lottery.chain_dir(tmp_path, "a", "random", 0, SMALL, KEY, 50) / f"round_{r:02d}.safetensors").masks
+    sa = {(n, i) for n in a for i in a[n].reshape(-1).nonzero().squeeze(1).tolist()}
+    sb = {(n, i) for n in b for i in b[n].reshape(-1).nonzero().squeeze(1).tolist()}
+    got = ov[(ov["round"] == r) & (ov["layer"] == "all")]["jaccard"].item()
+    assert got == pytest.approx(len(sa & sb) / len(sa | sb))
+    emb = {x for x in sa if x[0] == "embedding.weight"}, {x for x in sb if x[0] == "embedding.weight"}
+    got = ov[(ov["round"] == r) & (ov["layer"] == "embedding")]["jaccard"].item()
+    assert got == pytest.approx(len(emb[0] & emb[1]) / len(emb[0] | emb[1]))

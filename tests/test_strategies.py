@@ -70,7 +70,7 @@ def test_reinit_is_randoms_draw_under_the_given_mask():
     for n in theta_0:  # the same fresh values as random's of this seed and round, under its own mask
         assert torch.equal(ri[n], torch.where(other_mask[n], fresh[n], torch.zeros(())))
         assert torch.equal(r[n], torch.where(mask[n], fresh[n], torch.zeros(())))
-    assert strategies.USES_RESET_MASKS == ("reinit",)
+    assert strategies.USES_RESET_MASKS == ("reinit", "shuffle", "rescaled")
 
 
 def test_rewind_uses_rewound_values():
@@ -79,3 +79,28 @@ def test_rewind_uses_rewound_values():
     w = strategies.rewind(mask, _start(theta_0, "rewind", rewound=rewound))
     for n in theta_0:
         assert torch.equal(w[n], torch.where(mask[n], rewound[n], torch.zeros(())))
+
+
+def test_shuffle_permutes_theta_0s_survivors_within_each_tensor_and_rescaled_matches_their_rms():
+    theta_0, mask = _setup()
+    sh = strategies.shuffle(mask, _start(theta_0, "shuffle"))
+    again = strategies.shuffle(mask, _start(theta_0, "shuffle"))
+    other_round = strategies.shuffle(mask, _start(theta_0, "shuffle", round=4))
+    rs = strategies.rescaled(mask, _start(theta_0, "rescaled"))
+    fresh = strategies.reinit(mask, _start(theta_0, "reinit"))
+    moved = 0
+    for n, m in mask.items():
+        kept = theta_0[n][m]
+        assert torch.equal(torch.sort(sh[n][m]).values, torch.sort(kept).values)  # same multiset, same signs
+        assert (sh[n][~m] == 0).all() and (rs[n][~m] == 0).all()
+        assert torch.equal(sh[n], again[n])  # deterministic per (seed, round, tensor)
+        moved += int((sh[n][m] != kept).sum())
+        rms = lambda t: math.sqrt(float(t.double().pow(2).mean()))  # noqa: E731
+        assert rms(rs[n][m]) == rms(rs[n][m]) and abs(rms(rs[n][m]) - rms(kept)) <= 1e-5 * rms(kept)
+        scale = rms(kept) / rms(fresh[n][m])
+        assert torch.allclose(rs[n], fresh[n] * scale, rtol=1e-5, atol=0)  # reinit's values, one factor per tensor
+    assert moved > 0.9 * sum(int(m.sum()) for m in mask.values())
+    assert any(not torch.equal(sh[n], other_round[n]) for n in sh)
+    # magnitude pruning at initialisation keeps large entries: reset's embedding survivors are larger than fresh ones
+    e = "embedding.weight"
+    assert rms(theta_0[e][mask[e]]) > rms(fresh[e][mask[e]])
