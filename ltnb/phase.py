@@ -14,8 +14,11 @@ Comparisons (``COMPARISONS``), each the paired difference ``a - b`` per seed and
   pruning history (``gap = values + history`` at every round);
 * ``placement``: reset - shuffle: the same mask and the same multiset of surviving values, in their
   own places vs permuted (does the specific value of each weight matter, or only the set?);
+* ``distribution``: shuffle - rescaled: theta_0's surviving values (permuted) vs fresh values with the
+  same RMS (does their distribution matter beyond its scale?);
 * ``magnitude``: rescaled - reinit: fresh values under the same mask, rescaled to the RMS of reset's
   survivors or not (does the survivors' larger scale alone carry the gap?).
+  ``values = placement + distribution + magnitude`` at every round.
 
 Pairing: the chains of one seed share the dense round 0 and every training draw (``ltnb.lottery``).
 The **seed is the unit** of every test. Pooled over domains or pairs, a seed's differences are averaged
@@ -99,6 +102,8 @@ COMPARISONS = (
     Comparison("obtain", "reset", "reinit", "values", "initial values: reset - reinit (same masks)"),
     Comparison("obtain", "reinit", "random", "history", "mask history: reinit - random (same fresh values)"),
     Comparison("obtain", "reset", "shuffle", "placement", "placement: reset - shuffle (same mask, same values permuted)"),
+    Comparison("obtain", "shuffle", "rescaled", "distribution",
+               "distribution: shuffle - rescaled (theta_0's values vs fresh ones at their scale)"),
     Comparison("obtain", "rescaled", "reinit", "magnitude", "magnitude: rescaled - reinit (fresh values at reset's scale or not)"),
     Comparison("transfer", "masks-reset", "masks-random", "gap", "masks-reset - masks-random"),
 )
