@@ -24,8 +24,8 @@ verdict, the verdict is **inconclusive**, with why. The reach is 2 examples so t
 from ours get the same verdict: with a reach of 1, data one example towards the robust side of a knife
 edge turn an "inconclusive" back (seen on the demo's finding 1). The price: with 248 test texts two
 examples are 0.8 points, so a difference must be that far inside a margin to count as inside it. A
-finding whose trainings mostly did not converge (the rows' ``converged`` column, where recorded) is
-**not assessable: not converged**, with the numbers.
+finding whose trainings mostly did not converge (``converged``: the rows' column, or ``best_epoch <
+epochs_run`` for rows written before it) is **not assessable: not converged**, with the numbers.
 """
 from __future__ import annotations
 
@@ -404,12 +404,24 @@ def _robust(found: list[Finding], rows: pd.DataFrame, make: Callable, groups: np
     return out
 
 
+def converged(rows: pd.DataFrame) -> pd.Series:
+    """Per row: did its training converge (validation stopped improving before the last epoch run)? The
+    ``converged`` column where recorded, else ``best_epoch < epochs_run`` (the same definition, for rows
+    written before the column existed); NaN where neither is known."""
+    derived = pd.Series(np.nan, index=rows.index)
+    if {"best_epoch", "epochs_run"} <= set(rows.columns):
+        b, e = (pd.to_numeric(rows[c], errors="coerce") for c in ("best_epoch", "epochs_run"))
+        derived = (b < e).astype(float).where(b.notna() & e.notna())
+    if "converged" not in rows:
+        return derived
+    given = pd.to_numeric(rows["converged"].map({True: 1.0, False: 0.0, 1: 1.0, 0: 0.0, 1.0: 1.0, 0.0: 0.0}),
+                          errors="coerce")
+    return given.fillna(derived)
+
+
 def _gate(found: list[Finding], rows: pd.DataFrame, groups: np.ndarray) -> list[Finding]:
     """``not assessable: not converged`` where most of the trainings a finding reads did not converge."""
-    if "converged" not in rows:
-        return found
-    used = rows[(groups != "") & (rows["round"] >= 1)]
-    c = pd.to_numeric(used["converged"].map({True: 1.0, False: 0.0, 1: 1.0, 0: 0.0}), errors="coerce").dropna()
+    c = converged(rows)[(groups != "") & (rows["round"] >= 1).to_numpy()].dropna()
     if c.empty:
         return found
     share = float(c.mean())

@@ -940,5 +940,5 @@ def simulate_rows(*, domains: int = 3, seeds: int = 5, rounds: int = 15, stage: 
                 for strategy, acc in zip(strategies, (a[0, d, s, r], b[0, d, s, r])):
                     out.append(dict(stage=stage, source=src, target=tgt, domain=tgt, pair=pair, seed=s, strategy=strategy,
                                     round=r, sparsity=1 - 0.65 ** r, val_acc=acc, test_acc=acc, test_n=test_n,
-                                    best_epoch=1, epochs_run=1, seconds=0.0, settings_hash="sim"))
+                                    best_epoch=1, epochs_run=2, seconds=0.0, settings_hash="sim"))
     return pd.DataFrame(out)

@@ -27,7 +27,7 @@ def rows_for(*, domains=("a", "b"), seeds=5, rounds=15, reset_gain=0.0, reset_co
     out = []
 
     def add(**kw):
-        out.append(dict(test_n=test_n, val_acc=kw["test_acc"], best_epoch=1, epochs_run=1, seconds=0.0,
+        out.append(dict(test_n=test_n, val_acc=kw["test_acc"], best_epoch=1, epochs_run=2, seconds=0.0,
                         settings_hash="h", **({} if converged is None else {"converged": converged}), **kw))
 
     for d in domains:
