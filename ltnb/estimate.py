@@ -257,7 +257,8 @@ def _data_shape(plan, domain: str) -> tuple[tuple[int, int, int], float, int, st
 
 
 def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None, log=print) -> float:
-    """One federated cell: the dense run and every (ticket round, strategy) run, each ``fl_rounds`` rounds
+    """One federated cell: the two dense runs (fair and naive) and every (ticket round, strategy) run,
+    each ``fl_rounds`` rounds
     of every client's ``local_epochs`` on its shard (clients one after another: a batch cell has one CPU)
     and the evaluation of the global model on every domain's test split; plus Ray's start."""
     lottery = config.LotterySettings.flat_fields()
@@ -267,7 +268,7 @@ def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None,
     domains = list((data.params.get("domains") if data else None) or [c.params["source"]])
     clients = list(f.client_domains or [d for d in domains if d != c.params["source"]])
     strategies = c.params.get("strategies") or ["masks-reset", "masks-random"]
-    runs = [0.0] + [1 - (1 - s.prune_fraction) ** t for t in f.ticket_rounds for _ in strategies]
+    runs = [0.0, 0.0] + [1 - (1 - s.prune_fraction) ** t for t in f.ticket_rounds for _ in strategies]
     bs = s.train.batch_size
     total = RAY_START
     for sp in runs:
