@@ -45,8 +45,10 @@ PAPER_SPLIT = (20000, 10000, 10000)
 DEFAULT_OVERHEAD = {"data": 8.0, "divergence": 6.0, "obtain": 7.0, "transfer": 7.0, "report": 8.0, "phase": 8.0}
 RAY_START = 20.0  # seconds: a federated cell's private Ray head and its client worker (measured here)
 # seconds per client and federated round besides training: Flower's messages, Ray's actor call, the shard
-# read (measured here: a dense demo-size round of 4 clients took about 12 s, 5 s of it training and evaluation)
-FL_CLIENT_ROUND = 1.75
+# read; a fixed part and a part per MB of the model's values (measured here: a dense round of the demo's
+# 4.0M-weight model, 16 MB, about 1.75 s per client; of a 0.54M-weight model, 2.2 MB, about 0.35 s)
+FL_CLIENT_ROUND = 0.25
+FL_CLIENT_ROUND_PER_MB = 0.094
 DEFAULT_WALL = {"data": 20.0, "divergence": 4.0, "report": 25.0, "phase": 25.0}  # non-training cells, seconds
 
 
@@ -271,6 +273,9 @@ def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None,
     runs = [0.0, 0.0] + [1 - (1 - s.prune_fraction) ** t for t in f.ticket_rounds for _ in strategies]
     bs = s.train.batch_size
     total = RAY_START
+    m = s.model
+    weights = lambda V: (V * m.embed_dim + sum(k * m.embed_dim * m.channels + m.channels for k in m.kernel_sizes)  # noqa: E731
+                         + len(m.kernel_sizes) * m.channels * m.hidden + m.hidden + m.hidden * 2 + 2)
     for sp in runs:
         for d in clients:
             (n_train, n_val, _), length, vocab_size, where = _data_shape(plan, d)
@@ -280,7 +285,8 @@ def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None,
             step, ev = _interp(r, "step", sp, L), _interp(r, "eval", sp, L)
             shard = math.ceil(n_train / f.clients_per_domain / bs) * f.clients_per_domain
             total += f.fl_rounds * (f.local_epochs * (shard * step + n_val * ev) + _interp(r, "fixed", sp, 0)
-                                    + FL_CLIENT_ROUND * f.clients_per_domain)
+                                    + (FL_CLIENT_ROUND + FL_CLIENT_ROUND_PER_MB * 4e-6 * weights(vocab_size))
+                                    * f.clients_per_domain)
         for d in domains:  # the server's evaluation after every round
             (_, _, n_test), length, vocab_size, _ = _data_shape(plan, d)
             total += f.fl_rounds * n_test * _interp(rates(s.model, vocab_size, bs, threads=threads, cache_dir=cache_dir,
