@@ -156,6 +156,8 @@ def versus_dense(per_seed: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame
                 else:
                     neither += 1
             bound = "mixed" if lower and upper else "at least" if lower else "at most" if upper else ""
+            if ratios and lower == len(ratios):  # never reached in any seed: no saving to summarise
+                ratios = []
             ci = ratio_interval(ratios, bound=bound, level=level)
             out.append({"settings_hash": h, "source": source, "strategy": strategy, "ticket_round": int(tr),
                         "ratio": ci["ratio"], "ratio_lo": ci["lo"], "ratio_hi": ci["hi"], "ratio_seeds": ci["n"],
@@ -215,10 +217,11 @@ def table(rows: pd.DataFrame, *, target_share: float | None = None, level: float
         columns="_o").reset_index(drop=True)
 
 
-def _interval(r) -> str:
+def _interval(r, more: bool) -> str:
     if pd.isna(r["ratio_lo"]):
         return ""
-    return f" (95% interval {1 / r['ratio_hi']:.1f}x-{1 / r['ratio_lo']:.1f}x)"
+    lo, hi = (r["ratio_lo"], r["ratio_hi"]) if more else (1 / r["ratio_hi"], 1 / r["ratio_lo"])
+    return f", 95% interval {lo:.2g}x-{hi:.2g}x"
 
 
 def savings(tab: pd.DataFrame) -> list[str]:
@@ -233,13 +236,17 @@ def savings(tab: pd.DataFrame) -> list[str]:
         for _, r in part[part["strategy"] != DENSE].iterrows():
             head = f"{source}: {r['run']} reaches {r['target_acc_%']:.1f}% in {r['reached']} seeds"
             if pd.isna(r["ratio_vs_dense"]):
-                lines.append(f"{head}; no seed where it or dense reached it, no ratio")
+                lines.append(f"{head}: it never reaches the target within its {r['fl_rounds']} rounds "
+                             f"({r['MB_total']:.3g} MB sent, final {r['final_acc_%']:.1f}%), so there is no saving to "
+                             f"report; dense needs {d['MB_to_target']:.3g} MB (mean of {d['reached']} seeds)")
                 continue
-            saving = 1 / r["ratio_vs_dense"]
-            bound = {"at least": "at most ", "at most": "at least ", "mixed": "(censored both ways) "}.get(r["ratio_bound"], "")
+            more = r["ratio_vs_dense"] > 1
+            factor = r["ratio_vs_dense"] if more else 1 / r["ratio_vs_dense"]
+            flip = {"at least": "at most ", "at most": "at least "} if not more else {"at least": "at least ", "at most": "at most "}
+            bound = {**flip, "mixed": "(censored both ways) "}.get(r["ratio_bound"], "")
             censored = (f"; {r['censored_seeds']} seed(s) censored (not reached: counted at everything sent, so the "
-                        f"saving is a bound)") if r["censored_seeds"] else ""
-            lines.append(f"{head}; MB to target {bound}{saving:.1f}x less than the fair dense baseline's "
-                         f"(geometric mean over {r['seeds']} seeds{_interval(r)}){censored}; "
+                        f"factor is a bound)") if r["censored_seeds"] else ""
+            lines.append(f"{head}; MB to target {bound}{factor:.1f}x {'more' if more else 'less'} than the fair dense "
+                         f"baseline's (geometric mean over {r['seeds']} seeds{_interval(r, more)}){censored}; "
                          f"dense needs {d['MB_to_target']:.3g} MB (mean of {d['reached']} seeds)")
     return lines

@@ -429,9 +429,16 @@ def test_the_table_finds_the_target_per_seed_and_censors_what_misses_it():
     assert r["censored_seeds"] == 2 and r["ratio_bound"] == "at least"
     assert r["ratio_vs_dense"] == pytest.approx(0.075)
     lines = federated_results.savings(tab.reset_index())
-    assert any(line.startswith("products: 95.1% MASKS-RESET reaches 76.0% in 3/3 seeds; MB to target 20.0x less")
+    assert any(line.startswith("products: 95.1% MASKS-RESET reaches 76.0% in 3/3 seeds; MB to target 20.0x less than the fair dense baseline")
                for line in lines), lines
     assert any("MASKS-RANDOM" in line and "at most 13.3x less" in line and "2 seed(s) censored" in line for line in lines)
+    # a run that never reaches the target in any seed has no ratio, only its censored count
+    never = {k: [0.5, 0.6, 0.7, 0.7] for k in (0, 1, 2)}
+    tab = federated_results.table(_curves([("dense", 0, 0.0, dense, 10.0), ("masks-random", 5, 0.884, never, 1.0)]),
+                                  target_share=0.95).set_index("strategy")
+    assert pd.isna(tab.loc["masks-random", "ratio_vs_dense"]) and tab.loc["masks-random", "censored_seeds"] == 3
+    assert any("never reaches the target within its 3 rounds" in line
+               for line in federated_results.savings(tab.reset_index()))
 
 
 def test_a_row_message_carries_exactly_the_rows_and_flowers_framing(monkeypatch):
