@@ -273,6 +273,12 @@ def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None,
     runs = [0.0, 0.0] + [1 - (1 - s.prune_fraction) ** t for t in f.ticket_rounds for _ in strategies]
     bs = s.train.batch_size
     total = RAY_START
+    # local early stopping: assume the best local epoch is the 2nd, so patience + 2 epochs run (measured in
+    # the federated demo, patience 1 of at most 5: 2-4 epochs, mean 2.6); without patience all of them
+    epochs = f.local_epochs if f.local_patience is None else min(f.local_epochs, f.local_patience + 2)
+    if f.local_patience is not None:
+        notes.add(f"federated clients: {epochs} local epochs assumed per round (patience {f.local_patience} + 2, "
+                  f"at most {f.local_epochs})")
     m = s.model
     weights = lambda V: (V * m.embed_dim + sum(k * m.embed_dim * m.channels + m.channels for k in m.kernel_sizes)  # noqa: E731
                          + len(m.kernel_sizes) * m.channels * m.hidden + m.hidden + m.hidden * 2 + 2)
@@ -284,7 +290,7 @@ def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None,
             L = min(length, s.train.max_len)
             step, ev = _interp(r, "step", sp, L), _interp(r, "eval", sp, L)
             shard = math.ceil(n_train / f.clients_per_domain / bs) * f.clients_per_domain
-            total += f.fl_rounds * (f.local_epochs * (shard * step + n_val * ev) + _interp(r, "fixed", sp, 0)
+            total += f.fl_rounds * (epochs * (shard * step + n_val * ev) + _interp(r, "fixed", sp, 0)
                                     + (FL_CLIENT_ROUND + FL_CLIENT_ROUND_PER_MB * 4e-6 * weights(vocab_size))
                                     * f.clients_per_domain)
         for d in domains:  # the server's evaluation after every round
