@@ -8,19 +8,26 @@ see, then clients retrain only that sparse ticket on their own data. This module
 * The clients hold the other domains' training data: each client domain's training (and
   validation) split is cut into ``clients_per_domain`` disjoint shards, one per client. A shard is
   written to its own file before the federation starts and only that client's ClientApp reads it.
-* Runs: dense FedAvg from theta_0 (the baseline, ``dense``) and the ticket at each chosen round with
+* Runs: two dense FedAvg runs from theta_0, the fair baseline (``dense``, protocol ``rows`` below) and
+  the naive reference (``dense-naive``, protocol ``full``), and the ticket at each chosen round with
   the initial values of ``ltnb.strategies`` (``masks-reset``: the chain's theta_0 under the mask;
-  ``masks-random``: fresh values under the mask), for a seed.
+  ``masks-random``: fresh values under the mask; protocol ``rows``), for a seed.
 * Federated rounds: the server sends the global survivors to every client; each client trains
-  them under the mask exactly as the engine does (``ltnb.train.fit``: masked Adam, pruned weights
-  stay 0, best local validation epoch kept) for ``local_epochs`` and sends its survivors back; the
+  them under the mask as the engine does (``ltnb.train.fit``: masked Adam, pruned weights stay 0,
+  at most ``local_epochs``, early stopping after ``local_patience`` epochs without a better local
+  validation accuracy, best local epoch kept) and sends its survivors back; the
   server averages them weighted by the clients' training examples (FedAvg on the surviving
   entries only, so pruned entries of the global model are exactly zero by construction).
 * Sparse all the way: the mask travels once per client and run (record ``mask``: ``bits``, the
   ``numpy.packbits`` of every tensor that has pruned entries, and ``pruned``, one flag byte per
   tensor); afterwards only the surviving values travel, in both directions, as one float32 vector
   (record ``arrays``, array ``survivors``: each tensor's survivors in row-major order, tensors in
-  the model's parameter order). The dense baseline sends no mask and every value.
+  the model's parameter order). Protocol ``full`` (the naive dense run) sends every value every
+  round; protocol ``rows`` (the fair dense baseline and the tickets) sends every survivor only in
+  the first message to a client, then only the embedding rows that changed (array ``rows``: their
+  indices, uint16 up to 65,536 rows; ``embedding``: their survivors; ``rest``: every survivor of the
+  other tensors), both ways, with lazy weight decay on the clients (``client_train``). Dense runs
+  send no mask.
 * After every federated round the server evaluates the global model on every domain's test split
   (the experimenter's view; it is not part of the protocol and not counted as communication).
   ``global_acc`` is the accuracy over the pooled test splits of the client domains.
@@ -35,8 +42,9 @@ content), the protobuf of its object tree and the deflated bytes of every object
 (Message, RecordDict, records, Arrays, ArrayChunks): what Flower's deployment runtime pushes for it
 and what a SuperNode pulls. (The simulation engine itself hands messages to Ray in memory.) The
 count is per client link: a model sent to 8 clients counts 8 times. gRPC/HTTP framing is not
-included. ``payload`` is the formula (survivors x 4 bytes, plus the mask's bits once); the rest is
-Flower's framing (object ids, npy headers, record keys), checked by the tests.
+included. ``payload`` is the arrays' raw bytes, split into ``mask``, ``values`` (float32) and
+``indices`` (row indices) per message and per round; the rest is Flower's framing (object ids, npy
+headers, record keys), checked by the tests.
 
 Ray on a small machine: Ray 2.55's raylet waits at most ~15 s for its dashboard agent to start; on
 a busy 2-core machine the agent (a Python process that imports ray, about 5 s of CPU here, 3 s of it
