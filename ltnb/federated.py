@@ -978,7 +978,9 @@ _SHIM = 'raise ImportError("hidden by ltnb.federated.RayHead: building its Lark 
 # group, and on SIGTERM or SIGINT, or when the process that started it dies (Linux prctl
 # PR_SET_PDEATHSIG), it sends Ray SIGTERM, waits `grace` seconds, then kills the whole group. Ray's
 # own SIGTERM shutdown sometimes hangs once its raylet is gone; the group kill ends it, and a killed
-# notebook kernel leaves no Ray behind.
+# notebook kernel leaves no Ray behind. The supervisor runs in a session of its own (``supervise``):
+# `ltnb batch` kills a cancelled cell's kernel with its whole process group (SIGKILL), which would
+# otherwise take the supervisor with it before it could stop Ray.
 _SUPERVISOR = """
 import ctypes, os, signal, subprocess, sys, time
 parent, grace, cmd = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
@@ -1004,6 +1006,13 @@ try:
 except ProcessLookupError:
     pass
 """
+
+
+def supervise(command: Sequence[str], *, grace: float, **popen) -> subprocess.Popen:
+    """Start ``command`` under ``_SUPERVISOR`` (see above), the supervisor in a session of its own so
+    that a SIGKILL to this process's group reaches it only as its parent's death."""
+    return subprocess.Popen([sys.executable, "-c", _SUPERVISOR, str(os.getpid()), str(grace), *command],
+                            start_new_session=True, **popen)
 
 
 def _free_port() -> int:
@@ -1038,7 +1047,7 @@ class RayHead:
         ports = {k: _free_port() for k in ("port", "dashboard-agent-grpc-port", "dashboard-agent-listen-port",
                                            "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")}
         self.address = f"127.0.0.1:{ports['port']}"
-        return [sys.executable, "-c", _SUPERVISOR, str(os.getpid()), str(self.stop_timeout), ray, "start", "--head", "--block", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
+        return [ray, "start", "--head", "--block", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
                 "--include-dashboard=false", "--include-log-monitor=false", "--disable-usage-stats",
                 "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}",
                 f"--object-store-memory={200 * 1024 * 1024}"] + [f"--{k}={v}" for k, v in ports.items()]
@@ -1070,8 +1079,8 @@ class RayHead:
             t0 = time.time()
             out = self.temp_dir / f"ray_start_{os.getpid()}.log"
             with open(out, "w") as fh:
-                self.proc = subprocess.Popen(self._command(), stdout=fh, stderr=subprocess.STDOUT, env=self._env(),
-                                             stdin=subprocess.DEVNULL)
+                self.proc = supervise(self._command(), grace=self.stop_timeout, stdout=fh, stderr=subprocess.STDOUT,
+                                      env=self._env(), stdin=subprocess.DEVNULL)
             while time.time() - t0 < self.start_timeout:
                 text = out.read_text(errors="replace")
                 if "Ray runtime started" in text:
