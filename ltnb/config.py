@@ -49,7 +49,8 @@ OBTAIN_STRATEGIES = ("reset", "random", "reinit", "shuffle", "rescaled", "rewind
 TRANSFER_STRATEGIES = ("masks-reset", "masks-random")
 #: obtain strategies that train the reset chain's mask of each round (controls), not masks of their own
 RESET_MASK_STRATEGIES = ("reinit", "shuffle", "rescaled")
-FEDERATED_DENSE = "dense"  # the federated stage's dense FedAvg baseline, run beside the tickets
+FEDERATED_DENSE = "dense"  # the federated stage's dense FedAvg baseline (sends only changed embedding rows)
+FEDERATED_NAIVE = "dense-naive"  # the second reference: dense FedAvg that sends every value every round
 CORPORA = ("builtin", "amazon", "blitzer")
 BIAS_INITS = ("fan_in", "zero")
 THETA_0_PER = ("seed_domain", "seed")
@@ -206,7 +207,7 @@ class VocabSettings(_Checked):
 
     vocab_size: int = setting(8000, "SentencePiece pieces (paper: 8000)", integer(4))
     character_coverage: float = setting(0.9995, "SentencePiece character coverage (paper: 0.9995)",
-                                        number(0, 1, low_open=True))
+                                        number(0, 1, low_open=True), hashed=False)
     model_type: str = setting("bpe", "SentencePiece model type (paper: bpe)", one_of(("bpe", "unigram", "char", "word")))
     max_len: int = setting(500, "subwords kept per text (paper: 500); longer texts are truncated", integer(1))
 
@@ -369,7 +370,14 @@ class FederatedSettings(_Checked):
                                                                      "minItems": 1, "uniqueItems": True})
     clients_per_domain: int = setting(2, "clients each client domain's training data is split into", integer(1))
     fl_rounds: int = setting(10, "federated rounds per run", integer(1))
-    local_epochs: int = setting(1, "client epochs per federated round (best local validation epoch kept)", integer(1))
+    local_epochs: int = setting(1, "client epochs per federated round at most (best local validation epoch kept)",
+                                integer(1))
+    local_patience: int | None = setting(None, "stop a client's local training after this many epochs without a "
+                                         "better local validation accuracy (null: every local epoch runs)",
+                                         integer(1, nullable=True))
+    target_share: float = setting(0.95, "the target accuracy, fixed before the runs: this share of the (fair) dense "
+                                  "baseline's final global accuracy, mean over seeds; megabytes to reach it per seed",
+                                  number(0, 1, low_open=True), hashed=False)
     audit: bool = setting(False, "replies also carry a fingerprint of the client's shard and what it received",
                           BOOLEAN)
 

@@ -45,8 +45,10 @@ PAPER_SPLIT = (20000, 10000, 10000)
 DEFAULT_OVERHEAD = {"data": 8.0, "divergence": 6.0, "obtain": 7.0, "transfer": 7.0, "report": 8.0, "phase": 8.0}
 RAY_START = 20.0  # seconds: a federated cell's private Ray head and its client worker (measured here)
 # seconds per client and federated round besides training: Flower's messages, Ray's actor call, the shard
-# read (measured here: a dense demo-size round of 4 clients took about 12 s, 5 s of it training and evaluation)
-FL_CLIENT_ROUND = 1.75
+# read; a fixed part and a part per MB of the model's values (measured here: a dense round of the demo's
+# 4.0M-weight model, 16 MB, about 1.75 s per client; of a 0.54M-weight model, 2.2 MB, about 0.35 s)
+FL_CLIENT_ROUND = 0.25
+FL_CLIENT_ROUND_PER_MB = 0.094
 DEFAULT_WALL = {"data": 20.0, "divergence": 4.0, "report": 25.0, "phase": 25.0}  # non-training cells, seconds
 
 
@@ -257,7 +259,8 @@ def _data_shape(plan, domain: str) -> tuple[tuple[int, int, int], float, int, st
 
 
 def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None, log=print) -> float:
-    """One federated cell: the dense run and every (ticket round, strategy) run, each ``fl_rounds`` rounds
+    """One federated cell: the two dense runs (fair and naive) and every (ticket round, strategy) run,
+    each ``fl_rounds`` rounds
     of every client's ``local_epochs`` on its shard (clients one after another: a batch cell has one CPU)
     and the evaluation of the global model on every domain's test split; plus Ray's start."""
     lottery = config.LotterySettings.flat_fields()
@@ -267,9 +270,18 @@ def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None,
     domains = list((data.params.get("domains") if data else None) or [c.params["source"]])
     clients = list(f.client_domains or [d for d in domains if d != c.params["source"]])
     strategies = c.params.get("strategies") or ["masks-reset", "masks-random"]
-    runs = [0.0] + [1 - (1 - s.prune_fraction) ** t for t in f.ticket_rounds for _ in strategies]
+    runs = [0.0, 0.0] + [1 - (1 - s.prune_fraction) ** t for t in f.ticket_rounds for _ in strategies]
     bs = s.train.batch_size
     total = RAY_START
+    # local early stopping: assume the best local epoch is the 2nd, so patience + 2 epochs run (measured in
+    # the federated demo, patience 1 of at most 5: 2-4 epochs, mean 2.6); without patience all of them
+    epochs = f.local_epochs if f.local_patience is None else min(f.local_epochs, f.local_patience + 2)
+    if f.local_patience is not None:
+        notes.add(f"federated clients: {epochs} local epochs assumed per round (patience {f.local_patience} + 2, "
+                  f"at most {f.local_epochs})")
+    m = s.model
+    weights = lambda V: (V * m.embed_dim + sum(k * m.embed_dim * m.channels + m.channels for k in m.kernel_sizes)  # noqa: E731
+                         + len(m.kernel_sizes) * m.channels * m.hidden + m.hidden + m.hidden * 2 + 2)
     for sp in runs:
         for d in clients:
             (n_train, n_val, _), length, vocab_size, where = _data_shape(plan, d)
@@ -278,8 +290,9 @@ def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None,
             L = min(length, s.train.max_len)
             step, ev = _interp(r, "step", sp, L), _interp(r, "eval", sp, L)
             shard = math.ceil(n_train / f.clients_per_domain / bs) * f.clients_per_domain
-            total += f.fl_rounds * (f.local_epochs * (shard * step + n_val * ev) + _interp(r, "fixed", sp, 0)
-                                    + FL_CLIENT_ROUND * f.clients_per_domain)
+            total += f.fl_rounds * (epochs * (shard * step + n_val * ev) + _interp(r, "fixed", sp, 0)
+                                    + (FL_CLIENT_ROUND + FL_CLIENT_ROUND_PER_MB * 4e-6 * weights(vocab_size))
+                                    * f.clients_per_domain)
         for d in domains:  # the server's evaluation after every round
             (_, _, n_test), length, vocab_size, _ = _data_shape(plan, d)
             total += f.fl_rounds * n_test * _interp(rates(s.model, vocab_size, bs, threads=threads, cache_dir=cache_dir,

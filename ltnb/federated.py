@@ -8,19 +8,26 @@ see, then clients retrain only that sparse ticket on their own data. This module
 * The clients hold the other domains' training data: each client domain's training (and
   validation) split is cut into ``clients_per_domain`` disjoint shards, one per client. A shard is
   written to its own file before the federation starts and only that client's ClientApp reads it.
-* Runs: dense FedAvg from theta_0 (the baseline, ``dense``) and the ticket at each chosen round with
+* Runs: two dense FedAvg runs from theta_0, the fair baseline (``dense``, protocol ``rows`` below) and
+  the naive reference (``dense-naive``, protocol ``full``), and the ticket at each chosen round with
   the initial values of ``ltnb.strategies`` (``masks-reset``: the chain's theta_0 under the mask;
-  ``masks-random``: fresh values under the mask), for a seed.
+  ``masks-random``: fresh values under the mask; protocol ``rows``), for a seed.
 * Federated rounds: the server sends the global survivors to every client; each client trains
-  them under the mask exactly as the engine does (``ltnb.train.fit``: masked Adam, pruned weights
-  stay 0, best local validation epoch kept) for ``local_epochs`` and sends its survivors back; the
+  them under the mask as the engine does (``ltnb.train.fit``: masked Adam, pruned weights stay 0,
+  at most ``local_epochs``, early stopping after ``local_patience`` epochs without a better local
+  validation accuracy, best local epoch kept) and sends its survivors back; the
   server averages them weighted by the clients' training examples (FedAvg on the surviving
   entries only, so pruned entries of the global model are exactly zero by construction).
 * Sparse all the way: the mask travels once per client and run (record ``mask``: ``bits``, the
   ``numpy.packbits`` of every tensor that has pruned entries, and ``pruned``, one flag byte per
   tensor); afterwards only the surviving values travel, in both directions, as one float32 vector
   (record ``arrays``, array ``survivors``: each tensor's survivors in row-major order, tensors in
-  the model's parameter order). The dense baseline sends no mask and every value.
+  the model's parameter order). Protocol ``full`` (the naive dense run) sends every value every
+  round; protocol ``rows`` (the fair dense baseline and the tickets) sends every survivor only in
+  the first message to a client, then only the embedding rows that changed (array ``rows``: their
+  indices, uint16 up to 65,536 rows; ``embedding``: their survivors; ``rest``: every survivor of the
+  other tensors), both ways, with lazy weight decay on the clients (``client_train``). Dense runs
+  send no mask.
 * After every federated round the server evaluates the global model on every domain's test split
   (the experimenter's view; it is not part of the protocol and not counted as communication).
   ``global_acc`` is the accuracy over the pooled test splits of the client domains.
@@ -35,8 +42,9 @@ content), the protobuf of its object tree and the deflated bytes of every object
 (Message, RecordDict, records, Arrays, ArrayChunks): what Flower's deployment runtime pushes for it
 and what a SuperNode pulls. (The simulation engine itself hands messages to Ray in memory.) The
 count is per client link: a model sent to 8 clients counts 8 times. gRPC/HTTP framing is not
-included. ``payload`` is the formula (survivors x 4 bytes, plus the mask's bits once); the rest is
-Flower's framing (object ids, npy headers, record keys), checked by the tests.
+included. ``payload`` is the arrays' raw bytes, split into ``mask``, ``values`` (float32) and
+``indices`` (row indices) per message and per round; the rest is Flower's framing (object ids, npy
+headers, record keys), checked by the tests.
 
 Ray on a small machine: Ray 2.55's raylet waits at most ~15 s for its dashboard agent to start; on
 a busy 2-core machine the agent (a Python process that imports ray, about 5 s of CPU here, 3 s of it
@@ -95,14 +103,16 @@ from .tokens import TokenSplit, save_splits
 # (reading, summarising and drawing the results: ltnb.federated_results and ltnb.plots, torch-free)
 
 #: bumped whenever what a run computes changes, so old cells are never resumed by new code
-FEDERATED_VERSION = 1
+FEDERATED_VERSION = 2  # 2: the fair dense baseline (changed rows only), lazy decay, the naive run, local patience
 from .config import FEDERATED_DENSE as DENSE  # noqa: E402
+from .config import FEDERATED_NAIVE as NAIVE  # noqa: E402
 from .config import TRANSFER_STRATEGIES as STRATEGIES  # noqa: E402
 RESULTS = "results.parquet"
 ROUNDS = "rounds.parquet"
 MESSAGES = "messages.parquet"
 GLOBAL = "global.safetensors"
 MB = 1e6  # megabytes are decimal (10^6 bytes) throughout
+EMBEDDING = "embedding.weight"
 
 # Flower reads FLWR_TELEMETRY_ENABLED when it is imported; nothing may leave this machine.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -137,6 +147,8 @@ class Federation:
     clients_per_domain: int
     fl_rounds: int
     local_epochs: int
+    local_patience: int | None
+    target_share: float
     settings: LotterySettings  # the source chain's settings (model, training)
     chain: Path  # the source's reset chain
     data_key: str
@@ -146,15 +158,16 @@ class Federation:
 
     @property
     def local_train(self) -> TrainSettings:
-        """The clients' training: the chain's optimizer settings, ``local_epochs`` epochs per round,
-        every epoch run and the best local validation epoch kept."""
+        """The clients' training: the chain's optimizer settings, at most ``local_epochs`` epochs per
+        round, early stopping after ``local_patience`` epochs without a better local validation
+        accuracy (None: every epoch runs), the best local validation epoch kept."""
         t = self.settings.train
-        return TrainSettings(max_epochs=self.local_epochs, patience=None, batch_size=t.batch_size, lr=t.lr,
+        return TrainSettings(max_epochs=self.local_epochs, patience=self.local_patience, batch_size=t.batch_size, lr=t.lr,
                              weight_decay=t.weight_decay, max_len=t.max_len, bf16=t.bf16)
 
     def runs(self) -> list[tuple[str, int]]:
-        """(strategy, ticket round) of every run: the dense baseline first."""
-        return [(DENSE, 0)] + [(s, r) for r in self.ticket_rounds for s in self.strategies]
+        """(strategy, ticket round) of every run: the two dense baselines first (fair, then naive)."""
+        return [(DENSE, 0), (NAIVE, 0)] + [(s, r) for r in self.ticket_rounds for s in self.strategies]
 
 
 def run_name(strategy: str, ticket_round: int) -> str:
@@ -185,6 +198,8 @@ def prepare(
     clients_per_domain: int = 2,
     fl_rounds: int = 10,
     local_epochs: int = 1,
+    local_patience: int | None = None,
+    target_share: float = 0.95,
     settings: LotterySettings = LotterySettings(),
     audit: bool = False,
 ) -> Federation:
@@ -207,6 +222,11 @@ def prepare(
         problems.append(f"fl_rounds = {fl_rounds!r}: expected an integer >= 1 (federated rounds)")
     if not _is_int(local_epochs) or local_epochs < 1:
         problems.append(f"local_epochs = {local_epochs!r}: expected an integer >= 1 (client epochs per round)")
+    if local_patience is not None and (not _is_int(local_patience) or local_patience < 1):
+        problems.append(f"local_patience = {local_patience!r}: expected an integer >= 1 or None (every local epoch runs)")
+    if isinstance(target_share, bool) or not isinstance(target_share, (int, float)) or not 0 < target_share <= 1:
+        problems.append(f"target_share = {target_share!r}: expected a number in (0, 1] (share of the dense baseline's "
+                        f"final accuracy)")
     strategies = tuple(strategies) if isinstance(strategies, (list, tuple)) else (strategies,)
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad or len(set(strategies)) != len(strategies):
@@ -260,12 +280,14 @@ def prepare(
             f"ticket_rounds must be among its finished rounds >= 1. Create it with notebooks/03_obtain.ipynb "
             f"(domain={source!r}, strategy='reset', seed={seed}, rounds>={max(rounds_in)}, the same other parameters).")
     h = stable_hash({"chain": chain.name, "clients": sorted(clients), "clients_per_domain": clients_per_domain,
-                     "fl_rounds": fl_rounds, "local_epochs": local_epochs, "version": FEDERATED_VERSION,
+                     "fl_rounds": fl_rounds, "local_epochs": local_epochs, "local_patience": local_patience,
+                     "version": FEDERATED_VERSION,
                      **({"audit": True} if audit else {})})
     run_dir = paths.federated_dir(study, source, seed) / h
     return Federation(study=study, source=source, seed=seed, ticket_rounds=tuple(sorted(rounds_in)), strategies=strategies,
                 client_domains=clients, clients_per_domain=clients_per_domain, fl_rounds=fl_rounds,
-                local_epochs=local_epochs, settings=settings, chain=chain, data_key=data_key, vocab_size=vocab_size,
+                local_epochs=local_epochs, local_patience=local_patience, target_share=float(target_share),
+                settings=settings, chain=chain, data_key=data_key, vocab_size=vocab_size,
                 run_dir=run_dir, settings_hash=h)
 
 
@@ -372,6 +394,91 @@ def unflatten(vector: np.ndarray, shapes: Mapping[str, Sequence[int]], masks: Ma
     return out
 
 
+def protocol(strategy: str) -> str:
+    """``full``: every survivor in every message (the naive dense reference); ``rows``: after the first
+    message only the embedding rows that changed (row indices plus their survivors) and every
+    survivor of the other tensors (the fair dense baseline and every ticket run)."""
+    return "full" if strategy == NAIVE else "rows"
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Where each embedding row's survivors sit in the flat survivors vector (``flatten``'s order)."""
+
+    start: int  # offset of the embedding's survivors in the vector
+    counts: np.ndarray  # survivors per embedding row (int64, one per vocabulary entry)
+    row_of: np.ndarray  # the row of each embedding survivor (int64, in vector order)
+    total: int  # length of the whole vector
+
+    @classmethod
+    def of(cls, masks: Mapping[str, torch.Tensor], shapes: Mapping[str, Sequence[int]]) -> "RowLayout":
+        """``masks``: the pruned tensors' bool masks (a tensor without one keeps every entry)."""
+        start, total, counts = 0, 0, None
+        for name, shape in shapes.items():
+            m = masks.get(name)
+            kept = math.prod(shape) if m is None else int(m.sum())
+            if name == EMBEDDING:
+                start = total
+                counts = (np.full(shape[0], shape[1], dtype=np.int64) if m is None
+                          else m.reshape(shape[0], -1).sum(dim=1).numpy().astype(np.int64))
+            total += kept
+        if counts is None:
+            raise ValueError(f"the model has no {EMBEDDING}")
+        return cls(start=start, counts=counts, row_of=np.repeat(np.arange(len(counts)), counts), total=total)
+
+    @property
+    def index_dtype(self):
+        """The smallest unsigned integer that holds every row index (uint16 up to 65,536 rows)."""
+        return np.uint16 if len(self.counts) <= 2 ** 16 else np.uint32
+
+    def positions(self, rows: np.ndarray) -> np.ndarray:
+        """Positions in the vector of the survivors of ``rows`` (row-major, rows ascending)."""
+        pick = np.zeros(len(self.counts), dtype=bool)
+        pick[np.asarray(rows, dtype=np.int64)] = True
+        return np.flatnonzero(pick[self.row_of]) + self.start
+
+    def rest(self) -> np.ndarray:
+        """Positions of every survivor outside the embedding."""
+        return np.r_[0:self.start, self.start + len(self.row_of):self.total]
+
+    def changed_rows(self, new: np.ndarray, old: np.ndarray) -> np.ndarray:
+        """Rows with at least one survivor not exactly equal in ``new`` and ``old``, ascending."""
+        block = slice(self.start, self.start + len(self.row_of))
+        diff = new[block] != old[block]
+        return np.flatnonzero(np.bincount(self.row_of[diff], minlength=len(self.counts))).astype(self.index_dtype)
+
+    def pack(self, vector: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """What a ``rows`` message carries: ``rows`` (indices), ``embedding`` (their survivors), ``rest``."""
+        rows = np.asarray(rows, dtype=self.index_dtype)
+        return {"rows": rows, "embedding": np.ascontiguousarray(vector[self.positions(rows)]),
+                "rest": np.ascontiguousarray(vector[self.rest()])}
+
+    def apply(self, vector: np.ndarray, rows: np.ndarray, embedding: np.ndarray, rest: np.ndarray) -> np.ndarray:
+        """``vector`` with ``rows``' survivors and every survivor outside the embedding replaced."""
+        out = np.array(vector, dtype=np.float32, copy=True)
+        pos = self.positions(rows)
+        if len(pos) != len(embedding) or len(rest) != self.total - len(self.row_of):
+            raise ValueError(f"rows message: {len(embedding)} embedding values for {len(rows)} rows (need {len(pos)}), "
+                             f"{len(rest)} other values (need {self.total - len(self.row_of)})")
+        out[pos] = embedding
+        out[self.rest()] = rest
+        return out
+
+
+def content_bytes(content) -> dict[str, int]:
+    """The payload of a message by kind: ``mask`` (the mask record's bytes), ``indices`` (row
+    indices), ``values`` (every float32 value); what is left of its wire bytes is Flower's framing."""
+    from flwr.app import ArrayRecord
+
+    out = {"mask": 0, "indices": 0, "values": 0}
+    for name, rec in content.items():
+        if isinstance(rec, ArrayRecord):
+            for key, a in rec.items():
+                kind = "mask" if name == "mask" else "indices" if key == "rows" else "values"
+                out[kind] += int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize  # (npy headers: framing)
+    return out
+
+
 def payload_bytes(mask: Mask, *, with_mask: bool) -> int:
     """The formula: 4 bytes per surviving value, plus ceil(n / 8) bytes of mask bits per tensor that
     has pruned entries when the message carries the mask."""
@@ -425,7 +532,18 @@ class ClientSpec:
 def client_train(spec: ClientSpec, msg, context):
     """The ClientApp's train handler: read this client's shard, rebuild the model from the global
     survivors and the mask (kept in ``context.state`` after the first round), train under the mask
-    with ``ltnb.train.fit``, reply with the trained survivors."""
+    with ``ltnb.train.fit``, reply with the trained survivors.
+
+    Protocol ``rows`` (``protocol``): the client keeps its copy of the global survivors in
+    ``context.state``; after the first message the server sends only the embedding rows that changed
+    in the global model and the other tensors' survivors, and the client replies with the rows its
+    training changed (any survivor not exactly equal) and the other survivors. Weight decay is lazy,
+    as sparse optimizers do it: it applies to the rows the client's training texts look up (and
+    row 0, the padding id); every other row is put back to the received values after every step,
+    which equals training with no decay for them (Adam is elementwise and a row no training text
+    looks up never enters the loss). Without that, Adam's L2 term moves every row every step and
+    every row would have to travel. Protocol ``full``: every survivor, and decay on every row, as
+    the engine trains."""
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
     from . import train as _train
@@ -448,22 +566,74 @@ def client_train(spec: ClientSpec, msg, context):
     model = KimCNN.from_settings(spec.vocab_size, spec.model, seed=None)
     shapes = parameter_shapes(spec.vocab_size, spec.model)  # the order the server flattens in
     masks = unpack_masks(context.state[key]["pruned"].numpy(), context.state[key]["bits"].numpy(), shapes) if masked else {}
-    weights = unflatten(msg.content["arrays"]["survivors"].numpy(), shapes, masks)
+    rows_protocol = str(config["protocol"]) == "rows"
+    arrays = msg.content["arrays"]
+    layout = RowLayout.of(masks, shapes) if rows_protocol else None
+    if "survivors" in arrays:
+        received = arrays["survivors"].numpy()
+    else:  # the rows that changed in the global model since the last round, applied to this client's copy
+        received = layout.apply(context.state[f"global {run}"]["survivors"].numpy(), arrays["rows"].numpy(),
+                                arrays["embedding"].numpy(), arrays["rest"].numpy())
+    if rows_protocol:
+        context.state[f"global {run}"] = ArrayRecord({"survivors": Array(np.asarray(received, dtype=np.float32))})
+    weights = unflatten(received, shapes, masks)
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(weights[name])
     local = {"train": data["train"], "validation": data["validation"], "test": data["validation"]}
+    touched = looked_up_rows(data["train"], spec.train.max_len)
+    on_step = _lazy_decay(weights[EMBEDDING], touched) if rows_protocol else None
     result = _train.fit(model, local, spec.train, masks=masks, seed=derive_seed(spec.seed, run, fl_round, "client", pid),
-                        device="cpu", progress=False, desc=f"client {pid}")
-    trained = dict(model.named_parameters())
+                        device="cpu", progress=False, desc=f"client {pid}", on_step=on_step)
+    trained = flatten(dict(model.named_parameters()), masks, list(shapes))
+    if rows_protocol:
+        changed = layout.changed_rows(trained, received)
+        out = ArrayRecord({k: Array(v) for k, v in layout.pack(trained, changed).items()})
+    else:
+        changed = np.zeros(0)
+        out = ArrayRecord({"survivors": Array(trained)})
     reply = RecordDict({
-        "arrays": ArrayRecord({"survivors": Array(flatten(trained, masks, list(shapes)))}),
+        "arrays": out,
         "metrics": MetricRecord({"num-examples": len(data["train"]), "local-val-acc": float(result.val_acc),
-                                 "train-seconds": float(result.seconds), "steps": int(result.steps)}),
+                                 "train-seconds": float(result.seconds), "steps": int(result.steps),
+                                 "epochs-run": int(result.epochs_run), "best-epoch": int(result.best_epoch),
+                                 "rows-touched": int(len(touched)), "rows-changed": int(len(changed))}),
         "client": ConfigRecord({"partition-id": pid, **({"data-sha256": data_fingerprint(data), "received": json.dumps(
             describe(msg.content), sort_keys=True)} if spec.audit else {})}),
     })
     return Message(content=reply, reply_to=msg)
+
+
+def looked_up_rows(split: TokenSplit, max_len: int) -> np.ndarray:
+    """The embedding rows a training split looks up: every id within the first ``max_len`` of each
+    text, and 0 (the padding id of texts shorter than the widest filter). Ascending."""
+    lengths = (split.offsets[1:] - split.offsets[:-1]).clamp(max=max_len)
+    pos = torch.arange(split.ids.numel()) - torch.repeat_interleave(split.offsets[:-1], split.offsets[1:] - split.offsets[:-1])
+    keep = pos < torch.repeat_interleave(lengths, split.offsets[1:] - split.offsets[:-1])
+    return np.union1d(torch.unique(split.ids[keep]).numpy(), [0]).astype(np.int64)
+
+
+def _lazy_decay(received: torch.Tensor, touched: np.ndarray):
+    """``fit``'s ``on_step``: put every embedding row outside ``touched`` back to its received
+    values (in the dense table and, when the pruned embedding trains packed, in its survivors)."""
+    keep = torch.ones(received.shape[0], dtype=torch.bool)
+    keep[torch.from_numpy(touched)] = False
+    idx = keep.nonzero().squeeze(1)
+    rows = received.index_select(0, idx)
+    packed_at: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def restore(step: int, model) -> None:
+        with torch.no_grad():
+            model.embedding.weight.index_copy_(0, idx, rows)
+            packed = getattr(model, "packed_embedding", None)
+            if packed is not None:
+                if id(packed) not in packed_at:
+                    where = keep[packed.flat // received.shape[1]].nonzero().squeeze(1)
+                    packed_at[id(packed)] = (where, received.reshape(-1)[packed.flat[where]].clone())
+                where, values = packed_at[id(packed)]
+                packed.values.index_copy_(0, where, values)
+
+    return restore
 
 
 def client_app(spec: ClientSpec):
@@ -479,6 +649,16 @@ def client_app(spec: ClientSpec):
 
 
 # ------------------------------------------------------------------------------------ the server
+def _split(message) -> dict:
+    """A message's payload by kind (``content_bytes``) and how many embedding rows it carries."""
+    if message is None:
+        return {"mask_bytes": 0, "values_bytes": 0, "indices_bytes": 0, "rows": 0}
+    b = content_bytes(message.content)
+    arrays = message.content.get("arrays")
+    rows = int(arrays["rows"].shape[0]) if arrays is not None and "rows" in arrays else 0
+    return {"mask_bytes": b["mask"], "values_bytes": b["values"], "indices_bytes": b["indices"], "rows": rows}
+
+
 class _CountingGrid:
     """Delegates to Flower's Grid; records every message sent and received with its wire bytes.
 
@@ -518,7 +698,7 @@ class _CountingGrid:
         for m in messages:
             node = int(m.metadata.dst_node_id)
             self.log.append({"direction": "down", "node_id": node, "partition": self.partition.get(node, -1),
-                             "bytes": wire_bytes(m), "has_mask": "mask" in m.content,
+                             "bytes": wire_bytes(m), "has_mask": "mask" in m.content, **_split(m), "rows_touched": 0,
                              "records": json.dumps(describe(m.content), sort_keys=True),
                              "data_sha256": "", "received": ""})
         for m in replies:
@@ -526,6 +706,8 @@ class _CountingGrid:
             client = m.content.get("client") if not m.has_error() else None
             self.log.append({"direction": "up", "node_id": node, "partition": self.partition.get(node, -1),
                              "bytes": wire_bytes(m) if not m.has_error() else 0, "has_mask": False,
+                             **(_split(m) if not m.has_error() else _split(None)),
+                             "rows_touched": int(m.content["metrics"].get("rows-touched", 0)) if not m.has_error() else 0,
                              "records": json.dumps(describe(m.content), sort_keys=True) if not m.has_error() else "",
                              "data_sha256": str(client.get("data-sha256", "")) if client is not None else "",
                              "received": str(client.get("received", "")) if client is not None else ""})
@@ -537,7 +719,7 @@ class _CountingGrid:
 
 
 def _masked_fedavg_class():
-    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
     from flwr.serverapp.strategy import FedAvg
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, sample_nodes
 
@@ -549,25 +731,47 @@ def _masked_fedavg_class():
         replies' survivors are averaged weighted by ``num-examples`` (Flower's
         ``aggregate_arrayrecords``). A client error stops the run (a silent drop would change the
         experiment).
+
+        Protocol ``rows`` (see ``client_train``): ``arrays`` is still the whole global survivors
+        vector on the server's side, but a node that holds the previous global model gets only the
+        embedding rows that changed since (``RowLayout.pack``), and the replies carry only the rows
+        each client changed. Their average is FedAvg written on the changes: new = old + sum_i w_i
+        (client_i - old) / sum_i w_i over the rows client i sent (its other rows equal old), so a
+        row no client changed stays exactly equal and never travels.
         """
 
-        def __init__(self, mask_record: ArrayRecord, kept: int, n_clients: int):
+        def __init__(self, mask_record: ArrayRecord, kept: int, n_clients: int, protocol: str = "full",
+                     layout: RowLayout | None = None):
             super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n_clients,
                              min_evaluate_nodes=0, min_available_nodes=n_clients)
             self.mask_record = mask_record
             self.kept = kept  # surviving entries, the length of every survivors vector
             self.has_mask: set[int] = set()
+            self.protocol, self.layout = protocol, layout
+            self.held: np.ndarray | None = None  # the global survivors the clients hold (rows protocol)
+            self.has_global: set[int] = set()
 
         def configure_train(self, server_round, arrays, config, grid):
             node_ids, _ = sample_nodes(grid, self.min_available_nodes, self.min_train_nodes)
             config["server-round"] = server_round
+            config["protocol"] = self.protocol
+            current = arrays["survivors"].numpy()
+            changes = None
+            if self.protocol == "rows" and self.held is not None:
+                rows = self.layout.changed_rows(current, self.held)
+                changes = ArrayRecord({k: Array(v) for k, v in self.layout.pack(current, rows).items()})
             messages = []
             for node in node_ids:
-                records = {"arrays": arrays, "config": config}
+                records = {"arrays": changes if changes is not None and node in self.has_global else arrays,
+                           "config": config}
                 if len(self.mask_record) and node not in self.has_mask:
                     records["mask"] = self.mask_record
                     self.has_mask.add(node)
+                if self.protocol == "rows":
+                    self.has_global.add(node)
                 messages.append(Message(content=RecordDict(records), message_type=MessageType.TRAIN, dst_node_id=node))
+            if self.protocol == "rows":
+                self.held = np.array(current, dtype=np.float32, copy=True)
             return messages
 
         def aggregate_train(self, server_round, replies):
@@ -577,15 +781,43 @@ def _masked_fedavg_class():
                 reasons = "; ".join(f"node {m.metadata.src_node_id}: {m.error.reason}" for m in errors)
                 raise RuntimeError(f"federated round {server_round}: {len(valid)} of {self.min_train_nodes} clients "
                                    f"replied ({reasons or 'no error given'})")
+            contents = [m.content for m in valid]
+            metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+            if self.protocol == "rows":
+                return self._aggregate_rows(server_round, valid), metrics
             for m in valid:
                 got = {k: tuple(a.shape) for k, a in m.content["arrays"].items()}
                 if got != {"survivors": (self.kept,)}:
                     raise RuntimeError(f"federated round {server_round}: node {m.metadata.src_node_id} sent arrays "
                                        f"{got}, expected the {self.kept} survivors")
-            contents = [m.content for m in valid]
-            arrays = aggregate_arrayrecords(contents, self.weighted_by_key)
-            metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-            return arrays, metrics
+            return aggregate_arrayrecords(contents, self.weighted_by_key), metrics
+
+        def _aggregate_rows(self, server_round, valid) -> ArrayRecord:
+            layout, old = self.layout, self.held.astype(np.float64)
+            rest_at = layout.rest()
+            change = np.zeros(layout.total, dtype=np.float64)
+            sent = np.zeros(layout.total, dtype=bool)
+            rest = np.zeros(len(rest_at), dtype=np.float64)
+            total = 0.0
+            for m in valid:
+                a, w = m.content["arrays"], float(m.content["metrics"][self.weighted_by_key])
+                if set(a.keys()) != {"rows", "embedding", "rest"}:
+                    raise RuntimeError(f"federated round {server_round}: node {m.metadata.src_node_id} sent arrays "
+                                       f"{sorted(a.keys())}, expected rows, embedding, rest")
+                pos = layout.positions(a["rows"].numpy())
+                emb, other = a["embedding"].numpy(), a["rest"].numpy()
+                if len(emb) != len(pos) or len(other) != len(rest_at):
+                    raise RuntimeError(f"federated round {server_round}: node {m.metadata.src_node_id} sent {len(emb)} "
+                                       f"values for rows with {len(pos)} survivors and {len(other)} other values "
+                                       f"(expected {len(rest_at)})")
+                change[pos] += w * (emb.astype(np.float64) - old[pos])
+                sent[pos] = True
+                rest += w * other
+                total += w
+            new = np.array(self.held, dtype=np.float32, copy=True)
+            new[sent] = (old[sent] + change[sent] / total).astype(np.float32)
+            new[rest_at] = (rest / total).astype(np.float32)
+            return ArrayRecord({"survivors": Array(new)})
 
     return MaskedFedAvg
 
@@ -609,7 +841,7 @@ def _load_run(plan: Federation, strategy: str, ticket_round: int) -> _Run:
 
     ticket = tickets.load(plan.chain / ticket_name(ticket_round), settings=plan.settings)
     mask = Mask(ticket.masks)
-    if strategy == DENSE:
+    if strategy in (DENSE, NAIVE):
         init = {n: t.clone() for n, t in ticket.init.items()}  # theta_0 (round 0's mask keeps everything)
     else:
         start = strategies.Start(theta_0=ticket.init, vocab_size=plan.vocab_size, model=plan.settings.model,
@@ -665,7 +897,9 @@ def _serve_run(plan: Federation, run: _Run, grid, evaluator: _Evaluator, abort: 
     mask_record = ArrayRecord({"pruned": Array(flags), "bits": Array(bits)}) if pruned else ArrayRecord()
     initial = ArrayRecord({"survivors": Array(flatten(run.init, pruned, names))})
     n_clients = len(plan.client_domains) * plan.clients_per_domain
-    strategy = _masked_fedavg_class()(mask_record, run.mask.kept(), n_clients)
+    kind = protocol(run.strategy)
+    layout = RowLayout.of(pruned, shapes)
+    strategy = _masked_fedavg_class()(mask_record, run.mask.kept(), n_clients, kind, layout)
     counting = _CountingGrid(grid, abort, timeout=3600.0)
     started = time.perf_counter()
     cumulative = {"bytes": 0}
@@ -685,15 +919,17 @@ def _serve_run(plan: Federation, run: _Run, grid, evaluator: _Evaluator, abort: 
         up = sum(e["bytes"] for e in log if e["direction"] == "up")
         n_down = sum(e["direction"] == "down" for e in log)
         n_up = sum(e["direction"] == "up" for e in log)
-        with_mask = sum(e["has_mask"] for e in log)
-        payload = (n_down - with_mask) * payload_bytes(run.mask, with_mask=False) \
-            + with_mask * payload_bytes(run.mask, with_mask=True) + n_up * payload_bytes(run.mask, with_mask=False)
+        payload = sum(e["mask_bytes"] + e["values_bytes"] + e["indices_bytes"] for e in log)
         cumulative["bytes"] += down + up
         run.rows.append({
             "stage": "federated", "source": plan.source, "seed": plan.seed, "strategy": run.strategy,
             "ticket_round": run.ticket_round, "sparsity": run.mask.sparsity(), "survivors": run.mask.kept(),
-            "fl_round": server_round, "clients": n_clients, "messages": n_down + n_up,
+            "fl_round": server_round, "clients": n_clients, "messages": n_down + n_up, "protocol": kind,
             "bytes_down": down, "bytes_up": up, "bytes_round": down + up, "payload_round": payload,
+            **{f"{k}_bytes_round": sum(e[f"{k}_bytes"] for e in log) for k in ("mask", "values", "indices")},
+            "rows_down": sum(e["rows"] for e in log if e["direction"] == "down"),
+            "rows_up": sum(e["rows"] for e in log if e["direction"] == "up"),
+            "rows_touched": sum(e["rows_touched"] for e in log if e["direction"] == "up"),
             "bytes_cumulative": cumulative["bytes"], **accs,
             "seconds": time.perf_counter() - started, "settings_hash": plan.settings_hash,
         })
@@ -703,7 +939,8 @@ def _serve_run(plan: Federation, run: _Run, grid, evaluator: _Evaluator, abort: 
             bar.set_postfix(global_acc=f"{accs['global_acc']:.3f}", MB=f"{cumulative['bytes'] / MB:.2f}")
         return MetricRecord({"global-acc": accs["global_acc"]})
 
-    config = ConfigRecord({"run": run.name, "masked-tensors": len(pruned), "local-epochs": plan.local_epochs})
+    config = ConfigRecord({"run": run.name, "masked-tensors": len(pruned), "local-epochs": plan.local_epochs,
+                           "protocol": kind})
     strategy.start(grid=counting, initial_arrays=initial, num_rounds=plan.fl_rounds, timeout=3600.0,
                    train_config=config, evaluate_fn=evaluate)
     bar.close()
@@ -741,7 +978,9 @@ _SHIM = 'raise ImportError("hidden by ltnb.federated.RayHead: building its Lark 
 # group, and on SIGTERM or SIGINT, or when the process that started it dies (Linux prctl
 # PR_SET_PDEATHSIG), it sends Ray SIGTERM, waits `grace` seconds, then kills the whole group. Ray's
 # own SIGTERM shutdown sometimes hangs once its raylet is gone; the group kill ends it, and a killed
-# notebook kernel leaves no Ray behind.
+# notebook kernel leaves no Ray behind. The supervisor runs in a session of its own (``supervise``):
+# `ltnb batch` kills a cancelled cell's kernel with its whole process group (SIGKILL), which would
+# otherwise take the supervisor with it before it could stop Ray.
 _SUPERVISOR = """
 import ctypes, os, signal, subprocess, sys, time
 parent, grace, cmd = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
@@ -767,6 +1006,13 @@ try:
 except ProcessLookupError:
     pass
 """
+
+
+def supervise(command: Sequence[str], *, grace: float, **popen) -> subprocess.Popen:
+    """Start ``command`` under ``_SUPERVISOR`` (see above), the supervisor in a session of its own so
+    that a SIGKILL to this process's group reaches it only as its parent's death."""
+    return subprocess.Popen([sys.executable, "-c", _SUPERVISOR, str(os.getpid()), str(grace), *command],
+                            start_new_session=True, **popen)
 
 
 def _free_port() -> int:
@@ -801,7 +1047,7 @@ class RayHead:
         ports = {k: _free_port() for k in ("port", "dashboard-agent-grpc-port", "dashboard-agent-listen-port",
                                            "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")}
         self.address = f"127.0.0.1:{ports['port']}"
-        return [sys.executable, "-c", _SUPERVISOR, str(os.getpid()), str(self.stop_timeout), ray, "start", "--head", "--block", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
+        return [ray, "start", "--head", "--block", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
                 "--include-dashboard=false", "--include-log-monitor=false", "--disable-usage-stats",
                 "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}",
                 f"--object-store-memory={200 * 1024 * 1024}"] + [f"--{k}={v}" for k, v in ports.items()]
@@ -833,8 +1079,8 @@ class RayHead:
             t0 = time.time()
             out = self.temp_dir / f"ray_start_{os.getpid()}.log"
             with open(out, "w") as fh:
-                self.proc = subprocess.Popen(self._command(), stdout=fh, stderr=subprocess.STDOUT, env=self._env(),
-                                             stdin=subprocess.DEVNULL)
+                self.proc = supervise(self._command(), grace=self.stop_timeout, stdout=fh, stderr=subprocess.STDOUT,
+                                      env=self._env(), stdin=subprocess.DEVNULL)
             while time.time() - t0 < self.start_timeout:
                 text = out.read_text(errors="replace")
                 if "Ray runtime started" in text:
@@ -883,6 +1129,8 @@ def run(
     clients_per_domain: int = 2,
     fl_rounds: int = 10,
     local_epochs: int = 1,
+    local_patience: int | None = None,
+    target_share: float = 0.95,
     settings: LotterySettings = LotterySettings(),
     workers: int | None = None,
     audit: bool = False,
@@ -901,18 +1149,23 @@ def run(
     """
     plan = prepare(study_dir, source, seed=seed, ticket_rounds=ticket_rounds, strategies=strategies,
                    client_domains=client_domains, clients_per_domain=clients_per_domain, fl_rounds=fl_rounds,
-                   local_epochs=local_epochs, settings=settings, audit=audit)
+                   local_epochs=local_epochs, local_patience=local_patience, target_share=target_share,
+                   settings=settings, audit=audit)
     n_clients = len(plan.client_domains) * plan.clients_per_domain
     if workers is None:
         workers = int(os.environ.get("LTNB_TORCH_THREADS") or os.cpu_count() or 1)
     workers = max(1, min(int(workers), n_clients))
     info = {"stage": "federated", "source": plan.source, "seed": plan.seed, "client_domains": list(plan.client_domains),
             "clients_per_domain": plan.clients_per_domain, "fl_rounds": plan.fl_rounds, "local_epochs": plan.local_epochs,
+            "local_patience": plan.local_patience, "target_share": plan.target_share,
             "source_chain": os.path.relpath(plan.chain, plan.study), "settings": plan.settings.to_dict(),
             "data_key": plan.data_key, "vocab_size": plan.vocab_size, "settings_hash": plan.settings_hash,
             "audit": bool(audit), "version": FEDERATED_VERSION}
     f = plan.run_dir / "settings.json"
-    if f.exists() and read_json(f) != json.loads(json.dumps(info, default=str)):
+    def runs_alike(d):  # the target share is the analysis's (not in the hash): it may change between reruns
+        return {k: v for k, v in d.items() if k != "target_share"}
+
+    if f.exists() and runs_alike(read_json(f)) != runs_alike(json.loads(json.dumps(info, default=str))):
         raise ValueError(f"{f}: records different settings than this run (hash collision or edited file); move the folder away")
     write_json(f, info)
     shards = write_shards(plan)
@@ -929,7 +1182,7 @@ def run(
     if done <= set(rows["strategy"] + "-r" + rows["ticket_round"].map("{:02d}".format)):
         write_json(plan.run_dir / paths.COMPLETE_MARKER, {"runs": sorted(done), "rows": len(rows),
                                                           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    keep = rows["strategy"].eq(DENSE) | (rows["strategy"].isin(plan.strategies) & rows["ticket_round"].isin(plan.ticket_rounds))
+    keep = rows["strategy"].isin([DENSE, NAIVE]) | (rows["strategy"].isin(plan.strategies) & rows["ticket_round"].isin(plan.ticket_rounds))
     return rows[keep].reset_index(drop=True)
 
 

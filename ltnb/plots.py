@@ -353,11 +353,13 @@ def jsd_heatmap(matrix: pd.DataFrame, *, scale: float = 1e5, title: str | None =
 
 # ---------------------------------------------------------------------------------- federated
 
-def federated_chart(summary: pd.DataFrame, *, title: str = ""):
+def federated_chart(summary: pd.DataFrame, *, title: str = "", target: dict | None = None):
     """Global test accuracy against cumulative MB communicated (log scale), one line per sparsity
     (colour) and strategy (solid: masks-reset, dotted: masks-random), mean and +-1 std band over
-    seeds; the dense baseline grey and dashed. One panel per source domain."""
+    seeds per run; the dense baselines grey (fair: dashed, naive: long dashes). ``target``: source ->
+    target accuracy (0..1), drawn as a dotted horizontal rule. One panel per source domain."""
     from .config import FEDERATED_DENSE as DENSE
+    from .config import FEDERATED_NAIVE as NAIVE
     from .config import TRANSFER_STRATEGIES as STRATEGIES
 
     c = summary[summary["fl_round"] >= 1].copy()
@@ -365,17 +367,18 @@ def federated_chart(summary: pd.DataFrame, *, title: str = ""):
     c["lo"] = 100 * (c["acc_mean"] - c["acc_std"])
     c["hi"] = 100 * (c["acc_mean"] + c["acc_std"])
     c["sparsity_pct"] = 100 * c["sparsity"]
-    c["ticket"] = ["dense" if st == DENSE else f"{sparsity_label(sp)}% sparse" for st, sp in zip(c["strategy"], c["sparsity"])]
+    c["ticket"] = ["dense" if st in (DENSE, NAIVE) else f"{sparsity_label(sp)}% sparse" for st, sp in zip(c["strategy"], c["sparsity"])]
+    c["target_pct"] = [100 * (target or {}).get(s, float("nan")) for s in c["source"]]
     levels = ["dense"] + [t for t in c.sort_values("sparsity")["ticket"].drop_duplicates() if t != "dense"]
     palette = ["#555555", "#1f77b4", "#2ca02c", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
     scale = alt.Scale(domain=levels, range=(palette * 3)[:len(levels)])
     color = alt.Color("ticket:N", title="ticket", sort=levels, scale=scale,
                       legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=3, symbolOpacity=1))
-    kinds = [k for k in (DENSE, *STRATEGIES) if k in set(c["strategy"])]
+    kinds = [k for k in (DENSE, NAIVE, *STRATEGIES) if k in set(c["strategy"])]
     dash = alt.StrokeDash("strategy:N", title="initial values", sort=kinds,
                           legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=400,
                                             symbolStrokeColor="#333333", symbolOpacity=1), scale=alt.Scale(
-        domain=kinds, range=[{DENSE: [6, 4], "masks-reset": [1, 0], "masks-random": [2, 2]}[k] for k in kinds]))
+        domain=kinds, range=[{DENSE: [6, 4], NAIVE: [12, 3], "masks-reset": [1, 0], "masks-random": [2, 2]}[k] for k in kinds]))
     x = alt.X("mb_cumulative:Q", title="megabytes communicated (cumulative, both directions, log scale)",
               scale=alt.Scale(type="log"))
     band = alt.Chart().mark_area(opacity=0.12).encode(
@@ -387,7 +390,11 @@ def federated_chart(summary: pd.DataFrame, *, title: str = ""):
         x=x, y="acc:Q", color=alt.Color("ticket:N", sort=levels, legend=None, scale=scale),
         tooltip=["series", "fl_round", alt.Tooltip("mb_cumulative:Q", format=".3f", title="MB"),
                  alt.Tooltip("acc:Q", format=".2f"), alt.Tooltip("acc_std:Q", format=".4f"), "n"])
-    layer = alt.layer(band, line, points, data=c).properties(width=420, height=280)
+    layers = [band, line, points]
+    if target:
+        layers.append(alt.Chart().mark_rule(strokeDash=[1, 3], color="#000000", strokeWidth=1.5).encode(
+            y="max(target_pct):Q", tooltip=[alt.Tooltip("max(target_pct):Q", format=".1f", title="target %")]))
+    layer = alt.layer(*layers, data=c).properties(width=420, height=280)
     return layer.facet(facet=alt.Facet("source:N", title="server (source) domain"), columns=2).properties(
         title=title or "Federated learning with a ticket: global test accuracy vs megabytes communicated"
     ).configure_legend(orient="right")

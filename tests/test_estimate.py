@@ -49,11 +49,16 @@ def test_cells_follow_the_hand_worked_model(plan_and_cache):
     one_round = 2 * (math.ceil(n_train / 32) * STEP + n_val * EVAL) + n_test * EVAL + FIXED
     # reset trains rounds 0, 1, 2; random takes reset's round 0 and trains rounds 1, 2
     assert by["obtain"].training == pytest.approx(5 * one_round)
-    # federated: the dense run and 2 tickets x 1 strategy; 2 client domains x 2 shards of 26 texts (1 batch
+    # federated: the two dense runs (fair, naive) and 2 tickets x 1 strategy; 2 client domains x 2 shards of
+    # 26 texts (1 batch each); Flower and Ray's cost per client and round: fixed plus per MB of the model
+    # (300 x 16 embedding, convs 3/4/5 x 16 x 8 + 3 x 8 biases, 24 x 8 + 8, 8 x 2 + 2: 6,578 values, 4 bytes
     # each); after every round the global model is evaluated on all 3 domains' test splits
-    client_domain_round = (2 * math.ceil(26 / 32) * STEP + n_val * EVAL) + FIXED + 2 * estimate.FL_CLIENT_ROUND
+    weights = 300 * 16 + (3 + 4 + 5) * 16 * 8 + 3 * 8 + 24 * 8 + 8 + 8 * 2 + 2
+    assert weights == 6578
+    per_client = estimate.FL_CLIENT_ROUND + estimate.FL_CLIENT_ROUND_PER_MB * 4 * weights / 1e6
+    client_domain_round = (2 * math.ceil(26 / 32) * STEP + n_val * EVAL) + FIXED + 2 * per_client
     per_run = 3 * (2 * client_domain_round + 3 * n_test * EVAL)
-    assert by["federated"].training == pytest.approx(estimate.RAY_START + 3 * per_run)
+    assert by["federated"].training == pytest.approx(estimate.RAY_START + 4 * per_run)
     assert any("per_domain 100" in n for n in notes)
 
 
