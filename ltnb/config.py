@@ -349,9 +349,9 @@ class DivergenceSettings(_Checked):
 class PhaseSettings(_Checked):
     """The phase-transition statistics (``ltnb.phase``) and the findings' verdicts (``ltnb.findings``)."""
 
-    alpha: float = setting(0.05, "significance level of every test (family-wise, by fixed-sequence testing)",
+    alpha: float = setting(0.05, "significance level of every test (family-wise over rounds, by max-T)",
                            number(0, 1, low_open=True, high_open=True))
-    delta: float = setting(0.02, "effect size of the effect-size transition, in accuracy (0.02 = 2 points)",
+    delta: float = setting(0.02, "the findings' equivalence margin, in accuracy (0.02 = 2 points)",
                            number(0, 1, low_open=True, high_open=True))
     test: str = setting("signflip", "the per-round test: exact sign-flip permutation, or the t-test",
                         one_of(("signflip", "t")))

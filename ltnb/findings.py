@@ -435,8 +435,7 @@ def _gate(found: list[Finding], rows: pd.DataFrame, groups: np.ndarray) -> list[
 
 def verdicts(rows: pd.DataFrame, *, alpha: float = phase.ALPHA, delta: float = phase.DELTA,
              robust_examples: int = ROBUST_EXAMPLES) -> pd.DataFrame:
-    """The four findings' verdicts for result rows of one settings hash (see the module doc). ``n_boot``
-    is accepted for the settings' sake (no verdict bootstraps)."""
+    """The four findings' verdicts for result rows of one settings hash (see the module doc)."""
     if rows["settings_hash"].nunique() > 1:
         raise ValueError("findings.verdicts: rows of several settings hashes; pass one (ltnb.report.settings_groups)")
     rows = rows.reset_index(drop=True)
