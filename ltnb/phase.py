@@ -399,27 +399,32 @@ def collapse_round(acc, rounds=None, *, n: float | None = None, alpha: float = A
     below: the round returned is the last one, a lower bound); "starts at chance" (NaN: the start
     level is not significantly above chance on ``n`` test texts, or not above chance when ``n`` is
     unknown)."""
+    return _collapse(acc, rounds, n, alpha, chance)[:2]
+
+
+def _collapse(acc, rounds, n, alpha, chance=CHANCE) -> tuple[float, str, float]:
+    """``collapse_round``'s (round, status) and the chain's start level (NaN without rounds)."""
     y = np.asarray(acc, float)
     r = np.arange(len(y), dtype=float) if rounds is None else np.asarray(rounds, float)
     ok = ~np.isnan(y)
     y, r = y[ok], r[ok]
     if not len(y):
-        return float("nan"), "no rounds"
+        return float("nan"), "no rounds", float("nan")
     fit = optimize.isotonic_regression(y, increasing=False).x
-    start = fit[0]
+    start = float(fit[0])
     if n is not None and np.isfinite(n) and n > 0:
         starts_above = not bool(at_chance(start, n, alpha))
     else:
         starts_above = start > chance
     if not starts_above:
-        return float("nan"), "starts at chance"
+        return float("nan"), "starts at chance", start
     level = (start + chance) / 2
     below = np.nonzero(fit < level)[0]
     if not len(below):
-        return float(r[-1]), "censored"
+        return float(r[-1]), "censored", start
     k = int(below[0])  # k >= 1: fit[0] = start > level
     frac = (fit[k - 1] - level) / (fit[k - 1] - fit[k])
-    return float(r[k - 1] + frac * (r[k] - r[k - 1])), "collapsed"
+    return float(r[k - 1] + frac * (r[k] - r[k - 1])), "collapsed", start
 
 
 def round_sparsity(rnd: float, per_round: pd.DataFrame) -> float:
@@ -449,8 +454,7 @@ def collapse_points(rows: pd.DataFrame, *, alpha: float = ALPHA) -> pd.DataFrame
     out = []
     for key, idx in r.groupby(CHAIN_KEY, sort=True).indices.items():
         y, x = acc[idx], rnd[idx]
-        value, status = collapse_round(y, x, n=ns[idx][0], alpha=alpha)
-        start = float(optimize.isotonic_regression(y[~np.isnan(y)], increasing=False).x[0]) if (~np.isnan(y)).any() else np.nan
+        value, status, start = _collapse(y, x, ns[idx][0], alpha)
         out.append(dict(zip(CHAIN_KEY, key), start=start, level=(start + CHANCE) / 2, collapse_round=value,
                         collapse_sparsity=round_sparsity(value, levels[key[:3]]) if status == "collapsed" else float("nan"),
                         status=status, last_round=int(x.max())))
