@@ -263,7 +263,7 @@ class Explorer:
         shown = rows[rows["strategy"].isin(strategies) & rows["round"].between(lo, hi)]
         curves = plots.obtain_curves(shown) if sel.stage == "obtain" else plots.transfer_curves(shown)
         chance = phase.chance_table(shown, alpha=alpha)
-        points = phase.collapse_points(rows[rows["strategy"].isin(strategies)], alpha=alpha)
+        points = phase.collapse_points(rows, alpha=alpha)  # every strategy's: the comparison needs its two
         points = points.assign(series=points["strategy"].map(series_name))
         new = {}  # compute every view first, then swap them in together (no half-updated app)
         markers = []
@@ -281,8 +281,8 @@ class Explorer:
                 f"<div><b>{html.escape(sel.label)}: {html.escape(cmp.label)}: transition {html.escape(t.text)}</b>"
                 f" &mdash; {html.escape(t.message)}</div>"
                 f"<div><b>collapse points</b> (crosses: where a chain falls below the midpoint of its start level and "
-                f"chance): {html.escape(cmp.a)} {html.escape(phase._pct_text(t.collapse_a_sparsity))}, "
-                f"{html.escape(cmp.b)} {html.escape(phase._pct_text(t.collapse_b_sparsity))} (means); "
+                f"chance): {html.escape(cmp.a)} {html.escape(phase.sparsity_text(t.collapse_a_sparsity))}, "
+                f"{html.escape(cmp.b)} {html.escape(phase.sparsity_text(t.collapse_b_sparsity))} (means); "
                 f"<b>{html.escape(cmp.a)} - {html.escape(cmp.b)}: {html.escape(t.collapse_text)}</b>; "
                 f"detectable effect at a round (80% power): {html.escape(t.mde_text)}; instability "
                 f"({html.escape(cmp.b)} spreads more): {html.escape(t.instability_text)}; at chance at the last round: "
@@ -294,7 +294,7 @@ class Explorer:
                 shown_gaps, pairs=None if pairs is None else pairs[pairs["round"].between(lo, hi)],
                 markers=markers, title=f"{sel.label}: {cmp.a} - {cmp.b}, {level:.4g}% exact interval per round",
                 ylabel=f"{cmp.a} - {cmp.b} (pp)")) if len(shown_gaps) else f"<p>{html.escape(t.message)}</p>"
-        shown_points = points[points["collapse_round"].between(lo, hi)]
+        shown_points = points[points["strategy"].isin(strategies) & points["collapse_round"].between(lo, hi)]
         new["accuracy"] = plots.svg(plots.accuracy_chart(curves, facet=None, mode=c["mode"].value, markers=markers,
                                                          title=f"{sel.label}: test accuracy",
                                                          width=plots.WIDTH, height=plots.HEIGHT, collapse=shown_points))

@@ -677,7 +677,7 @@ class Transition:
 
     @property
     def text(self) -> str:
-        return _pct_text(self.sparsity) if self.status == "detected" else self.status
+        return sparsity_text(self.sparsity) if self.status == "detected" else self.status
 
     @property
     def collapse_text(self) -> str:
@@ -689,7 +689,7 @@ class Transition:
 
     @property
     def instability_text(self) -> str:
-        return _pct_text(self.instability_sparsity) if self.instability_status == "detected" else self.instability_status
+        return sparsity_text(self.instability_sparsity) if self.instability_status == "detected" else self.instability_status
 
 
 def collapse_text(c: CollapseTest) -> str:
@@ -701,17 +701,11 @@ def collapse_text(c: CollapseTest) -> str:
     return f"{c.diff:+.2f} rounds [{lo}, {hi}] ({100 * c.level:.2f}% exact), p = {c.p:.3g}"
 
 
-def _pct_text(s: float | None) -> str:
-    if s is None or not np.isfinite(s):
-        return "-"
-    p = 100 * float(s)
-    if p < 90:
-        return f"{p:.0f}%"
-    for digits in (1, 2, 3, 4):
-        text = f"{p:.{digits}f}"
-        if float(text) < 100 and abs(float(text) - p) <= 0.2 * (100 - p):
-            return f"{text}%"
-    return f"{p:.5f}%"
+def sparsity_text(s: float | None) -> str:
+    """"96.8%", "99.84%" (``ltnb.plots.sparsity_label``), "-" when unknown."""
+    from .plots import sparsity_label
+
+    return "-" if s is None or not np.isfinite(s) else f"{sparsity_label(s)}%"
 
 
 def _censor_text(c: CollapseTest, cmp: Comparison) -> str:
@@ -776,7 +770,7 @@ def transition(rows: pd.DataFrame, cmp: Comparison | None = None, *, alpha: floa
                           significant_rounds=(), message=msg)
     if len(sig):
         first = sig.iloc[0]
-        msg = (f"{where}: {cmp.a} beats {cmp.b} from round {int(first['round'])} ({_pct_text(float(first['sparsity']))} "
+        msg = (f"{where}: {cmp.a} beats {cmp.b} from round {int(first['round'])} ({sparsity_text(float(first['sparsity']))} "
                f"sparsity; difference {100 * first['mean_gap']:+.2f} pp, adjusted p = {first['p_adj']:.3g} < alpha = "
                f"{alpha:g}; max-T over {len(used)} informative rounds, {n} seeds); significant at rounds "
                f"{', '.join(str(int(r)) for r in sig['round'])}; {collapse_msg}")
