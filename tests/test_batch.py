@@ -141,8 +141,11 @@ def test_default_local_cluster_and_threads(tmp_path):
 def test_ctrl_c_cancels_and_prints_partial_summary(tmp_path):
     p = write_plan(tmp_path, obtain_params="rounds: 2, sleep: 60")
     code = f"import sys; from ltnb import batch; sys.exit(batch.main({str(p)!r}, workers=2, estimate=False))"
+    # as in a terminal, SIGINT at its default: a shell's background job (as some CI runners start the suite)
+    # inherits it ignored, and Python then keeps ignoring it
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     study = tmp_path / "outputs/t"
     deadline = time.time() + 60
     while not list(study.glob("obtain/*/seed0/partial.txt")) and time.time() < deadline:
