@@ -207,6 +207,7 @@ class Explorer:
         ])
         self._busy = False
         self._summaries: dict = {}
+        self._points: dict = {}
         if not self.sels:
             v["estimate"].value = (f"<b>No obtain or transfer result rows in {html.escape(str(study) or 'the rows given')}"
                                    " yet</b>: run the study's obtain stage (03_obtain) first.")
@@ -263,8 +264,10 @@ class Explorer:
         shown = rows[rows["strategy"].isin(strategies) & rows["round"].between(lo, hi)]
         curves = plots.obtain_curves(shown) if sel.stage == "obtain" else plots.transfer_curves(shown)
         chance = phase.chance_table(shown, alpha=alpha)
-        points = phase.collapse_points(rows, alpha=alpha)  # every strategy's: the comparison needs its two
-        points = points.assign(series=points["strategy"].map(series_name))
+        if (sel, alpha) not in self._points:  # every strategy's (the comparison needs its two), once per selection
+            pts = phase.collapse_points(rows, alpha=alpha)
+            self._points[(sel, alpha)] = pts.assign(series=pts["strategy"].map(series_name))
+        points = self._points[(sel, alpha)]
         new = {}  # compute every view first, then swap them in together (no half-updated app)
         markers = []
         if cmp is None:
@@ -276,7 +279,6 @@ class Explorer:
                                  points=points[points["strategy"].isin([cmp.a, cmp.b])])
             gaps = phase.gap_table(rows, cmp, alpha=alpha, test=self.test)
             markers = [(t.sparsity, "onset", "#111111")]
-            ct = t.collapse
             new["estimate"] = (
                 f"<div><b>{html.escape(sel.label)}: {html.escape(cmp.label)}: transition {html.escape(t.text)}</b>"
                 f" &mdash; {html.escape(t.message)}</div>"
