@@ -229,12 +229,6 @@ def t_p(x: np.ndarray) -> np.ndarray:
     return np.where(sd > 0, p, np.nan)
 
 
-def pvalues(x: np.ndarray, test: str = "signflip") -> np.ndarray:
-    """``signflip_p`` or ``t_p`` of ``x`` (units on the last axis)."""
-    _check_test(test)
-    return signflip_p(x) if test == "signflip" else t_p(x)
-
-
 def smallest_p(n: int, test: str = "signflip") -> float:
     """The smallest p-value a test can give with ``n`` units (sign-flip: 2^-n; t: 0)."""
     return 2.0 ** -n if test == "signflip" else 0.0

@@ -350,6 +350,22 @@ def test_several_settings_are_kept_apart_and_bad_input_is_named():
     assert phase.summary(planted_rows().iloc[:0]).empty
 
 
+def test_the_simulations_array_path_is_the_rows_path():
+    """The simulations call the array functions directly (fast); on one planted study, as result rows, the
+    public path (``phase.summary``) makes exactly the same calls: onsets and collapse differences."""
+    shape = dict(domains=3, seeds=5, rounds=15, rng=11)
+    rows = phase.simulate_rows(**shape)
+    a, b, _ = phase.simulate_curves(1, **shape)
+    calls = phase.simulate_calls(a, b)
+    s = phase.summary(rows).set_index("pair")
+    for d in range(3):
+        k = int(calls["onset_domain"][0, d])  # an index into rounds 1..15; 15: none
+        assert np.array_equal([s.loc[f"d{d}", "transition_round"]], [k + 1.0 if k < 15 else np.nan], equal_nan=True)
+        diff = np.nanmean(calls["collapse_a"][0, d] - calls["collapse_b"][0, d])
+        assert s.loc[f"d{d}", "collapse_diff"] == pytest.approx(diff)
+    assert s.loc[phase.POOLED, "transition_round"] == int(calls["onset_pooled"][0]) + 1
+
+
 # ------------------------------------------------------------------------------ simulated at the demo's design
 
 DEMO = dict(domains=3, seeds=5, rounds=15, sd=0.03, seed_sd=0.01)  # 3 domains x 5 seeds x 16 rounds (0..15)
