@@ -215,7 +215,6 @@ def _run_cell(spec: dict, out: dict, watch: _TaskWatch) -> dict:
     # Inherited by the kernel, it makes glibc unmap and re-fault torch's large buffers on every step:
     # a demo chain took 55 s instead of 34 s, 19 s of it in the kernel. The kernel gets glibc's default.
     os.environ.pop(KERNEL_UNSET_ENV, None)
-    os.environ.update(paths.with_import_stubs(dict(os.environ)))  # ~2.5 s less import per kernel
     marker = Path(spec["marker"])
     Path(spec["cell_dir"]).mkdir(parents=True, exist_ok=True)
     if marker.exists():  # a stale marker (other parameters) must not survive a crash of this run

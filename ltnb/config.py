@@ -126,11 +126,29 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str)) if isinstance(value, (tuple, list, dict)) else value
 
 
+_VALIDATORS: dict[str, Any] = {}
+
+
+def fits(value: Any, schema: dict) -> bool:
+    """Whether ``value`` fits ``schema``: fastjsonschema, each schema compiled once. A kernel checks its
+    settings without importing jsonschema, whose import builds an optional IRI grammar (about 1.5 s);
+    the plan's own structure is still reported by jsonschema, whose errors say where in the file.
+    ``tests/test_config.py`` checks that both give the same verdicts on every setting's schema."""
+    import fastjsonschema
+
+    key = json.dumps(schema, sort_keys=True)
+    if key not in _VALIDATORS:
+        _VALIDATORS[key] = fastjsonschema.compile(schema)
+    try:
+        _VALIDATORS[key](_plain(value))
+    except fastjsonschema.JsonSchemaValueException:
+        return False
+    return True
+
+
 def check_value(owner: str, name: str, value: Any, schema: dict) -> None:
     """Raise ``ValueError("owner.name = value: expected ...")`` unless ``value`` fits ``schema``."""
-    import jsonschema
-
-    if not jsonschema.Draft202012Validator(schema).is_valid(_plain(value)):
+    if not fits(value, schema):
         raise ValueError(f"{owner}.{name} = {value!r}: expected {describe(schema)}")
 
 

@@ -46,15 +46,12 @@ included. ``payload`` is the arrays' raw bytes, split into ``mask``, ``values`` 
 ``indices`` (row indices) per message and per round; the rest is Flower's framing (object ids, npy
 headers, record keys), checked by the tests.
 
-Ray on a small machine: Ray 2.55's raylet waits at most ~15 s for its dashboard agent to start; on
-a busy 2-core machine the agent (a Python process that imports ray, about 5 s of CPU here, 3 s of it
-``jsonschema`` building the ``rfc3987_syntax`` Lark grammar) misses that window and Ray aborts.
-``RayHead`` therefore starts one private single-node Ray cluster per call of ``run`` (``ray start
---head --block`` on 127.0.0.1 with free ports; no dashboard, no log monitor, usage stats off, no idle
-workers started ahead, workers at niceness 0 like every other cell instead of Ray's 15) with a stub
-``rfc3987_syntax`` that raises ImportError first on the path of Ray's processes and of Flower's
-client workers (jsonschema then skips its optional IRI format check, which neither uses;
-``LTNB_RAY_SHIM=0`` turns the stub off). It retries a failed start, and a small supervisor process
+Ray on a small machine: Ray's raylet waits a limited time for its dashboard agent to start, and on
+a busy 2-core machine the agent (a Python process that imports ray, about 5 s of CPU here) can miss
+that window. ``RayHead`` therefore starts one private single-node Ray cluster per call of ``run``
+(``ray start --head --block`` on 127.0.0.1 with free ports; no dashboard, no log monitor, usage stats
+off, the agent given 180 s to register, no idle workers started ahead, workers at niceness 0 like
+every other cell instead of Ray's 15). It retries a failed start, and a small supervisor process
 stops Ray's process group on exit and when the process that started it dies (a killed kernel leaves
 no Ray behind). Flower joins it through ``backend_config["init_args"]["address"]``; every client
 gets 1 CPU and no GPU (``client_resources``) and the head has ``workers`` CPUs, so ``workers``
@@ -94,7 +91,7 @@ import pandas as pd
 import torch
 
 from . import paths, strategies, tickets
-from ._io import read_json, stable_hash, write_json, write_parquet, write_text
+from ._io import read_json, stable_hash, write_json, write_parquet
 from .config import LotterySettings, ModelSettings, TrainSettings, derive_seed
 from .model import parameter_shapes
 from .pruning import Mask
@@ -973,7 +970,6 @@ def server_app(plan: Federation, runs: Sequence[tuple[str, int]], abort: threadi
 
 
 # ------------------------------------------------------------------------------------ Ray
-_SHIM = 'raise ImportError("hidden by ltnb.federated.RayHead: building its Lark grammar at import costs ~3 s per Ray helper process")\n'
 # A small supervisor for `ray start --head --block` (its arguments): it runs Ray in its own process
 # group, and on SIGTERM or SIGINT, or when the process that started it dies (Linux prctl
 # PR_SET_PDEATHSIG), it sends Ray SIGTERM, waits `grace` seconds, then kills the whole group. Ray's
@@ -1058,19 +1054,7 @@ class RayHead:
         # workers at the priority of every other cell (Ray's default niceness for workers is 15)
         env.update(RAY_USAGE_STATS_ENABLED="0", RAY_agent_register_timeout_ms="180000",
                    RAY_enable_worker_prestart="0", RAY_prestart_worker_first_driver="0", RAY_worker_niceness="0")
-        if self.shim:
-            env["PYTHONPATH"] = os.pathsep.join([self.shim] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         return env
-
-    @property
-    def shim(self) -> str:
-        """The folder with the stub ``rfc3987_syntax`` ("" when ``LTNB_RAY_SHIM=0``)."""
-        if os.environ.get("LTNB_RAY_SHIM", "1") == "0":
-            return ""
-        shim = self.temp_dir / "shim"
-        if not (shim / "rfc3987_syntax.py").exists():
-            write_text(shim / "rfc3987_syntax.py", _SHIM)
-        return str(shim)
 
     def __enter__(self) -> "RayHead":
         self.temp_dir.mkdir(parents=True, exist_ok=True)
@@ -1191,17 +1175,10 @@ def _simulate(plan: Federation, spec: ClientSpec, runs, *, workers: int, progres
 
     abort = threading.Event()
     flwr_logger = logging.getLogger("flwr")
-    level, pythonpath, shim = flwr_logger.level, os.environ.get("PYTHONPATH"), ""
+    level, pythonpath = flwr_logger.level, os.environ.get("PYTHONPATH")
     flwr_logger.setLevel(logging.ERROR)  # not its INFO per round, nor the run_simulation deprecation notice
     try:
         with RayHead(workers, log=log) as head, warnings_quiet():
-            # Flower gives its Ray actors the driver's sys.path (then $PYTHONPATH) as their PYTHONPATH:
-            # the stub goes first there (this process has imported jsonschema already, so it is unaffected)
-            if head.shim:
-                import jsonschema  # noqa: F401 - imported (for real) before the stub is on the path
-
-                sys.path.insert(0, head.shim)
-                shim = head.shim
             backend_config = {
                 "init_args": {"address": head.address, "log_to_driver": False, "logging_level": "WARNING"},
                 "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -1212,9 +1189,6 @@ def _simulate(plan: Federation, spec: ClientSpec, runs, *, workers: int, progres
             finally:
                 abort.set()  # a ServerApp thread still waiting for replies gives up
     finally:
-        if shim:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(shim)
         flwr_logger.setLevel(level)
         # Flower's Ray backend puts the driver's sys.path into os.environ["PYTHONPATH"]; put it back
         if pythonpath is None:

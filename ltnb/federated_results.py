@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import stats
 
 from . import paths
-from .plots import sparsity_label
+from .labels import sparsity_label
 from .results import over_seeds
 
 from .config import FEDERATED_DENSE as DENSE

@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 
 CACHE_ENV = "LTNB_CACHE"
-STUBS_ENV = "LTNB_IMPORT_STUBS"  # "0": no import stubs for child processes (see import_stubs)
 COMPLETE_MARKER = "_COMPLETE.json"
 
 # the files of one chain or transfer run (``ltnb.lottery``), and the columns of its result rows
@@ -118,58 +117,3 @@ def resolve_study(study_dir: str | os.PathLike) -> Path:
     if p.is_absolute():
         return p
     return ((project_root() or Path.cwd()) / p).resolve()
-
-
-# ------------------------------------------------------------------------- child processes: import stubs
-_STUB = ('raise ImportError("hidden by ltnb.paths.import_stubs: jsonschema builds this package\'s Lark grammar '
-         'at import (~2.5 s per process), for an IRI format check nothing here uses")\n')
-_stubs_dir: str | None = None
-
-
-def import_stubs() -> str:
-    """A folder holding a stub ``rfc3987_syntax`` that raises ImportError, to put first on
-    ``PYTHONPATH`` of notebook kernels (the batch's cells, the explorer's pages). ``jsonschema``,
-    imported by Altair, builds that optional package's grammar at import: about 2.5 of the 7 s a cell
-    spends importing ltnb here, for the ``iri`` format check, which neither Altair nor ltnb uses
-    (jsonschema then skips it, as where the package is not installed).
-
-    The folder is ``<tmp>/ltnb-stubs-<uid>``, used only while it is a real directory of this user that
-    nobody else may write to (else a private ``mkdtemp`` folder, removed at exit). ``""`` when
-    ``$LTNB_IMPORT_STUBS`` is ``0``."""
-    global _stubs_dir
-    if os.environ.get(STUBS_ENV, "1") == "0":
-        return ""
-    if _stubs_dir is None or not os.path.isfile(os.path.join(_stubs_dir, "rfc3987_syntax.py")):
-        import stat
-        import tempfile
-
-        uid = os.getuid()
-        folder = os.path.join(tempfile.gettempdir(), f"ltnb-stubs-{uid}")
-        try:
-            os.mkdir(folder, 0o700)
-        except FileExistsError:
-            pass
-        st = os.lstat(folder)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
-            import atexit
-            import shutil
-
-            folder = tempfile.mkdtemp(prefix="ltnb-stubs-")
-            atexit.register(shutil.rmtree, folder, True)
-        target = os.path.join(folder, "rfc3987_syntax.py")
-        if not os.path.isfile(target) or Path(target).read_text() != _STUB:
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                f.write(_STUB)
-            os.replace(tmp, target)
-        _stubs_dir = folder
-    return _stubs_dir
-
-
-def with_import_stubs(env: dict) -> dict:
-    """``env`` with ``import_stubs()`` first on its ``PYTHONPATH`` (unchanged when stubs are off)."""
-    folder = import_stubs()
-    if not folder:
-        return env
-    rest = [p for p in (env.get("PYTHONPATH") or "").split(os.pathsep) if p and p != folder]
-    return {**env, "PYTHONPATH": os.pathsep.join([folder, *rest])}

@@ -77,6 +77,7 @@ import pandas as pd
 from scipy import optimize, stats
 
 from .config import PhaseSettings
+from .labels import sparsity_label
 
 ALPHA = PhaseSettings.alpha
 DELTA = PhaseSettings.delta  # the equivalence margin of the findings: 2 points of test accuracy
@@ -696,8 +697,7 @@ def collapse_text(c: CollapseTest) -> str:
 
 
 def sparsity_text(s: float | None) -> str:
-    """"96.8%", "99.84%" (``ltnb.plots.sparsity_label``), "-" when unknown."""
-    from .plots import sparsity_label
+    """"96.8%", "99.84%" (``ltnb.labels.sparsity_label``), "-" when unknown."""
 
     return "-" if s is None or not np.isfinite(s) else f"{sparsity_label(s)}%"
 

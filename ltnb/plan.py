@@ -29,8 +29,8 @@ What a stage accepts, and what each value may be, is defined once:
   read from the notebook's ``parameters`` cell; those ``ltnb.config.CELL_PARAMS`` knows are checked
   against its schemas.
 
-The plan's structure and every value are checked with ``jsonschema`` against a schema built from those
-definitions; every problem is reported at once with its path in the file (``stages[2].grid.domian``)
+The plan's structure is checked with ``jsonschema`` and every value with ``ltnb.config.fits``, against
+schemas built from those definitions; every problem is reported at once with its path in the file (``stages[2].grid.domian``)
 and YAML line, as a ``PlanError``, before anything runs or any folder is made. What the library
 would refuse later is refused here (``patience: 0``, a transfer with ``rounds: 0``, a ``reinit`` chain
 without its ``reset`` chain, a transfer longer than its source chain).
@@ -367,9 +367,7 @@ def _stage_entries(raw: dict, root: Path, P: _Problems) -> list[_Stage]:
 
 
 def _check_values(entries: list[_Stage], defaults: dict, P: _Problems) -> None:
-    """Every key accepted where it is written, every value valid (jsonschema, from ``ltnb.config``)."""
-    import jsonschema
-
+    """Every key accepted where it is written, every value valid (``ltnb.config.fits``)."""
     known = [e for e in entries if e.nb_params is not None]
     union = set().union(*(e.accepted for e in known)) if known else set()
     for k, v in defaults.items():
@@ -428,8 +426,6 @@ def _check_axis(e: _Stage, k: str, vs: Any, allowed: list[str], P: _Problems) ->
 
 
 def _check_one(e: _Stage, key: str, value: Any, where: str, P: _Problems) -> None:
-    import jsonschema
-
     schema = e.schema(key)
     if key == "strategies" and e.name in config.STAGE_STRATEGIES:
         allowed = config.STAGE_STRATEGIES[e.name]
@@ -444,7 +440,7 @@ def _check_one(e: _Stage, key: str, value: Any, where: str, P: _Problems) -> Non
             if len(set(map(str, value))) != len(value):
                 P.add(where, "a strategy is listed twice")
             return
-    if schema and not jsonschema.Draft202012Validator(schema).is_valid(config._plain(value)):
+    if schema and not config.fits(value, schema):
         P.add(where, f"{key} = {value!r} is not allowed; must be {config.describe(schema)}")
 
 
@@ -581,9 +577,7 @@ def _check_federated(e: _Stage, c: Cell, data_domains, P: _Problems) -> None:
 
 
 def _valid(schema: dict, value) -> bool:
-    import jsonschema
-
-    return not schema or jsonschema.Draft202012Validator(schema).is_valid(config._plain(value))
+    return not schema or config.fits(value, schema)
 
 
 def _grid_where(e: _Stage, key: str, value) -> str:

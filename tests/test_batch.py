@@ -193,30 +193,3 @@ def test_training_seconds_come_from_the_tagged_cells(tmp_path):
     nbformat.write(nb, tmp_path / "x.ipynb")
     assert batch.training_seconds(tmp_path / "x.ipynb") == 30.5
     assert batch.training_seconds(tmp_path / "missing.ipynb") == 0.0
-
-
-def test_kernels_get_the_import_stub_in_a_private_folder(tmp_path, monkeypatch):
-    """paths.import_stubs: a folder of this user only, whose rfc3987_syntax raises ImportError, so a
-    kernel's jsonschema (under Altair) skips building its grammar and still validates; a folder others
-    could write to is never used; LTNB_IMPORT_STUBS=0 turns it off."""
-    import stat
-    import subprocess
-    import tempfile
-
-    from ltnb import paths
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(paths, "_stubs_dir", None)
-    shared = tmp_path / f"ltnb-stubs-{os.getuid()}"
-    shared.mkdir(mode=0o777)
-    shared.chmod(0o777)  # writable by others: must not be used
-    folder = paths.import_stubs()
-    assert folder and Path(folder) != shared and not (shared / "rfc3987_syntax.py").exists()
-    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
-    env = paths.with_import_stubs({k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    code = ("import sys\ntry:\n    import rfc3987_syntax\nexcept ImportError as e:\n    print('hidden', e)\n"
-            "import jsonschema\njsonschema.validate({'a': 1}, {'type': 'object'})\nprint('validated')")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert "hidden" in out.stdout and "validated" in out.stdout, out.stderr
-    monkeypatch.setenv(paths.STUBS_ENV, "0")
-    assert paths.import_stubs() == "" and paths.with_import_stubs({"A": "1"}) == {"A": "1"}

@@ -93,3 +93,36 @@ def test_settings_round_trip_and_table():
     assert "He et al." in t.loc["init_a", "help"]
     with pytest.raises(ValueError, match="unknown name.*'epochs'"):
         config.for_stage("obtain", {"epochs": 3})
+
+
+def _all_setting_schemas() -> list[dict]:
+    import dataclasses
+    import inspect
+    import json
+
+    seen = {}
+    for obj in vars(config).values():
+        if inspect.isclass(obj) and dataclasses.is_dataclass(obj):
+            for f in dataclasses.fields(obj):
+                if f.metadata.get("schema"):
+                    seen[json.dumps(f.metadata["schema"], sort_keys=True)] = f.metadata["schema"]
+    for spec in config.CELL_PARAMS.values():
+        if spec.get("schema"):
+            seen[json.dumps(spec["schema"], sort_keys=True)] = spec["schema"]
+    return list(seen.values())
+
+
+def test_settings_checks_agree_with_jsonschema_on_every_schema():
+    """config.fits (fastjsonschema, what kernels use) gives jsonschema's Draft 2020-12 verdict on every
+    setting's and cell parameter's schema, for edge values and each schema's own allowed values."""
+    import jsonschema
+
+    schemas = _all_setting_schemas()
+    assert len(schemas) > 10
+    probes = [None, True, False, 0, 1, -1, 2, 2.0, 2.5, 0.5, 1e-9, 1e9, math.inf, math.nan, 0.0, 1.0, -0.5, 3, 100,
+              417, "", "a", "a..b", "reset", "products", "auto", [], [1], [1, 1], ["reset"], ["a", "a"], [3, 4, 5],
+              [["products", "movies"]], {}, {"a": 1}, {"books": "x"}, {"": 1}, {"a..b": "x"}]
+    for schema in schemas:
+        validator = jsonschema.Draft202012Validator(schema)
+        for value in probes + list(schema.get("enum", [])) + list(schema.get("items", {}).get("enum", [])):
+            assert config.fits(value, schema) == validator.is_valid(config._plain(value)), (schema, value)
