@@ -1,7 +1,7 @@
 """The phase-transition explorer: ipywidgets controls over ``ltnb.phase`` and ``ltnb.plots``, and its
 Voila launcher.
 
-``app(study)`` builds the interactive view of ``notebooks/05_phase_transition.ipynb``; ``serve(study)``
+``app(study)`` builds the interactive view of ``notebooks/07_phase_transition.ipynb``; ``serve(study)``
 (``ltnb explore STUDY``) serves that notebook as a standalone Voila app: controls and views only, no
 code. This module holds no chart and no statistics of its own: the charts are ``ltnb.plots``'s (the
 same as the report's), the numbers ``ltnb.phase``'s.
@@ -42,7 +42,7 @@ STUDY_ENV = "LTNB_STUDY"
 OUTPUTS_ENV = "LTNB_OUTPUTS"  # an outputs folder: ?study=NAME chooses one of the studies in it
 CULL_IDLE_S = 300  # a kernel idle (and no page connected) this long is shut down
 STAGE_FOLDERS = ("obtain", "transfer", "data", "report")
-NOTEBOOK = "05_phase_transition.ipynb"
+NOTEBOOK = "07_phase_transition.ipynb"
 ALPHAS = (0.001, 0.01, 0.05, 0.1)
 STRATEGY_ORDER = ("reset", "random", "reinit", "shuffle", "rescaled", "rewind", "masks-reset", "masks-random")
 
@@ -367,11 +367,11 @@ def page(default_study, *, alpha: float = phase.ALPHA, test: str = "signflip"):
 # ---------------------------------------------------------------- the Voila app
 
 def notebook_path() -> Path:
-    """notebooks/05_phase_transition.ipynb of the checkout ltnb is installed from (editable install)."""
+    """notebooks/07_phase_transition.ipynb of the checkout ltnb is installed from (editable install)."""
     nb = Path(__file__).resolve().parents[1] / "notebooks" / NOTEBOOK
     if not nb.exists():
         raise FileNotFoundError(f"{nb} not found: ltnb must be installed from a checkout (pip install -e .), "
-                                "or pass notebook= the path of 05_phase_transition.ipynb")
+                                "or pass notebook= the path of 07_phase_transition.ipynb")
     return nb
 
 

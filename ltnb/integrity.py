@@ -199,8 +199,6 @@ def cell_outputs(study_dir: str | os.PathLike, key: str) -> dict[str, str]:
         files = sorted((study / key).glob("*/results.parquet"))
     elif key == "report":
         files = [study / "report" / "summary.parquet"]
-    elif key == "phase":
-        files = [study / "report" / "phase_transition.parquet"]
     else:
         files = []
     return {p.relative_to(study).as_posix(): file_sha256(p) for p in files if p.is_file()}

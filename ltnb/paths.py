@@ -8,7 +8,7 @@ A study folder (``outputs/<study>/``) holds everything one study writes::
     obtain/<domain>/<strategy>/seed<k>/     one IMP chain (folders named by a settings hash inside)
     transfer/<source>__<target>/<strategy>/seed<k>/
     federated/<source>/seed<k>/             federated runs with the source's tickets (ltnb.federated)
-    report/          figures and tables of the whole study (phase_transition.csv too)
+    report/          figures and tables of the whole study (written by the report stage only)
     phase/           the executed phase-transition notebook
 
 Each of these ``cell`` folders is complete when its ``_COMPLETE.json`` marker exists.
@@ -90,7 +90,7 @@ def report_dir(study_dir: str | os.PathLike) -> Path:
 
 
 def phase_dir(study_dir: str | os.PathLike) -> Path:
-    """The executed phase-transition notebook (its tables go to ``report_dir``)."""
+    """The executed phase-transition notebook (the explorer and a worked example; it writes no tables)."""
     return Path(study_dir) / "phase"
 
 

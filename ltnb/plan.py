@@ -67,9 +67,9 @@ DEFAULT_NOTEBOOKS = {
     "divergence": "notebooks/02_divergence.ipynb",
     "obtain": "notebooks/03_obtain.ipynb",
     "transfer": "notebooks/04_transfer.ipynb",
-    "federated": "notebooks/07_federated.ipynb",
+    "federated": "notebooks/05_federated.ipynb",
     "report": "notebooks/06_report.ipynb",
-    "phase": "notebooks/05_phase_transition.ipynb",
+    "phase": "notebooks/07_phase_transition.ipynb",
 }
 SINGLE_CELL_STAGES = ("data", "divergence", "report", "phase")
 TOP_KEYS = ("study", "outputs", "defaults", "stages")

@@ -36,7 +36,7 @@ FRAMING_LIMIT = 4 * 1024
 
 
 def _plan(outputs, **federated_params):
-    nb = {"data": "01_data.ipynb", "obtain": "03_obtain.ipynb", "federated": "07_federated.ipynb"}
+    nb = {"data": "01_data.ipynb", "obtain": "03_obtain.ipynb", "federated": "05_federated.ipynb"}
     return {
         "study": "fed", "outputs": str(outputs), "defaults": dict(DEFAULTS),
         "stages": [
@@ -70,7 +70,7 @@ def fed(tmp_path_factory, builtin_cache):
               "progress": False, "settings": {**FEDERATED, **{k: v for k, v in DEFAULTS.items() if k not in ("seed", "progress")}}}
     error = None
     try:
-        pm.execute_notebook(str(ROOT / "notebooks" / "07_federated.ipynb"), str(cell / "07_federated.ipynb"),
+        pm.execute_notebook(str(ROOT / "notebooks" / "05_federated.ipynb"), str(cell / "05_federated.ipynb"),
                             parameters=params, kernel_name="python3", progress_bar=False, cwd=str(ROOT))
     except Exception as e:  # noqa: BLE001 - reported by every test that needs the run
         error = f"{type(e).__name__}: {e}"
@@ -88,7 +88,7 @@ def _settings():
 
 def test_the_stage_runs_through_flower_and_keeps_its_record(fed):
     assert fed["code"] == 0, fed["log"]
-    executed = fed["cell"] / "07_federated.ipynb"
+    executed = fed["cell"] / "05_federated.ipynb"
     nb = nbformat.read(executed, as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not any(o.get("output_type") == "error" for o in outputs)

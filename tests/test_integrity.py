@@ -37,7 +37,7 @@ from test_tickets import _write as write_ticket
 from test_vocab import _corpus as tiny_corpus
 
 NOTEBOOKS = {"data": "01_data.ipynb", "divergence": "02_divergence.ipynb", "obtain": "03_obtain.ipynb",
-             "transfer": "04_transfer.ipynb", "report": "06_report.ipynb", "phase": "05_phase_transition.ipynb"}
+             "transfer": "04_transfer.ipynb", "report": "06_report.ipynb", "phase": "07_phase_transition.ipynb"}
 SMALL = LotterySettings(rounds=1, model=ModelSettings(embed_dim=16, channels=8, hidden=16),
                         train=TrainSettings(max_epochs=1))
 KEY = "synthetic-v1"

@@ -24,7 +24,7 @@ def smoke(tmp_path_factory, builtin_cache):
         stage.setdefault("notebook", str(ROOT / "notebooks" / {
             "data": "01_data.ipynb", "divergence": "02_divergence.ipynb", "obtain": "03_obtain.ipynb",
             "transfer": "04_transfer.ipynb", "report": "06_report.ipynb",
-            "phase": "05_phase_transition.ipynb"}[stage["stage"]]))
+            "phase": "07_phase_transition.ipynb"}[stage["stage"]]))
     path = tmp / "smoke.yaml"
     path.write_text(yaml.safe_dump(plan))
     out = io.StringIO()
