@@ -346,7 +346,7 @@ def learn(plan, done: list[tuple], *, workers: int, threads: int = 1, cache_dir=
                 fit_seconds += float(row.seconds)
                 count += 1
         if rows_new and cell_training > 0:  # what the training cell spent besides fit, per round written
-            _update(seen.setdefault("round_extra", {}).setdefault(c.stage, {}), 0,
+            _update(seen.setdefault("round_extra", {}).setdefault(key, {}), 0 if c.stage == "obtain" else 1,
                     max(cell_training - fit_seconds, 0.0) / rows_new)
     del learned[:-LEARNED_KEEP]
     _save_cache(table, cache_dir)
@@ -420,8 +420,32 @@ def _data_shape(plan, domain: str) -> tuple[tuple[int, int, int], float, int, st
     if per is None:
         per = 994 if corpus == "builtin" else 40000
     val = test = per // 2 // 4 * 2
-    return (per - val - test, val, test), ASSUMED_LEN.get(corpus, 100.0), int(p.get("vocab_size", 8000)), \
-        f"the plan (per_domain {per}; mean length assumed {ASSUMED_LEN.get(corpus, 100.0):g} subwords)"
+    train = per - val - test
+    surplus = ""
+    if corpus == "builtin" and p.get("test_surplus"):  # the domain's balanced surplus goes to its test split
+        balanced = _builtin_balanced().get(domain)
+        if balanced:
+            test = max(test, balanced - train - val)
+            surplus = f", test splits from the built-in corpus's balanced sizes"
+    return (train, val, test), ASSUMED_LEN.get(corpus, 100.0), int(p.get("vocab_size", 8000)), \
+        f"the plan (per_domain {per}{surplus}; mean length assumed {ASSUMED_LEN.get(corpus, 100.0):g} subwords)"
+
+
+_BALANCED: dict = {}
+
+
+def _builtin_balanced() -> dict[str, int]:
+    """Per domain of the fetched built-in corpus: twice its smaller class after removing repeated texts
+    (what ``test_surplus`` can give); empty when the corpus is not fetched."""
+    if not _BALANCED:
+        from . import corpus
+
+        try:
+            df = corpus.load_builtin().drop_duplicates("text")
+        except corpus.CorpusError:
+            return {}
+        _BALANCED.update({d: 2 * int(g.label.value_counts().min()) for d, g in df.groupby("domain")})
+    return _BALANCED
 
 
 def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None, log=print) -> float:
@@ -477,7 +501,7 @@ def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_
     observed = _load_cache(cache_dir).get("observed", {})
     ratios, round_ratio = observed.get("training_ratio", {}), observed.get("round_ratio", {})
     learned_epochs = observed.get("epochs", {})
-    extra = observed.get("round_extra", {})
+    extra = observed.get("round_extra", {})  # per workers|model: level 0 obtain, 1 transfer (seconds per round)
     used: set[float] = set()
     notes: set[str] = set()
     sources: dict[str, set] = {"time": set(), "epochs": set()}
@@ -519,7 +543,8 @@ def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_
                         sources["time"].add("calibrated")
                     raw_training += raw
                     training += raw * factor
-            per_row = _at(extra.get(c.stage), 0)
+            part = (extra.get(f"{workers}|{model_key}") or {}).get("0" if c.stage == "obtain" else "1")
+            per_row = part[1] if part else None
             if per_row is not None:
                 training += per_row * rows
         elif c.stage == "federated":
