@@ -1,6 +1,6 @@
 """Where the seconds of one converged training go: ``ltnb.train.fit`` under ``torch.profiler``.
 
-    python benchmarks/profile.py --study outputs/demo --domain products [--rounds 0,8,12] [--epochs 15]
+    python benchmarks/profile_fit.py --study outputs/demo --domain products [--rounds 0,8,12] [--epochs 15]
                                  [--precision float32,bfloat16] [--top 12]
 
 For each round it trains the study's reset chain's mask of that round (seed 0; round 0 is dense) from the
