@@ -77,10 +77,32 @@ def _key(model: config.ModelSettings, vocab_size: int, batch_size: int, threads:
          precision: str = "float32") -> str:
     from .sparse import machine_key
 
-    shape = json.dumps({"model": config._plain(config.kwargs(model)), "vocab": int(vocab_size),
-                        "batch": int(batch_size)}, sort_keys=True)
+    shape = _shape_json({"model": config._plain(config.kwargs(model)), "vocab": int(vocab_size),
+                         "batch": int(batch_size)})
     prec = "" if precision == "float32" else f"|precision={precision}"
     return f"{machine_key('cpu')}|threads={int(threads)}{prec}|{shape}"
+
+
+SPEED_BLIND = ("init_a", "bias_init")  # model settings that change the initial values, not the time a step takes
+
+
+def _shape_json(shape: dict) -> str:
+    """The model part of a rates key: what a step's time depends on (``SPEED_BLIND`` settings left out,
+    so a plan that only changes the initialisation, like params/init.yaml, uses what others measured)."""
+    shape = {**shape, "model": {k: v for k, v in shape["model"].items() if k not in SPEED_BLIND}}
+    return json.dumps(shape, sort_keys=True)
+
+
+def _migrate(key: str) -> str:
+    """A key written before ``SPEED_BLIND`` settings were left out, in today's form (others unchanged)."""
+    i = key.find("|{")
+    if i < 0:
+        return key
+    try:
+        shape = json.loads(key[i + 1:])
+        return key[: i + 1] + _shape_json(shape)
+    except (ValueError, KeyError, TypeError):
+        return key
 
 
 def calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int = 32, *, threads: int = 1,
@@ -161,9 +183,19 @@ def _cache(cache_dir=None) -> Path:
 def _load_cache(cache_dir=None) -> dict:
     f = _cache(cache_dir)
     try:
-        return read_json(f) if f.exists() else {}
+        table = read_json(f) if f.exists() else {}
     except (OSError, ValueError):
         return {}
+    # keys of rates and of what was learned, in today's form (the first of two that now coincide is kept)
+    sections = [table.get("models")] + [(table.get("observed") or {}).get(k) for k in
+                                        ("training_ratio", "round_ratio", "round_extra")]
+    for part in (p for p in sections if isinstance(p, dict)):
+        for k in list(part):
+            new = k[: k.index("|") + 1] + _migrate(k[k.index("|") + 1:]) if k[:1].isdigit() and "|" in k else _migrate(k)
+            if new != k:
+                part.setdefault(new, part[k])
+                del part[k]
+    return table
 
 
 def rates(model: config.ModelSettings, vocab_size: int, batch_size: int = 32, *, threads: int = 1, cache_dir=None,

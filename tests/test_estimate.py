@@ -173,3 +173,24 @@ def test_the_estimate_uses_what_finished_trainings_taught_per_sparsity_level(pla
     assert ob.raw_training == pytest.approx(5 * one_round)
     assert any("learned from finished trainings" in n for n in notes)
     assert estimate.estimate_cells(plan, workers=1, **quiet)[0][1].training == pytest.approx(5 * one_round)
+
+
+def test_rates_keys_ignore_the_initialisation_and_old_keys_are_read(tmp_path):
+    a = config.ModelSettings(embed_dim=16, channels=8, hidden=8)
+    b = config.ModelSettings(embed_dim=16, channels=8, hidden=8, init_a=0.0, bias_init="zero")
+    wider = config.ModelSettings(embed_dim=16, channels=9, hidden=8)
+    assert estimate._key(a, 300, 32) == estimate._key(b, 300, 32) != estimate._key(wider, 300, 32)
+    assert estimate._key(a, 300, 32) != estimate._key(a, 300, 32, precision="bfloat16")
+    # a cache written when keys still named init_a: read under today's keys, nothing lost
+    import json
+
+    new = estimate._key(a, 300, 32)
+    head, shape = new.split("|{", 1)
+    old_shape = json.loads("{" + shape)
+    old_shape["model"].update(init_a=a.init_a, bias_init=a.bias_init)
+    old = head + "|" + json.dumps(old_shape, sort_keys=True)
+    assert old != new
+    write_json(tmp_path / estimate.RATES_FILE, {"models": {old: {"x": 1}},
+                                                "observed": {"round_ratio": {f"2|{old}": {"0": [1, 2.0]}}}})
+    table = estimate._load_cache(tmp_path)
+    assert table["models"] == {new: {"x": 1}} and table["observed"]["round_ratio"] == {f"2|{new}": {"0": [1, 2.0]}}
