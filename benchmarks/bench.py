@@ -94,7 +94,10 @@ def main(argv=None):
     p.add_argument("--domain", default="products")
     p.add_argument("--rounds", type=int, help="last round (default 11; --quick 2)")
     p.add_argument("--max-epochs", type=int, help="default 3; --quick 1")
-    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--patience", default="2", help="epochs without improvement before stopping; none: every epoch "
+                   "(the demo's converged regime: --max-epochs 15 --patience none --precision bfloat16)")
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
+                   help="ltnb's precision (the reference always trains in float32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--json", help="also write the results here")
@@ -104,13 +107,16 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     rounds = args.rounds if args.rounds is not None else (2 if args.quick else 11)
     epochs = args.max_epochs or (1 if args.quick else 3)
+    patience = None if str(args.patience).lower() in ("none", "null") else int(args.patience)
     settings = LotterySettings(rounds=rounds, model=ModelSettings(),
-                               train=TrainSettings(max_epochs=epochs, patience=args.patience))
+                               train=TrainSettings(max_epochs=epochs, patience=patience))
+    ltnb_settings = replace(settings, train=replace(settings.train, precision=args.precision))
     data, vocab_size, source = load_data(args, log)
     threads = torch.get_num_threads()
     log(f"data: {source}; train/val/test {[len(data[s]) for s in ('train', 'validation', 'test')]}, "
         f"mean length {data['train'].lengths.float().mean():.1f}, max {max(int(data[s].lengths.max()) for s in data)}")
-    log(f"torch {torch.__version__}, {threads} thread(s); rounds 0..{rounds}, max_epochs {epochs}, patience {args.patience}")
+    log(f"torch {torch.__version__}, {threads} thread(s); rounds 0..{rounds}, max_epochs {epochs}, patience {patience}, "
+        f"ltnb in {args.precision}")
 
     cross = sparse.crossover("cpu")
     log(f"sparse crossover density {cross:.3f} (convs run sparse below it)")
@@ -123,7 +129,7 @@ def main(argv=None):
             ref.append(chain.round())
             ref_total += ref[-1]["seconds"]
             t = time.perf_counter()
-            rows = lottery.obtain(tmp, "bench", seed=args.seed, strategy="reset", settings=replace(settings, rounds=r),
+            rows = lottery.obtain(tmp, "bench", seed=args.seed, strategy="reset", settings=replace(ltnb_settings, rounds=r),
                                   data=data, vocab_size=vocab_size, device="cpu", progress=False)
             ltnb_total += time.perf_counter() - t
             log(f"round {r}: reference {ref[-1]['seconds']:.2f} s, ltnb {float(rows['seconds'].iloc[-1]):.2f} s")
@@ -134,7 +140,7 @@ def main(argv=None):
 
     model = KimCNN.from_settings(vocab_size, settings.model, seed=None)
     model.load_state_dict(initial_state(vocab_size, settings.model, derive_seed(args.seed, "theta_0")))
-    dense_settings = TrainSettings(max_epochs=epochs, patience=None)
+    dense_settings = TrainSettings(max_epochs=epochs, patience=None, precision=args.precision)
     n = 1024 if args.quick else 2048
     rate_before = matmul_rate(n)
     res = fit(model, data, dense_settings, seed=1, device="cpu", progress=False)
@@ -145,7 +151,7 @@ def main(argv=None):
     long_len = (20, 40) if args.quick else (80, 120)
     long_data = synthetic_data(vocab_size, sizes=(64, 32, 32) if args.quick else (256, 64, 64), length=long_len, seed=1)
     model.load_state_dict(initial_state(vocab_size, settings.model, derive_seed(args.seed, "theta_0")))
-    res_long = fit(model, long_data, TrainSettings(max_epochs=1, patience=None), seed=1, device="cpu", progress=False)
+    res_long = fit(model, long_data, TrainSettings(max_epochs=1, patience=None, precision=args.precision), seed=1, device="cpu", progress=False)
     rate = max(rate, matmul_rate(n))
     gflops_long = training_flops(long_data, settings) / res_long.history[0]["seconds"] / 1e9
 

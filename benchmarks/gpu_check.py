@@ -55,8 +55,9 @@ def main():
     fit(m, data, TrainSettings(max_epochs=1), device=dev, progress=False)
     sync()
 
-    for bf16 in (False, True):
-        s = LotterySettings(rounds=rounds, train=TrainSettings(max_epochs=epochs, patience=2, bf16=bf16))
+    for precision in ("float32", "bfloat16"):
+        bf16 = precision == "bfloat16"
+        s = LotterySettings(rounds=rounds, train=TrainSettings(max_epochs=epochs, patience=2, precision=precision))
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
             rows = lottery.obtain(tmp, "gpu", seed=0, settings=s, data=data, vocab_size=v, device=str(dev), progress=False)

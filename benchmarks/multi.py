@@ -121,7 +121,7 @@ def fit_many(
     best = [dict(acc=-1.0, epoch=0, state=None, since=0) for _ in range(k)]
     active = [True] * k
     steps, epochs_run, histories = [0] * k, [0] * k, [[] for _ in range(k)]
-    use_bf16 = bool(getattr(settings, "bf16", False))
+    use_bf16 = settings.precision == "bfloat16"
     bar = tqdm(range(1, settings.max_epochs + 1), desc=desc.format(k=k), disable=not progress, leave=False, unit="epoch")
     for epoch in bar:
         t_epoch = time.perf_counter()
@@ -169,7 +169,7 @@ def fit_many(
             if not active[i]:
                 continue
             load(scratch, chain_state(i))
-            val_acc = evaluate(scratch, vals[i])
+            val_acc = evaluate(scratch, vals[i], settings.precision)
             epochs_run[i] = epoch
             histories[i].append({"epoch": epoch, "loss": float(losses[i]) / max(seen[i], 1), "val_acc": val_acc, "seconds": secs})
             bi = best[i]
@@ -187,6 +187,6 @@ def fit_many(
         m.to(device)
         load(m, best[i]["state"])
         test = [b.to(device) for b in make_batches(datas[i]["test"], EVAL_BATCH, max_len=settings.max_len, max_tokens=EVAL_TOKENS)]
-        results.append(FitResult(best[i]["acc"], evaluate(m, test), best[i]["epoch"], epochs_run[i], steps[i],
+        results.append(FitResult(best[i]["acc"], evaluate(m, test, settings.precision), best[i]["epoch"], epochs_run[i], steps[i],
                                  time.perf_counter() - t_start, histories[i]))
     return results

@@ -495,7 +495,7 @@ def main(plan_path, *, workers: int | None = None, scheduler: str | None = None,
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     ordered = [outcomes[c.key] for c in selected if c.key in outcomes]
-    _record(plan, ordered, run, est)
+    _record(plan, ordered, run, est, threads=threads)
     print_summary(ordered, plan, out, interrupted=code == 130, run=run, estimate=est)
     if code:
         return code
@@ -552,8 +552,9 @@ def _estimate(plan: Plan, todo: list[Cell], workers: int, threads: int, out: Tex
         return None
 
 
-def _record(plan: Plan, outcomes: list[Outcome], run: RunTimes, est: dict | None) -> None:
-    """batch_times.csv, and the measured overheads for later estimates (never fails the batch)."""
+def _record(plan: Plan, outcomes: list[Outcome], run: RunTimes, est: dict | None, *, threads: int = 1) -> None:
+    """batch_times.csv, the measured overheads, and what the finished trainings teach later estimates
+    (``ltnb.estimate.learn``); never fails the batch."""
     try:
         write_times(plan, outcomes, run, est)
         from ltnb import estimate
@@ -563,6 +564,8 @@ def _record(plan: Plan, outcomes: list[Outcome], run: RunTimes, est: dict | None
                               "raw_training": raw.get(o.cell.key, 0.0), "model_key": keys.get(o.cell.key, ""),
                               "overhead": max(o.seconds - o.training, 0.0)}
                              for o in outcomes if o.state == "done"], workers=(est or {}).get("workers"))
+        estimate.learn(plan, [(o.cell, o.training) for o in outcomes if o.state == "done"
+                              and o.cell.stage in ("obtain", "transfer")], workers=run.workers, threads=threads)
     except Exception as e:  # noqa: BLE001
         print(f"(could not record the batch's times: {type(e).__name__}: {e})", file=sys.stderr)
 

@@ -54,6 +54,10 @@ FEDERATED_NAIVE = "dense-naive"  # the second reference: dense FedAvg that sends
 CORPORA = ("builtin", "amazon", "blitzer")
 BIAS_INITS = ("fan_in", "zero")
 THETA_0_PER = ("seed_domain", "seed")
+# float32: everything in float32; bfloat16: forward passes (training and evaluation) under bf16 autocast
+# (convolutions and matrix products in bf16, accumulated in float32; weights, gradients and Adam stay
+# float32). Parity on the demo's chains: README / benchmarks/README.md, "Precision".
+PRECISIONS = ("float32", "bfloat16")
 
 
 def integer(minimum: int | None = None, *, nullable: bool = False) -> dict:
@@ -253,9 +257,10 @@ class TrainSettings(_Checked):
     """Adam (lr 1e-3, L2 1e-5 as Adam weight_decay), batch 32, at most 15 epochs, best epoch kept.
 
     ``patience=None`` is the paper's literal reading: run all ``max_epochs`` and keep the epoch with
-    the best validation accuracy. ``bf16=True`` runs forward and loss under bf16 autocast (GPUs); it
-    changes the numbers, so it enters the run hash when on, and is left out when off so the hashes of
-    runs without it do not change.
+    the best validation accuracy. ``precision="bfloat16"`` runs the forward passes (training and
+    evaluation) under bf16 autocast; it changes the numbers, so it enters the run hash, and
+    ``"float32"`` is left out of it so the hashes of runs from before the setting do not change.
+    (Settings written before it existed said ``bf16: true/false``; ``from_dict`` reads them.)
     """
 
     max_epochs: int = setting(15, "at most this many epochs per round (paper: 15); the best validation epoch is kept",
@@ -266,7 +271,19 @@ class TrainSettings(_Checked):
     lr: float = setting(1e-3, "Adam's learning rate (paper: 1e-3)", number(0, low_open=True))
     weight_decay: float = setting(1e-5, "L2 weight, as Adam's weight_decay (paper: 1e-5)", number(0))
     max_len: int = setting(500, "truncate sequences to this many subwords when batching (paper: 500)", integer(1))
-    bf16: bool = setting(False, "bf16 autocast for forward and loss (a GPU option)", BOOLEAN)
+    precision: str = setting("float32", "float32, or bfloat16: forward passes under bf16 autocast (AMX / AVX-512 BF16 "
+                             "CPUs and GPUs; weights, gradients and Adam stay float32)", one_of(PRECISIONS))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainSettings":
+        """From recorded settings; the older ``bf16`` flag becomes ``precision``."""
+        d = dict(d)
+        if "bf16" in d:
+            bf16 = d.pop("bf16")
+            if not isinstance(bf16, bool):
+                raise ValueError(f"TrainSettings.bf16 = {bf16!r}: expected true or false")
+            d.setdefault("precision", "bfloat16" if bf16 else "float32")
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -291,7 +308,7 @@ class LotterySettings(_Checked):
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", ModelSettings(**self.model))
         if isinstance(self.train, dict):
-            object.__setattr__(self, "train", TrainSettings(**self.train))
+            object.__setattr__(self, "train", TrainSettings.from_dict(self.train))
         for name, cls in (("model", ModelSettings), ("train", TrainSettings)):
             if not isinstance(getattr(self, name), cls):
                 raise ValueError(f"LotterySettings.{name}: expected a {cls.__name__}, got {type(getattr(self, name)).__name__}")
@@ -342,13 +359,13 @@ class LotterySettings(_Checked):
         ``theta_0_per`` existed drew theta_0 per seed alone."""
         d = dict(d)
         d.setdefault("theta_0_per", "seed")
-        return cls(model=ModelSettings(**d.pop("model")), train=TrainSettings(**d.pop("train")), **d)
+        return cls(model=ModelSettings(**d.pop("model")), train=TrainSettings.from_dict(d.pop("train")), **d)
 
     def to_dict(self) -> dict[str, Any]:
-        """All settings as plain data; ``train.bf16`` only when on (older runs' hashes stay valid)."""
+        """All settings as plain data; ``train.precision`` only when not float32 (older runs' hashes stay valid)."""
         d = dataclasses.asdict(self)
-        if not d["train"].get("bf16"):
-            d["train"].pop("bf16", None)
+        if d["train"].get("precision") == "float32":
+            d["train"].pop("precision")
         return d
 
     def settings_hash(self, **extra: Any) -> str:

@@ -9,20 +9,37 @@ where ``s`` is the round's sparsity, ``L`` the mean length of the domain's texts
 ``fixed`` what a round costs besides (building the sparse plan and the packed embedding, the
 optimizer, copying the best epoch's weights, saving the ticket).
 
-The rates are **measured** on this machine, once per model shape, vocabulary size, batch size and
-thread count, by timing the real ``fit`` on synthetic data at a few sparsities and two lengths
-(``calibrate``, about 10-40 s), and cached in ``<cache>/rates.json`` like the sparse crossover.
-Between measured points they are interpolated (linear in ``L``, linear in log(1 - s)). A batch run
-adds what it measured: the mean overhead of a cell of each stage (kernel start, imports, cells
+The rates are **measured** on this machine, once per model shape, vocabulary size, batch size,
+precision and thread count, by timing the real ``fit`` on synthetic data at a few sparsities and two
+lengths (``calibrate``, about 10-40 s), and cached in ``<cache>/rates.json`` like the sparse
+crossover. Between measured points they are interpolated (linear in ``L``, linear in log(1 - s)).
+
+Synthetic data are not the real texts (the real ids repeat, which the packed embedding and the
+sparse kernels feel) and one process alone is not two side by side, so the estimate then **learns
+from finished trainings**: after a batch, every trained round of its obtain and transfer cells
+(``seconds``, ``epochs_run``, ``sparsity`` of its result row) is compared with the model above for
+that round's data and epochs, and the ratio is kept per sparsity level (one level = one round of
+35% pruning, ``-ln(1 - s) / -ln 0.65``), per model, precision, threads and number of workers: a
+running mean over the last ``LEARN_CAP`` rounds of that level. An estimate multiplies each round by
+the ratio at its level (interpolated between learned levels; the nearest one outside them). Before
+any finished training of that model with that many workers it uses the cell-level ratio of the last
+batch, else 1, and says so.
+
+**Epochs.** With ``patience`` null every round runs ``max_epochs`` (exact). With early stopping the
+epochs a round runs are learned the same way from finished trainings, per strategy, sparsity level,
+``max_epochs`` and ``patience`` (they depend on the data and the model, not on the machine); before
+any, the stated prior is ``min(max_epochs, ceil(max_epochs / 3) + patience)`` (a best epoch at a third
+of the budget: measured 7.6-8.6 epochs for 15 and patience 3 on the demo's products chains).
+
+A batch run also records the mean overhead of a cell of each stage (kernel start, imports, cells
 other than the training call) and the wall time of the cells that do not train (data, divergence,
 report, phase), so later estimates use this machine's own numbers.
 
 A plan's cells are then scheduled on ``workers`` workers in dependency order (the runner's rule:
 a cell starts when its inputs are done), which gives the estimated wall time; per stage it prints
 the worker time. What it cannot know is printed with it: the data stage of a corpus it has not
-seen (the time to stream and sample Amazon files), the epochs that early stopping saves (it assumes
-``max_epochs``), and for a study without data yet, the texts' mean length (built-in corpus:
-measured from the corpus when fetched; Amazon reviews: an assumed ``ASSUMED_LEN``).
+seen (the time to stream and sample Amazon files), and for a study without data yet, the texts' mean
+length (built-in corpus: measured from the corpus when fetched; Amazon reviews: an assumed ``ASSUMED_LEN``).
 """
 from __future__ import annotations
 
@@ -50,34 +67,61 @@ RAY_START = 20.0  # seconds: a federated cell's private Ray head and its client 
 FL_CLIENT_ROUND = 0.25
 FL_CLIENT_ROUND_PER_MB = 0.094
 DEFAULT_WALL = {"data": 20.0, "divergence": 4.0, "report": 25.0, "phase": 25.0}  # non-training cells, seconds
+LEVEL = -math.log(0.65)  # one round of the paper's 35% pruning: the unit of the learned sparsity levels
+LEARN_CAP = 100  # a level's learned mean follows about its last 100 rounds (a faster engine replaces a slower one)
 
 
 # ----------------------------------------------------------------------------------- calibration
 
-def _key(model: config.ModelSettings, vocab_size: int, batch_size: int, threads: int = 1) -> str:
+def _key(model: config.ModelSettings, vocab_size: int, batch_size: int, threads: int = 1,
+         precision: str = "float32") -> str:
     from .sparse import machine_key
 
-    shape = json.dumps({"model": config._plain(config.kwargs(model)), "vocab": int(vocab_size),
-                        "batch": int(batch_size)}, sort_keys=True)
-    return f"{machine_key('cpu')}|threads={int(threads)}|{shape}"
+    shape = _shape_json({"model": config._plain(config.kwargs(model)), "vocab": int(vocab_size),
+                         "batch": int(batch_size)})
+    prec = "" if precision == "float32" else f"|precision={precision}"
+    return f"{machine_key('cpu')}|threads={int(threads)}{prec}|{shape}"
+
+
+SPEED_BLIND = ("init_a", "bias_init")  # model settings that change the initial values, not the time a step takes
+
+
+def _shape_json(shape: dict) -> str:
+    """The model part of a rates key: what a step's time depends on (``SPEED_BLIND`` settings left out,
+    so a plan that only changes the initialisation, like params/init.yaml, uses what others measured)."""
+    shape = {**shape, "model": {k: v for k, v in shape["model"].items() if k not in SPEED_BLIND}}
+    return json.dumps(shape, sort_keys=True)
+
+
+def _migrate(key: str) -> str:
+    """A key written before ``SPEED_BLIND`` settings were left out, in today's form (others unchanged)."""
+    i = key.find("|{")
+    if i < 0:
+        return key
+    try:
+        shape = json.loads(key[i + 1:])
+        return key[: i + 1] + _shape_json(shape)
+    except (ValueError, KeyError, TypeError):
+        return key
 
 
 def calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int = 32, *, threads: int = 1,
-              log=print) -> dict:
+              precision: str = "float32", log=print) -> dict:
     """Time ``ltnb.train.fit`` at ``SPARSITIES`` x ``LENGTHS`` on synthetic data (see the module doc),
-    with ``threads`` torch threads (a batch worker's). Returns ``{"step": {s: [t(L1), t(L2)]},
-    "eval": {...}, "fixed": {s: t}, "lengths": [...]}``."""
+    with ``threads`` torch threads (a batch worker's) in ``precision``. Returns ``{"step": {s: [t(L1),
+    t(L2)]}, "eval": {...}, "fixed": {s: t}, "lengths": [...]}``."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, int(threads)))
     try:
-        return _calibrate(model, vocab_size, batch_size, log=log)
+        return _calibrate(model, vocab_size, batch_size, precision=precision, log=log)
     finally:
         torch.set_num_threads(before)
 
 
-def _calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int, *, log=print) -> dict:
+def _calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int, *, precision: str = "float32",
+               log=print) -> dict:
     import torch
 
     from .model import KimCNN
@@ -87,7 +131,7 @@ def _calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int, *,
 
     t0 = time.perf_counter()
     log(f"estimate: measuring training rates on this machine for this model (once; cached in {RATES_FILE})")
-    train_settings = config.TrainSettings(max_epochs=1, batch_size=batch_size)
+    train_settings = config.TrainSettings(max_epochs=1, batch_size=batch_size, precision=precision)
     g = torch.Generator().manual_seed(0)
 
     def split(n, length):
@@ -123,7 +167,7 @@ def _calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int, *,
             m.eval()
             batches = make_batches(split(EVAL_BATCH, length), EVAL_BATCH, max_len=10_000)
             t = time.perf_counter()
-            evaluate(m, batches)
+            evaluate(m, batches, precision)
             evals.append((time.perf_counter() - t) / EVAL_BATCH)
         out["step"][str(s)], out["eval"][str(s)], out["fixed"][str(s)] = steps, evals, sum(fixed) / len(fixed)
     out["seconds"] = time.perf_counter() - t0
@@ -139,19 +183,32 @@ def _cache(cache_dir=None) -> Path:
 def _load_cache(cache_dir=None) -> dict:
     f = _cache(cache_dir)
     try:
-        return read_json(f) if f.exists() else {}
+        table = read_json(f) if f.exists() else {}
     except (OSError, ValueError):
         return {}
+    # keys of rates and of what was learned, in today's form (the first of two that now coincide is kept)
+    sections = [table.get("models")] + [(table.get("observed") or {}).get(k) for k in
+                                        ("training_ratio", "round_ratio", "round_extra")]
+    for part in (p for p in sections if isinstance(p, dict)):
+        for k in list(part):
+            new = k[: k.index("|") + 1] + _migrate(k[k.index("|") + 1:]) if k[:1].isdigit() and "|" in k else _migrate(k)
+            if new != k:
+                part.setdefault(new, part[k])
+                del part[k]
+    return table
 
 
 def rates(model: config.ModelSettings, vocab_size: int, batch_size: int = 32, *, threads: int = 1, cache_dir=None,
-          log=print) -> dict:
-    """The measured rates for this machine, model and thread count (from the cache, or measured once
-    and stored)."""
+          precision: str = "float32", log=print, measure: bool = True) -> dict | None:
+    """The measured rates for this machine, model, precision and thread count (from the cache, or
+    measured once and stored; ``measure=False``: None when not cached)."""
     table = _load_cache(cache_dir)
-    key = _key(model, vocab_size, batch_size, threads)
+    key = _key(model, vocab_size, batch_size, threads, precision)
     if key not in table.get("models", {}):
-        table.setdefault("models", {})[key] = calibrate(model, vocab_size, batch_size, threads=threads, log=log)
+        if not measure:
+            return None
+        table.setdefault("models", {})[key] = calibrate(model, vocab_size, batch_size, threads=threads,
+                                                        precision=precision, log=log)
         _save_cache(table, cache_dir)
     return table["models"][key]
 
@@ -185,6 +242,147 @@ def record_run(times: list[dict], *, workers: int | None = None, cache_dir=None)
         if stage in DEFAULT_WALL:
             entry["wall"] = sum(t["wall"] for t in part) / len(part)
     _save_cache(table, cache_dir)
+
+
+# ------------------------------------------------------------------ learning from finished trainings
+
+MIN_TRAINED = 1e-3  # seconds: a result row below this did not train (round 0, shared by a seed's strategies: ~5 us)
+LEARNED_KEEP = 20000  # rounds remembered as learned (so a resumed chain's earlier rounds are not counted twice)
+
+
+def level(sparsity: float) -> int:
+    """A round's sparsity level, ``-ln(1 - s) / -ln 0.65`` rounded: round k of 35% pruning is level k."""
+    return int(round(-math.log(max(1.0 - float(sparsity), 1e-9)) / LEVEL))
+
+
+def _update(bins: dict, lvl: int, value: float) -> None:
+    """A running mean at level ``lvl`` that follows about the last ``LEARN_CAP`` values."""
+    n, mean = bins.get(str(lvl), (0, 0.0))
+    n += 1
+    bins[str(lvl)] = [n, mean + (value - mean) / min(n, LEARN_CAP)]
+
+
+def _at(bins: dict | None, lvl: int) -> float | None:
+    """The learned value at level ``lvl``: its own; else interpolated between the nearest learned levels
+    below and above; else the nearest one; None when nothing is learned."""
+    if not bins:
+        return None
+    have = sorted(int(k) for k in bins)
+    lo, hi = [k for k in have if k <= lvl], [k for k in have if k >= lvl]
+    if lo and hi:
+        a, b = lo[-1], hi[0]
+        if a == b:
+            return bins[str(a)][1]
+        w = (lvl - a) / (b - a)
+        return bins[str(a)][1] * (1 - w) + bins[str(b)][1] * w
+    return bins[str(lo[-1] if lo else hi[0])][1]
+
+
+def _epochs_key(strategy: str, train: config.TrainSettings) -> str:
+    return f"{strategy}|max_epochs={train.max_epochs}|patience={train.patience}"
+
+
+def prior_epochs(train: config.TrainSettings) -> int:
+    """Epochs a round runs under early stopping before anything is learned: the best epoch at a third
+    of ``max_epochs``, then ``patience`` more (measured on the demo's products chains, 15 and patience 3:
+    7.6-8.6 epochs; this gives 8)."""
+    return min(train.max_epochs, math.ceil(train.max_epochs / 3) + int(train.patience))
+
+
+def round_epochs(train: config.TrainSettings, strategy: str, lvl: int, learned: dict) -> tuple[float, str]:
+    """(epochs, where from) for one round: ``max_epochs`` without early stopping ("exact"); else the
+    mean learned for this strategy at this level, else for any strategy with the same budget
+    ("learned"), else ``prior_epochs`` ("prior")."""
+    if train.patience is None:
+        return float(train.max_epochs), "exact"
+    own = _at(learned.get(_epochs_key(strategy, train)), lvl)
+    if own is not None:
+        return own, "learned"
+    tail = _epochs_key("", train)
+    others = [v for k, bins in learned.items() if k.endswith(tail) and (v := _at(bins, lvl)) is not None]
+    if others:
+        return sum(others) / len(others), "learned"
+    return float(prior_epochs(train)), "prior"
+
+
+def _strategies(c) -> list[str]:
+    return list(c.params.get("strategies") or (["reset", "random", "reinit"] if c.stage == "obtain"
+                                                 else ["masks-reset", "masks-random"]))
+
+
+def _cell_settings(c) -> config.LotterySettings:
+    flat = config.LotterySettings.flat_fields()
+    return config.LotterySettings.from_params(**{k: c.params[k] for k in c.settings_names if k in flat})
+
+
+def _runs(plan, c, s: config.LotterySettings, vocab_size: int):
+    """(strategy, run folder) of every chain of an obtain or transfer cell."""
+    from . import lottery, vocab
+
+    data_key = vocab.data_key(plan.study_dir)
+    seed = int(c.params.get("seed", 0))
+    for strategy in _strategies(c):
+        h = lottery.run_hash(s, data_key=data_key, vocab_size=vocab_size, strategy=strategy)
+        if c.stage == "obtain":
+            yield strategy, paths.obtain_dir(plan.study_dir, c.params["domain"], strategy, seed) / h
+        else:
+            yield strategy, paths.transfer_dir(plan.study_dir, c.params["source"], c.params["target"], strategy, seed) / h
+
+
+def learn(plan, done: list[tuple], *, workers: int, threads: int = 1, cache_dir=None) -> int:
+    """Learn from the trained rounds of a batch's finished obtain and transfer cells (``done``: (cell,
+    seconds its notebook spent training)) run on ``workers`` workers: per sparsity level, the ratio of
+    each round's measured ``seconds`` to the model's (for its data and ``epochs_run``); per strategy and
+    level, the epochs run under early stopping; and the seconds per round that the training cells spend
+    besides ``fit`` (pruning, saving tickets, diagnostics). Rounds already learned are skipped. Returns
+    the number of rounds learned from."""
+    from . import integrity
+
+    table = _load_cache(cache_dir)
+    seen = table.setdefault("observed", {})
+    ratio_bins, epoch_bins = seen.setdefault("round_ratio", {}), seen.setdefault("epochs", {})
+    learned = seen.setdefault("learned_rounds", [])
+    known = set(learned)
+    count = 0
+    for c, cell_training in done:
+        if c.stage not in ("obtain", "transfer"):
+            continue
+        s = _cell_settings(c)
+        domain = c.params.get("domain") or c.params["target"]
+        n, length, vocab_size, _ = _data_shape(plan, domain)
+        r = rates(s.model, vocab_size, s.train.batch_size, threads=threads, cache_dir=cache_dir,
+                  precision=s.train.precision, measure=False)
+        if r is None:
+            continue
+        key = f"{int(workers)}|{_key(s.model, vocab_size, s.train.batch_size, threads, s.train.precision)}"
+        fit_seconds, rows_new = 0.0, 0
+        for strategy, run in _runs(plan, c, s, vocab_size):
+            f = run / paths.RESULTS
+            if not f.exists():
+                continue
+            for row in integrity.read_parquet(f).itertuples():
+                tag = f"{run.resolve()}:{int(row.round)}"
+                if tag in known:
+                    continue
+                known.add(tag)
+                learned.append(tag)
+                rows_new += 1
+                if not (row.seconds > MIN_TRAINED and row.epochs_run >= 1):
+                    continue
+                lvl = level(row.sparsity)
+                model = round_seconds(r, sparsity=row.sparsity, n=n, length=min(length, s.train.max_len),
+                                      epochs=int(row.epochs_run), batch_size=s.train.batch_size)
+                _update(ratio_bins.setdefault(key, {}), lvl, float(row.seconds) / model)
+                if s.train.patience is not None:
+                    _update(epoch_bins.setdefault(_epochs_key(strategy, s.train), {}), lvl, float(row.epochs_run))
+                fit_seconds += float(row.seconds)
+                count += 1
+        if rows_new and cell_training > 0:  # what the training cell spent besides fit, per round written
+            _update(seen.setdefault("round_extra", {}).setdefault(key, {}), 0 if c.stage == "obtain" else 1,
+                    max(cell_training - fit_seconds, 0.0) / rows_new)
+    del learned[:-LEARNED_KEEP]
+    _save_cache(table, cache_dir)
+    return count
 
 
 # ----------------------------------------------------------------------------------- the model
@@ -254,8 +452,32 @@ def _data_shape(plan, domain: str) -> tuple[tuple[int, int, int], float, int, st
     if per is None:
         per = 994 if corpus == "builtin" else 40000
     val = test = per // 2 // 4 * 2
-    return (per - val - test, val, test), ASSUMED_LEN.get(corpus, 100.0), int(p.get("vocab_size", 8000)), \
-        f"the plan (per_domain {per}; mean length assumed {ASSUMED_LEN.get(corpus, 100.0):g} subwords)"
+    train = per - val - test
+    surplus = ""
+    if corpus == "builtin" and p.get("test_surplus"):  # the domain's balanced surplus goes to its test split
+        balanced = _builtin_balanced().get(domain)
+        if balanced:
+            test = max(test, balanced - train - val)
+            surplus = f", test splits from the built-in corpus's balanced sizes"
+    return (train, val, test), ASSUMED_LEN.get(corpus, 100.0), int(p.get("vocab_size", 8000)), \
+        f"the plan (per_domain {per}{surplus}; mean length assumed {ASSUMED_LEN.get(corpus, 100.0):g} subwords)"
+
+
+_BALANCED: dict = {}
+
+
+def _builtin_balanced() -> dict[str, int]:
+    """Per domain of the fetched built-in corpus: twice its smaller class after removing repeated texts
+    (what ``test_surplus`` can give); empty when the corpus is not fetched."""
+    if not _BALANCED:
+        from . import corpus
+
+        try:
+            df = corpus.load_builtin().drop_duplicates("text")
+        except corpus.CorpusError:
+            return {}
+        _BALANCED.update({d: 2 * int(g.label.value_counts().min()) for d, g in df.groupby("domain")})
+    return _BALANCED
 
 
 def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None, log=print) -> float:
@@ -286,7 +508,7 @@ def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None,
         for d in clients:
             (n_train, n_val, _), length, vocab_size, where = _data_shape(plan, d)
             notes.add(f"data sizes and lengths from {where}")
-            r = rates(s.model, vocab_size, bs, threads=threads, cache_dir=cache_dir, log=log)
+            r = rates(s.model, vocab_size, bs, threads=threads, cache_dir=cache_dir, precision=s.train.precision, log=log)
             L = min(length, s.train.max_len)
             step, ev = _interp(r, "step", sp, L), _interp(r, "eval", sp, L)
             shard = math.ceil(n_train / f.clients_per_domain / bs) * f.clients_per_domain
@@ -296,64 +518,97 @@ def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None,
         for d in domains:  # the server's evaluation after every round
             (_, _, n_test), length, vocab_size, _ = _data_shape(plan, d)
             total += f.fl_rounds * n_test * _interp(rates(s.model, vocab_size, bs, threads=threads, cache_dir=cache_dir,
-                                                          log=log),
+                                                          precision=s.train.precision, log=log),
                                                     "eval", sp, min(length, s.train.max_len))
     return total
 
 
 def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_dir=None,
                    log=print) -> tuple[list[CellEstimate], list[str]]:
-    """Per cell: estimated training and overhead seconds; and notes on what was assumed. Training
-    times are the calibrated model's (``raw_training``) times what the last batch on this machine with
-    ``workers`` workers measured against it (``observed.training_ratio``: workers running side by side
-    share memory bandwidth and caches, which a calibration run alone does not see)."""
+    """Per cell: estimated training and overhead seconds; and notes on what was assumed. A round's
+    training is the calibrated model's (``raw_training``) for its epochs (``round_epochs``) times the
+    ratio learned from finished trainings of this model on this machine with ``workers`` workers at its
+    sparsity level (``learn``); before any, the last batch's cell-level ratio (``observed.training_ratio``:
+    workers side by side share memory bandwidth and caches, which a calibration run alone does not see)."""
     observed = _load_cache(cache_dir).get("observed", {})
-    ratios = observed.get("training_ratio", {})
+    ratios, round_ratio = observed.get("training_ratio", {}), observed.get("round_ratio", {})
+    learned_epochs = observed.get("epochs", {})
+    extra = observed.get("round_extra", {})  # per workers|model: level 0 obtain, 1 transfer (seconds per round)
     used: set[float] = set()
     notes: set[str] = set()
+    sources: dict[str, set] = {"time": set(), "epochs": set()}
     out = []
     for c in plan.cells:
         overhead = observed.get(c.stage, {}).get("overhead", DEFAULT_OVERHEAD.get(c.stage, 6.0))
-        training, model_key = 0.0, ""
+        training, raw_training, model_key = 0.0, 0.0, ""
         if c.stage in ("obtain", "transfer", "federated"):
-            s = config.LotterySettings.from_params(**{k: c.params[k] for k in c.settings_names
-                                                      if k in config.LotterySettings.flat_fields()})
+            s = _cell_settings(c)
             # the domain trained on: obtain's domain, transfer's target (federated: the source's vocabulary)
             domain = c.params.get("domain") or c.params.get("target") or c.params["source"]
             n, length, vocab_size, where = _data_shape(plan, domain)
-            model_key = _key(s.model, vocab_size, s.train.batch_size, threads)
+            model_key = _key(s.model, vocab_size, s.train.batch_size, threads, s.train.precision)
+        cell_ratio = ratios.get(f"{workers}|{model_key}") if (workers and model_key) else None
         if c.stage in ("obtain", "transfer"):
             notes.add(f"data sizes and lengths from {where}")
-            r = rates(s.model, vocab_size, s.train.batch_size, threads=threads, cache_dir=cache_dir, log=log)
-            strategies = c.params.get("strategies") or (["reset", "random", "reinit"] if c.stage == "obtain"
-                                                        else ["masks-reset", "masks-random"])
-            for i, strategy in enumerate(strategies):
+            r = rates(s.model, vocab_size, s.train.batch_size, threads=threads, cache_dir=cache_dir,
+                      precision=s.train.precision, log=log)
+            bins = round_ratio.get(f"{workers}|{model_key}") if workers else None
+            rows = 0
+            for i, strategy in enumerate(_strategies(c)):
                 first = 0 if (c.stage == "obtain" and (i == 0 or strategy == "rewind")) else 1
+                rows += s.rounds + 1
                 for rnd in range(first, s.rounds + 1):
                     sp = 1 - (1 - s.prune_fraction) ** rnd
-                    training += round_seconds(r, sparsity=sp, n=n, length=min(length, s.train.max_len),
-                                              epochs=s.train.max_epochs, batch_size=s.train.batch_size)
+                    lvl = level(sp)
+                    epochs, src = round_epochs(s.train, strategy, lvl, learned_epochs)
+                    sources["epochs"].add(src)
+                    raw = round_seconds(r, sparsity=sp, n=n, length=min(length, s.train.max_len), epochs=epochs,
+                                        batch_size=s.train.batch_size)
+                    factor = _at(bins, lvl)
+                    if factor is not None:
+                        sources["time"].add("learned")
+                    elif cell_ratio:
+                        factor = cell_ratio
+                        used.add(round(cell_ratio, 2))
+                    else:
+                        factor = 1.0
+                        sources["time"].add("calibrated")
+                    raw_training += raw
+                    training += raw * factor
+            part = (extra.get(f"{workers}|{model_key}") or {}).get("0" if c.stage == "obtain" else "1")
+            per_row = part[1] if part else None
+            if per_row is not None:
+                training += per_row * rows
         elif c.stage == "federated":
-            training = _federated_seconds(plan, c, notes, threads=threads, cache_dir=cache_dir, log=log)
+            raw_training = _federated_seconds(plan, c, notes, threads=threads, cache_dir=cache_dir, log=log)
+            training = raw_training * cell_ratio if cell_ratio else raw_training
+            if cell_ratio:
+                used.add(round(cell_ratio, 2))
         else:
             wall = observed.get(c.stage, {}).get("wall", DEFAULT_WALL.get(c.stage, 10.0))
             overhead = max(overhead, wall)
             if c.stage == "data" and plan.cells and c.params.get("corpus", "builtin") != "builtin":
                 notes.add("the data stage of Amazon or Blitzer files (reading and sampling them) is not estimated")
-        ratio = ratios.get(f"{workers}|{model_key}") if (workers and model_key) else None
-        if ratio and training:
-            used.add(round(ratio, 2))
-        scaled = training * ratio if (ratio and training) else training
-        out.append(CellEstimate(c.key, c.stage, tuple(c.deps), scaled, overhead, raw_training=training,
+        out.append(CellEstimate(c.key, c.stage, tuple(c.deps), training, overhead, raw_training=raw_training,
                                 model_key=model_key))
     if any(c.stage in ("obtain", "transfer", "federated") for c in plan.cells):
-        notes.add("every round is assumed to run max_epochs (early stopping can only make it shorter)")
+        if "learned" in sources["time"]:
+            notes.add(f"training times per sparsity level learned from finished trainings of this model with {workers} "
+                      "worker(s) on this machine")
         if used:
             notes.add(f"training times x {', '.join(f'{r:.2f}' for r in sorted(used))}: what the last batch of this "
                       f"model with {workers} worker(s) here measured against the calibrated rates")
-        else:
-            notes.add(f"training times from rates measured by one process alone ({threads} thread(s)); the first "
-                      "batch records how much slower its workers side by side are, and later estimates use it")
+        if "calibrated" in sources["time"] and not used:
+            notes.add(f"training times from rates measured by one process alone ({threads} thread(s)) on synthetic "
+                      "data; the first batch learns how this model's real trainings with its workers compare, and later "
+                      "estimates use it")
+        if sources["epochs"] == {"exact"}:
+            notes.add("no early stopping (patience null): every round runs max_epochs")
+        elif "prior" in sources["epochs"]:
+            notes.add("early stopping: epochs per round not yet learned for some strategies; assumed "
+                      "min(max_epochs, ceil(max_epochs / 3) + patience) (the prior)")
+        elif "learned" in sources["epochs"]:
+            notes.add("early stopping: epochs per round learned from finished trainings (per strategy and sparsity)")
     return out, sorted(notes)
 
 

@@ -160,7 +160,7 @@ class Federation:
         accuracy (None: every epoch runs), the best local validation epoch kept."""
         t = self.settings.train
         return TrainSettings(max_epochs=self.local_epochs, patience=self.local_patience, batch_size=t.batch_size, lr=t.lr,
-                             weight_decay=t.weight_decay, max_len=t.max_len, bf16=t.bf16)
+                             weight_decay=t.weight_decay, max_len=t.max_len, precision=t.precision)
 
     def runs(self) -> list[tuple[str, int]]:
         """(strategy, ticket round) of every run: the two dense baselines first (fair, then naive)."""
@@ -866,6 +866,7 @@ class _Evaluator:
             self.batches[d] = _train.make_batches(test, _train.EVAL_BATCH, max_len=plan.settings.train.max_len,
                                                   max_tokens=_train.EVAL_TOKENS)
         self.sizes = {d: sum(b.labels.numel() for b in bs) for d, bs in self.batches.items()}
+        self.precision = plan.settings.train.precision
 
     def __call__(self, weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
         from . import train as _train
@@ -873,7 +874,7 @@ class _Evaluator:
         with torch.no_grad():
             for n, p in self.model.named_parameters():
                 p.copy_(weights[n])
-        acc = {d: _train.evaluate(self.model, bs) for d, bs in self.batches.items()}
+        acc = {d: _train.evaluate(self.model, bs, self.precision) for d, bs in self.batches.items()}
         pooled = sum(acc[d] * self.sizes[d] for d in self.client_domains) / sum(self.sizes[d] for d in self.client_domains)
         return {"global_acc": pooled, "source_acc": acc[self.source], **{f"acc_{d}": a for d, a in acc.items()}}
 

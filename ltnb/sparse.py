@@ -155,7 +155,8 @@ class _SparseConvs(torch.autograd.Function):
 def sparse_convs(plan: ConvPlan, x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor]) -> list[torch.Tensor]:
     """Outputs of every conv, each ``[B, C, T - h + 1]`` (a permuted view), from ``x [B, T, D]``."""
     B, T, D = x.shape
-    ys = _SparseConvs.apply(plan.values(weights), x.reshape(B * T, D).contiguous(), plan, B, T)
+    with torch.autocast(x.device.type, enabled=False):  # torch.sparse's kernels are float32 only
+        ys = _SparseConvs.apply(plan.values(weights).float(), x.float().reshape(B * T, D).contiguous(), plan, B, T)
     return [(y + b.view(-1, 1, 1)).permute(1, 0, 2) for y, b in zip(ys, biases)]
 
 

@@ -18,7 +18,10 @@
   path; the numbers agree up to float rounding (``tests/test_sparse.py``). ``sparse="off"`` is the
   plain dense path.
 * Evaluation batches are sorted by length and capped at ``EVAL_TOKENS`` padded tokens.
-* ``TrainSettings.bf16``: forward and loss under bf16 autocast (GPU option; off by default).
+* ``TrainSettings.precision``: ``"bfloat16"`` runs every forward pass (training, validation, test) under
+  bf16 autocast: convolutions and matrix products in bf16 (AMX / AVX-512 BF16 on this CPU, tensor cores
+  on GPUs), accumulated in float32; parameters, gradients and Adam stay float32, and the sparse kernels
+  run in float32 (``ltnb.sparse``). ``"float32"`` is plain float32.
 * Randomness: shuffling uses its own ``torch.Generator``; dropout uses torch's global generator,
   seeded inside ``torch.random.fork_rng`` so the caller's random state is untouched. Both are derived
   from ``seed``; on the CPU the same seed gives the same numbers.
@@ -88,27 +91,35 @@ def make_batches(
         chunks = list(torch.split(order, batch_size))
     if generator is not None:
         chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
-    offsets = split.offsets.tolist()
+    flat = torch.cat([split.ids, torch.tensor([PAD_ID], dtype=split.ids.dtype)]).long()  # pad at position len
     batches = []
-    for idx in chunks:
-        idx_list = idx.tolist()
+    for idx in chunks:  # one gather per batch: position j of row r is token offsets[r] + j, or the pad
         lens = lengths[idx]
-        ids = torch.full((len(idx_list), max(int(lens.max()), 1)), PAD_ID, dtype=torch.int64)
-        for row, i in enumerate(idx_list):
-            k = int(lens[row])
-            ids[row, :k] = split.ids[offsets[i] : offsets[i] + k]
+        cols = torch.arange(max(int(lens.max()), 1))
+        src = split.offsets[idx].unsqueeze(1) + cols
+        ids = flat[torch.where(cols < lens.unsqueeze(1), src, flat.numel() - 1)]
         batches.append(Batch(ids, lens.clone(), split.labels[idx].clone()))
     return batches
 
 
+def autocast(device: torch.device | str, precision: str = "float32"):
+    """The autocast context of ``precision`` (``TrainSettings.precision``) on ``device``."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: list[Batch]) -> float:
-    """Accuracy over ``batches`` (already on the model's device); eval mode, no dropout."""
+def evaluate(model: torch.nn.Module, batches: list[Batch], precision: str = "float32") -> float:
+    """Accuracy over ``batches`` (already on the model's device); eval mode, no dropout; the forward
+    passes in ``precision`` (as training's)."""
     was_training = model.training
     model.eval()
     correct = total = 0
+    device = next(model.parameters()).device
     for b in batches:
-        pred = model(b.ids, b.lengths).argmax(dim=1)
+        with autocast(device, precision):
+            logits = model(b.ids, b.lengths)
+        pred = logits.float().argmax(dim=1)
         correct += int((pred == b.labels).sum())
         total += b.labels.numel()
     model.train(was_training)
@@ -202,7 +213,7 @@ def fit(
     model.to(device)
     params = dict(model.named_parameters())
     masked, packed = _masked_parameters(model, params, masks, device, sparse)
-    use_bf16 = bool(getattr(settings, "bf16", False))
+    precision = settings.precision
     optimizer = make_optimizer(model, settings, None if packed is None else
                                [p for n, p in params.items() if n != "embedding.weight"] + [packed.values])
 
@@ -230,7 +241,7 @@ def fit(
             for b in make_batches(data["train"], settings.batch_size, max_len=settings.max_len, generator=shuffle):
                 b = b.to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                with autocast(device, precision):
                     loss = F.cross_entropy(model(b.ids, b.lengths).float(), b.labels)
                 loss.backward()
                 for p, fm in masked:
@@ -246,7 +257,7 @@ def fit(
                     on_step(step, model)
             epochs_run = epoch
             sync()
-            val_acc = evaluate(model, val)
+            val_acc = evaluate(model, val, precision)
             history.append(
                 {"epoch": epoch, "loss": float(total_loss) / max(n_seen, 1), "val_acc": val_acc, "seconds": time.perf_counter() - t_epoch}
             )
@@ -262,7 +273,7 @@ def fit(
     model.packed_embedding = None
     model.load_state_dict(best_state)
     test = [b.to(device) for b in make_batches(data["test"], EVAL_BATCH, max_len=settings.max_len, max_tokens=EVAL_TOKENS)]
-    test_acc = evaluate(model, test)
+    test_acc = evaluate(model, test, precision)
     model.sparse_plan = None  # the trained model is an ordinary dense module again
     return FitResult(best_acc, test_acc, best_epoch, epochs_run, step, time.perf_counter() - t_start, history)
 

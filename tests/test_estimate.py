@@ -114,3 +114,83 @@ def test_rates_are_kept_per_thread_count():
     model = config.ModelSettings(embed_dim=16, channels=8, hidden=8)
     assert estimate._key(model, 300, 32, 1) != estimate._key(model, 300, 32, 2)
     assert "threads=1" in estimate._key(model, 300, 32)
+
+
+def test_sparsity_levels_and_learned_values_between_them():
+    for k in range(21):
+        assert estimate.level(1 - 0.65 ** k) == k
+    assert estimate.level(0.0) == 0 and estimate.level(0.5) == 2  # -ln 0.5 / -ln 0.65 = 1.61
+    bins = {}
+    for v in (1.0, 2.0, 3.0):  # a running mean: the plain mean while there are fewer than LEARN_CAP values
+        estimate._update(bins, 2, v)
+    estimate._update(bins, 6, 4.0)
+    assert bins["2"] == [3, pytest.approx(2.0)]
+    assert estimate._at(bins, 2) == pytest.approx(2.0)
+    assert estimate._at(bins, 4) == pytest.approx(3.0)  # halfway between levels 2 and 6
+    assert estimate._at(bins, 0) == pytest.approx(2.0) and estimate._at(bins, 9) == pytest.approx(4.0)  # nearest
+    assert estimate._at({}, 3) is None and estimate._at(None, 3) is None
+    many = {}
+    for i in range(3 * estimate.LEARN_CAP):  # past the cap, newer values weigh more: it follows a change
+        estimate._update(many, 0, 1.0 if i < 2 * estimate.LEARN_CAP else 5.0)
+    # an exponential mean with weight 1 / LEARN_CAP: after LEARN_CAP values of 5, 1 + 4 (1 - (1 - 1/cap)^cap)
+    cap = estimate.LEARN_CAP
+    assert estimate._at(many, 0) == pytest.approx(1 + 4 * (1 - (1 - 1 / cap) ** cap))
+
+
+def test_epochs_per_round_exact_prior_then_learned():
+    none = config.TrainSettings(max_epochs=15, patience=None)
+    assert estimate.round_epochs(none, "reset", 5, {}) == (15.0, "exact")
+    early = config.TrainSettings(max_epochs=15, patience=3)
+    assert estimate.prior_epochs(early) == 8  # ceil(15 / 3) + 3
+    assert estimate.round_epochs(early, "random", 5, {}) == (8.0, "prior")
+    assert estimate.prior_epochs(config.TrainSettings(max_epochs=4, patience=3)) == 4  # never above max_epochs
+    learned = {}
+    estimate._update(learned.setdefault(estimate._epochs_key("random", early), {}), 5, 11.0)
+    estimate._update(learned.setdefault(estimate._epochs_key("reset", early), {}), 5, 6.0)
+    estimate._update(learned.setdefault(estimate._epochs_key("reset", none), {}), 5, 2.0)  # another budget
+    assert estimate.round_epochs(early, "random", 5, learned) == (pytest.approx(11.0), "learned")
+    # a strategy not yet seen: the mean of the others with the same budget at that level
+    assert estimate.round_epochs(early, "shuffle", 5, learned) == (pytest.approx(8.5), "learned")
+
+
+def test_the_estimate_uses_what_finished_trainings_taught_per_sparsity_level(plan_and_cache):
+    """Learned ratios at a level multiply that level's rounds; learned epochs replace max_epochs; rounds
+    of levels not learned take the nearest learned level."""
+    plan, cache = plan_and_cache
+    quiet = {"log": lambda *a: None, "cache_dir": cache}
+    first = {c.key: c for c in estimate.estimate_cells(plan, workers=2, **quiet)[0]}
+    key = next(k for k in first if k.startswith("obtain"))
+    model_key = first[key].model_key
+    table = estimate._load_cache(cache)
+    table["observed"] = {"round_ratio": {f"2|{model_key}": {"0": [4, 2.0], "2": [4, 4.0]}}}
+    estimate._save_cache(table, cache)
+    cells, notes = estimate.estimate_cells(plan, workers=2, **quiet)
+    ob = next(c for c in cells if c.key == key)
+    n_train, n_val, n_test = 52, 24, 24
+    one_round = 2 * (math.ceil(n_train / 32) * STEP + n_val * EVAL) + n_test * EVAL + FIXED
+    # rounds of the cell: reset 0, 1, 2 and random 1, 2 -> levels 0, 1, 2, 1, 2: ratios 2, 3 (between), 4, 3, 4
+    assert ob.training == pytest.approx(one_round * (2 + 3 + 4 + 3 + 4))
+    assert ob.raw_training == pytest.approx(5 * one_round)
+    assert any("learned from finished trainings" in n for n in notes)
+    assert estimate.estimate_cells(plan, workers=1, **quiet)[0][1].training == pytest.approx(5 * one_round)
+
+
+def test_rates_keys_ignore_the_initialisation_and_old_keys_are_read(tmp_path):
+    a = config.ModelSettings(embed_dim=16, channels=8, hidden=8)
+    b = config.ModelSettings(embed_dim=16, channels=8, hidden=8, init_a=0.0, bias_init="zero")
+    wider = config.ModelSettings(embed_dim=16, channels=9, hidden=8)
+    assert estimate._key(a, 300, 32) == estimate._key(b, 300, 32) != estimate._key(wider, 300, 32)
+    assert estimate._key(a, 300, 32) != estimate._key(a, 300, 32, precision="bfloat16")
+    # a cache written when keys still named init_a: read under today's keys, nothing lost
+    import json
+
+    new = estimate._key(a, 300, 32)
+    head, shape = new.split("|{", 1)
+    old_shape = json.loads("{" + shape)
+    old_shape["model"].update(init_a=a.init_a, bias_init=a.bias_init)
+    old = head + "|" + json.dumps(old_shape, sort_keys=True)
+    assert old != new
+    write_json(tmp_path / estimate.RATES_FILE, {"models": {old: {"x": 1}},
+                                                "observed": {"round_ratio": {f"2|{old}": {"0": [1, 2.0]}}}})
+    table = estimate._load_cache(tmp_path)
+    assert table["models"] == {new: {"x": 1}} and table["observed"]["round_ratio"] == {f"2|{new}": {"0": [1, 2.0]}}

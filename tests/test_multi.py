@@ -60,17 +60,23 @@ def test_fit_many_checks_inputs():
         fit_many([_model(0), _model(1)], [DATA, small], TrainSettings(max_epochs=1), seeds=[0, 1], device="cpu", progress=False)
 
 
-def test_bf16_option_keeps_old_hashes_and_runs_on_cpu():
+def test_precision_setting_keeps_old_hashes_reads_the_old_flag_and_runs_on_cpu():
     from ltnb.config import LotterySettings
     from ltnb.lottery import run_hash
 
-    off, on = LotterySettings(), LotterySettings(train=TrainSettings(bf16=True))
-    assert "bf16" not in off.to_dict()["train"] and on.to_dict()["train"]["bf16"] is True
+    off = LotterySettings(train=TrainSettings(precision="float32"))
+    on = LotterySettings(train=TrainSettings(precision="bfloat16"))
+    assert "precision" not in off.to_dict()["train"] and on.to_dict()["train"]["precision"] == "bfloat16"
     h = lambda s: run_hash(s, data_key="k", vocab_size=10, strategy="reset")  # noqa: E731
     assert h(off) != h(on)
     assert LotterySettings.from_dict(off.to_dict()) == off and LotterySettings.from_dict(on.to_dict()) == on
-    assert LotterySettings.from_params(bf16=True) == on
-    with pytest.raises(ValueError, match="bf16"):
-        TrainSettings(bf16="yes")
-    r = fit(_model(0), DATA, TrainSettings(max_epochs=1, bf16=True), device="cpu", progress=False)
+    # settings recorded before the setting existed said bf16: true / false
+    for flag, s in ((True, on), (False, off)):
+        old = off.to_dict()
+        old["train"]["bf16"] = flag
+        assert LotterySettings.from_dict(old) == s
+    assert LotterySettings.from_params(precision="bfloat16") == on
+    with pytest.raises(ValueError, match="precision"):
+        TrainSettings(precision="bf16")
+    r = fit(_model(0), DATA, TrainSettings(max_epochs=1, precision="bfloat16"), device="cpu", progress=False)
     assert 0.0 <= r.test_acc <= 1.0

@@ -190,3 +190,42 @@ def test_changed_inputs_rerun_what_depends_on_them(smoke, tmp_path):
     assert changed and all(k.startswith("transfer/products__movies/masks-reset/") for k in changed)
     out = io.StringIO()
     assert batch.main(path, workers=2, out=out, estimate=False) == 0 and "0 to run" in out.getvalue()
+
+
+def test_finished_trainings_teach_the_estimate_per_level_and_strategy(smoke, tmp_path):
+    """``estimate.learn`` on the smoke study's cells: one value per trained round (not the rounds 0
+    that a seed's strategies share), the per-level mean of measured / modelled seconds and the
+    per-strategy mean of epochs run (patience 1 here), and nothing counted twice."""
+    from ltnb import estimate
+    from ltnb._io import write_json
+    from ltnb.plan import load_plan
+
+    plan = load_plan(smoke["plan"])
+    cells = [c for c in plan.cells if c.stage in ("obtain", "transfer")]
+    cache = tmp_path / "cache"  # this machine's rates for the smoke model (measured by the smoke batch), nothing learned
+    write_json(cache / estimate.RATES_FILE, {"models": estimate._load_cache()["models"]})
+    n = estimate.learn(plan, [(c, 0.0) for c in cells], workers=2, cache_dir=cache)
+    rows = results.load(smoke["study"])
+    trained = rows[rows.seconds > estimate.MIN_TRAINED]
+    assert n == len(trained) and len(trained) == len(rows) - 2 * 2  # random and reinit share reset's round 0, 2 domains
+    assert estimate.learn(plan, [(c, 0.0) for c in cells], workers=2, cache_dir=cache) == 0
+    observed = estimate._load_cache(cache)["observed"]
+    [(key, bins)] = observed["round_ratio"].items()
+    assert key.startswith("2|")
+    c0 = cells[0]
+    s = estimate._cell_settings(c0)
+    r = estimate.rates(s.model, 300, s.train.batch_size, cache_dir=cache, measure=False)
+    expected = {}
+    for row in trained.itertuples():
+        domain = row.domain if row.stage == "obtain" else row.target
+        shape, length, _, _ = estimate._data_shape(plan, domain)
+        model = estimate.round_seconds(r, sparsity=row.sparsity, n=shape, length=min(length, s.train.max_len),
+                                       epochs=int(row.epochs_run), batch_size=s.train.batch_size)
+        expected.setdefault(estimate.level(row.sparsity), []).append(row.seconds / model)
+    assert {int(k) for k in bins} == set(expected) == {0, 1, 2}
+    for lvl, values in expected.items():
+        assert bins[str(lvl)] == [len(values), pytest.approx(sum(values) / len(values))]
+    for strategy, part in trained.groupby("strategy"):
+        learned = observed["epochs"][estimate._epochs_key(strategy, s.train)]
+        for lvl, sub in part.groupby(part.sparsity.map(estimate.level)):
+            assert learned[str(lvl)][1] == pytest.approx(sub.epochs_run.mean())
