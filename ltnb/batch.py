@@ -6,7 +6,7 @@
    having run nothing and created nothing.
 2. Find the complete cells: ``<cell_dir>/_COMPLETE.json`` exists, holds the cell's ``params_hash``,
    and every file it records (what the cell wrote for later cells, and what it read from earlier
-   ones, ``ltnb.integrity.cell_outputs``) still has the SHA-256 it had when the cell ran; a changed
+   ones, ``ltnb.stages.cell_outputs``) still has the SHA-256 it had when the cell ran; a changed
    file makes the cell rerun, and the run says which file, with the expected and found hash. A
    complete cell whose inputs are about to rerun is checked again once they have finished.
    ``--dry-run`` lists every cell with its state and stops there. Leftover temporary files of killed
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ltnb import integrity, paths
+from ltnb import integrity, paths, stages
 from ltnb._io import read_json, write_json
 from ltnb.plan import Cell, Plan, PlanError, load_plan
 
@@ -242,8 +242,8 @@ def _run_cell(spec: dict, out: dict, watch: _TaskWatch) -> dict:
         "params_hash": spec["params_hash"],
         # sha256 of what the cell wrote for later cells, and of what it read from earlier ones: the
         # cell stays complete only while these files are unchanged
-        "outputs": integrity.cell_outputs(study, spec["key"]),
-        "inputs": integrity.cell_inputs(study, spec["deps"]),
+        "outputs": stages.cell_outputs(study, spec["key"]),
+        "inputs": stages.cell_inputs(study, spec["deps"]),
         "stage": spec["stage"],
         "cell": spec["key"],
         "parameters": spec["parameters"],

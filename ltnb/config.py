@@ -4,8 +4,8 @@ A setting is one line: ``name: type = setting(default, "help", schema)``. The sc
 Schema fragment (``{"type": "integer", "minimum": 1}``); from it come
 
 * the check in ``__post_init__`` (a bad value is refused naming the field and what is allowed),
-* the plan's value checks (``ltnb.plan`` validates every stage's parameters with ``jsonschema``
-  against ``param_schema``, so ``patience: 0`` is refused at ``--dry-run`` with its line),
+* the plan's value checks (``ltnb.plan`` checks every stage's parameters against
+  ``ltnb.stages.param_schema``, so ``patience: 0`` is refused at ``--dry-run`` with its line),
 * the notebooks' accepted parameters (a notebook takes ``settings = {}``, a dict of overrides by
   flat name, see ``LotterySettings.from_params``),
 * the command line's options (``ltnb data build`` is generated from ``DataSettings`` and
@@ -439,50 +439,6 @@ CELL_PARAMS: dict[str, dict] = {
                 "schema": integer(1, nullable=True)},
 }
 
-#: flat settings accepted by each stage, by settings class
-STAGE_SETTINGS = {
-    "data": (DataSettings, VocabSettings),
-    "divergence": (DivergenceSettings,),
-    "obtain": (LotterySettings,),
-    "transfer": (LotterySettings,),
-    "federated": (LotterySettings, FederatedSettings),
-    "report": (PhaseSettings,),
-    "phase": (PhaseSettings,),
-}
-
-#: the strategies a stage's ``strategies`` may name
-STAGE_STRATEGIES = {"obtain": OBTAIN_STRATEGIES, "transfer": TRANSFER_STRATEGIES, "federated": TRANSFER_STRATEGIES}
-
-
-def stage_settings(stage: str) -> dict[str, dataclasses.Field]:
-    """Flat setting name -> field, for the settings a stage's notebook takes in ``settings = {}``."""
-    out: dict[str, dataclasses.Field] = {}
-    for cls in STAGE_SETTINGS.get(stage, ()):
-        if cls is LotterySettings:
-            out.update({n: f for n, (_, f) in LotterySettings.flat_fields().items()})
-        else:
-            out.update(cls.settings_fields())
-    return out
-
-
-def for_stage(stage: str, settings: dict | None = None) -> tuple:
-    """The settings objects of a stage from a notebook's ``settings = {...}`` (flat names; the rest keep
-    their defaults); an unknown name is refused, naming the allowed ones."""
-    settings = dict(settings or {})
-    known = stage_settings(stage)
-    unknown = sorted(set(settings) - set(known))
-    if unknown:
-        raise ValueError(f"settings of stage {stage}: unknown name(s) {unknown}; allowed: {', '.join(sorted(known))}")
-    out = []
-    for cls in STAGE_SETTINGS[stage]:
-        if cls is LotterySettings:
-            out.append(LotterySettings.from_params(**{k: v for k, v in settings.items()
-                                                      if k in LotterySettings.flat_fields()}))
-        else:
-            out.append(cls(**{k: v for k, v in settings.items() if k in cls.settings_fields()}))
-    return tuple(out)
-
-
 def table(*objects) -> "pd.DataFrame":
     """The settings of ``objects`` as a table (setting, value, default, help) for notebooks."""
     import pandas as pd
@@ -498,22 +454,6 @@ def table(*objects) -> "pd.DataFrame":
 def kwargs(obj) -> dict:
     """A settings object's fields as keyword arguments (``data.build(study, **kwargs(data_settings))``)."""
     return {f.name: getattr(obj, f.name) for f in fields(obj)}
-
-
-def param_schema(stage: str, name: str) -> dict | None:
-    """The JSON schema of a stage's parameter (a setting or a cell parameter), or None if unchecked."""
-    if name in stage_settings(stage):
-        return stage_settings(stage)[name].metadata["schema"]
-    if name == "strategies" and stage in STAGE_STRATEGIES:
-        return {"type": "array", "minItems": 1, "uniqueItems": True, "items": one_of(STAGE_STRATEGIES[stage])}
-    spec = CELL_PARAMS.get(name)
-    return spec["schema"] if spec else None
-
-
-def split_settings(stage: str, params: dict) -> tuple[dict, dict]:
-    """(cell parameters, settings) of a flat parameter dict for ``stage``."""
-    known = stage_settings(stage)
-    return ({k: v for k, v in params.items() if k not in known}, {k: v for k, v in params.items() if k in known})
 
 
 def add_arguments(parser: argparse.ArgumentParser, *classes) -> None:

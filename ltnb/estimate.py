@@ -50,7 +50,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, paths
+from . import config, paths, stages
 from ._io import read_json, write_json
 
 RATES_FILE = "rates.json"
@@ -345,7 +345,7 @@ def learn(plan, done: list[tuple], *, workers: int, threads: int = 1, cache_dir=
     known = set(learned)
     count = 0
     for c, cell_training in done:
-        if c.stage not in ("obtain", "transfer"):
+        if stages.STAGES[c.stage].cost != "chains":
             continue
         s = _cell_settings(c)
         domain = c.params.get("domain") or c.params["target"]
@@ -541,14 +541,15 @@ def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_
     for c in plan.cells:
         overhead = observed.get(c.stage, {}).get("overhead", DEFAULT_OVERHEAD.get(c.stage, 6.0))
         training, raw_training, model_key = 0.0, 0.0, ""
-        if c.stage in ("obtain", "transfer", "federated"):
+        cost = stages.STAGES[c.stage].cost
+        if cost in ("chains", "federated"):
             s = _cell_settings(c)
             # the domain trained on: obtain's domain, transfer's target (federated: the source's vocabulary)
             domain = c.params.get("domain") or c.params.get("target") or c.params["source"]
             n, length, vocab_size, where = _data_shape(plan, domain)
             model_key = _key(s.model, vocab_size, s.train.batch_size, threads, s.train.precision)
         cell_ratio = ratios.get(f"{workers}|{model_key}") if (workers and model_key) else None
-        if c.stage in ("obtain", "transfer"):
+        if cost == "chains":
             notes.add(f"data sizes and lengths from {where}")
             r = rates(s.model, vocab_size, s.train.batch_size, threads=threads, cache_dir=cache_dir,
                       precision=s.train.precision, log=log)
@@ -579,7 +580,7 @@ def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_
             per_row = part[1] if part else None
             if per_row is not None:
                 training += per_row * rows
-        elif c.stage == "federated":
+        elif cost == "federated":
             raw_training = _federated_seconds(plan, c, notes, threads=threads, cache_dir=cache_dir, log=log)
             training = raw_training * cell_ratio if cell_ratio else raw_training
             if cell_ratio:
@@ -591,7 +592,7 @@ def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_
                 notes.add("the data stage of Amazon or Blitzer files (reading and sampling them) is not estimated")
         out.append(CellEstimate(c.key, c.stage, tuple(c.deps), training, overhead, raw_training=raw_training,
                                 model_key=model_key))
-    if any(c.stage in ("obtain", "transfer", "federated") for c in plan.cells):
+    if any(stages.STAGES[c.stage].cost != "wall" for c in plan.cells):
         if "learned" in sources["time"]:
             notes.add(f"training times per sparsity level learned from finished trainings of this model with {workers} "
                       "worker(s) on this machine")

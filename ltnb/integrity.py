@@ -11,7 +11,7 @@ Small helpers the other modules call (no framework):
   found hash.
 - **Hash once per file per run**: ``file_sha256`` caches by (path, device, inode, size, mtime), so a
   resume that checks every recorded input hashes each file once per process.
-- **Cell records** (``cell_outputs``): the files of a batch cell that later cells read, with their
+- **Cell records** (``ltnb.stages.cell_outputs``): the files of a batch cell that later cells read, with their
   SHA-256. ``ltnb.batch`` stores them (and those of the cell's inputs) in the cell's completeness
   marker; a cell is complete only while those files still have those hashes.
 - **Paths from data stay in their place**: ``resolve_inside`` refuses absolute paths, paths that leave
@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from ._io import PARQUET_KEY, frame_digest  # noqa: E402,F401  (tables are sealed by ltnb._io.write_parquet)
-LOCK_NAME = ".ltnb-lock"
 from .config import NAME_PATTERN  # noqa: E402  (the one rule for names: ltnb.config)
+
+LOCK_NAME = ".ltnb-lock"
 
 _NAME = re.compile(NAME_PATTERN)
 # ``tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")`` (ltnb._io.atomic_path) and
@@ -152,7 +153,8 @@ def resolve_inside(root: str | os.PathLike, rel: str, *, base: str | os.PathLike
 
 
 # ------------------------------------------------------------------------------ what a batch cell wrote
-def _vocab_files(study: Path) -> list[Path]:
+def vocab_files(study: Path) -> list[Path]:
+    """The current vocabulary's files (``CURRENT.json``, the model, its info and token files)."""
     root = study / "data" / "vocab"
     current = root / "CURRENT.json"
     if not current.is_file():
@@ -178,38 +180,6 @@ def cell_folders(study_dir: str | os.PathLike, key: str) -> list[Path]:
         stage, what, seed = key.split("/")[:3]
         folders += sorted(p for p in study.glob(f"{stage}/{what}/*/{seed}") if p.is_dir())
     return folders
-
-
-def cell_outputs(study_dir: str | os.PathLike, key: str) -> dict[str, str]:
-    """``{path relative to the study: sha256}`` of the files of cell ``key`` that later cells read."""
-    study = Path(study_dir)
-    if key == "data":
-        files = [study / "data" / "corpus.parquet", *_vocab_files(study)]
-    elif key == "divergence":
-        files = [study / "divergence" / "jsd.parquet"]
-    elif key.startswith(("obtain/", "transfer/")):
-        # cell obtain/<domain>/seed<k>[/<settings>] runs the chains obtain/<domain>/<strategy>/seed<k>/<hash>/
-        # (likewise transfer/<source>__<target>/...): every chain of that domain (pair) and seed
-        stage, what, seed = key.split("/")[:3]
-        files = sorted(study.glob(f"{stage}/{what}/*/{seed}/*/results.parquet"))
-        if stage == "obtain":  # transfer and federated cells read the reset chain's tickets and theta_0
-            files += sorted(study.glob(f"obtain/{what}/reset/{seed}/*/round_*.safetensors"))
-            files += sorted(study.glob(f"obtain/{what}/reset/{seed}/*/theta_0.safetensors"))
-    elif key.startswith("federated/"):
-        files = sorted((study / key).glob("*/results.parquet"))
-    elif key == "report":
-        files = [study / "report" / "summary.parquet"]
-    else:
-        files = []
-    return {p.relative_to(study).as_posix(): file_sha256(p) for p in files if p.is_file()}
-
-
-def cell_inputs(study_dir: str | os.PathLike, deps: Iterable[str]) -> dict[str, str]:
-    """The files (with their sha256) of the cells ``deps`` that a cell reads from."""
-    out: dict[str, str] = {}
-    for dep in deps:
-        out.update(cell_outputs(study_dir, dep))
-    return out
 
 
 def record_problem(study_dir: str | os.PathLike, recorded: Mapping[str, str]) -> str | None:

@@ -21,8 +21,8 @@ cross; ``defaults`` apply to every stage that accepts the key::
 
 What a stage accepts, and what each value may be, is defined once:
 
-- the *settings* of a stage are the fields of its dataclasses in ``ltnb.config`` (``STAGE_SETTINGS``:
-  obtain and transfer take every ``LotterySettings`` field by its flat name, data takes
+- the *settings* of a stage are the fields of its dataclasses in ``ltnb.config`` (``ltnb.stages``
+  names them per stage: obtain and transfer take every ``LotterySettings`` field by its flat name, data takes
   ``DataSettings`` and ``VocabSettings``, ...). Their notebooks take them as one parameter,
   ``settings = {}``, which the runner fills in; each value is checked against the field's schema.
 - the *cell parameters* (``study_dir``, ``domain``, ``seed``, ``strategies``, ``progress``, ...) are
@@ -58,20 +58,10 @@ from typing import Any, Mapping
 
 import yaml
 
-from ltnb import config, paths
+from ltnb import config, paths, stages
 from ltnb._io import stable_hash
 
-STAGES = ("data", "divergence", "obtain", "transfer", "federated", "report", "phase")
-DEFAULT_NOTEBOOKS = {
-    "data": "notebooks/01_data.ipynb",
-    "divergence": "notebooks/02_divergence.ipynb",
-    "obtain": "notebooks/03_obtain.ipynb",
-    "transfer": "notebooks/04_transfer.ipynb",
-    "federated": "notebooks/05_federated.ipynb",
-    "report": "notebooks/06_report.ipynb",
-    "phase": "notebooks/07_phase_transition.ipynb",
-}
-SINGLE_CELL_STAGES = ("data", "divergence", "report", "phase")
+STAGES = stages.ORDER  # the stages, in the order they run (``ltnb.stages`` defines each)
 TOP_KEYS = ("study", "outputs", "defaults", "stages")
 STAGE_KEYS = ("stage", "notebook", "params", "grid")
 SETTINGS_PARAM = "settings"
@@ -240,11 +230,11 @@ def _resolve_notebook(stage: str, given: Any, root: Path) -> Path:
     if given is not None:
         p = Path(str(given)).expanduser()
         return p if p.is_absolute() else root / p
-    p = root / DEFAULT_NOTEBOOKS[stage]
+    p = root / stages.STAGES[stage].notebook
     if not p.exists():  # a plan kept outside the repo still finds the project's notebooks
         repo = Path(__file__).resolve().parent.parent
-        if (repo / DEFAULT_NOTEBOOKS[stage]).exists():
-            return repo / DEFAULT_NOTEBOOKS[stage]
+        if (repo / stages.STAGES[stage].notebook).exists():
+            return repo / stages.STAGES[stage].notebook
     return p
 
 
@@ -273,7 +263,7 @@ class _Stage:
     @property
     def settings(self) -> dict:
         """Flat setting name -> field, when the notebook takes ``settings``."""
-        return config.stage_settings(self.name) if self.nb_params and SETTINGS_PARAM in self.nb_params else {}
+        return stages.stage_settings(self.name) if self.nb_params and SETTINGS_PARAM in self.nb_params else {}
 
     @property
     def accepted(self) -> list[str]:
@@ -283,7 +273,7 @@ class _Stage:
     def schema(self, key: str) -> dict:
         if key in self.settings:
             return self.settings[key].metadata["schema"]
-        return config.param_schema(self.name, key) or {}
+        return stages.param_schema(self.name, key) or {}
 
 
 def _read(plan_path: Path) -> tuple[Any, dict[str, int], list[str]]:
@@ -380,7 +370,7 @@ def _check_values(entries: list[_Stage], defaults: dict, P: _Problems) -> None:
             if e is not None:
                 _check_one(e, k, v, f"defaults.{k}", P)
     for e in known:
-        if e.grid and e.name in SINGLE_CELL_STAGES:
+        if e.grid and stages.STAGES[e.name].one_cell:
             P.add(f"{e.at}.grid", f"stage {e.name} runs once per study (one folder); put its values under params")
             e.grid = {}
         allowed = e.accepted + (["pair"] if e.name == "transfer" else [])
@@ -427,8 +417,8 @@ def _check_axis(e: _Stage, k: str, vs: Any, allowed: list[str], P: _Problems) ->
 
 def _check_one(e: _Stage, key: str, value: Any, where: str, P: _Problems) -> None:
     schema = e.schema(key)
-    if key == "strategies" and e.name in config.STAGE_STRATEGIES:
-        allowed = config.STAGE_STRATEGIES[e.name]
+    if key == "strategies" and stages.STAGES[e.name].strategies:
+        allowed = stages.STAGES[e.name].strategies
         if isinstance(value, list) and value:
             for j, s in enumerate(value):
                 if s not in allowed:
@@ -475,10 +465,10 @@ def _data_domains(entries: list[_Stage], defaults: dict, P: _Problems) -> tuple[
 
 def _cell_folder(e: _Stage, study_dir: Path, values: dict, varied: list[str]) -> tuple[Path | None, str | None]:
     """The cell's folder from its values; a problem message when a value that names it is missing."""
-    if e.name in SINGLE_CELL_STAGES:
-        return {"data": paths.data_dir, "divergence": paths.divergence_dir, "report": paths.report_dir,
-                "phase": paths.phase_dir}[e.name](study_dir), None
-    need = {"obtain": ("domain", "seed"), "transfer": ("source", "target", "seed"), "federated": ("source", "seed")}[e.name]
+    stage = stages.STAGES[e.name]
+    if stage.one_cell:
+        return stage.cell_dir(study_dir, values), None
+    need = stage.cell
     got = {}
     for k in need:
         v = values.get(k, _default_value((e.nb_params or {}).get(k)) if k == "seed" else None)
@@ -488,9 +478,7 @@ def _cell_folder(e: _Stage, study_dir: Path, values: dict, varied: list[str]) ->
         got[k] = v
     if isinstance(got["seed"], bool) or not isinstance(got["seed"], int):
         return None, f"impossible grid: the seed of stage {e.name} must be an integer"
-    folder = {"obtain": lambda: study_dir / "obtain" / got["domain"],
-              "transfer": lambda: study_dir / "transfer" / f"{got['source']}__{got['target']}",
-              "federated": lambda: study_dir / "federated" / got["source"]}[e.name]() / f"seed{got['seed']}"
+    folder = stage.cell_dir(study_dir, got)
     suffix = ",".join(f"{k}={values[k]}" for k in varied if k in values)
     return (folder / suffix if suffix else folder), None
 
@@ -625,7 +613,8 @@ def _link(entries: list[_Stage], study_dir: Path, stages_present: set, P: _Probl
         for c in e.cells:
             deps: list[str] = []
             external: list[str] = []
-            if e.name in ("divergence", "obtain", "transfer", "federated"):
+            needs = stages.STAGES[e.name].needs
+            if "data" in needs:
                 (deps if "data" in stages_present else external).append("data")
             if e.name == "federated":
                 _federated_source(e, c, obtain, deps, external, stages_present, P)
@@ -645,7 +634,7 @@ def _link(entries: list[_Stage], study_dir: Path, stages_present: set, P: _Probl
                                               "and the same settings, which the obtain stage does not produce; add it")
                     else:
                         external.append(key)
-            if e.name in ("report", "phase"):  # summaries of everything run before them
+            if needs == stages.EVERYTHING_BEFORE:  # summaries of everything run before them
                 deps.extend(k.key for k in final)
             h = stable_hash({"cell": c.params_hash, "inputs": [hashes.get(d, d) for d in deps]})
             hashes[c.key] = h

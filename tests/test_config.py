@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from ltnb import config
+from ltnb import config, stages
 from ltnb.plan import PlanError, load_plan
 
 from test_plan import FIX
@@ -38,7 +38,7 @@ def bad_value(schema: dict):
 
 
 STAGE_FIELDS = [(stage, name, f) for stage in ("data", "obtain", "phase", "divergence")
-                for name, f in config.stage_settings(stage).items()]
+                for name, f in stages.stage_settings(stage).items()]
 
 
 @pytest.mark.parametrize("stage,name,field", STAGE_FIELDS, ids=[f"{s}.{n}" for s, n, _ in STAGE_FIELDS])
@@ -47,7 +47,7 @@ def test_one_rule_per_setting_for_dataclass_and_plan(tmp_path, stage, name, fiel
     if value is None:
         pytest.skip("no simple forbidden value")
     with pytest.raises(ValueError, match=name):
-        config.for_stage(stage, {name: value})
+        stages.for_stage(stage, {name: value})
     nb = {"data": "data", "obtain": "obtain", "phase": "report", "divergence": "divergence"}[stage]
     stage_key = "report" if stage == "phase" else stage
     text = (f"study: t\nstages:\n  - stage: {stage_key}\n    notebook: {FIX / (nb + '.ipynb')}\n"
@@ -92,7 +92,7 @@ def test_settings_round_trip_and_table():
     assert math.isclose(config.ModelSettings().init_a, math.sqrt(5))
     assert "He et al." in t.loc["init_a", "help"]
     with pytest.raises(ValueError, match="unknown name.*'epochs'"):
-        config.for_stage("obtain", {"epochs": 3})
+        stages.for_stage("obtain", {"epochs": 3})
 
 
 def _all_setting_schemas() -> list[dict]:

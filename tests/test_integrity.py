@@ -27,7 +27,7 @@ import yaml
 from safetensors.torch import save_file
 
 from conftest import ROOT
-from ltnb import amazon, batch, corpus, data, explore, integrity, lottery, paths, tickets, tokens, vocab
+from ltnb import amazon, batch, corpus, data, explore, integrity, lottery, paths, stages, tickets, tokens, vocab
 from ltnb._io import write_parquet
 from ltnb.config import LotterySettings, ModelSettings, TrainSettings
 from ltnb.plan import PlanError, load_plan
@@ -126,7 +126,7 @@ def test_item2_a_changed_ticket_makes_its_obtain_cell_rerun_and_the_chain_stop(t
     kw = dict(settings=two, vocab_size=50, data_key=KEY, device="cpu", progress=False)
     lottery.obtain(tmp_path, "a", data=a, **kw)
     src = lottery.chain_dir(tmp_path, "a", "reset", 0, two, KEY, 50)
-    outputs = integrity.cell_outputs(tmp_path, "obtain/a/seed0")
+    outputs = stages.cell_outputs(tmp_path, "obtain/a/seed0")
     rel = (src / "round_01.safetensors").relative_to(tmp_path).as_posix()
     assert rel in outputs and (src / "theta_0.safetensors").relative_to(tmp_path).as_posix() in outputs
     flip(src / "round_01.safetensors", "trained/fc1.weight", 3)
@@ -179,8 +179,8 @@ def test_item3_a_cell_is_complete_only_while_its_recorded_files_are_unchanged(tm
     write_parquet(study / "obtain/d/reset/seed0/h/results.parquet", pd.DataFrame({"round": [0]}))
     marker = study / "obtain/d/seed0/_COMPLETE.json"  # the cell obtain/d/seed0 runs the chains obtain/d/*/seed0/
     marker.parent.mkdir(parents=True)
-    record = {"params_hash": "p", "outputs": integrity.cell_outputs(study, "obtain/d/seed0"),
-              "inputs": integrity.cell_inputs(study, ["data"])}
+    record = {"params_hash": "p", "outputs": stages.cell_outputs(study, "obtain/d/seed0"),
+              "inputs": stages.cell_inputs(study, ["data"])}
     assert set(record["inputs"]) == {"data/corpus.parquet"} and len(record["outputs"]) == 1
     marker.write_text(json.dumps(record))
     assert batch.marker_problem(marker, "p", study) is None

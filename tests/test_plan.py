@@ -209,3 +209,19 @@ def test_shipped_plans_are_valid(name, cells):
     assert plan.study == name
     if cells is not None:
         assert len(plan.cells) == cells
+
+
+def test_every_registered_stage_has_its_notebook_with_its_cell_parameters():
+    """ltnb.stages: each stage's notebook exists, its parameters cell names the stage's cell parameters
+    and takes ``settings`` exactly when the stage has settings; the plan runs the stages in that order."""
+    from ltnb import plan, stages
+
+    root = Path(__file__).resolve().parent.parent
+    assert plan.STAGES == tuple(stages.STAGES) == ("data", "divergence", "obtain", "transfer", "federated", "report",
+                                                   "phase")
+    for stage in stages.STAGES.values():
+        params = plan._inspect(root / stage.notebook)
+        assert "study_dir" in params and set(stage.cell) <= set(params), stage.name
+        assert ("settings" in params) == bool(stage.settings), stage.name
+        assert ("strategies" in params) == bool(stage.strategies), stage.name
+        assert stage.one_cell == (stage.name in ("data", "divergence", "report", "phase"))

@@ -1,0 +1,170 @@
+"""The stages of a study, each written down once: ``STAGES["obtain"]`` says which notebook runs it, which
+settings and cell parameters it takes, which folder a cell writes, which stages it reads from and which
+of its files later cells read. The plan (``ltnb.plan``: expansion, checks, dependencies) and the cell
+records (``cell_outputs``) read these objects; adding a stage is one ``Stage`` here and its
+notebook.
+
+A cell of a stage is named by its cell parameters (``cell``): none for a stage that runs once per study
+(data, divergence, report, phase), ``(domain, seed)`` for an obtain cell, and so on. Its folder is
+``folder(study, values)``; its key is that folder relative to the study (``obtain/products/seed0``).
+``outputs`` are the files of a cell that later cells read, relative to the study folder, with
+``{key}``, ``{name}`` (the second part of the key: a domain, a pair or a source) and ``{seed}`` (the
+third: ``seed<k>``) filled in; patterns are expanded with ``glob`` (sorted), and ``VOCAB`` stands for the
+current vocabulary's files.
+
+``cost`` names the model by which ``ltnb.estimate.estimate_cells`` prices a cell: ``"chains"`` (IMP
+rounds: calibrated training rates by sparsity, epochs and ratios learned from finished trainings),
+``"federated"`` (``estimate._federated_seconds``) or ``"wall"`` (the cell's measured wall time). ``cell_outputs`` hashes them for a cell's completeness record
+(``ltnb.batch``); a cell is complete only while they still have those hashes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from . import config, integrity, paths
+from .config import (DataSettings, DivergenceSettings, FederatedSettings, LotterySettings, PhaseSettings,
+                     VocabSettings)
+
+#: stands for the current vocabulary's files in ``Stage.outputs`` (``ltnb.integrity`` lists them)
+VOCAB = "<vocabulary>"
+#: ``Stage.needs`` of a stage that reads every cell that runs before it (report, phase)
+EVERYTHING_BEFORE = ("*",)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a study (see the module doc)."""
+
+    name: str
+    notebook: str                                # relative to the project root
+    settings: tuple[type, ...]                   # the settings classes its notebook takes in ``settings = {}``
+    cell: tuple[str, ...] = ()                   # the cell parameters that name a cell (none: one cell per study)
+    folder: Callable[[Path, Mapping], Path] | None = None  # a cell's folder from its values (None: ``single``)
+    single: Callable[[Path], Path] | None = None  # the folder of a stage with one cell per study
+    strategies: tuple[str, ...] = ()             # what its ``strategies`` may name (empty: no strategies)
+    needs: tuple[str, ...] = ()                  # the stages whose cells it reads
+    outputs: tuple[str, ...] = ()                # the files of a cell that later cells read (module doc)
+    cost: str = "wall"                           # how ``ltnb.estimate`` prices a cell (module doc)
+
+    @property
+    def one_cell(self) -> bool:
+        """Whether the stage runs once per study (no grid)."""
+        return not self.cell
+
+    def cell_dir(self, study_dir: Path, values: Mapping) -> Path:
+        """The folder of the cell with these ``values`` (its cell parameters)."""
+        return self.single(study_dir) if self.one_cell else self.folder(study_dir, values)
+
+
+
+def _seed(values: Mapping) -> str:
+    return f"seed{values['seed']}"
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("data", "notebooks/01_data.ipynb", (DataSettings, VocabSettings), single=paths.data_dir,
+          outputs=("data/corpus.parquet", VOCAB)),
+    Stage("divergence", "notebooks/02_divergence.ipynb", (DivergenceSettings,), single=paths.divergence_dir,
+          needs=("data",), outputs=("divergence/jsd.parquet",)),
+    Stage("obtain", "notebooks/03_obtain.ipynb", (LotterySettings,), cell=("domain", "seed"),
+          folder=lambda study, v: study / "obtain" / v["domain"] / _seed(v),
+          strategies=config.OBTAIN_STRATEGIES, needs=("data",), cost="chains",
+          # transfer and federated cells read the reset chain's tickets and theta_0
+          outputs=("obtain/{name}/*/{seed}/*/results.parquet", "obtain/{name}/reset/{seed}/*/round_*.safetensors",
+                   "obtain/{name}/reset/{seed}/*/theta_0.safetensors")),
+    Stage("transfer", "notebooks/04_transfer.ipynb", (LotterySettings,), cell=("source", "target", "seed"),
+          folder=lambda study, v: study / "transfer" / f"{v['source']}__{v['target']}" / _seed(v),
+          strategies=config.TRANSFER_STRATEGIES, needs=("data", "obtain"), cost="chains",
+          outputs=("transfer/{name}/*/{seed}/*/results.parquet",)),
+    Stage("federated", "notebooks/05_federated.ipynb", (LotterySettings, FederatedSettings), cell=("source", "seed"),
+          folder=lambda study, v: study / "federated" / v["source"] / _seed(v),
+          strategies=config.TRANSFER_STRATEGIES, needs=("data", "obtain"), cost="federated",
+          outputs=("{key}/*/results.parquet",)),
+    Stage("report", "notebooks/06_report.ipynb", (PhaseSettings,), single=paths.report_dir, needs=EVERYTHING_BEFORE,
+          outputs=("report/summary.parquet",)),
+    Stage("phase", "notebooks/07_phase_transition.ipynb", (PhaseSettings,), single=paths.phase_dir,
+          needs=EVERYTHING_BEFORE),
+)}
+#: the stages in the order they run
+ORDER = tuple(STAGES)
+
+
+def of_key(key: str) -> Stage:
+    """The stage of a cell key (``obtain/products/seed0`` -> ``STAGES["obtain"]``)."""
+    return STAGES[key.split("/")[0]]
+
+
+def output_patterns(key: str) -> list[str]:
+    """``of_key(key).outputs`` with the key's parts filled in."""
+    parts = key.split("/")
+    fill = {"key": key, "name": parts[1] if len(parts) > 1 else "", "seed": parts[2] if len(parts) > 2 else ""}
+    return [p if p == VOCAB else p.format(**fill) for p in of_key(key).outputs]
+
+
+def cell_outputs(study_dir: str | os.PathLike, key: str) -> dict[str, str]:
+    """``{path relative to the study: sha256}`` of the files of cell ``key`` that later cells read (its
+    stage's ``outputs`` in ``ltnb.stages``). An obtain cell ``obtain/<domain>/seed<k>[/<settings>]`` runs the
+    chains ``obtain/<domain>/<strategy>/seed<k>/<hash>/`` (likewise transfer): every chain of that domain
+    (pair) and seed."""
+    study = Path(study_dir)
+    files: list[Path] = []
+    for pattern in output_patterns(key):
+        if pattern == VOCAB:
+            files += integrity.vocab_files(study)
+        elif "*" in pattern:
+            files += sorted(study.glob(pattern))
+        else:
+            files.append(study / pattern)
+    return {p.relative_to(study).as_posix(): integrity.file_sha256(p) for p in files if p.is_file()}
+
+
+def cell_inputs(study_dir: str | os.PathLike, deps: Iterable[str]) -> dict[str, str]:
+    """The files (with their sha256) of the cells ``deps`` that a cell reads from."""
+    out: dict[str, str] = {}
+    for dep in deps:
+        out.update(cell_outputs(study_dir, dep))
+    return out
+
+
+# ----------------------------------------------------------------------- a stage's settings, by flat name
+def stage_settings(stage: str) -> dict[str, dataclasses.Field]:
+    """Flat setting name -> field, for the settings a stage's notebook takes in ``settings = {}``."""
+    out: dict[str, dataclasses.Field] = {}
+    for cls in STAGES[stage].settings if stage in STAGES else ():
+        if cls is LotterySettings:
+            out.update({n: f for n, (_, f) in LotterySettings.flat_fields().items()})
+        else:
+            out.update(cls.settings_fields())
+    return out
+
+
+def for_stage(stage: str, settings: dict | None = None) -> tuple:
+    """The settings objects of a stage from a notebook's ``settings = {...}`` (flat names; the rest keep
+    their defaults); an unknown name is refused, naming the allowed ones."""
+    settings = dict(settings or {})
+    known = stage_settings(stage)
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ValueError(f"settings of stage {stage}: unknown name(s) {unknown}; allowed: {', '.join(sorted(known))}")
+    out = []
+    for cls in STAGES[stage].settings:
+        if cls is LotterySettings:
+            out.append(LotterySettings.from_params(**{k: v for k, v in settings.items()
+                                                      if k in LotterySettings.flat_fields()}))
+        else:
+            out.append(cls(**{k: v for k, v in settings.items() if k in cls.settings_fields()}))
+    return tuple(out)
+
+
+def param_schema(stage: str, name: str) -> dict | None:
+    """The JSON schema of a stage's parameter (a setting or a cell parameter), or None if unchecked."""
+    if name in stage_settings(stage):
+        return stage_settings(stage)[name].metadata["schema"]
+    if name == "strategies" and stage in STAGES and STAGES[stage].strategies:
+        return {"type": "array", "minItems": 1, "uniqueItems": True, "items": config.one_of(STAGES[stage].strategies)}
+    spec = config.CELL_PARAMS.get(name)
+    return spec["schema"] if spec else None
