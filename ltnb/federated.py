@@ -90,9 +90,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import paths, strategies, tickets
+from . import config, paths, strategies, tickets
 from ._io import read_json, stable_hash, write_json, write_parquet
-from .config import LotterySettings, ModelSettings, TrainSettings, derive_seed
+from .config import CELL_PARAMS, FederatedSettings, LotterySettings, ModelSettings, TrainSettings, derive_seed
 from .model import parameter_shapes
 from .pruning import Mask
 from .tokens import TokenSplit, save_splits
@@ -189,18 +189,13 @@ def prepare(
     source: str,
     *,
     seed: int = 0,
-    ticket_rounds: Sequence[int] = (3, 5, 7, 10),
     strategies: Sequence[str] = STRATEGIES,
-    client_domains: Sequence[str] | None = None,
-    clients_per_domain: int = 2,
-    fl_rounds: int = 10,
-    local_epochs: int = 1,
-    local_patience: int | None = None,
-    target_share: float = 0.95,
     settings: LotterySettings = LotterySettings(),
-    audit: bool = False,
+    fed_settings: FederatedSettings = FederatedSettings(),
 ) -> Federation:
-    """Check every parameter and find the source chain; raise one error naming all problems.
+    """Check what the settings classes cannot (the study's domains, the source chain and its rounds,
+    the seed and strategies of the cell) and find the source chain; raise one error naming all problems.
+    ``settings`` names the source chain, ``fed_settings`` the federation (each checked on construction).
 
     Creates nothing. ``ValueError`` for bad values (each message names the parameter and what is
     allowed), ``FileNotFoundError`` when the study's data or the source chain are missing.
@@ -210,30 +205,16 @@ def prepare(
 
     study = paths.resolve_study(study_dir)
     problems: list[str] = []
-    if not _is_int(seed) or seed < 0:
-        problems.append(f"seed = {seed!r}: expected an integer >= 0")
-    if not _is_int(clients_per_domain) or clients_per_domain < 1:
-        problems.append(f"clients_per_domain = {clients_per_domain!r}: expected an integer >= 1 "
-                        f"(the number of clients each client domain's training data is split into)")
-    if not _is_int(fl_rounds) or fl_rounds < 1:
-        problems.append(f"fl_rounds = {fl_rounds!r}: expected an integer >= 1 (federated rounds)")
-    if not _is_int(local_epochs) or local_epochs < 1:
-        problems.append(f"local_epochs = {local_epochs!r}: expected an integer >= 1 (client epochs per round)")
-    if local_patience is not None and (not _is_int(local_patience) or local_patience < 1):
-        problems.append(f"local_patience = {local_patience!r}: expected an integer >= 1 or None (every local epoch runs)")
-    if isinstance(target_share, bool) or not isinstance(target_share, (int, float)) or not 0 < target_share <= 1:
-        problems.append(f"target_share = {target_share!r}: expected a number in (0, 1] (share of the dense baseline's "
-                        f"final accuracy)")
+    f = fed_settings
+    if not config.fits(seed, CELL_PARAMS["seed"]["schema"]):
+        problems.append(f"seed = {seed!r}: expected {config.describe(CELL_PARAMS['seed']['schema'])}")
     strategies = tuple(strategies) if isinstance(strategies, (list, tuple)) else (strategies,)
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad or len(set(strategies)) != len(strategies):
         problems.append(f"strategies = {list(strategies)!r}: expected distinct values from {list(STRATEGIES)} "
                         f"(the dense baseline always runs)")
-    rounds_in = tuple(ticket_rounds) if isinstance(ticket_rounds, (list, tuple)) else (ticket_rounds,)
-    if not all(_is_int(r) and r >= 1 for r in rounds_in) or len(set(rounds_in)) != len(rounds_in):
-        problems.append(f"ticket_rounds = {list(rounds_in)!r}: expected distinct IMP rounds >= 1 of the source "
-                        f"chain (round 0 is the dense network, the baseline, which always runs)")
-    elif rounds_in and max(rounds_in) > settings.rounds:
+    rounds_in = f.ticket_rounds
+    if max(rounds_in) > settings.rounds:
         problems.append(f"ticket_rounds = {list(rounds_in)!r}: round {max(rounds_in)} is beyond the chain, "
                         f"which has rounds 0..{settings.rounds} (rounds = {settings.rounds}); allowed: 1..{settings.rounds}")
     if not isinstance(source, str) or not source:
@@ -245,17 +226,15 @@ def prepare(
         raise FileNotFoundError(f"federated: {e}") from None
     if isinstance(source, str) and source and source not in domains:
         problems.append(f"source = {source!r}: unknown domain; this study's domains: {', '.join(domains)}")
-    if client_domains is None:
+    if f.client_domains is None:
         clients = tuple(d for d in domains if d != source)
     else:
-        clients = tuple(client_domains) if isinstance(client_domains, (list, tuple)) else (client_domains,)
+        clients = f.client_domains
         for d in clients:
             if d not in domains:
                 problems.append(f"client_domains: unknown domain {d!r}; this study's domains: {', '.join(domains)}")
             elif d == source:
                 problems.append(f"client_domains: {d!r} is the source (the server's domain); clients hold the other domains")
-        if len(set(clients)) != len(clients):
-            problems.append(f"client_domains = {list(clients)!r}: a domain is listed twice")
     if not clients and not any(p.startswith("client_domains") for p in problems):
         problems.append(f"client_domains: no client domain; the study has only {domains} and the source is {source!r}")
     if problems:
@@ -265,8 +244,8 @@ def prepare(
     data_key = vocab.data_key(study)
     sizes = {(d, s): len(split) for d in clients for s, split in vocab.load_encoded(study, d)[0].items() if s != "test"}
     (small_domain, small_split), smallest = min(sizes.items(), key=lambda kv: kv[1])
-    if clients_per_domain > smallest:
-        raise ValueError(f"federated: clients_per_domain = {clients_per_domain}: the {small_split} split of {small_domain} "
+    if f.clients_per_domain > smallest:
+        raise ValueError(f"federated: clients_per_domain = {f.clients_per_domain}: the {small_split} split of {small_domain} "
                          f"has only {smallest} examples and every client needs some; allowed: 1..{smallest}")
     chain = chain_dir(study, source, "reset", seed, settings, data_key, vocab_size)
     finished = _finished_chain_rounds(chain) if chain.exists() else []
@@ -276,14 +255,14 @@ def prepare(
             f"federated: the source's reset chain at {chain} lacks round(s) {missing} (has {finished or 'none'}); "
             f"ticket_rounds must be among its finished rounds >= 1. Create it with notebooks/03_obtain.ipynb "
             f"(domain={source!r}, strategy='reset', seed={seed}, rounds>={max(rounds_in)}, the same other parameters).")
-    h = stable_hash({"chain": chain.name, "clients": sorted(clients), "clients_per_domain": clients_per_domain,
-                     "fl_rounds": fl_rounds, "local_epochs": local_epochs, "local_patience": local_patience,
+    h = stable_hash({"chain": chain.name, "clients": sorted(clients), "clients_per_domain": f.clients_per_domain,
+                     "fl_rounds": f.fl_rounds, "local_epochs": f.local_epochs, "local_patience": f.local_patience,
                      "version": FEDERATED_VERSION,
-                     **({"audit": True} if audit else {})})
+                     **({"audit": True} if f.audit else {})})
     run_dir = paths.federated_dir(study, source, seed) / h
     return Federation(study=study, source=source, seed=seed, ticket_rounds=tuple(sorted(rounds_in)), strategies=strategies,
-                client_domains=clients, clients_per_domain=clients_per_domain, fl_rounds=fl_rounds,
-                local_epochs=local_epochs, local_patience=local_patience, target_share=float(target_share),
+                client_domains=clients, clients_per_domain=f.clients_per_domain, fl_rounds=f.fl_rounds,
+                local_epochs=f.local_epochs, local_patience=f.local_patience, target_share=float(f.target_share),
                 settings=settings, chain=chain, data_key=data_key, vocab_size=vocab_size,
                 run_dir=run_dir, settings_hash=h)
 
@@ -1108,17 +1087,10 @@ def run(
     source: str,
     *,
     seed: int = 0,
-    ticket_rounds: Sequence[int] = (3, 5, 7, 10),
     strategies: Sequence[str] = STRATEGIES,
-    client_domains: Sequence[str] | None = None,
-    clients_per_domain: int = 2,
-    fl_rounds: int = 10,
-    local_epochs: int = 1,
-    local_patience: int | None = None,
-    target_share: float = 0.95,
     settings: LotterySettings = LotterySettings(),
+    fed_settings: FederatedSettings = FederatedSettings(),
     workers: int | None = None,
-    audit: bool = False,
     progress: bool = True,
     log=print,
 ) -> pd.DataFrame:
@@ -1126,16 +1098,14 @@ def run(
 
     Checks everything first (``prepare``), then runs every unfinished run (the dense baseline, then
     each ticket round x strategy) in one Flower simulation with ``clients_per_domain`` clients per
-    client domain, ``workers`` of them training at once (default: ``$LTNB_TORCH_THREADS`` when the
+    client domain (``fed_settings``), ``workers`` of them training at once (default: ``$LTNB_TORCH_THREADS`` when the
     batch runner set it, else the machine's CPU count, at most the number of clients).
-    ``audit=True``: every reply also carries a fingerprint of the client's shard and a description
+    ``fed_settings.audit``: every reply also carries a fingerprint of the client's shard and a description
     of the message it received (``messages.parquet``, columns ``data_sha256``, ``received``); it costs
     a few hundred bytes per reply, which are counted like everything else.
     """
-    plan = prepare(study_dir, source, seed=seed, ticket_rounds=ticket_rounds, strategies=strategies,
-                   client_domains=client_domains, clients_per_domain=clients_per_domain, fl_rounds=fl_rounds,
-                   local_epochs=local_epochs, local_patience=local_patience, target_share=target_share,
-                   settings=settings, audit=audit)
+    plan = prepare(study_dir, source, seed=seed, strategies=strategies, settings=settings, fed_settings=fed_settings)
+    audit = fed_settings.audit
     n_clients = len(plan.client_domains) * plan.clients_per_domain
     if workers is None:
         workers = int(os.environ.get("LTNB_TORCH_THREADS") or os.cpu_count() or 1)

@@ -23,7 +23,7 @@ import yaml
 
 from conftest import ROOT
 from ltnb import batch, federated, federated_results, plan as planmod, tickets, tokens, vocab
-from ltnb.config import LotterySettings
+from ltnb.config import FederatedSettings, LotterySettings
 from ltnb.lottery import chain_dir, ticket_name
 
 DEFAULTS = {"seed": 0, "max_epochs": 1, "patience": 1, "rounds": 2, "embed_dim": 16, "channels": 8, "hidden": 8,
@@ -237,15 +237,17 @@ def test_bad_parameters_are_refused_before_anything_starts(fed, monkeypatch):
 
     monkeypatch.setattr(federated.RayHead, "__enter__", no_ray)
     before = sorted(p.relative_to(fed["study"]) for p in fed["study"].rglob("*"))
-    base = dict(seed=0, ticket_rounds=[2], strategies=["masks-reset"], fl_rounds=2, settings=_settings())
+    base = dict(seed=0, strategies=["masks-reset"], settings=_settings())
+    fl = dict(ticket_rounds=[2], fl_rounds=2)
     with pytest.raises(ValueError, match=r"source = 'books': unknown domain; this study's domains: movies, products"):
-        federated.run(fed["study"], "books", **base)
+        federated.run(fed["study"], "books", **base, fed_settings=FederatedSettings(**fl))
     with pytest.raises(ValueError, match=r"ticket_rounds = \[3\]: round 3 is beyond the chain.*allowed: 1\.\.2"):
-        federated.run(fed["study"], "products", **{**base, "ticket_rounds": [3]})
+        federated.run(fed["study"], "products", **base, fed_settings=FederatedSettings(**{**fl, "ticket_rounds": [3]}))
     with pytest.raises(ValueError, match=r"clients_per_domain = 0: expected an integer >= 1"):
-        federated.run(fed["study"], "products", **{**base, "clients_per_domain": 0})
+        federated.run(fed["study"], "products", **base, fed_settings=FederatedSettings(**{**fl, "clients_per_domain": 0}))
     with pytest.raises(ValueError, match=r"client_domains: 'products' is the source"):
-        federated.run(fed["study"], "products", **{**base, "client_domains": ["products"]})
+        federated.run(fed["study"], "products", **base,
+                      fed_settings=FederatedSettings(**{**fl, "client_domains": ["products"]}))
     assert sorted(p.relative_to(fed["study"]) for p in fed["study"].rglob("*")) == before  # nothing created
 
     # the same mistakes in a plan: all reported at once by `ltnb batch`, nothing run
@@ -352,8 +354,8 @@ def test_a_rerun_reads_back_and_a_killed_run_restarts_alone(fed, monkeypatch, tm
     run_dir = study / fed["run_dir"].relative_to(fed["study"])
     calls = []
     monkeypatch.setattr(federated, "_simulate", lambda plan, spec, runs, **kw: calls.append(list(runs)))
-    args = dict(seed=0, ticket_rounds=[2], strategies=["masks-reset"], clients_per_domain=2, fl_rounds=2, audit=True,
-                settings=_settings(), progress=False, log=lambda *_: None)
+    args = dict(seed=0, strategies=["masks-reset"], settings=_settings(), progress=False, log=lambda *_: None,
+                fed_settings=FederatedSettings(ticket_rounds=[2], clients_per_domain=2, fl_rounds=2, audit=True))
     first = pd.read_parquet(run_dir / "results.parquet")
     again = federated.run(study, "products", **args)
     assert calls == []  # everything finished: read back, no simulation
