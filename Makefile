@@ -36,7 +36,7 @@ study: $(STAMP)
 	@echo "report: $(CURDIR)/outputs/$$(basename $(PLAN) .yaml)/report/index.html"
 
 # The federated demo: one source domain, fair and naive dense FedAvg, two tickets x two initial values,
-# 3 seeds, on Flower (README, "Federated learning with a ticket"); its estimate is printed first.
+# 3 seeds, on Flower (docs/federated.md); its estimate is printed first.
 federated: $(STAMP)
 	$(VENV)/bin/ltnb data fetch
 	$(VENV)/bin/ltnb batch params/federated-demo.yaml

@@ -16,8 +16,10 @@ its own layer or the ones below it (``lint-imports`` checks it in CI, with the c
    statistics), ``findings`` (verdicts on the paper's claims), ``report``, ``explore`` (the widget
    app). Analysis imports no torch, so the report and the explorer start fast.
 
-Below them all: ``config`` (every setting, defined once with its check), ``paths`` (the study's
-layout) and ``_io`` (atomic writes, hashes); above them all: ``cli`` (the ``ltnb`` command).
+Below them all: ``stages`` (each stage of a study written once: notebook, settings, cell folder,
+dependencies, output files, cost model), ``paths`` (the study's layout), ``integrity`` (hashes and
+checks), ``config`` (every setting, defined once with its check), ``labels`` (the names of curves and
+sparsities) and ``_io`` (atomic writes, hashes); above them all: ``cli`` (the ``ltnb`` command).
 """
 
 __version__ = "0.1.0"
