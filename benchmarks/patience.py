@@ -56,7 +56,7 @@ def main() -> None:
     study = paths.resolve_study(args.study)
     if not (paths.data_dir(study) / "corpus.parquet").exists():
         data.build(study, domains=["products", "movies", "restaurants", "tweets", "news"])
-        vocab.build(study, vocab_size=8000)
+        vocab.build(study, config.VocabSettings(vocab_size=8000))
     settings = config.LotterySettings.from_params(rounds=args.rounds, max_epochs=args.max_epochs, patience=None)
     histories = []
     real_fit = _train.fit

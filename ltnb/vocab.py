@@ -86,21 +86,8 @@ def _train_spm(sentences: list[str], settings: VocabSettings, prefix: Path) -> N
         raise VocabError(f"SentencePiece training failed: {e}") from None
 
 
-def build(
-    study_dir: str | os.PathLike,
-    *,
-    vocab_size: int = 8000,
-    character_coverage: float = 0.9995,
-    max_len: int = 500,
-    model_type: str = "bpe",
-    log=print,
-) -> dict:
-    """Train (or reuse) the shared vocabulary and encode every domain; returns ``info``."""
-    try:
-        settings = VocabSettings(vocab_size=vocab_size, character_coverage=character_coverage, model_type=model_type,
-                                 max_len=max_len)
-    except ValueError as e:
-        raise VocabError(str(e)) from None
+def build(study_dir: str | os.PathLike, settings: VocabSettings = VocabSettings(), *, log=print) -> dict:
+    """Train (or reuse) the shared vocabulary with ``settings`` and encode every domain; returns ``info``."""
     import pandas as pd
     import sentencepiece as spm
 

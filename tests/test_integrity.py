@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from conftest import ROOT
 from ltnb import amazon, batch, corpus, data, explore, integrity, lottery, paths, stages, tickets, tokens, vocab
 from ltnb._io import write_parquet
-from ltnb.config import LotterySettings, ModelSettings, TrainSettings
+from ltnb.config import LotterySettings, ModelSettings, TrainSettings, VocabSettings
 from ltnb.plan import PlanError, load_plan
 from ltnb.train import synthetic_data
 from test_batch import plan_text
@@ -140,7 +140,7 @@ def test_item2_a_changed_ticket_makes_its_obtain_cell_rerun_and_the_chain_stop(t
 
 def test_item3_stale_encodings_and_edited_tables_are_refused(tmp_path):
     study, _ = tiny_corpus(tmp_path)
-    vocab.build(study, vocab_size=60, log=lambda *_: None)
+    vocab.build(study, VocabSettings(vocab_size=60), log=lambda *_: None)
     vocab.load_encoded(study, "alpha")
     corpus_file = study / "data" / "corpus.parquet"
     table = pd.read_parquet(corpus_file)
@@ -149,7 +149,7 @@ def test_item3_stale_encodings_and_edited_tables_are_refused(tmp_path):
     with pytest.raises(integrity.IntegrityError, match="corpus.parquet.*expected sha256"):
         vocab.load_encoded(study, "alpha")
     # a data stage run on the changed table makes new encodings for it
-    vocab.build(study, vocab_size=60, log=lambda *_: None)
+    vocab.build(study, VocabSettings(vocab_size=60), log=lambda *_: None)
     vocab.load_encoded(study, "alpha")
     # an encodings file changed in place is refused, and rebuilt by the data stage
     tok = vocab.current(study) / "tokens" / "beta.safetensors"
@@ -157,7 +157,7 @@ def test_item3_stale_encodings_and_edited_tables_are_refused(tmp_path):
     with pytest.raises(integrity.IntegrityError, match="beta.safetensors"):
         vocab.load_encoded(study, "beta")
     logs = []
-    vocab.build(study, vocab_size=60, log=logs.append)
+    vocab.build(study, VocabSettings(vocab_size=60), log=logs.append)
     assert any("fails its checks" in line for line in logs)
     vocab.load_encoded(study, "beta")
     # result rows edited with another tool (pandas) lose their recorded hash: refused
@@ -331,7 +331,7 @@ def test_files_get_the_usual_permissions(tmp_path):
     for f in (t, s, path, tmp_path / "ticket" / "theta_0.safetensors"):
         assert stat.S_IMODE(f.stat().st_mode) == want, f
     study, _ = tiny_corpus(tmp_path)
-    vocab.build(study, vocab_size=60, log=lambda *_: None)
+    vocab.build(study, VocabSettings(vocab_size=60), log=lambda *_: None)
     folder = vocab.current(study)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
     assert stat.S_IMODE((folder / "tokens" / "alpha.safetensors").stat().st_mode) == want

@@ -2,7 +2,7 @@
 import pytest
 
 from ltnb import data, lottery, vocab
-from ltnb.config import LotterySettings
+from ltnb.config import LotterySettings, VocabSettings
 
 pytestmark = pytest.mark.slow
 
@@ -12,7 +12,7 @@ def test_full_size_chains_show_the_phase_transition(tmp_path, builtin_cache):
     learns above chance, and at 99.1% sparsity the reset ticket still does while random has collapsed."""
     study = tmp_path / "study"
     data.build(study, log=lambda *_: None)
-    vocab.build(study, vocab_size=8000, log=lambda *_: None)
+    vocab.build(study, VocabSettings(vocab_size=8000), log=lambda *_: None)
     settings = LotterySettings.from_params(rounds=11, max_epochs=3, patience=2)
     reset = lottery.obtain(study, "products", seed=0, strategy="reset", settings=settings, progress=False)
     random = lottery.obtain(study, "products", seed=0, strategy="random", settings=settings, progress=False)

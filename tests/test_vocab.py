@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from ltnb import divergence, vocab
+from ltnb.config import VocabSettings
 from ltnb._io import write_parquet
 from ltnb.tokens import load_splits
 
@@ -27,7 +28,7 @@ def _corpus(tmp_path, n=60):
 
 def test_build_encodes_every_domain_and_round_trips(tmp_path):
     study, table = _corpus(tmp_path)
-    info = vocab.build(study, vocab_size=60, max_len=500, log=lambda *_: None)
+    info = vocab.build(study, VocabSettings(vocab_size=60, max_len=500), log=lambda *_: None)
     assert info["vocab_size"] == 60 and info["domains"] == ["alpha", "beta"]
     sp = vocab.processor(study)
     assert sp.pad_id() == vocab.PAD_ID and sp.unk_id() == vocab.UNK_ID
@@ -46,10 +47,10 @@ def test_build_encodes_every_domain_and_round_trips(tmp_path):
 def test_cache_is_reused_and_keyed_by_settings(tmp_path):
     study, _ = _corpus(tmp_path)
     said = []
-    a = vocab.build(study, vocab_size=60, log=said.append)
-    b = vocab.build(study, vocab_size=60, log=said.append)
+    a = vocab.build(study, VocabSettings(vocab_size=60), log=said.append)
+    b = vocab.build(study, VocabSettings(vocab_size=60), log=said.append)
     assert a["key"] == b["key"] and "already built" in said[-1]
-    c = vocab.build(study, vocab_size=50, log=said.append)
+    c = vocab.build(study, VocabSettings(vocab_size=50), log=said.append)
     assert c["key"] != a["key"] and vocab.data_key(study) == c["key"]
     assert (vocab.vocab_root(study) / a["key"] / "info.json").exists()  # old encodings kept
 
@@ -62,7 +63,7 @@ def test_no_training_sentence_is_dropped_for_its_length(tmp_path):
     assert len(long.encode()) > 4192
     table.loc[0, "text"] = long
     write_parquet(study / "data" / "corpus.parquet", table)
-    vocab.build(study, vocab_size=60, character_coverage=1.0, max_len=5000, log=lambda *_: None)
+    vocab.build(study, VocabSettings(vocab_size=60, character_coverage=1.0, max_len=5000), log=lambda *_: None)
     sp = vocab.processor(study)
     assert sp.piece_to_id("\u03b6") != sp.unk_id()
     assert vocab.UNK_ID not in sp.encode(long)
@@ -70,7 +71,7 @@ def test_no_training_sentence_is_dropped_for_its_length(tmp_path):
 
 def test_truncation_to_max_len(tmp_path):
     study, _ = _corpus(tmp_path)
-    info = vocab.build(study, vocab_size=60, max_len=4, log=lambda *_: None)
+    info = vocab.build(study, VocabSettings(vocab_size=60, max_len=4), log=lambda *_: None)
     splits = load_splits(vocab.current(study) / "tokens" / "alpha.safetensors")
     assert int(splits["train"].lengths.max()) <= 4
     assert info["truncated_sequences"] > 0
@@ -79,7 +80,7 @@ def test_truncation_to_max_len(tmp_path):
 def test_too_large_vocabulary_names_the_largest_size(tmp_path):
     study, _ = _corpus(tmp_path)
     with pytest.raises(vocab.VocabError, match=r"vocab_size=8000 is too large.*at most \d+ pieces.*vocab_size=\d+"):
-        vocab.build(study, vocab_size=8000, log=lambda *_: None)
+        vocab.build(study, VocabSettings(vocab_size=8000), log=lambda *_: None)
     assert not (vocab.vocab_root(study) / "CURRENT.json").exists()
 
 
@@ -92,7 +93,7 @@ def test_missing_data_stage_is_a_clear_error(tmp_path):
 
 def test_divergence_of_a_built_study(tmp_path):
     study, _ = _corpus(tmp_path)
-    vocab.build(study, vocab_size=60, log=lambda *_: None)
+    vocab.build(study, VocabSettings(vocab_size=60), log=lambda *_: None)
     m = divergence.compute(study, log=lambda *_: None)
     assert m.shape == (2, 2) and 0 < m.loc["alpha", "beta"] < 1
     assert (study / "divergence" / "jsd.parquet").exists()
