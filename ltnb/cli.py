@@ -10,14 +10,15 @@ import textwrap
 
 
 def _data_fetch(args) -> int:
-    from . import corpus
+    from ltnb.text import corpus
 
     corpus.fetch(args.cache, force=args.force)
     return 0
 
 
 def _data_build(args) -> int:
-    from . import config, data, vocab
+    from ltnb.base import config
+    from ltnb.text import data, vocab
 
     data_settings = config.from_arguments(args, config.DataSettings)
     vocab_settings = config.from_arguments(args, config.VocabSettings)
@@ -27,7 +28,7 @@ def _data_build(args) -> int:
 
 
 def _batch(args) -> int:
-    from . import batch
+    from ltnb.study import batch
 
     return batch.main(args.plan, workers=args.workers, scheduler=args.scheduler, only=args.only,
                       dry_run=args.dry_run, threads_per_worker=args.threads, worker_timeout=args.worker_timeout,
@@ -35,7 +36,8 @@ def _batch(args) -> int:
 
 
 def _report(args) -> int:
-    from . import lottery, report
+    from ltnb.core import lottery
+    from ltnb.analysis import report
 
     lottery.write_mask_overlap(args.study)
     report.build(args.study)
@@ -43,7 +45,7 @@ def _report(args) -> int:
 
 
 def _explore(args) -> int:
-    from . import explore
+    from ltnb.analysis import explore
 
     return explore.serve(args.study, port=args.port, open_browser=args.open, cull_idle=args.cull_idle)
 
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = dsub.add_parser("build", help="sample, balance and split the domains, train the shared "
                         "SentencePiece vocabulary and encode every domain into STUDY/data/")
     b.add_argument("study", metavar="STUDY", help="study folder, e.g. outputs/mystudy")
-    from .config import DataSettings, VocabSettings, add_arguments
+    from ltnb.base.config import DataSettings, VocabSettings, add_arguments
 
     add_arguments(b, DataSettings, VocabSettings)  # one option per setting, from its definition
     b.add_argument("--cache", metavar="DIR", default=None, help="corpus cache folder")

@@ -23,8 +23,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ._io import atomic_path
-from .labels import COLORS, EXTRA_COLORS, LABELS, MEAN, SEEDS, series_name, sparsity_label  # noqa: F401
+from ltnb.base._io import atomic_path
+from ltnb.base.labels import COLORS, EXTRA_COLORS, LABELS, MEAN, SEEDS, series_name, sparsity_label  # noqa: F401
 
 WIDTH, HEIGHT = 470, 240
 
@@ -125,7 +125,7 @@ def accuracy_chart(curves: pd.DataFrame, *, facet: str | None = "pair", mode: st
     value of ``facet`` (None: one panel). ``markers``: (sparsity, label, color) vertical rules.
     ``collapse`` (one panel only): per chain its collapse point (``ltnb.phase.collapse_points`` with a
     ``series`` column), drawn as a cross at (collapse round, midpoint level) in the series' colour."""
-    from .results import summarize
+    from ltnb.analysis.results import summarize
 
     if facet and (mode != MEAN or markers):  # layers with their own data cannot be faceted: one panel each
         panels = [accuracy_chart(curves[curves[facet] == v], facet=None, mode=mode, title=str(v), markers=markers,
@@ -262,7 +262,7 @@ def spread_chart(curves: pd.DataFrame, chance: pd.DataFrame | None = None, *, ti
                  markers=(), width: int = WIDTH, height: int = HEIGHT):
     """Standard deviation across seeds (pp) of test accuracy per series and round; with ``chance``
     (``ltnb.phase.chance_table``) the share of each strategy's chains at chance as dashed lines."""
-    from .results import summarize
+    from ltnb.analysis.results import summarize
 
     s = summarize(curves, by=["series", "round"])
     s["std_pp"] = 100 * s["test_acc_std"].astype(float)
@@ -313,9 +313,9 @@ def federated_chart(summary: pd.DataFrame, *, title: str = "", target: dict | No
     (colour) and strategy (solid: masks-reset, dotted: masks-random), mean and +-1 std band over
     seeds per run; the dense baselines grey (fair: dashed, naive: long dashes). ``target``: source ->
     target accuracy (0..1), drawn as a dotted horizontal rule. One panel per source domain."""
-    from .config import FEDERATED_DENSE as DENSE
-    from .config import FEDERATED_NAIVE as NAIVE
-    from .config import TRANSFER_STRATEGIES as STRATEGIES
+    from ltnb.base.config import FEDERATED_DENSE as DENSE
+    from ltnb.base.config import FEDERATED_NAIVE as NAIVE
+    from ltnb.base.config import TRANSFER_STRATEGIES as STRATEGIES
 
     c = summary[summary["fl_round"] >= 1].copy()
     c["acc"] = 100 * c["acc_mean"]

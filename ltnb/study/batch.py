@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ltnb import integrity, paths, stages
-from ltnb._io import read_json, write_json
-from ltnb.plan import Cell, Plan, PlanError, load_plan
+from ltnb.base import integrity, paths, stages
+from ltnb.base._io import read_json, write_json
+from ltnb.study.plan import Cell, Plan, PlanError, load_plan
 
 TORCH_THREADS_ENV = "LTNB_TORCH_THREADS"
 KERNEL_UNSET_ENV = "MALLOC_TRIM_THRESHOLD_"
@@ -321,7 +321,7 @@ def write_times(plan: Plan, outcomes: list[Outcome], run: RunTimes, estimate: di
     (and the estimate), plus a last row ``(idle)`` with the workers' time outside any cell."""
     import pandas as pd
 
-    from ltnb._io import write_text
+    from ltnb.base._io import write_text
 
     ran = [o for o in outcomes if o.state in ("done", "failed")]
     est = (estimate or {}).get("cells", {})
@@ -338,7 +338,7 @@ def write_times(plan: Plan, outcomes: list[Outcome], run: RunTimes, estimate: di
 
 def print_times(outcomes: list[Outcome], run: RunTimes, estimate: dict | None, out: TextIO) -> None:
     """The split of the workers' time, and the estimate against what happened."""
-    from ltnb.estimate import fmt_seconds
+    from ltnb.study.estimate import fmt_seconds
 
     ran = [o for o in outcomes if o.state in ("done", "failed")]
     if not ran or run.worker_seconds <= 0:
@@ -457,7 +457,7 @@ def main(plan_path, *, workers: int | None = None, scheduler: str | None = None,
         todo = [c for c in selected if completeness(c) is not None]
         est = _estimate(plan, todo, _workers_for(workers, threads, todo), threads, out) if estimate else None
         if est:
-            from ltnb.estimate import print_summary as print_estimate
+            from ltnb.study.estimate import print_summary as print_estimate
 
             print_estimate(est, out)
         return 0
@@ -528,7 +528,7 @@ def _what_to_run(plan: Plan, selected: list[Cell]):
 
 
 def _fmt(seconds: float) -> str:
-    from ltnb.estimate import fmt_seconds
+    from ltnb.study.estimate import fmt_seconds
 
     return fmt_seconds(seconds)
 
@@ -537,7 +537,7 @@ def _estimate(plan: Plan, todo: list[Cell], workers: int, threads: int, out: Tex
     """The estimate for the cells to run (``ltnb.estimate``); None, with a note, if it cannot be made."""
     if not todo:
         return None
-    from ltnb import estimate
+    from ltnb.study import estimate
 
     keys = {c.key for c in todo}
     sub = Plan(path=plan.path, root=plan.root, study=plan.study, study_dir=plan.study_dir, stages=plan.stages,
@@ -557,7 +557,7 @@ def _record(plan: Plan, outcomes: list[Outcome], run: RunTimes, est: dict | None
     (``ltnb.estimate.learn``); never fails the batch."""
     try:
         write_times(plan, outcomes, run, est)
-        from ltnb import estimate
+        from ltnb.study import estimate
 
         raw, keys = (est or {}).get("raw_training", {}), (est or {}).get("model_keys", {})
         estimate.record_run([{"stage": o.cell.stage, "status": o.state, "wall": o.seconds, "training": o.training,

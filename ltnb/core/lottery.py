@@ -47,15 +47,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import integrity, paths, strategies, tickets
-from . import train as _train
-from ._io import read_json, stable_hash, write_json, write_parquet
-from .config import CELL_PARAMS, LotterySettings, check_transfer, check_value, derive_seed
-from .model import KimCNN, initial_state
-from .paths import RESULTS, REWOUND, THETA_0, ticket_name
-from .paths import ROW_COLUMNS as COLUMNS
-from .pruning import Mask, prune_step
-from .tokens import SPLITS, TokenSplit
+from ltnb.base import integrity, paths
+from ltnb.core import strategies, tickets
+from ltnb.core import train as _train
+from ltnb.base._io import read_json, stable_hash, write_json, write_parquet
+from ltnb.base.config import CELL_PARAMS, LotterySettings, check_transfer, check_value, derive_seed
+from ltnb.core.model import KimCNN, initial_state
+from ltnb.base.paths import RESULTS, REWOUND, THETA_0, ticket_name
+from ltnb.base.paths import ROW_COLUMNS as COLUMNS
+from ltnb.core.pruning import Mask, prune_step
+from ltnb.text.tokens import SPLITS, TokenSplit
 
 #: Bumped whenever the engine's arithmetic changes, so a chain resumed by a newer engine never mixes
 #: its rounds with rounds of an older one: it starts a new folder instead. 3: dropout on a pruned
@@ -137,7 +138,7 @@ def chain_dir(study_dir, domain: str, strategy: str, seed: int, settings: Lotter
               vocab_size: int | None = None) -> Path:
     """Folder of one obtain chain. ``vocab_size`` defaults to the one recorded by the study's encodings."""
     if vocab_size is None:
-        from . import vocab
+        from ltnb.text import vocab
 
         _, vocab_size = vocab.load_encoded(study_dir, domain)
     h = run_hash(settings, data_key=data_key, vocab_size=vocab_size, strategy=strategy)
@@ -146,7 +147,7 @@ def chain_dir(study_dir, domain: str, strategy: str, seed: int, settings: Lotter
 
 def study_chain_dir(study_dir, domain: str, strategy: str, seed: int, settings: LotterySettings) -> Path:
     """``chain_dir`` for the study's own encodings (what notebooks use to find a chain)."""
-    from . import vocab
+    from ltnb.text import vocab
 
     return chain_dir(study_dir, domain, strategy, seed, settings, vocab.data_key(study_dir))
 
@@ -155,7 +156,7 @@ def study_chain_dir(study_dir, domain: str, strategy: str, seed: int, settings: 
 
 def _resolve_data(study_dir, domain, data, vocab_size, data_key):
     if data is None:
-        from . import vocab
+        from ltnb.text import vocab
 
         data, vocab_size = vocab.load_encoded(study_dir, domain)
         data_key = vocab.data_key(study_dir) if data_key is None else data_key
@@ -569,7 +570,7 @@ def transfer(
 
 
 def _check_ticket_shapes(ticket: tickets.Ticket, vocab_size: int, settings: LotterySettings) -> None:
-    from .model import parameter_shapes
+    from ltnb.core.model import parameter_shapes
 
     want = parameter_shapes(vocab_size, settings.model)
     got = {n: tuple(m.shape) for n, m in ticket.masks.items()}

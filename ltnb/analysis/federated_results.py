@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import paths
-from .labels import sparsity_label
-from .results import over_seeds
+from ltnb.base import paths
+from ltnb.base.labels import sparsity_label
+from ltnb.analysis.results import over_seeds
 
-from .config import FEDERATED_DENSE as DENSE
-from .config import FEDERATED_NAIVE as NAIVE
-from .config import TRANSFER_STRATEGIES as STRATEGIES
+from ltnb.base.config import FEDERATED_DENSE as DENSE
+from ltnb.base.config import FEDERATED_NAIVE as NAIVE
+from ltnb.base.config import TRANSFER_STRATEGIES as STRATEGIES
 
 RESULTS = "results.parquet"
 MESSAGES = "messages.parquet"

@@ -35,8 +35,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import integrity, paths
-from ._io import read_json, write_json, write_parquet
+from ltnb.base import integrity, paths
+from ltnb.base._io import read_json, write_json, write_parquet
 
 SPLITS = ("train", "validation", "test")
 CORPORA = ("builtin", "amazon", "blitzer")
@@ -261,7 +261,7 @@ def load_corpus(study_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def _resolve_domains(corpus: str, domains, amazon_files) -> tuple[list[str], dict | None]:
-    from .corpus import BUILTIN_DOMAINS
+    from ltnb.text.corpus import BUILTIN_DOMAINS
 
     if corpus not in CORPORA:
         raise ValueError(f"corpus={corpus!r}: allowed values are {', '.join(map(repr, CORPORA))}")
@@ -322,8 +322,8 @@ def build(study_dir: str | os.PathLike, *, corpus: str = "builtin", domains: Seq
     Rebuilding a study with the same settings is allowed (the result is the same); with different
     settings it raises ``SettingsMismatch``.
     """
-    from . import amazon as amazon_mod
-    from . import corpus as corpus_mod
+    from ltnb.text import amazon as amazon_mod
+    from ltnb.text import corpus as corpus_mod
 
     domains, files = _resolve_domains(corpus, domains, amazon_files)
     requested = per_domain

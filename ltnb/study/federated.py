@@ -90,20 +90,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import config, paths, strategies, tickets
-from ._io import read_json, stable_hash, write_json, write_parquet
-from .config import CELL_PARAMS, FederatedSettings, LotterySettings, ModelSettings, TrainSettings, derive_seed
-from .model import parameter_shapes
-from .pruning import Mask
-from .tokens import TokenSplit, save_splits
+from ltnb.base import config, paths
+from ltnb.core import strategies, tickets
+from ltnb.base._io import read_json, stable_hash, write_json, write_parquet
+from ltnb.base.config import CELL_PARAMS, FederatedSettings, LotterySettings, ModelSettings, TrainSettings, derive_seed
+from ltnb.core.model import parameter_shapes
+from ltnb.core.pruning import Mask
+from ltnb.text.tokens import TokenSplit, save_splits
 
 # (reading, summarising and drawing the results: ltnb.federated_results and ltnb.plots, torch-free)
 
 #: bumped whenever what a run computes changes, so old cells are never resumed by new code
 FEDERATED_VERSION = 2  # 2: the fair dense baseline (changed rows only), lazy decay, the naive run, local patience
-from .config import FEDERATED_DENSE as DENSE  # noqa: E402
-from .config import FEDERATED_NAIVE as NAIVE  # noqa: E402
-from .config import TRANSFER_STRATEGIES as STRATEGIES  # noqa: E402
+from ltnb.base.config import FEDERATED_DENSE as DENSE  # noqa: E402
+from ltnb.base.config import FEDERATED_NAIVE as NAIVE  # noqa: E402
+from ltnb.base.config import TRANSFER_STRATEGIES as STRATEGIES  # noqa: E402
 RESULTS = "results.parquet"
 ROUNDS = "rounds.parquet"
 MESSAGES = "messages.parquet"
@@ -179,7 +180,7 @@ def _finished_chain_rounds(chain: Path) -> list[int]:
     f = chain / "results.parquet"
     if not f.exists():
         return []
-    from .lottery import ticket_name
+    from ltnb.core.lottery import ticket_name
 
     return sorted(int(r) for r in pd.read_parquet(f)["round"] if (chain / ticket_name(int(r))).exists())
 
@@ -200,8 +201,8 @@ def prepare(
     Creates nothing. ``ValueError`` for bad values (each message names the parameter and what is
     allowed), ``FileNotFoundError`` when the study's data or the source chain are missing.
     """
-    from . import vocab
-    from .lottery import chain_dir
+    from ltnb.text import vocab
+    from ltnb.core.lottery import chain_dir
 
     study = paths.resolve_study(study_dir)
     problems: list[str] = []
@@ -292,7 +293,7 @@ def shard_indices(n: int, shards: int, seed: int) -> list[list[int]]:
 def write_shards(plan: Federation) -> list[ClientShard]:
     """Cut every client domain's train and validation splits into ``clients_per_domain`` shards, one
     file per client (written once; the same seed always gives the same shards)."""
-    from . import vocab
+    from ltnb.text import vocab
 
     folder = plan.run_dir / "clients"
     index = folder / "clients.json"
@@ -522,9 +523,9 @@ def client_train(spec: ClientSpec, msg, context):
     the engine trains."""
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-    from . import train as _train
-    from .model import KimCNN
-    from .tokens import load_splits
+    from ltnb.core import train as _train
+    from ltnb.core.model import KimCNN
+    from ltnb.text.tokens import load_splits
 
     torch.set_num_threads(spec.threads)
     pid = int(context.node_config["partition-id"])
@@ -813,7 +814,7 @@ class _Run:
 
 
 def _load_run(plan: Federation, strategy: str, ticket_round: int) -> _Run:
-    from .lottery import THETA_0, ticket_name
+    from ltnb.core.lottery import THETA_0, ticket_name
 
     ticket = tickets.load(plan.chain / ticket_name(ticket_round), settings=plan.settings)
     mask = Mask(ticket.masks)
@@ -832,9 +833,9 @@ class _Evaluator:
     """Test accuracy of a global model on every domain's test split (server side, experimenter's view)."""
 
     def __init__(self, plan: Federation):
-        from . import train as _train
-        from . import vocab
-        from .model import KimCNN
+        from ltnb.core import train as _train
+        from ltnb.text import vocab
+        from ltnb.core.model import KimCNN
 
         self.domains = (plan.source, *plan.client_domains)
         self.client_domains = plan.client_domains
@@ -848,7 +849,7 @@ class _Evaluator:
         self.precision = plan.settings.train.precision
 
     def __call__(self, weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        from . import train as _train
+        from ltnb.core import train as _train
 
         with torch.no_grad():
             for n, p in self.model.named_parameters():

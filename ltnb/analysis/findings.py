@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import phase
+from ltnb.analysis import phase
 
 LOW_SPARSITY = 0.90  # "up to 90% sparsity"
 TRANSFER_DROP = 0.05  # "a 3-5% drop": at most 5 points
@@ -74,7 +74,7 @@ COLUMNS = ["finding", "claim", "criterion", "statistic", "estimate", "ci_lo", "c
 def criteria_hash() -> str:
     """SHA-256 (16 hex digits) of the criteria texts, the thresholds and the code of this module and of
     ``ltnb.phase``: what a verdict was decided by."""
-    from . import findings as me
+    from ltnb.analysis import findings as me
 
     h = hashlib.sha256()
     for k in sorted(CRITERIA):

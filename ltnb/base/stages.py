@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from . import config, integrity, paths
-from .config import (DataSettings, DivergenceSettings, FederatedSettings, LotterySettings, PhaseSettings,
+from ltnb.base import config, integrity, paths
+from ltnb.base.config import (DataSettings, DivergenceSettings, FederatedSettings, LotterySettings, PhaseSettings,
                      VocabSettings)
 
 #: stands for the current vocabulary's files in ``Stage.outputs`` (``ltnb.integrity`` lists them)

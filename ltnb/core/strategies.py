@@ -35,9 +35,9 @@ from typing import Callable, Mapping
 
 import torch
 
-from .config import OBTAIN_STRATEGIES, RESET_MASK_STRATEGIES, TRANSFER_STRATEGIES, ModelSettings, derive_seed
-from .model import initial_state
-from .pruning import Mask
+from ltnb.base.config import OBTAIN_STRATEGIES, RESET_MASK_STRATEGIES, TRANSFER_STRATEGIES, ModelSettings, derive_seed
+from ltnb.core.model import initial_state
+from ltnb.core.pruning import Mask
 
 
 @dataclass(frozen=True)

@@ -76,8 +76,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .config import PhaseSettings
-from .labels import sparsity_label
+from ltnb.base.config import PhaseSettings
+from ltnb.base.labels import sparsity_label
 
 ALPHA = PhaseSettings.alpha
 DELTA = PhaseSettings.delta  # the equivalence margin of the findings: 2 points of test accuracy
@@ -798,7 +798,8 @@ def summary(study_or_rows, alpha: float = ALPHA, test: str = "signflip") -> pd.D
     if isinstance(study_or_rows, pd.DataFrame):
         rows = study_or_rows
     elif isinstance(study_or_rows, (str, os.PathLike)):
-        from . import paths, results
+        from ltnb.base import paths
+        from ltnb.analysis import results
 
         rows = results.load(paths.resolve_study(study_or_rows))
     else:

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .integrity import IntegrityError
+from ltnb.base.integrity import IntegrityError
 
 DIGEST_KEY = "content_sha256"  # safetensors header metadata
 

@@ -29,10 +29,10 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from . import integrity, paths
-from ._io import _UMASK, read_json, sha256_file, stable_hash, write_json
-from .config import VocabSettings
-from .tokens import SPLITS, TokenSplit, load_splits, save_splits
+from ltnb.base import integrity, paths
+from ltnb.base._io import _UMASK, read_json, sha256_file, stable_hash, write_json
+from ltnb.base.config import VocabSettings
+from ltnb.text.tokens import SPLITS, TokenSplit, load_splits, save_splits
 
 PAD_ID = 0
 UNK_ID = 1

@@ -39,10 +39,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import integrity, tensorfiles
-from ._io import atomic_path
-from .config import LotterySettings, ModelSettings
-from .pruning import Mask
+from ltnb.base import integrity, tensorfiles
+from ltnb.base._io import atomic_path
+from ltnb.base.config import LotterySettings, ModelSettings
+from ltnb.core.pruning import Mask
 
 FORMAT = "ltnb-ticket/2"  # /2: content hash of tensors and metadata in the header
 OLD_FORMATS = ("ltnb-ticket/1",)

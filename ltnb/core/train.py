@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import TrainSettings, derive_seed
-from .model import PAD_ID
-from .tokens import TokenSplit
+from ltnb.base.config import TrainSettings, derive_seed
+from ltnb.core.model import PAD_ID
+from ltnb.text.tokens import TokenSplit
 
 EVAL_BATCH = 256
 # evaluation batches also hold at most this many padded tokens (batch x longest sequence): sorted by
@@ -155,7 +155,7 @@ def _masked_parameters(model, params, masks, device, sparse) -> tuple[list, obje
     embedding table trains as its survivors only (``ltnb.sparse.PackedEmbedding``; on the CPU, where
     Adam and the masking over 3.3M entries cost as much as the convolutions at 99% sparsity); the
     convolutions run sparse below the measured crossover (``model.sparse_plan``)."""
-    from . import sparse as _sparse
+    from ltnb.core import sparse as _sparse
 
     fmasks: dict[str, torch.Tensor] = {}  # float masks, only for tensors that are actually pruned
     for name, m in (masks or {}).items():

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 from scipy.spatial.distance import jensenshannon
 
-from . import paths, vocab
-from ._io import write_json, write_parquet
+from ltnb.base import paths
+from ltnb.text import vocab
+from ltnb.base._io import write_json, write_parquet
 
 
 def unigram(ids, vocab_size: int) -> np.ndarray:

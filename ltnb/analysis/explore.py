@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import phase, plots
-from .labels import MEAN, SEEDS, series_name, sparsity_label
+from ltnb.analysis import phase, plots
+from ltnb.base.labels import MEAN, SEEDS, series_name, sparsity_label
 
 STUDY_ENV = "LTNB_STUDY"
 OUTPUTS_ENV = "LTNB_OUTPUTS"  # an outputs folder: ?study=NAME chooses one of the studies in it
@@ -59,7 +59,7 @@ def is_study(folder: str | os.PathLike) -> bool:
 
 
 def _studies_in(outputs: Path) -> list[str]:
-    from .integrity import name_problem
+    from ltnb.base.integrity import name_problem
 
     try:
         return sorted(p.name for p in outputs.iterdir() if p.is_dir() and not name_problem(p.name) and is_study(p))
@@ -74,7 +74,7 @@ def study_from_env(default: str | os.PathLike) -> str:
     folder (``$LTNB_OUTPUTS``), the study of that folder named by ``?study=NAME``. Elsewhere
     (JupyterLab, papermill): ``default``. A ``?study=`` naming anything else raises ``StudyRefused``.
     """
-    from .integrity import name_problem
+    from ltnb.base.integrity import name_problem
 
     query = urllib.parse.parse_qs(os.environ.get("QUERY_STRING", ""))
     asked = query["study"][0] if query.get("study") else None
@@ -105,7 +105,7 @@ def app_mode() -> bool:
 def numbers(rows: pd.DataFrame, gaps: pd.DataFrame, *, strategies, rounds: tuple[int, int],
             chance: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per round: each strategy's mean ± std (n), chains at chance, and the difference's test."""
-    from .results import summarize
+    from ltnb.analysis.results import summarize
 
     r = rows[rows["strategy"].isin(strategies) & rows["round"].between(*rounds)]
     s = summarize(r, by=["strategy", "round"])
@@ -321,7 +321,8 @@ def app(study_dir=None, *, rows: pd.DataFrame | None = None, alpha: float = phas
     if rows is None:
         if study_dir is None:
             raise ValueError("app() needs a study folder (study_dir) or a DataFrame of result rows (rows=)")
-        from . import paths, results
+        from ltnb.base import paths
+        from ltnb.analysis import results
 
         study_dir = paths.resolve_study(study_dir)
         rows = results.load(study_dir)
@@ -345,8 +346,8 @@ def page(default_study, *, alpha: float = phase.ALPHA, test: str = "signflip"):
     """The explorer of the study ``study_from_env(default_study)`` names; as the app, any problem
     (a study it does not serve, a folder that is gone, a result table that fails its checks) gives a
     ``Message`` instead, so nothing of the server (tracebacks, paths) reaches the page."""
-    from . import paths
-    from .integrity import IntegrityError
+    from ltnb.base import paths
+    from ltnb.base.integrity import IntegrityError
 
     try:
         study = paths.resolve_study(study_from_env(default_study))
@@ -368,7 +369,7 @@ def page(default_study, *, alpha: float = phase.ALPHA, test: str = "signflip"):
 
 def notebook_path() -> Path:
     """notebooks/07_phase_transition.ipynb of the checkout ltnb is installed from (editable install)."""
-    nb = Path(__file__).resolve().parents[1] / "notebooks" / NOTEBOOK
+    nb = Path(__file__).resolve().parents[2] / "notebooks" / NOTEBOOK
     if not nb.exists():
         raise FileNotFoundError(f"{nb} not found: ltnb must be installed from a checkout (pip install -e .), "
                                 "or pass notebook= the path of 07_phase_transition.ipynb")
@@ -430,7 +431,7 @@ def serve(study_dir: str | os.PathLike, *, port: int = 8866, open_browser: bool 
     status, stopping Voila and its kernels within seconds; ``wait=False`` returns the running
     ``subprocess.Popen`` (tests; stop it with ``stop_server``). The study is handed to the notebook
     through ``$LTNB_STUDY`` (``$LTNB_OUTPUTS`` for an outputs folder)."""
-    from . import paths
+    from ltnb.base import paths
 
     study = paths.resolve_study(study_dir)
     if not study.is_dir():

@@ -58,8 +58,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from ltnb import config, paths, stages
-from ltnb._io import stable_hash
+from ltnb.base import config, paths, stages
+from ltnb.base._io import stable_hash
 
 STAGES = stages.ORDER  # the stages, in the order they run (``ltnb.stages`` defines each)
 TOP_KEYS = ("study", "outputs", "defaults", "stages")
@@ -232,7 +232,7 @@ def _resolve_notebook(stage: str, given: Any, root: Path) -> Path:
         return p if p.is_absolute() else root / p
     p = root / stages.STAGES[stage].notebook
     if not p.exists():  # a plan kept outside the repo still finds the project's notebooks
-        repo = Path(__file__).resolve().parent.parent
+        repo = Path(__file__).resolve().parents[2]
         if (repo / stages.STAGES[stage].notebook).exists():
             return repo / stages.STAGES[stage].notebook
     return p
@@ -438,7 +438,7 @@ def _check_one(e: _Stage, key: str, value: Any, where: str, P: _Problems) -> Non
 
 def _data_domains(entries: list[_Stage], defaults: dict, P: _Problems) -> tuple[str, ...] | None:
     """The domains the data stage will produce (None: no data stage, or unknown)."""
-    from ltnb.corpus import BUILTIN_DOMAINS
+    from ltnb.text.corpus import BUILTIN_DOMAINS
 
     e = next((e for e in entries if e.name == "data"), None)
     if e is None:

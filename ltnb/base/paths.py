@@ -66,7 +66,7 @@ def divergence_dir(study_dir: str | os.PathLike) -> Path:
 
 
 def _name(value, what: str) -> str:
-    from .integrity import check_name  # names from plans and data become folder names here
+    from ltnb.base.integrity import check_name  # names from plans and data become folder names here
 
     return check_name(value, what)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import integrity
-from .paths import RESULTS
-from .paths import ROW_COLUMNS as COLUMNS
+from ltnb.base import integrity
+from ltnb.base.paths import RESULTS
+from ltnb.base.paths import ROW_COLUMNS as COLUMNS
 
 KEY = ["stage", "pair", "seed", "strategy", "round", "settings_hash"]
 

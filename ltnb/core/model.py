@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelSettings
+from ltnb.base.config import ModelSettings
 
 PAD_ID = 0
 
@@ -111,7 +111,7 @@ class KimCNN(nn.Module):
             positions = torch.arange(ids.shape[1], device=ids.device)
         plan = getattr(self, "sparse_plan", None)
         if plan is not None:
-            from .sparse import sparse_convs
+            from ltnb.core.sparse import sparse_convs
 
             outs = sparse_convs(plan, e, [c.weight for c in self.convs], [c.bias for c in self.convs])
         else:

@@ -47,8 +47,8 @@ from typing import Callable
 
 import pandas as pd
 
-from . import paths
-from ._io import atomic_path, read_json, sha256_file, write_json
+from ltnb.base import paths
+from ltnb.base._io import atomic_path, read_json, sha256_file, write_json
 
 BUILTIN_DOMAINS = ("products", "movies", "restaurants", "tweets", "news")
 

@@ -36,7 +36,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable
 
-from ._io import stable_hash
+from ltnb.base._io import stable_hash
 
 # --------------------------------------------------------------------------------- schemas and checks
 

@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from ._io import PARQUET_KEY, frame_digest  # noqa: E402,F401  (tables are sealed by ltnb._io.write_parquet)
-from .config import NAME_PATTERN  # noqa: E402  (the one rule for names: ltnb.config)
+from ltnb.base._io import PARQUET_KEY, frame_digest  # noqa: E402,F401  (tables are sealed by ltnb._io.write_parquet)
+from ltnb.base.config import NAME_PATTERN  # noqa: E402  (the one rule for names: ltnb.config)
 
 LOCK_NAME = ".ltnb-lock"
 

@@ -50,8 +50,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, paths, stages
-from ._io import read_json, write_json
+from ltnb.base import config, paths, stages
+from ltnb.base._io import read_json, write_json
 
 RATES_FILE = "rates.json"
 SPARSITIES = (0.0, 0.65, 0.884, 0.968, 0.991, 0.998)
@@ -75,7 +75,7 @@ LEARN_CAP = 100  # a level's learned mean follows about its last 100 rounds (a f
 
 def _key(model: config.ModelSettings, vocab_size: int, batch_size: int, threads: int = 1,
          precision: str = "float32") -> str:
-    from .sparse import machine_key
+    from ltnb.core.sparse import machine_key
 
     shape = _shape_json({"model": config._plain(config.kwargs(model)), "vocab": int(vocab_size),
                          "batch": int(batch_size)})
@@ -124,10 +124,10 @@ def _calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int, *,
                log=print) -> dict:
     import torch
 
-    from .model import KimCNN
-    from .pruning import Mask, prune_step
-    from .tokens import TokenSplit
-    from .train import EVAL_BATCH, evaluate, fit, make_batches
+    from ltnb.core.model import KimCNN
+    from ltnb.core.pruning import Mask, prune_step
+    from ltnb.text.tokens import TokenSplit
+    from ltnb.core.train import EVAL_BATCH, evaluate, fit, make_batches
 
     t0 = time.perf_counter()
     log(f"estimate: measuring training rates on this machine for this model (once; cached in {RATES_FILE})")
@@ -317,7 +317,8 @@ def _cell_settings(c) -> config.LotterySettings:
 
 def _runs(plan, c, s: config.LotterySettings, vocab_size: int):
     """(strategy, run folder) of every chain of an obtain or transfer cell."""
-    from . import lottery, vocab
+    from ltnb.core import lottery
+    from ltnb.text import vocab
 
     data_key = vocab.data_key(plan.study_dir)
     seed = int(c.params.get("seed", 0))
@@ -336,7 +337,7 @@ def learn(plan, done: list[tuple], *, workers: int, threads: int = 1, cache_dir=
     level, the epochs run under early stopping; and the seconds per round that the training cells spend
     besides ``fit`` (pruning, saving tickets, diagnostics). Rounds already learned are skipped. Returns
     the number of rounds learned from."""
-    from . import integrity
+    from ltnb.base import integrity
 
     table = _load_cache(cache_dir)
     seen = table.setdefault("observed", {})
@@ -435,7 +436,7 @@ class CellEstimate:
 
 def _data_shape(plan, domain: str) -> tuple[tuple[int, int, int], float, int, str]:
     """(split sizes, mean length, vocabulary size, where it came from) of one domain."""
-    from . import vocab
+    from ltnb.text import vocab
 
     try:
         info = vocab.info(plan.study_dir)
@@ -470,7 +471,7 @@ def _builtin_balanced() -> dict[str, int]:
     """Per domain of the fetched built-in corpus: twice its smaller class after removing repeated texts
     (what ``test_surplus`` can give); empty when the corpus is not fetched."""
     if not _BALANCED:
-        from . import corpus
+        from ltnb.text import corpus
 
         try:
             df = corpus.load_builtin().drop_duplicates("text")

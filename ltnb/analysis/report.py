@@ -34,8 +34,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import federated_results, findings, paths, phase, plots, results
-from ._io import read_json, write_parquet, write_text
+from ltnb.analysis import federated_results, findings, phase, plots, results
+from ltnb.base import paths
+from ltnb.base._io import read_json, write_parquet, write_text
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def build(study_dir: str | os.PathLike, *, alpha: float = phase.ALPHA, delta: fl
 
 def load_overlap(study: Path) -> pd.DataFrame:
     """``report/mask_overlap.parquet`` (``ltnb.lottery.write_mask_overlap``), or an empty frame."""
-    from . import integrity
+    from ltnb.base import integrity
 
     f = paths.report_dir(study) / "mask_overlap.parquet"
     return integrity.read_parquet(f) if f.exists() else pd.DataFrame()

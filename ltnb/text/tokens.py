@@ -14,8 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import integrity, tensorfiles
-from ._io import atomic_path
+from ltnb.base import integrity, tensorfiles
+from ltnb.base._io import atomic_path
 
 SPLITS = ("train", "validation", "test")
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import paths
-from ._io import write_json
+from ltnb.base import paths
+from ltnb.base._io import write_json
 
 # torch marks CSR tensors as beta on every construction; the kernels used here are tested against the
 # dense path (tests/test_sparse.py), so the warning is noise in every notebook.
