@@ -10,12 +10,12 @@ A cell of a stage is named by its cell parameters (``cell``): none for a stage t
 ``outputs`` are the files of a cell that later cells read, relative to the study folder, with
 ``{key}``, ``{name}`` (the second part of the key: a domain, a pair or a source) and ``{seed}`` (the
 third: ``seed<k>``) filled in; patterns are expanded with ``glob`` (sorted), and ``VOCAB`` stands for the
-current vocabulary's files.
+current vocabulary's files. ``cell_outputs`` hashes them for a cell's completeness record
+(``ltnb.batch``); a cell is complete only while they still have those hashes.
 
 ``cost`` names the model by which ``ltnb.estimate.estimate_cells`` prices a cell: ``"chains"`` (IMP
 rounds: calibrated training rates by sparsity, epochs and ratios learned from finished trainings),
-``"federated"`` (``estimate._federated_seconds``) or ``"wall"`` (the cell's measured wall time). ``cell_outputs`` hashes them for a cell's completeness record
-(``ltnb.batch``); a cell is complete only while they still have those hashes.
+``"federated"`` (``estimate._federated_seconds``) or ``"wall"`` (the cell's measured wall time).
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from ltnb.base import config, integrity, paths
-from ltnb.base.config import (DataSettings, DivergenceSettings, FederatedSettings, LotterySettings, PhaseSettings,
-                     VocabSettings)
+from ltnb.base.config import (DataSettings, DivergenceSettings, FederatedSettings, LotterySettings,
+                              PhaseSettings, VocabSettings)
 
 #: stands for the current vocabulary's files in ``Stage.outputs`` (``ltnb.integrity`` lists them)
 VOCAB = "<vocabulary>"
