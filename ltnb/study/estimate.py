@@ -39,7 +39,8 @@ A plan's cells are then scheduled on ``workers`` workers in dependency order (th
 a cell starts when its inputs are done), which gives the estimated wall time; per stage it prints
 the worker time. What it cannot know is printed with it: the data stage of a corpus it has not
 seen (the time to stream and sample Amazon files), and for a study without data yet, the texts' mean
-length (built-in corpus: measured from the corpus when fetched; Amazon reviews: an assumed ``ASSUMED_LEN``).
+length (an assumed ``ASSUMED_LEN`` per corpus; the built-in corpus's test-split sizes with ``test_surplus``
+are read from the fetched corpus).
 """
 from __future__ import annotations
 
@@ -191,7 +192,7 @@ def _load_cache(cache_dir=None) -> dict:
                                         ("training_ratio", "round_ratio", "round_extra")]
     for part in (p for p in sections if isinstance(p, dict)):
         for k in list(part):
-            new = k[: k.index("|") + 1] + _migrate(k[k.index("|") + 1:]) if k[:1].isdigit() and "|" in k else _migrate(k)
+            new = _migrate(k)  # the model part is the tail from "|{", after any "workers|" prefix
             if new != k:
                 part.setdefault(new, part[k])
                 del part[k]
