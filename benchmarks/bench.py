@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from ltnb import lottery, sparse  # noqa: E402
-from ltnb.config import LotterySettings, ModelSettings, TrainSettings, VocabSettings  # noqa: E402
+from ltnb.config import DataSettings, LotterySettings, ModelSettings, TrainSettings, VocabSettings  # noqa: E402
 from ltnb.train import EVAL_BATCH, fit, make_batches, synthetic_data  # noqa: E402
 
 import reference  # noqa: E402
@@ -77,7 +77,7 @@ def load_data(args, log):
 
             tmp = Path(tempfile.mkdtemp(prefix="ltnb-bench-"))
             domains = [args.domain] + [d for d in BUILTIN_DOMAINS if d != args.domain][:1]
-            ldata.build(tmp, domains=domains, per_domain=994, seed=0, log=lambda *_: None)
+            ldata.build(tmp, DataSettings(domains=domains, per_domain=994, seed=0), log=lambda *_: None)
             vocab.build(tmp, VocabSettings(vocab_size=8000), log=lambda *_: None)
             data, v = vocab.load_encoded(tmp, args.domain)
             return data, v, f"built-in corpus, {args.domain}, 994 sentences (temporary study {tmp})"

@@ -55,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(1)
     study = paths.resolve_study(args.study)
     if not (paths.data_dir(study) / "corpus.parquet").exists():
-        data.build(study, domains=["products", "movies", "restaurants", "tweets", "news"])
+        data.build(study, config.DataSettings(domains=["products", "movies", "restaurants", "tweets", "news"]))
         vocab.build(study, config.VocabSettings(vocab_size=8000))
     settings = config.LotterySettings.from_params(rounds=args.rounds, max_epochs=args.max_epochs, patience=None)
     histories = []

@@ -22,7 +22,7 @@ def _data_build(args) -> int:
 
     data_settings = config.from_arguments(args, config.DataSettings)
     vocab_settings = config.from_arguments(args, config.VocabSettings)
-    data.build(args.study, **config.kwargs(data_settings), cache_dir=args.cache)
+    data.build(args.study, data_settings, cache_dir=args.cache)
     vocab.build(args.study, vocab_settings)
     return 0
 

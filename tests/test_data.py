@@ -8,6 +8,7 @@ import pytest
 
 from ltnb import corpus, data
 from ltnb._io import read_json, sha256_file, write_json
+from ltnb.config import DataSettings
 
 
 def table(sizes: dict[str, tuple[int, int]], dup_every: int = 0) -> pd.DataFrame:
@@ -117,7 +118,7 @@ def test_texts_differing_in_case_or_spacing_are_one_text_and_never_leak():
 def test_the_built_in_corpus_has_no_leaks(tmp_path, builtin_cache):
     """Measured on the demo's five domains: 5 of 1,240 test texts were in a training or validation split
     (4 in the vocabulary's training text) before normalized, cross-domain de-duplication; now 0."""
-    df = data.build(tmp_path / "s", domains=list(corpus.BUILTIN_DOMAINS), log=lambda *_: None)
+    df = data.build(tmp_path / "s", DataSettings(domains=list(corpus.BUILTIN_DOMAINS)), log=lambda *_: None)
     leaks = data.leaks(df)
     # 1,240 test texts without the surplus (248 per domain); the domains' surplus makes 12,982
     assert leaks["test_texts"] == 12982 and leaks["in_train_or_validation"] == 0 and leaks["in_vocab_training_text"] == 0
@@ -179,7 +180,7 @@ def cache(tmp_path):
 def test_build_writes_parquet_summary_settings(tmp_path, cache):
     study = tmp_path / "study"
     logs = []
-    df = data.build(study, cache_dir=cache, seed=2, log=logs.append)
+    df = data.build(study, DataSettings(seed=2), cache_dir=cache, log=logs.append)
     assert (study / "data" / "corpus.parquet").exists()
     back = data.load_corpus(study)
     assert back.equals(df) and list(back.columns) == data.COLUMNS
@@ -195,30 +196,30 @@ def test_build_writes_parquet_summary_settings(tmp_path, cache):
     assert read_json(study / "data" / "settings.json") == summary["settings"]
     assert any("120 per domain" in line for line in logs)
     # Same settings: rebuild is allowed and identical.
-    assert data.build(study, cache_dir=cache, seed=2, per_domain=120, log=lambda s: None).equals(df)
+    assert data.build(study, DataSettings(seed=2, per_domain=120), cache_dir=cache, log=lambda s: None).equals(df)
 
 
 def test_build_refuses_different_settings(tmp_path, cache):
     study = tmp_path / "study"
-    data.build(study, cache_dir=cache, domains=["movies", "news"], log=lambda s: None)
+    data.build(study, DataSettings(domains=["movies", "news"]), cache_dir=cache, log=lambda s: None)
     before = sha256_file(study / "data" / "corpus.parquet")
     with pytest.raises(data.SettingsMismatch) as e:
-        data.build(study, cache_dir=cache, domains=["movies", "news"], seed=1, log=lambda s: None)
+        data.build(study, DataSettings(domains=["movies", "news"], seed=1), cache_dir=cache, log=lambda s: None)
     assert "seed: 0 there, 1 now" in str(e.value)
     with pytest.raises(data.SettingsMismatch, match="pos_threshold"):
-        data.build(study, cache_dir=cache, domains=["movies", "news"], pos_threshold=2.0, log=lambda s: None)
+        data.build(study, DataSettings(domains=["movies", "news"], pos_threshold=2.0), cache_dir=cache, log=lambda s: None)
     with pytest.raises(data.SettingsMismatch, match="per_domain: 120 there, 60 now"):
-        data.build(study, cache_dir=cache, domains=["movies", "news"], per_domain=60, log=lambda s: None)
+        data.build(study, DataSettings(domains=["movies", "news"], per_domain=60), cache_dir=cache, log=lambda s: None)
     assert sha256_file(study / "data" / "corpus.parquet") == before
 
 
 def test_build_domain_errors(tmp_path, cache):
     with pytest.raises(ValueError, match="allowed: products, movies, restaurants, tweets, news"):
-        data.build(tmp_path / "s", cache_dir=cache, domains=["books"], log=lambda s: None)
-    with pytest.raises(ValueError, match="corpus='csv'"):
-        data.build(tmp_path / "s", corpus="csv", log=lambda s: None)
+        data.build(tmp_path / "s", DataSettings(domains=["books"]), cache_dir=cache, log=lambda s: None)
+    with pytest.raises(ValueError, match="corpus = 'csv'"):
+        data.build(tmp_path / "s", DataSettings(corpus="csv"), log=lambda s: None)
     with pytest.raises(ValueError, match="amazon_files"):
-        data.build(tmp_path / "s", corpus="amazon", log=lambda s: None)
+        data.build(tmp_path / "s", DataSettings(corpus="amazon"), log=lambda s: None)
     with pytest.raises(corpus.CorpusError, match="ltnb data fetch"):
         data.build(tmp_path / "s", cache_dir=tmp_path / "empty", log=lambda s: None)
 
@@ -236,12 +237,12 @@ def test_build_amazon_and_blitzer(tmp_path):
         p.write_text("\n".join(lines + ["{bad json"]) + "\n")
         files[cat] = str(p)
     study = tmp_path / "amz"
-    df = data.build(study, corpus="amazon", amazon_files=files, log=lambda s: None)
+    df = data.build(study, DataSettings(corpus="amazon", amazon_files=files), log=lambda s: None)
     assert len(df) == 160 and set(df.domain) == {"Books", "CDs"}
     summary = read_json(study / "data" / "summary.json")
     assert summary["load"]["skipped_total"] == 2
     with pytest.raises(ValueError, match="allowed: Books, CDs"):
-        data.build(tmp_path / "x", corpus="amazon", amazon_files=files, domains=["Home"], log=lambda s: None)
+        data.build(tmp_path / "x", DataSettings(corpus="amazon", amazon_files=files, domains=["Home"]), log=lambda s: None)
 
     folders = {}
     for dom in ("kitchen", "dvd"):
@@ -251,5 +252,5 @@ def test_build_amazon_and_blitzer(tmp_path):
             reviews = "".join(f"<review>\n<review_text>\n{dom} {name} {i}\n</review_text>\n</review>\n" for i in range(20))
             (d / f"{name}.review").write_text(reviews)
         folders[dom] = str(d)
-    b = data.build(tmp_path / "blz", corpus="blitzer", amazon_files=folders, log=lambda s: None)
+    b = data.build(tmp_path / "blz", DataSettings(corpus="blitzer", amazon_files=folders), log=lambda s: None)
     assert len(b) == 80 and data.counts(b)["total"].sum() == 80

@@ -23,7 +23,7 @@ import yaml
 
 from conftest import ROOT
 from ltnb import batch, federated, federated_results, plan as planmod, tickets, tokens, vocab
-from ltnb.config import FederatedSettings, LotterySettings, VocabSettings
+from ltnb.config import DataSettings, FederatedSettings, LotterySettings, VocabSettings
 from ltnb.lottery import chain_dir, ticket_name
 
 DEFAULTS = {"seed": 0, "max_epochs": 1, "patience": 1, "rounds": 2, "embed_dim": 16, "channels": 8, "hidden": 8,
@@ -61,7 +61,7 @@ def fed(tmp_path_factory, builtin_cache):
     tmp = tmp_path_factory.mktemp("fed")
     study = tmp / "outputs" / "fed"
     quiet = lambda *_: None  # noqa: E731
-    data.build(study, corpus="builtin", domains=["products", "movies"], per_domain=120, seed=0, log=quiet)
+    data.build(study, DataSettings(corpus="builtin", domains=["products", "movies"], per_domain=120, seed=0), log=quiet)
     vocab.build(study, VocabSettings(vocab_size=300, max_len=100), log=quiet)
     lottery.obtain(study, "products", seed=0, strategy="reset", settings=_settings(), progress=False)
     cell = study / "federated" / "products" / "seed0"

@@ -225,3 +225,18 @@ def test_every_registered_stage_has_its_notebook_with_its_cell_parameters():
         assert ("settings" in params) == bool(stage.settings), stage.name
         assert ("strategies" in params) == bool(stage.strategies), stage.name
         assert stage.one_cell == (stage.name in ("data", "divergence", "report", "phase"))
+
+
+def test_cells_follow_their_stages_needs():
+    """ltnb.stages: every cell lies under its stage's folder (``Stage.root``, which the explorer looks for);
+    a stage that runs once reads every cell of the stages it needs (phase: the obtain and transfer cells,
+    so it runs beside the report), the report every cell before it."""
+    from ltnb import stages
+
+    plan = load_plan(REPO / "params" / "smoke.yaml")
+    for c in plan.cells:
+        assert c.cell_dir.is_relative_to(stages.STAGES[c.stage].root(plan.study_dir)), c.key
+    before = [c.key for c in plan.cells if c.stage != "phase"][:-1]
+    by_key = {c.key: c for c in plan.cells}
+    assert list(by_key["report"].deps) == before
+    assert list(by_key["phase"].deps) == [c.key for c in plan.cells if c.stage in ("obtain", "transfer")]

@@ -37,11 +37,11 @@ import pandas as pd
 
 from ltnb.analysis import phase, plots
 from ltnb.base.labels import MEAN, SEEDS, series_name, sparsity_label
+from ltnb.base.stages import STAGES
 
 STUDY_ENV = "LTNB_STUDY"
 OUTPUTS_ENV = "LTNB_OUTPUTS"  # an outputs folder: ?study=NAME chooses one of the studies in it
 CULL_IDLE_S = 300  # a kernel idle (and no page connected) this long is shut down
-STAGE_FOLDERS = ("obtain", "transfer", "data", "report")
 NOTEBOOK = "07_phase_transition.ipynb"
 ALPHAS = (0.001, 0.01, 0.05, 0.1)
 STRATEGY_ORDER = ("reset", "random", "reinit", "shuffle", "rescaled", "rewind", "masks-reset", "masks-random")
@@ -54,8 +54,8 @@ class StudyRefused(ValueError):
 
 
 def is_study(folder: str | os.PathLike) -> bool:
-    """A folder a batch wrote a study into (it has one of the stage folders)."""
-    return any((Path(folder) / d).is_dir() for d in STAGE_FOLDERS)
+    """A folder a batch wrote a study into (it has one of the stages' folders, ``ltnb.stages``)."""
+    return any(s.root(folder).is_dir() for s in STAGES.values())
 
 
 def _studies_in(outputs: Path) -> list[str]:

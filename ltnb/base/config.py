@@ -222,6 +222,16 @@ class DataSettings(_Checked):
     test_surplus: bool = setting(True, "each domain's balanced surplus beyond per_domain goes to its own test split "
                                  "(training and validation stay equal across domains)", BOOLEAN)
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.corpus == "builtin" and not self.neg_threshold < self.pos_threshold:
+            raise ValueError(
+                f"neg_threshold={self.neg_threshold} must be below pos_threshold={self.pos_threshold} "
+                "(valence >= pos_threshold is positive, <= neg_threshold negative, the middle is dropped)")
+        if self.corpus != "builtin" and not self.amazon_files:
+            what = "file" if self.corpus == "amazon" else "folder with positive.review and negative.review"
+            raise ValueError(f"corpus={self.corpus!r} needs amazon_files: a dict {{domain: path to the {what}}}")
+
 
 @dataclass(frozen=True)
 class VocabSettings(_Checked):
@@ -452,7 +462,7 @@ def table(*objects) -> "pd.DataFrame":
 
 
 def kwargs(obj) -> dict:
-    """A settings object's fields as keyword arguments (``data.build(study, **kwargs(data_settings))``)."""
+    """A settings object's fields as keyword arguments (``report.build(study, **kwargs(stats))``)."""
     return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 

@@ -13,9 +13,19 @@ third: ``seed<k>``) filled in; patterns are expanded with ``glob`` (sorted), and
 current vocabulary's files. ``cell_outputs`` hashes them for a cell's completeness record
 (``ltnb.batch``); a cell is complete only while they still have those hashes.
 
+``needs`` names the stages whose cells a cell reads (``ltnb.plan`` makes them its inputs: the batch runs
+it after them and reruns it when they change). A cell of a grid stage reads the data cell and (transfer,
+federated) the obtain cells of its own domains and seed; a stage that runs once reads every cell of the stages it needs, and
+``EVERYTHING_BEFORE`` every cell that runs before it.
+
 ``cost`` names the model by which ``ltnb.estimate.estimate_cells`` prices a cell: ``"chains"`` (IMP
 rounds: calibrated training rates by sparsity, epochs and ratios learned from finished trainings),
 ``"federated"`` (``estimate._federated_seconds``) or ``"wall"`` (the cell's measured wall time).
+Until a batch on this machine has measured them, ``overhead`` (seconds per cell besides training:
+kernel start, imports, the notebook's other cells) and, for ``"wall"`` cells, ``wall`` stand in.
+
+Every cell of a stage lies under the study's folder of the stage's name (``root``; the first part of
+a cell key); the explorer knows a study folder by them.
 """
 from __future__ import annotations
 
@@ -31,7 +41,7 @@ from ltnb.base.config import (DataSettings, DivergenceSettings, FederatedSetting
 
 #: stands for the current vocabulary's files in ``Stage.outputs`` (``ltnb.integrity`` lists them)
 VOCAB = "<vocabulary>"
-#: ``Stage.needs`` of a stage that reads every cell that runs before it (report, phase)
+#: ``Stage.needs`` of a stage that reads every cell that runs before it (report)
 EVERYTHING_BEFORE = ("*",)
 
 
@@ -49,6 +59,8 @@ class Stage:
     needs: tuple[str, ...] = ()                  # the stages whose cells it reads
     outputs: tuple[str, ...] = ()                # the files of a cell that later cells read (module doc)
     cost: str = "wall"                           # how ``ltnb.estimate`` prices a cell (module doc)
+    overhead: float = 6.0                        # seconds per cell besides training, until measured (module doc)
+    wall: float = 10.0                           # seconds of a ``"wall"`` cell, until measured (module doc)
 
     @property
     def one_cell(self) -> bool:
@@ -59,6 +71,9 @@ class Stage:
         """The folder of the cell with these ``values`` (its cell parameters)."""
         return self.single(study_dir) if self.one_cell else self.folder(study_dir, values)
 
+    def root(self, study_dir: str | os.PathLike) -> Path:
+        """The folder every cell of the stage lies under (``<study>/<name>``)."""
+        return Path(study_dir) / self.name
 
 
 def _seed(values: Mapping) -> str:
@@ -67,27 +82,29 @@ def _seed(values: Mapping) -> str:
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("data", "notebooks/01_data.ipynb", (DataSettings, VocabSettings), single=paths.data_dir,
-          outputs=("data/corpus.parquet", VOCAB)),
+          outputs=("data/corpus.parquet", VOCAB), overhead=8.0, wall=20.0),
     Stage("divergence", "notebooks/02_divergence.ipynb", (DivergenceSettings,), single=paths.divergence_dir,
-          needs=("data",), outputs=("divergence/jsd.parquet",)),
+          needs=("data",), outputs=("divergence/jsd.parquet",), overhead=6.0, wall=4.0),
     Stage("obtain", "notebooks/03_obtain.ipynb", (LotterySettings,), cell=("domain", "seed"),
           folder=lambda study, v: study / "obtain" / v["domain"] / _seed(v),
-          strategies=config.OBTAIN_STRATEGIES, needs=("data",), cost="chains",
+          strategies=config.OBTAIN_STRATEGIES, needs=("data",), cost="chains", overhead=7.0,
           # transfer and federated cells read the reset chain's tickets and theta_0
           outputs=("obtain/{name}/*/{seed}/*/results.parquet", "obtain/{name}/reset/{seed}/*/round_*.safetensors",
                    "obtain/{name}/reset/{seed}/*/theta_0.safetensors")),
     Stage("transfer", "notebooks/04_transfer.ipynb", (LotterySettings,), cell=("source", "target", "seed"),
           folder=lambda study, v: study / "transfer" / f"{v['source']}__{v['target']}" / _seed(v),
-          strategies=config.TRANSFER_STRATEGIES, needs=("data", "obtain"), cost="chains",
+          strategies=config.TRANSFER_STRATEGIES, needs=("data", "obtain"), cost="chains", overhead=7.0,
           outputs=("transfer/{name}/*/{seed}/*/results.parquet",)),
     Stage("federated", "notebooks/05_federated.ipynb", (LotterySettings, FederatedSettings), cell=("source", "seed"),
           folder=lambda study, v: study / "federated" / v["source"] / _seed(v),
           strategies=config.TRANSFER_STRATEGIES, needs=("data", "obtain"), cost="federated",
           outputs=("{key}/*/results.parquet",)),
     Stage("report", "notebooks/06_report.ipynb", (PhaseSettings,), single=paths.report_dir, needs=EVERYTHING_BEFORE,
-          outputs=("report/summary.parquet",)),
+          outputs=("report/summary.parquet",), overhead=8.0, wall=25.0),
+    # the explorer and its worked example read the obtain and transfer result rows only (and write
+    # nothing under report/), so it runs beside the report
     Stage("phase", "notebooks/07_phase_transition.ipynb", (PhaseSettings,), single=paths.phase_dir,
-          needs=EVERYTHING_BEFORE),
+          needs=("obtain", "transfer"), overhead=8.0, wall=25.0),
 )}
 #: the stages in the order they run
 ORDER = tuple(STAGES)

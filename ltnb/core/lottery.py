@@ -181,6 +181,19 @@ def _check_common(seed, settings) -> None:
         raise ValueError(f"settings: expected a ltnb.config.LotterySettings, got {type(settings).__name__}")
 
 
+def _check_chain(stage: str, seed, settings, strategy: str, **names) -> None:
+    """What a chain of ``stage`` (obtain, transfer) checks before anything is read or trains: the seed
+    and the settings, each named domain (``domain``; ``source``, ``target``), and its strategy."""
+    _check_common(seed, settings)
+    for param, value in names.items():
+        _check_name(param, value)
+    if stage == "obtain" and strategy not in strategies.OBTAIN:
+        raise ValueError(f"strategy = {strategy!r}: expected one of {sorted(strategies.OBTAIN)} for obtain "
+                         f"(transfer strategies {sorted(strategies.TRANSFER)} belong to ltnb.lottery.transfer)")
+    if stage == "transfer" and strategy not in strategies.TRANSFER:
+        raise ValueError(f"strategy = {strategy!r}: expected one of {sorted(strategies.TRANSFER)} for transfer")
+
+
 def _check_name(param: str, value) -> None:
     """A domain name becomes a folder name: the rule of ``ltnb.config.NAME`` (via ``ltnb.integrity``)."""
     problem = integrity.name_problem(value, param)
@@ -389,11 +402,7 @@ def obtain(
 def _open_chain(study_dir, domain, *, seed, strategy, settings, data, vocab_size, data_key, device, progress):
     """Check an obtain chain's arguments (before anything trains), prepare its folder and theta_0, and
     find where it resumes: ``(run state, theta_0, the reset chain's folder, first round to train)``."""
-    _check_common(seed, settings)
-    _check_name("domain", domain)
-    if strategy not in strategies.OBTAIN:
-        raise ValueError(f"strategy = {strategy!r}: expected one of {sorted(strategies.OBTAIN)} for obtain "
-                         f"(transfer strategies {sorted(strategies.TRANSFER)} belong to ltnb.lottery.transfer)")
+    _check_chain("obtain", seed, settings, strategy, domain=domain)
     data, vocab_size, data_key = _resolve_data(study_dir, domain, data, vocab_size, data_key)
     if strategy == "rewind":
         batches = -(-len(data["train"]) // settings.train.batch_size)
@@ -522,14 +531,10 @@ def transfer(
     ``data`` is the *target* data; ``data_key`` must name the key the source chain was run with
     (default: the study's ``ltnb.vocab.data_key``, or a fingerprint of ``data`` when passed).
     """
-    _check_common(seed, settings)
-    _check_name("source", source)
-    _check_name("target", target)
+    _check_chain("transfer", seed, settings, strategy, source=source, target=target)
     if source == target:
         raise ValueError(f"target = source = {source!r}: a transfer needs two different domains "
                          f"(the source's own chain is obtain(..., domain={source!r}))")
-    if strategy not in strategies.TRANSFER:
-        raise ValueError(f"strategy = {strategy!r}: expected one of {sorted(strategies.TRANSFER)} for transfer")
     check_transfer(settings)
     data, vocab_size, data_key = _resolve_data(study_dir, target, data, vocab_size, data_key)
     src = chain_dir(study_dir, source, "reset", seed, settings, data_key, vocab_size)

@@ -350,7 +350,7 @@ def print_times(outcomes: list[Outcome], run: RunTimes, estimate: dict | None, o
           f"training {100 * training / total:.1f}%, other work in cells (kernel start, imports, other cells, "
           f"cells that do not train) {100 * (busy - training) / total:.1f}%, idle (scheduling, waiting on inputs) "
           f"{100 * max(total - busy, 0) / total:.1f}%", file=out)
-    tr = [o for o in ran if o.cell.stage in ("obtain", "transfer")]
+    tr = [o for o in ran if stages.STAGES[o.cell.stage].cost == "chains"]
     if tr:
         t_wall = sum(o.seconds for o in tr)
         t_train = sum(o.training for o in tr)
@@ -393,7 +393,7 @@ def print_dry_run(plan: Plan, cells: list[Cell], out: TextIO) -> None:
 def clean_leftovers(plan: Plan) -> list[Path]:
     """Remove the temporary files killed writes left in the study's cell folders, skipping the folders
     of cells another batch is running now (their locks are held)."""
-    locks, busy, free = [], set(), []
+    locks, free = [], []
     try:
         for c in plan.cells:
             if not c.cell_dir.is_dir():  # no batch holds it (locks live in cell folders); its chains may exist
@@ -402,12 +402,8 @@ def clean_leftovers(plan: Plan) -> list[Path]:
             lock = integrity.CellLock(c.cell_dir)
             if lock.acquire(wait=False):
                 locks.append((c, lock))
-            else:
-                busy.add(c.key)
         removed = []
         for c in [c for c, _ in locks] + free:
-            if c.key == "report" and "phase" in busy:  # the phase cell writes into report/ too
-                continue
             for folder in integrity.cell_folders(c.study_dir, c.key):  # its own folder and its chains'
                 removed += integrity.clean_temp_files(folder)
         return removed
@@ -564,8 +560,8 @@ def _record(plan: Plan, outcomes: list[Outcome], run: RunTimes, est: dict | None
                               "raw_training": raw.get(o.cell.key, 0.0), "model_key": keys.get(o.cell.key, ""),
                               "overhead": max(o.seconds - o.training, 0.0)}
                              for o in outcomes if o.state == "done"], workers=(est or {}).get("workers"))
-        estimate.learn(plan, [(o.cell, o.training) for o in outcomes if o.state == "done"
-                              and o.cell.stage in ("obtain", "transfer")], workers=run.workers, threads=threads)
+        estimate.learn(plan, [(o.cell, o.training) for o in outcomes if o.state == "done"],  # chains only
+                       workers=run.workers, threads=threads)
     except Exception as e:  # noqa: BLE001
         print(f"(could not record the batch's times: {type(e).__name__}: {e})", file=sys.stderr)
 

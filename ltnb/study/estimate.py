@@ -32,8 +32,9 @@ any, the stated prior is ``min(max_epochs, ceil(max_epochs / 3) + patience)`` (a
 of the budget: measured 7.6-8.6 epochs for 15 and patience 3 on the demo's products chains).
 
 A batch run also records the mean overhead of a cell of each stage (kernel start, imports, cells
-other than the training call) and the wall time of the cells that do not train (data, divergence,
-report, phase), so later estimates use this machine's own numbers.
+other than the training call) and the wall time of the cells that do not train (the stages whose
+``cost`` is ``"wall"`` in ``ltnb.stages``, which also holds the defaults used until then), so later
+estimates use this machine's own numbers.
 
 A plan's cells are then scheduled on ``workers`` workers in dependency order (the runner's rule:
 a cell starts when its inputs are done), which gives the estimated wall time; per stage it prints
@@ -60,14 +61,12 @@ CALIBRATION_BATCHES = (2, 8)  # a step's time is the difference of fits of these
 LENGTHS = (16, 64)
 ASSUMED_LEN = {"builtin": 22.0, "amazon": 130.0, "blitzer": 160.0}  # subwords, when no data is there yet
 PAPER_SPLIT = (20000, 10000, 10000)
-DEFAULT_OVERHEAD = {"data": 8.0, "divergence": 6.0, "obtain": 7.0, "transfer": 7.0, "report": 8.0, "phase": 8.0}
 RAY_START = 20.0  # seconds: a federated cell's private Ray head and its client worker (measured here)
 # seconds per client and federated round besides training: Flower's messages, Ray's actor call, the shard
 # read; a fixed part and a part per MB of the model's values (measured here: a dense round of the demo's
 # 4.0M-weight model, 16 MB, about 1.75 s per client; of a 0.54M-weight model, 2.2 MB, about 0.35 s)
 FL_CLIENT_ROUND = 0.25
 FL_CLIENT_ROUND_PER_MB = 0.094
-DEFAULT_WALL = {"data": 20.0, "divergence": 4.0, "report": 25.0, "phase": 25.0}  # non-training cells, seconds
 LEVEL = -math.log(0.65)  # one round of the paper's 35% pruning: the unit of the learned sparsity levels
 LEARN_CAP = 100  # a level's learned mean follows about its last 100 rounds (a faster engine replaces a slower one)
 
@@ -240,7 +239,7 @@ def record_run(times: list[dict], *, workers: int | None = None, cache_dir=None)
             continue
         entry = seen.setdefault(stage, {})
         entry["overhead"] = sum(t["overhead"] for t in part) / len(part)
-        if stage in DEFAULT_WALL:
+        if stages.STAGES[stage].cost == "wall":
             entry["wall"] = sum(t["wall"] for t in part) / len(part)
     _save_cache(table, cache_dir)
 
@@ -332,12 +331,12 @@ def _runs(plan, c, s: config.LotterySettings, vocab_size: int):
 
 
 def learn(plan, done: list[tuple], *, workers: int, threads: int = 1, cache_dir=None) -> int:
-    """Learn from the trained rounds of a batch's finished obtain and transfer cells (``done``: (cell,
-    seconds its notebook spent training)) run on ``workers`` workers: per sparsity level, the ratio of
-    each round's measured ``seconds`` to the model's (for its data and ``epochs_run``); per strategy and
-    level, the epochs run under early stopping; and the seconds per round that the training cells spend
-    besides ``fit`` (pruning, saving tickets, diagnostics). Rounds already learned are skipped. Returns
-    the number of rounds learned from."""
+    """Learn from the trained rounds of a batch's finished cells that run chains (obtain, transfer;
+    ``done``: (cell, seconds its notebook spent training), other cells are skipped) run on ``workers``
+    workers: per sparsity level, the ratio of each round's measured ``seconds`` to the model's (for its
+    data and ``epochs_run``); per strategy and level, the epochs run under early stopping; and the
+    seconds per round that the training cells spend besides ``fit`` (pruning, saving tickets,
+    diagnostics). Rounds already learned are skipped. Returns the number of rounds learned from."""
     from ltnb.base import integrity
 
     table = _load_cache(cache_dir)
@@ -541,7 +540,7 @@ def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_
     sources: dict[str, set] = {"time": set(), "epochs": set()}
     out = []
     for c in plan.cells:
-        overhead = observed.get(c.stage, {}).get("overhead", DEFAULT_OVERHEAD.get(c.stage, 6.0))
+        overhead = observed.get(c.stage, {}).get("overhead", stages.STAGES[c.stage].overhead)
         training, raw_training, model_key = 0.0, 0.0, ""
         cost = stages.STAGES[c.stage].cost
         if cost in ("chains", "federated"):
@@ -588,7 +587,7 @@ def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_
             if cell_ratio:
                 used.add(round(cell_ratio, 2))
         else:
-            wall = observed.get(c.stage, {}).get("wall", DEFAULT_WALL.get(c.stage, 10.0))
+            wall = observed.get(c.stage, {}).get("wall", stages.STAGES[c.stage].wall)
             overhead = max(overhead, wall)
             if c.stage == "data" and plan.cells and c.params.get("corpus", "builtin") != "builtin":
                 notes.add("the data stage of Amazon or Blitzer files (reading and sampling them) is not estimated")
@@ -635,13 +634,13 @@ def summary(plan, workers: int, *, threads: int = 1, cache_dir=None, log=print) 
     ``workers`` workers of ``threads`` threads (and on 1, 2, 4, 8, 16, 32 for comparison, with the
     same per-cell times)."""
     cells, notes = estimate_cells(plan, threads=threads, workers=workers, cache_dir=cache_dir, log=log)
-    stages = {}
+    per_stage = {}
     for c in cells:
-        st = stages.setdefault(c.stage, {"cells": 0, "training": 0.0, "overhead": 0.0})
+        st = per_stage.setdefault(c.stage, {"cells": 0, "training": 0.0, "overhead": 0.0})
         st["cells"] += 1
         st["training"] += c.training
         st["overhead"] += c.overhead
-    return {"stages": stages, "worker_seconds": sum(c.seconds for c in cells), "workers": workers,
+    return {"stages": per_stage, "worker_seconds": sum(c.seconds for c in cells), "workers": workers,
             "wall": schedule(cells, workers), "by_workers": {n: schedule(cells, n) for n in (1, 2, 4, 8, 16, 32)},
             "notes": notes, "cells": {c.key: c.seconds for c in cells},
             "raw_training": {c.key: c.raw_training for c in cells},

@@ -502,7 +502,7 @@ def _expand(e: _Stage, defaults: dict, study_dir: Path, data_domains, P: _Proble
         if problem:
             P.add(f"{e.at}.grid" if e.grid else e.at, problem)
             return []
-        if e.name in ("obtain", "transfer", "federated") and "seed" not in values:
+        if "seed" in stages.STAGES[e.name].cell and "seed" not in values:
             values["seed"] = _default_value((e.nb_params or {}).get("seed"))
         key = folder.relative_to(study_dir).as_posix()
         if any(c.key == key for c in cells):
@@ -613,7 +613,8 @@ def _link(entries: list[_Stage], study_dir: Path, stages_present: set, P: _Probl
         for c in e.cells:
             deps: list[str] = []
             external: list[str] = []
-            needs = stages.STAGES[e.name].needs
+            stage = stages.STAGES[e.name]
+            needs = stage.needs
             if "data" in needs:
                 (deps if "data" in stages_present else external).append("data")
             if e.name == "federated":
@@ -636,11 +637,14 @@ def _link(entries: list[_Stage], study_dir: Path, stages_present: set, P: _Probl
                         external.append(key)
             if needs == stages.EVERYTHING_BEFORE:  # summaries of everything run before them
                 deps.extend(k.key for k in final)
+            elif stage.one_cell:  # a stage that runs once reads every cell of the stages it needs
+                deps.extend(k.key for k in final if k.stage in needs)
+            deps = list(dict.fromkeys(deps))
             h = stable_hash({"cell": c.params_hash, "inputs": [hashes.get(d, d) for d in deps]})
             hashes[c.key] = h
             final.append(Cell(stage=c.stage, key=c.key, notebook=c.notebook, study_dir=c.study_dir,
                               cell_dir=c.cell_dir, params=c.params, settings_names=c.settings_names,
-                              deps=tuple(dict.fromkeys(deps)), external=tuple(external), params_hash=h))
+                              deps=tuple(deps), external=tuple(external), params_hash=h))
     return final
 
 

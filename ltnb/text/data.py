@@ -37,9 +37,9 @@ import pandas as pd
 
 from ltnb.base import integrity, paths
 from ltnb.base._io import read_json, write_json, write_parquet
+from ltnb.base.config import DataSettings
 
 SPLITS = ("train", "validation", "test")
-CORPORA = ("builtin", "amazon", "blitzer")
 COLUMNS = ["text", "label", "domain", "source", "split"]
 PAPER_PER_DOMAIN = 40_000  # 20K train + 10K validation + 10K test
 LABEL_NAMES = {0: "negative", 1: "positive"}
@@ -260,36 +260,23 @@ def load_corpus(study_dir: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def _resolve_domains(corpus: str, domains, amazon_files) -> tuple[list[str], dict | None]:
+def _resolve_domains(settings: DataSettings) -> tuple[list[str], dict | None]:
+    """The domains to keep and, for a file corpus, ``{domain: resolved path}``. What a single setting
+    allows (names, no repeats, the corpus) ``DataSettings`` has checked; here only what the corpus holds."""
     from ltnb.text.corpus import BUILTIN_DOMAINS
 
-    if corpus not in CORPORA:
-        raise ValueError(f"corpus={corpus!r}: allowed values are {', '.join(map(repr, CORPORA))}")
-    if isinstance(domains, str):
-        domains = [domains]
-    if corpus == "builtin":
+    if settings.corpus == "builtin":
         allowed = list(BUILTIN_DOMAINS)
         files = None
     else:
-        if not amazon_files:
-            what = "file" if corpus == "amazon" else "folder with positive.review and negative.review"
-            raise ValueError(f"corpus={corpus!r} needs amazon_files: a dict {{domain: path to the {what}}}")
-        for d in amazon_files:  # domain names become file and folder names later
-            integrity.check_name(d, "domain (a key of amazon_files)")
-        files = {str(d): str(Path(p).expanduser().resolve()) for d, p in amazon_files.items()}
+        files = {str(d): str(Path(p).expanduser().resolve()) for d, p in settings.amazon_files.items()}
         allowed = list(files)
-    if domains is None:
+    if settings.domains is None:
         return allowed, files
-    domains = [str(d) for d in domains]
-    for d in domains:
-        integrity.check_name(d, "domain")
+    domains = [str(d) for d in settings.domains]
     unknown = [d for d in domains if d not in allowed]
     if unknown:
-        raise ValueError(f"unknown domain(s) {unknown} for corpus={corpus!r}; allowed: {', '.join(allowed)}")
-    if len(set(domains)) != len(domains):
-        raise ValueError(f"domains={domains}: a domain is listed twice")
-    if len(domains) < 1:
-        raise ValueError("domains: give at least one domain")
+        raise ValueError(f"unknown domain(s) {unknown} for corpus={settings.corpus!r}; allowed: {', '.join(allowed)}")
     return domains, ({d: files[d] for d in domains} if files is not None else None)
 
 
@@ -307,39 +294,37 @@ def _check_settings(settings_path: Path, corpus_file: Path, settings: dict, keys
         )
 
 
-def build(study_dir: str | os.PathLike, *, corpus: str = "builtin", domains: Sequence[str] | None = None,
-          per_domain: int | None = None, seed: int = 0, cache_dir: str | os.PathLike | None = None,
-          amazon_files: dict | None = None, pos_threshold: float = 1.0, neg_threshold: float = -1.0,
-          strict: bool = False, test_surplus: bool = True, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run the data stage: load ``corpus``, restrict it to ``domains``, de-duplicate, balance and split,
-    then write ``study/data/corpus.parquet``, ``summary.json`` and ``settings.json``.
+def build(study_dir: str | os.PathLike, settings: DataSettings = DataSettings(), *,
+          cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run the data stage with ``settings``: load the corpus, restrict it to the domains, de-duplicate,
+    balance and split, then write ``study/data/corpus.parquet``, ``summary.json`` and ``settings.json``.
 
-    ``corpus``: ``"builtin"`` (fetched with ``ltnb data fetch``), ``"amazon"`` (``amazon_files`` =
-    ``{domain: McAuley file}``) or ``"blitzer"`` (``{domain: folder}``). ``per_domain`` defaults to the
-    largest even size every domain can give (for ``"amazon"``: the paper's 40,000 when available).
-    ``test_surplus``: each domain's balanced surplus beyond ``per_domain`` goes to its test split
-    (training and validation stay equal across domains).
+    ``settings.corpus``: ``"builtin"`` (fetched with ``ltnb data fetch`` into ``cache_dir``), ``"amazon"``
+    (``amazon_files`` = ``{domain: McAuley file}``) or ``"blitzer"`` (``{domain: folder}``). ``per_domain``
+    defaults to the largest even size every domain can give (for ``"amazon"``: the paper's 40,000 when
+    available). ``test_surplus``: each domain's balanced surplus beyond ``per_domain`` goes to its test
+    split (training and validation stay equal across domains).
     Rebuilding a study with the same settings is allowed (the result is the same); with different
     settings it raises ``SettingsMismatch``.
     """
     from ltnb.text import amazon as amazon_mod
     from ltnb.text import corpus as corpus_mod
 
-    domains, files = _resolve_domains(corpus, domains, amazon_files)
+    corpus, seed, per_domain = settings.corpus, int(settings.seed), settings.per_domain
+    pos_threshold, neg_threshold = settings.pos_threshold, settings.neg_threshold
+    strict, test_surplus = settings.strict, settings.test_surplus
+    domains, files = _resolve_domains(settings)
     requested = per_domain
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ValueError(f"seed={seed!r}: must be an int")
-    settings = {"corpus": corpus, "domains": domains, "seed": int(seed), "ratios": [2, 1, 1]}
+    recorded = {"corpus": corpus, "domains": domains, "seed": seed, "ratios": [2, 1, 1]}
     if test_surplus:  # (absent when off: studies built before this setting existed keep their settings)
-        settings["test_surplus"] = True
+        recorded["test_surplus"] = True
     if corpus == "builtin":
-        corpus_mod.check_thresholds(pos_threshold, neg_threshold)
-        settings.update(pos_threshold=float(pos_threshold), neg_threshold=float(neg_threshold))
+        recorded.update(pos_threshold=float(pos_threshold), neg_threshold=float(neg_threshold))
     else:
-        settings["files"] = files
+        recorded["files"] = files
     ddir = paths.data_dir(study_dir)
     settings_path, corpus_file = ddir / "settings.json", ddir / "corpus.parquet"
-    _check_settings(settings_path, corpus_file, settings, keys=sorted(settings))  # fail fast, before loading
+    _check_settings(settings_path, corpus_file, recorded, keys=sorted(recorded))  # fail fast, before loading
 
     load_report = None
     if corpus == "builtin":
@@ -362,14 +347,14 @@ def build(study_dir: str | os.PathLike, *, corpus: str = "builtin", domains: Seq
     df, dedup_stats = _sample_and_split(raw, per_domain=per_domain, seed=seed, test_surplus=test_surplus)
     # the balanced size every domain gives (training, validation and the base test split); the test
     # surplus comes on top (summary.json: "test_sizes")
-    settings["per_domain"] = int(df.attrs["per_domain"])
-    _check_settings(settings_path, corpus_file, settings)
+    recorded["per_domain"] = int(df.attrs["per_domain"])
+    _check_settings(settings_path, corpus_file, recorded)
 
     c = counts(df)
     summary = {
-        "settings": settings,
+        "settings": recorded,
         "strict": bool(strict),
-        "per_domain": settings["per_domain"],
+        "per_domain": recorded["per_domain"],
         "per_domain_requested": requested,
         "rows": int(len(df)),
         "test_surplus": bool(test_surplus),
@@ -387,8 +372,8 @@ def build(study_dir: str | os.PathLike, *, corpus: str = "builtin", domains: Seq
         summary["citations"] = list(corpus_mod.CITATIONS)
     write_parquet(corpus_file, df)
     write_json(ddir / "summary.json", summary)
-    write_json(settings_path, settings)
-    log(f"data stage: {len(df)} texts, {settings['per_domain']} per domain "
+    write_json(settings_path, recorded)
+    log(f"data stage: {len(df)} texts, {recorded['per_domain']} per domain "
         f"({', '.join(domains)}), written to {corpus_file}")
     return df
 
