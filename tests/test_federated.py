@@ -223,7 +223,7 @@ def test_clients_never_receive_another_clients_data(fed):
     seen = []
     for s in shards:
         data = tokens.load_splits(fed["run_dir"] / s["path"])
-        assert federated.data_fingerprint(data) == s["sha256"]
+        assert tokens.fingerprint(data) == s["sha256"]
         seen += [tuple(data["train"].sequence(i).tolist()) + (int(data["train"].labels[i]),) for i in range(len(data["train"]))]
     everything = [tuple(train["train"].sequence(i).tolist()) + (int(train["train"].labels[i]),) for i in range(len(train["train"]))]
     assert sorted(seen) == sorted(everything)  # a partition: nothing lost, nothing shared

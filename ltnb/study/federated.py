@@ -70,7 +70,6 @@ strategies, so asking for more sparsities extends a cell. A killed run has no ``
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -96,7 +95,7 @@ from ltnb.base._io import read_json, stable_hash, write_json, write_parquet
 from ltnb.base.config import CELL_PARAMS, FederatedSettings, LotterySettings, ModelSettings, TrainSettings, derive_seed
 from ltnb.core.model import parameter_shapes
 from ltnb.core.pruning import Mask
-from ltnb.text.tokens import TokenSplit, save_splits
+from ltnb.text.tokens import TokenSplit, fingerprint, save_splits
 
 # (reading, summarising and drawing the results: ltnb.federated_results and ltnb.plots, torch-free)
 
@@ -129,7 +128,7 @@ class ClientShard:
     #            cell's hash folder in clients.json, absolute in the ClientSpec the clients get
     n_train: int
     n_validation: int
-    sha256: str  # fingerprint of the shard's token ids and labels (data_fingerprint)
+    sha256: str  # fingerprint of the shard's token ids, offsets and labels (ltnb.tokens.fingerprint)
 
 
 @dataclass(frozen=True)
@@ -269,16 +268,6 @@ def prepare(
 
 
 # ------------------------------------------------------------------------------------ client data
-def data_fingerprint(splits: Mapping[str, TokenSplit]) -> str:
-    """SHA-256 of the token ids, offsets and labels of ``splits`` (in split-name order)."""
-    h = hashlib.sha256()
-    for name in sorted(splits):
-        for t in (splits[name].ids, splits[name].offsets, splits[name].labels):
-            h.update(name.encode())
-            h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def subset(split: TokenSplit, index: Sequence[int]) -> TokenSplit:
     return TokenSplit.from_lists([split.sequence(int(i)).tolist() for i in index], split.labels[list(index)].tolist())
 
@@ -311,7 +300,7 @@ def write_shards(plan: Federation) -> list[ClientShard]:
             save_splits(path, splits)
             shards.append(ClientShard(partition=pid, domain=domain, shard=k, path=str(path.relative_to(plan.run_dir)),
                                       n_train=len(splits["train"]), n_validation=len(splits["validation"]),
-                                      sha256=data_fingerprint(splits)))
+                                      sha256=fingerprint(splits)))
     write_json(index, [asdict(s) for s in shards])
     return shards
 
@@ -575,7 +564,7 @@ def client_train(spec: ClientSpec, msg, context):
                                  "train-seconds": float(result.seconds), "steps": int(result.steps),
                                  "epochs-run": int(result.epochs_run), "best-epoch": int(result.best_epoch),
                                  "rows-touched": int(len(touched)), "rows-changed": int(len(changed))}),
-        "client": ConfigRecord({"partition-id": pid, **({"data-sha256": data_fingerprint(data), "received": json.dumps(
+        "client": ConfigRecord({"partition-id": pid, **({"data-sha256": fingerprint(data), "received": json.dumps(
             describe(msg.content), sort_keys=True)} if spec.audit else {})}),
     })
     return Message(content=reply, reply_to=msg)
