@@ -269,7 +269,7 @@ def test_bad_parameters_are_refused_before_anything_starts(fed, monkeypatch):
 
 
 def test_the_ray_supervisor_ends_the_whole_group_when_its_parent_dies(tmp_path):
-    """RayHead runs `ray start --block` under ``federated._SUPERVISOR``. Here the supervised command is
+    """RayHead runs `ray start --block` under ``federated.simulation._SUPERVISOR``. Here the supervised command is
     a stand-in with Ray's shape (a leader that starts a child in its process group); the child ignores
     SIGTERM, as a hung Ray process would. Killing the supervisor's parent and its whole process group
     with SIGKILL (how `ltnb batch` kills a cancelled cell's kernel: no cleanup code runs) must still
@@ -353,7 +353,7 @@ def test_a_rerun_reads_back_and_a_killed_run_restarts_alone(fed, monkeypatch, tm
     shutil.copytree(fed["study"], study)  # a copy: this test deletes a finished run's file
     run_dir = study / fed["run_dir"].relative_to(fed["study"])
     calls = []
-    monkeypatch.setattr(federated, "_simulate", lambda plan, spec, runs, **kw: calls.append(list(runs)))
+    monkeypatch.setattr(federated, "simulate", lambda plan, spec, runs, **kw: calls.append(list(runs)))
     args = dict(seed=0, strategies=["masks-reset"], settings=_settings(), progress=False, log=lambda *_: None,
                 fed_settings=FederatedSettings(ticket_rounds=[2], clients_per_domain=2, fl_rounds=2, audit=True))
     first = pd.read_parquet(run_dir / "results.parquet")
@@ -474,7 +474,7 @@ def test_a_row_message_carries_exactly_the_rows_and_flowers_framing(monkeypatch)
 
 @pytest.mark.parametrize("sparse", [False, True])
 def test_lazy_decay_leaves_rows_no_text_looks_up_exactly_equal(sparse):
-    """Training with ``_lazy_decay`` equals the engine's training on every row the texts look up and on
+    """Training with ``lazy_decay`` equals the engine's training on every row the texts look up and on
     every other tensor, bit for bit, and leaves every other row exactly as received (the engine's Adam
     L2 term moves them all). ``sparse``: a 90%-pruned embedding that trains packed."""
     from ltnb import train
@@ -496,7 +496,7 @@ def test_lazy_decay_leaves_rows_no_text_looks_up_exactly_equal(sparse):
     for lazy in (False, True):
         model = KimCNN.from_settings(V, ms, seed=3)
         start = {n: p.detach().clone() * (masks[n] if n in masks else 1) for n, p in model.named_parameters()}
-        hook = federated._lazy_decay(start["embedding.weight"], touched) if lazy else None
+        hook = federated.lazy_decay(start["embedding.weight"], touched) if lazy else None
         train.fit(model, data, settings, masks=masks, seed=1, device="cpu", progress=False, on_step=hook,
                   sparse="on" if sparse else "off")
         out.append({n: p.detach().clone() for n, p in model.named_parameters()})
