@@ -240,14 +240,14 @@ def test_bad_parameters_are_refused_before_anything_starts(fed, monkeypatch):
     base = dict(seed=0, strategies=["masks-reset"], settings=_settings())
     fl = dict(ticket_rounds=[2], fl_rounds=2)
     with pytest.raises(ValueError, match=r"source = 'books': unknown domain; this study's domains: movies, products"):
-        federated.run(fed["study"], "books", **base, fed_settings=FederatedSettings(**fl))
+        federated.prepare(fed["study"], "books", **base, fed_settings=FederatedSettings(**fl))
     with pytest.raises(ValueError, match=r"ticket_rounds = \[3\]: round 3 is beyond the chain.*allowed: 1\.\.2"):
-        federated.run(fed["study"], "products", **base, fed_settings=FederatedSettings(**{**fl, "ticket_rounds": [3]}))
+        federated.prepare(fed["study"], "products", **base, fed_settings=FederatedSettings(**{**fl, "ticket_rounds": [3]}))
     with pytest.raises(ValueError, match=r"clients_per_domain = 0: expected an integer >= 1"):
-        federated.run(fed["study"], "products", **base, fed_settings=FederatedSettings(**{**fl, "clients_per_domain": 0}))
+        federated.prepare(fed["study"], "products", **base, fed_settings=FederatedSettings(**{**fl, "clients_per_domain": 0}))
     with pytest.raises(ValueError, match=r"client_domains: 'products' is the source"):
-        federated.run(fed["study"], "products", **base,
-                      fed_settings=FederatedSettings(**{**fl, "client_domains": ["products"]}))
+        federated.prepare(fed["study"], "products", **base,
+                          fed_settings=FederatedSettings(**{**fl, "client_domains": ["products"]}))
     assert sorted(p.relative_to(fed["study"]) for p in fed["study"].rglob("*")) == before  # nothing created
 
     # the same mistakes in a plan: all reported at once by `ltnb batch`, nothing run
@@ -354,16 +354,17 @@ def test_a_rerun_reads_back_and_a_killed_run_restarts_alone(fed, monkeypatch, tm
     run_dir = study / fed["run_dir"].relative_to(fed["study"])
     calls = []
     monkeypatch.setattr(federated, "simulate", lambda plan, spec, runs, **kw: calls.append(list(runs)))
-    args = dict(seed=0, strategies=["masks-reset"], settings=_settings(), progress=False, log=lambda *_: None,
+    cell = dict(seed=0, strategies=["masks-reset"], settings=_settings(),
                 fed_settings=FederatedSettings(ticket_rounds=[2], clients_per_domain=2, fl_rounds=2, audit=True))
+    quiet = dict(progress=False, log=lambda *_: None)
     first = pd.read_parquet(run_dir / "results.parquet")
-    again = federated.run(study, "products", **args)
+    again = federated.run(federated.prepare(study, "products", **cell), **quiet)
     assert calls == []  # everything finished: read back, no simulation
     pd.testing.assert_frame_equal(again.reset_index(drop=True), first.reset_index(drop=True))
     # a run killed mid-way has no rounds.parquet (written last): only it runs again, from its round 0
     (run_dir / "runs" / "masks-reset-r02" / federated.ROUNDS).unlink()
     (run_dir / "_COMPLETE.json").unlink()
-    rows = federated.run(study, "products", **args)
+    rows = federated.run(federated.prepare(study, "products", **cell), **quiet)
     assert calls == [[("masks-reset", 2)]]
     assert set(rows.strategy) == {"dense", "dense-naive"} and not (run_dir / "_COMPLETE.json").exists()  # incomplete until it reruns
 

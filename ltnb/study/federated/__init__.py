@@ -25,7 +25,7 @@ In three modules, by concern:
     flower       the ClientApp and the ServerApp (its strategy ``MaskedFedAvg``), the bytes counted
     simulation   Flower's simulation engine on a private, supervised Ray cluster (``RayHead``)
 
-and the cell itself here (``run``, which checks it first with ``prepare``).
+and the cell itself here: ``run(prepare(study, source, ...))``.
 
 Folders: ``paths.federated_dir(study, source, seed) / <hash>/`` with ``settings.json``,
 ``clients/`` (the shards and ``clients.json``), ``runs/<strategy>-rRR/`` (``rounds.parquet`` with one
@@ -43,13 +43,11 @@ import json
 import os
 import time
 from dataclasses import replace
-from typing import Sequence
 
 import pandas as pd
 
 from ltnb.base import paths
 from ltnb.base._io import read_json, write_json
-from ltnb.base.config import FederatedSettings, LotterySettings
 from ltnb.study.federated.flower import client_app, client_train, content_bytes, describe, server_app, wire_bytes
 from ltnb.study.federated.protocol import (DENSE, EMBEDDING, FEDERATED_VERSION, GLOBAL, MB, MESSAGES, NAIVE, RESULTS,
                                            ROUNDS, STRATEGIES, ClientShard, ClientSpec, Federation, RowLayout, collect,
@@ -67,30 +65,17 @@ __all__ = [
 ]
 
 
-def run(
-    study_dir,
-    source: str,
-    *,
-    seed: int = 0,
-    strategies: Sequence[str] = STRATEGIES,
-    settings: LotterySettings = LotterySettings(),
-    fed_settings: FederatedSettings = FederatedSettings(),
-    workers: int | None = None,
-    progress: bool = True,
-    log=print,
-) -> pd.DataFrame:
-    """Run (or resume, or just read) the federated runs of one source and seed; return their rows.
+def run(plan: Federation, *, workers: int | None = None, progress: bool = True, log=print) -> pd.DataFrame:
+    """Run (or resume, or just read) the federated runs of a cell checked by ``prepare``; return their rows.
 
-    Checks everything first (``prepare``), then runs every unfinished run (the dense baseline, then
-    each ticket round x strategy) in one Flower simulation with ``clients_per_domain`` clients per
-    client domain (``fed_settings``), ``workers`` of them training at once (default: ``$LTNB_TORCH_THREADS`` when the
-    batch runner set it, else the machine's CPU count, at most the number of clients).
-    ``fed_settings.audit``: every reply also carries a fingerprint of the client's shard and a description
+    Runs every unfinished run (the dense baselines, then each ticket round x strategy) in one Flower
+    simulation with ``clients_per_domain`` clients per client domain, ``workers`` of them training at
+    once (default: ``$LTNB_TORCH_THREADS`` when the batch runner set it, else the machine's CPU count,
+    at most the number of clients).
+    ``plan.audit``: every reply also carries a fingerprint of the client's shard and a description
     of the message it received (``messages.parquet``, columns ``data_sha256``, ``received``); it costs
     a few hundred bytes per reply, which are counted like everything else.
     """
-    plan = prepare(study_dir, source, seed=seed, strategies=strategies, settings=settings, fed_settings=fed_settings)
-    audit = fed_settings.audit
     n_clients = len(plan.client_domains) * plan.clients_per_domain
     if workers is None:
         workers = int(os.environ.get("LTNB_TORCH_THREADS") or os.cpu_count() or 1)
@@ -100,7 +85,7 @@ def run(
             "local_patience": plan.local_patience, "target_share": plan.target_share,
             "source_chain": os.path.relpath(plan.chain, plan.study), "settings": plan.settings.to_dict(),
             "data_key": plan.data_key, "vocab_size": plan.vocab_size, "settings_hash": plan.settings_hash,
-            "audit": bool(audit), "version": FEDERATED_VERSION}
+            "audit": plan.audit, "version": FEDERATED_VERSION}
     f = plan.run_dir / "settings.json"
     def runs_alike(d):  # the target share is the analysis's (not in the hash): it may change between reruns
         return {k: v for k, v in d.items() if k != "target_share"}
@@ -115,7 +100,7 @@ def run(
             f"({', '.join(run_name(s, r) for s, r in pending)}), {n_clients} clients, {workers} at a time")
         spec = ClientSpec(vocab_size=plan.vocab_size, model=plan.settings.model, train=plan.local_train, seed=plan.seed,
                           clients=tuple(replace(c, path=str(plan.run_dir / c.path)) for c in shards), threads=1,
-                          audit=bool(audit))
+                          audit=plan.audit)
         simulate(plan, spec, pending, workers=workers, progress=progress, log=log)
     rows = collect(plan.run_dir)
     done = {run_name(s, r) for s, r in plan.runs()}

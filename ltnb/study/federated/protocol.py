@@ -73,7 +73,7 @@ class ClientShard:
 
 @dataclass(frozen=True)
 class Federation:
-    """Everything a cell needs, checked before anything starts (``prepare``)."""
+    """Everything a cell needs, checked before anything starts (``prepare``); ``ltnb.federated.run`` takes it whole."""
 
     study: Path
     source: str
@@ -86,6 +86,7 @@ class Federation:
     local_epochs: int
     local_patience: int | None
     target_share: float
+    audit: bool  # replies also carry the shard's fingerprint and what the client received
     settings: LotterySettings  # the source chain's settings (model, training)
     chain: Path  # the source's reset chain
     data_key: str
@@ -198,7 +199,7 @@ def prepare(
     run_dir = paths.federated_dir(study, source, seed) / h
     return Federation(study=study, source=source, seed=seed, ticket_rounds=tuple(sorted(rounds_in)), strategies=strategies,
                 client_domains=clients, clients_per_domain=f.clients_per_domain, fl_rounds=f.fl_rounds,
-                local_epochs=f.local_epochs, local_patience=f.local_patience, target_share=float(f.target_share),
+                local_epochs=f.local_epochs, local_patience=f.local_patience, target_share=float(f.target_share), audit=bool(f.audit),
                 settings=settings, chain=chain, data_key=data_key, vocab_size=vocab_size,
                 run_dir=run_dir, settings_hash=h)
 
