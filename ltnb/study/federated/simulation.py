@@ -163,6 +163,9 @@ class RayHead:
 
 
 def simulate(plan: Federation, spec: ClientSpec, runs, *, workers: int, progress: bool, log) -> None:
+    """Serve ``runs`` ((strategy, ticket round) pairs) of the cell in one Flower simulation: the
+    ServerApp (``flower.server_app``) and one ClientApp per shard of ``spec``, on a private ``RayHead``
+    with ``workers`` CPUs (one per client at a time). Flower's logger and ``PYTHONPATH`` are put back."""
     from flwr.simulation import run_simulation
 
     abort = threading.Event()
