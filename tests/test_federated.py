@@ -223,7 +223,7 @@ def test_clients_never_receive_another_clients_data(fed):
     seen = []
     for s in shards:
         data = tokens.load_splits(fed["run_dir"] / s["path"])
-        assert federated.data_fingerprint(data) == s["sha256"]
+        assert tokens.fingerprint(data) == s["sha256"]
         seen += [tuple(data["train"].sequence(i).tolist()) + (int(data["train"].labels[i]),) for i in range(len(data["train"]))]
     everything = [tuple(train["train"].sequence(i).tolist()) + (int(train["train"].labels[i]),) for i in range(len(train["train"]))]
     assert sorted(seen) == sorted(everything)  # a partition: nothing lost, nothing shared
@@ -240,14 +240,14 @@ def test_bad_parameters_are_refused_before_anything_starts(fed, monkeypatch):
     base = dict(seed=0, strategies=["masks-reset"], settings=_settings())
     fl = dict(ticket_rounds=[2], fl_rounds=2)
     with pytest.raises(ValueError, match=r"source = 'books': unknown domain; this study's domains: movies, products"):
-        federated.run(fed["study"], "books", **base, fed_settings=FederatedSettings(**fl))
+        federated.prepare(fed["study"], "books", **base, fed_settings=FederatedSettings(**fl))
     with pytest.raises(ValueError, match=r"ticket_rounds = \[3\]: round 3 is beyond the chain.*allowed: 1\.\.2"):
-        federated.run(fed["study"], "products", **base, fed_settings=FederatedSettings(**{**fl, "ticket_rounds": [3]}))
+        federated.prepare(fed["study"], "products", **base, fed_settings=FederatedSettings(**{**fl, "ticket_rounds": [3]}))
     with pytest.raises(ValueError, match=r"clients_per_domain = 0: expected an integer >= 1"):
-        federated.run(fed["study"], "products", **base, fed_settings=FederatedSettings(**{**fl, "clients_per_domain": 0}))
+        federated.prepare(fed["study"], "products", **base, fed_settings=FederatedSettings(**{**fl, "clients_per_domain": 0}))
     with pytest.raises(ValueError, match=r"client_domains: 'products' is the source"):
-        federated.run(fed["study"], "products", **base,
-                      fed_settings=FederatedSettings(**{**fl, "client_domains": ["products"]}))
+        federated.prepare(fed["study"], "products", **base,
+                          fed_settings=FederatedSettings(**{**fl, "client_domains": ["products"]}))
     assert sorted(p.relative_to(fed["study"]) for p in fed["study"].rglob("*")) == before  # nothing created
 
     # the same mistakes in a plan: all reported at once by `ltnb batch`, nothing run
@@ -269,7 +269,7 @@ def test_bad_parameters_are_refused_before_anything_starts(fed, monkeypatch):
 
 
 def test_the_ray_supervisor_ends_the_whole_group_when_its_parent_dies(tmp_path):
-    """RayHead runs `ray start --block` under ``federated._SUPERVISOR``. Here the supervised command is
+    """RayHead runs `ray start --block` under ``federated.simulation._SUPERVISOR``. Here the supervised command is
     a stand-in with Ray's shape (a leader that starts a child in its process group); the child ignores
     SIGTERM, as a hung Ray process would. Killing the supervisor's parent and its whole process group
     with SIGKILL (how `ltnb batch` kills a cancelled cell's kernel: no cleanup code runs) must still
@@ -353,17 +353,18 @@ def test_a_rerun_reads_back_and_a_killed_run_restarts_alone(fed, monkeypatch, tm
     shutil.copytree(fed["study"], study)  # a copy: this test deletes a finished run's file
     run_dir = study / fed["run_dir"].relative_to(fed["study"])
     calls = []
-    monkeypatch.setattr(federated, "_simulate", lambda plan, spec, runs, **kw: calls.append(list(runs)))
-    args = dict(seed=0, strategies=["masks-reset"], settings=_settings(), progress=False, log=lambda *_: None,
+    monkeypatch.setattr(federated, "simulate", lambda plan, spec, runs, **kw: calls.append(list(runs)))
+    cell = dict(seed=0, strategies=["masks-reset"], settings=_settings(),
                 fed_settings=FederatedSettings(ticket_rounds=[2], clients_per_domain=2, fl_rounds=2, audit=True))
+    quiet = dict(progress=False, log=lambda *_: None)
     first = pd.read_parquet(run_dir / "results.parquet")
-    again = federated.run(study, "products", **args)
+    again = federated.run(federated.prepare(study, "products", **cell), **quiet)
     assert calls == []  # everything finished: read back, no simulation
     pd.testing.assert_frame_equal(again.reset_index(drop=True), first.reset_index(drop=True))
     # a run killed mid-way has no rounds.parquet (written last): only it runs again, from its round 0
     (run_dir / "runs" / "masks-reset-r02" / federated.ROUNDS).unlink()
     (run_dir / "_COMPLETE.json").unlink()
-    rows = federated.run(study, "products", **args)
+    rows = federated.run(federated.prepare(study, "products", **cell), **quiet)
     assert calls == [[("masks-reset", 2)]]
     assert set(rows.strategy) == {"dense", "dense-naive"} and not (run_dir / "_COMPLETE.json").exists()  # incomplete until it reruns
 
@@ -474,7 +475,7 @@ def test_a_row_message_carries_exactly_the_rows_and_flowers_framing(monkeypatch)
 
 @pytest.mark.parametrize("sparse", [False, True])
 def test_lazy_decay_leaves_rows_no_text_looks_up_exactly_equal(sparse):
-    """Training with ``_lazy_decay`` equals the engine's training on every row the texts look up and on
+    """Training with ``lazy_decay`` equals the engine's training on every row the texts look up and on
     every other tensor, bit for bit, and leaves every other row exactly as received (the engine's Adam
     L2 term moves them all). ``sparse``: a 90%-pruned embedding that trains packed."""
     from ltnb import train
@@ -496,7 +497,7 @@ def test_lazy_decay_leaves_rows_no_text_looks_up_exactly_equal(sparse):
     for lazy in (False, True):
         model = KimCNN.from_settings(V, ms, seed=3)
         start = {n: p.detach().clone() * (masks[n] if n in masks else 1) for n, p in model.named_parameters()}
-        hook = federated._lazy_decay(start["embedding.weight"], touched) if lazy else None
+        hook = federated.lazy_decay(start["embedding.weight"], touched) if lazy else None
         train.fit(model, data, settings, masks=masks, seed=1, device="cpu", progress=False, on_step=hook,
                   sparse="on" if sparse else "off")
         out.append({n: p.detach().clone() for n, p in model.named_parameters()})

@@ -36,7 +36,6 @@ rounds or mid-round, gives the same numbers as an uninterrupted one (on the CPU)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -56,7 +55,7 @@ from ltnb.core.model import KimCNN, initial_state
 from ltnb.base.paths import RESULTS, REWOUND, THETA_0, ticket_name
 from ltnb.base.paths import ROW_COLUMNS as COLUMNS
 from ltnb.core.pruning import Mask, prune_step
-from ltnb.text.tokens import SPLITS, TokenSplit
+from ltnb.text.tokens import SPLITS, TokenSplit, fingerprint
 
 #: Bumped whenever the engine's arithmetic changes, so a chain resumed by a newer engine never mixes
 #: its rounds with rounds of an older one: it starts a new folder instead. 3: dropout on a pruned
@@ -115,16 +114,6 @@ def diagnostics(start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tenso
     return out
 
 
-def data_fingerprint(data: Mapping[str, TokenSplit]) -> str:
-    """A key for data passed directly (tests): SHA-256 of the splits' tensors."""
-    h = hashlib.sha256()
-    for name in sorted(data):
-        for t in (data[name].ids, data[name].offsets, data[name].labels):
-            h.update(name.encode())
-            h.update(t.contiguous().numpy().tobytes())
-    return "data-" + h.hexdigest()[:16]
-
-
 def run_hash(settings: LotterySettings, *, data_key: str, vocab_size: int, strategy: str) -> str:
     """The folder name of a run (see the module doc for what it covers)."""
     d = settings.to_dict()
@@ -163,7 +152,7 @@ def _resolve_data(study_dir, domain, data, vocab_size, data_key):
     else:
         if vocab_size is None:
             raise ValueError("vocab_size: required when data= is passed (the number of rows of the embedding)")
-        data_key = data_fingerprint(data) if data_key is None else data_key
+        data_key = "data-" + fingerprint(data)[:16] if data_key is None else data_key  # data passed directly (tests)
     missing = [s for s in SPLITS if s not in data]
     if missing:
         raise ValueError(f"data: missing split(s) {missing}; expected {list(SPLITS)}")

@@ -6,9 +6,11 @@ header that ``load_splits`` checks (``ltnb.integrity``).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from safetensors import safe_open
@@ -55,6 +57,19 @@ class TokenSplit:
         offsets[1:] = torch.cumsum(lengths, 0)
         flat = [t for s in sequences for t in s]
         return cls(torch.tensor(flat, dtype=torch.int64), offsets, torch.tensor(labels, dtype=torch.int64))
+
+
+def fingerprint(splits: Mapping[str, TokenSplit]) -> str:
+    """SHA-256 (hex) of the token ids, offsets and labels of ``splits``, in split-name order. It names
+    data passed directly to a chain (``ltnb.lottery``: ``data-`` and its first 16 digits, part of the
+    chain's folder hash) and a federated client's shard (``ltnb.federated``: all 64 digits, in
+    ``clients.json`` and in audited replies); both stored values are this digest."""
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        for t in (splits[name].ids, splits[name].offsets, splits[name].labels):
+            h.update(name.encode())
+            h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_splits(path: str | os.PathLike, splits: dict[str, TokenSplit]) -> Path:
