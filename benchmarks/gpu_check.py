@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from ltnb import lottery  # noqa: E402
-from ltnb.config import LotterySettings, ModelSettings, TrainSettings, derive_seed  # noqa: E402
+from ltnb.config import LotterySettings, TrainSettings, derive_seed  # noqa: E402
 from ltnb.model import KimCNN, initial_state  # noqa: E402
 from multi import fit_many  # noqa: E402  (benchmarks/multi.py)
 from ltnb.train import default_device, fit, synthetic_data  # noqa: E402

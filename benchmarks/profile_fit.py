@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from ltnb import lottery, tickets, vocab  # noqa: E402
+from ltnb import tickets, vocab  # noqa: E402
 from ltnb.config import LotterySettings, TrainSettings  # noqa: E402
 from ltnb.model import KimCNN  # noqa: E402
 from ltnb.train import fit  # noqa: E402

@@ -6,7 +6,7 @@ with the contracts in ``pyproject.toml``):
 
     cli                       the ``ltnb`` command
     analysis                  results, plots, phase, findings, federated_results, report, explore (no torch)
-    study                     plan, estimate, batch, federated
+    study                     plan, estimate, batch, federated (protocol, flower, simulation)
     core                      model, pruning, strategies, train, sparse, tickets, lottery
     text                      corpus, amazon, data, vocab, tokens, divergence
     base                      config, stages, paths, integrity, labels, tensorfiles, _io

@@ -9,7 +9,6 @@ import gzip
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import stat

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ltnb import findings, plots, report, results
+from ltnb import plots, report, results
 from test_phase import write_study
 
 

@@ -31,7 +31,6 @@ from ltnb.analysis.results import over_seeds
 
 from ltnb.base.config import FEDERATED_DENSE as DENSE
 from ltnb.base.config import FEDERATED_NAIVE as NAIVE
-from ltnb.base.config import TRANSFER_STRATEGIES as STRATEGIES
 
 RESULTS = "results.parquet"
 MESSAGES = "messages.parquet"

@@ -36,6 +36,7 @@ import pandas as pd
 
 from ltnb.analysis import federated_results, findings, phase, plots, results
 from ltnb.base import paths
+from ltnb.base.config import PhaseSettings
 from ltnb.base._io import read_json, write_parquet, write_text
 
 
@@ -134,9 +135,11 @@ def write_table(study_dir: str | os.PathLike, name: str, table: pd.DataFrame) ->
     return [write_text(out / f"{name}.csv", table.to_csv(index=False)), write_parquet(out / f"{name}.parquet", table)]
 
 
-def build(study_dir: str | os.PathLike, *, alpha: float = phase.ALPHA, delta: float = phase.DELTA,
-          test: str = "signflip", log=print) -> dict:
-    """Write the report of a study (``PhaseSettings`` for the statistics); returns the paths written."""
+def build(study_dir: str | os.PathLike, settings: PhaseSettings | None = None, *, log=print) -> dict:
+    """Write the report of a study with these statistics settings (default ``PhaseSettings()``); returns
+    the paths written."""
+    settings = PhaseSettings() if settings is None else settings
+    alpha, delta, test = settings.alpha, settings.delta, settings.test
     study = paths.resolve_study(study_dir)
     out = paths.report_dir(study)
     rows = results.load(study)

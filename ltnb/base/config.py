@@ -449,7 +449,7 @@ CELL_PARAMS: dict[str, dict] = {
                 "schema": integer(1, nullable=True)},
 }
 
-def table(*objects) -> "pd.DataFrame":
+def table(*objects):
     """The settings of ``objects`` as a table (setting, value, default, help) for notebooks."""
     import pandas as pd
 
@@ -462,7 +462,7 @@ def table(*objects) -> "pd.DataFrame":
 
 
 def kwargs(obj) -> dict:
-    """A settings object's fields as keyword arguments (``report.build(study, **kwargs(stats))``)."""
+    """A settings object's fields as keyword arguments (for code that takes keywords, e.g. a model's constructor)."""
     return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 

@@ -34,7 +34,7 @@ import socket
 import stat
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 from ltnb.base._io import PARQUET_KEY, frame_digest  # noqa: E402,F401  (tables are sealed by ltnb._io.write_parquet)
 from ltnb.base.config import NAME_PATTERN  # noqa: E402  (the one rule for names: ltnb.config)

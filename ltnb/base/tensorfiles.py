@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -44,3 +46,23 @@ def check_tensors(path, tensors: Mapping[str, Any], metadata: Mapping[str, str])
     expected = (metadata or {}).get(DIGEST_KEY)
     if expected != found:
         raise IntegrityError(path, expected, found, "tensor data or metadata")
+
+
+def read(path: str | os.PathLike, *, missing: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file, not yet checked against its digest (``check_tensors``).
+    A missing file raises ``FileNotFoundError`` with ``missing`` (what to run to make it); a folder, or a
+    file safetensors cannot read (corrupted, truncated), a ``ValueError`` naming the file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {missing}")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for bad headers / truncation
+        raise ValueError(f"{path}: not a readable safetensors file, probably corrupted or truncated ({e})") from None
+    return tensors, meta

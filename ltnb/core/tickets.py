@@ -36,7 +36,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ltnb.base import integrity, tensorfiles
@@ -96,16 +95,7 @@ def load_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     """(tensors, metadata) of a file written by ``save_state``, with a clear error for missing,
     corrupted or changed files (``ltnb.integrity.IntegrityError``: file, expected and found hash)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    if not path.is_file():
-        raise ValueError(f"{path}: not a regular file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for bad headers / truncation
-        raise ValueError(f"{path}: not a readable safetensors file, probably corrupted or truncated ({e})") from None
+    tensors, meta = tensorfiles.read(path, missing="no such file")
     if meta.get("format") in OLD_FORMATS:
         raise ValueError(f"{path}: a ticket of format {meta['format']!r}, written by an ltnb older than its integrity "
                          f"checks; it cannot be verified. Delete its chain folder {path.parent} to run the chain again.")

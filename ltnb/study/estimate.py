@@ -459,7 +459,7 @@ def _data_shape(plan, domain: str) -> tuple[tuple[int, int, int], float, int, st
         balanced = _builtin_balanced().get(domain)
         if balanced:
             test = max(test, balanced - train - val)
-            surplus = f", test splits from the built-in corpus's balanced sizes"
+            surplus = ", test splits from the built-in corpus's balanced sizes"
     return (train, val, test), ASSUMED_LEN.get(corpus, 100.0), int(p.get("vocab_size", 8000)), \
         f"the plan (per_domain {per}{surplus}; mean length assumed {ASSUMED_LEN.get(corpus, 100.0):g} subwords)"
 

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ltnb.base import integrity, tensorfiles
+from ltnb.base import tensorfiles
 from ltnb.base._io import atomic_path
 
 SPLITS = ("train", "validation", "test")
@@ -85,15 +84,7 @@ def save_splits(path: str | os.PathLike, splits: dict[str, TokenSplit]) -> Path:
 
 
 def load_splits(path: str | os.PathLike) -> dict[str, TokenSplit]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no encoded tokens at {path}: run the data stage (notebooks/01_data.ipynb) first")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    tensors, meta = tensorfiles.read(path, missing="no encoded tokens here: run the data stage (notebooks/01_data.ipynb) first")
     tensorfiles.check_tensors(path, tensors, meta)
     names = sorted({k.split(".")[0] for k in tensors})
     return {n: TokenSplit(tensors[f"{n}.ids"], tensors[f"{n}.offsets"], tensors[f"{n}.labels"]) for n in names}

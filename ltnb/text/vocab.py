@@ -88,7 +88,6 @@ def _train_spm(sentences: list[str], settings: VocabSettings, prefix: Path) -> N
 
 def build(study_dir: str | os.PathLike, settings: VocabSettings = VocabSettings(), *, log=print) -> dict:
     """Train (or reuse) the shared vocabulary with ``settings`` and encode every domain; returns ``info``."""
-    import pandas as pd
     import sentencepiece as spm
 
     corpus_file = _corpus_path(study_dir)
