@@ -194,3 +194,17 @@ def test_rates_keys_ignore_the_initialisation_and_old_keys_are_read(tmp_path):
                                                 "observed": {"round_ratio": {f"2|{old}": {"0": [1, 2.0]}}}})
     table = estimate._load_cache(tmp_path)
     assert table["models"] == {new: {"x": 1}} and table["observed"]["round_ratio"] == {f"2|{new}": {"0": [1, 2.0]}}
+
+
+def test_a_round_measured_on_a_shared_machine_counts_its_cpu_time():
+    """``measured_seconds``: with one thread, the smaller of wall and CPU time (a round that waited for
+    the CPU behind other work teaches what it needed, not what it waited); with more threads, or a row
+    written before ``cpu_seconds`` existed, the wall time."""
+    from types import SimpleNamespace as Row
+
+    shared = Row(seconds=9.0, cpu_seconds=3.0)  # three processes on one core: 3 s of work took 9 s
+    assert estimate.measured_seconds(shared, threads=1) == 3.0
+    assert estimate.measured_seconds(Row(seconds=3.0, cpu_seconds=3.2), threads=1) == 3.0  # kernel threads add a little
+    assert estimate.measured_seconds(shared, threads=2) == 9.0
+    assert estimate.measured_seconds(Row(seconds=9.0, cpu_seconds=float("nan")), threads=1) == 9.0
+    assert estimate.measured_seconds(Row(seconds=9.0), threads=1) == 9.0

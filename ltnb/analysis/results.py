@@ -40,7 +40,7 @@ def load(study_dir: str | os.PathLike, *, settings_hash: str | None = None) -> p
 def _dtype(column: str) -> str:
     if column in ("seed", "round", "best_epoch", "epochs_run"):
         return "int64"
-    if column in ("sparsity", "val_acc", "test_acc", "seconds", "test_n", "wchange_embedding", "wchange_conv",
+    if column in ("sparsity", "val_acc", "test_acc", "seconds", "cpu_seconds", "test_n", "wchange_embedding", "wchange_conv",
                   "wchange_mlp", "emb_rows_seen", "emb_weights_seen"):
         return "float64"
     if column == "converged":

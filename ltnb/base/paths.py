@@ -32,12 +32,15 @@ REWOUND = "theta_rewind.safetensors"
 #: entries are 0 at both ends); ``emb_rows_seen`` the share of the embedding rows with a surviving
 #: entry whose token id occurs in the training split, ``emb_weights_seen`` the share of surviving
 #: embedding entries in such rows (the others get no gradient but weight decay).
+#: ``seconds`` is a round's wall time; ``cpu_seconds`` the CPU time its process got meanwhile (all its
+#: threads): on a machine shared with other work, wall time grows and CPU time does not (``ltnb.estimate``
+#: learns from the smaller of the two when a worker trains with one thread).
 DIAGNOSTIC_COLUMNS = ["converged", "wchange_embedding", "wchange_conv", "wchange_mlp", "emb_rows_seen",
                       "emb_weights_seen"]
 ROW_COLUMNS = [
     "stage", "source", "target", "domain", "pair", "seed", "strategy", "round", "sparsity",
     "val_acc", "test_acc", "test_n", "best_epoch", "epochs_run", "seconds", "settings_hash",
-    *DIAGNOSTIC_COLUMNS,
+    *DIAGNOSTIC_COLUMNS, "cpu_seconds",
 ]
 
 

@@ -273,7 +273,7 @@ class _Run:
     def train_round(self, r: int, mask: Mask, init: Mapping[str, torch.Tensor], *, seed: int,
                     on_step: Callable | None = None) -> tuple[dict[str, torch.Tensor], _train.FitResult]:
         """One round: load ``init``, train under ``mask``, save the ticket, append the row."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if self.model is None:  # built once per run (~0.1 s); every round overwrites all its values
             self.model = KimCNN.from_settings(self.vocab_size, self.settings.model, seed=None)
         _load_weights(self.model, init)
@@ -281,11 +281,12 @@ class _Run:
                             progress=self.progress, desc=f"round {r}", on_step=on_step)
         trained = _trained_state(self.model)
         diag = diagnostics(init, trained, mask, self.seen, result)
-        self.save_round(r, mask, trained, result, seconds=time.perf_counter() - t0, diag=diag)
+        self.save_round(r, mask, trained, result, seconds=time.perf_counter() - t0,
+                        cpu_seconds=time.process_time() - c0, diag=diag)
         return trained, result
 
     def save_round(self, r: int, mask: Mask, trained: Mapping[str, torch.Tensor], result, *, seconds: float,
-                   diag: Mapping | None = None) -> None:
+                   cpu_seconds: float | None = None, diag: Mapping | None = None) -> None:
         """Save the ticket and append the row; ``diag``: the diagnostics (default: taken from ``result``,
         a sibling chain's row of the shared round 0)."""
         tickets.save(self.run / ticket_name(r), masks=mask, trained=trained, round=r, settings=self.settings,
@@ -294,7 +295,7 @@ class _Run:
             diag = {c: result[c] for c in paths.DIAGNOSTIC_COLUMNS}
         row = dict(self.base, round=r, sparsity=mask.sparsity(), val_acc=result.val_acc, test_acc=result.test_acc,
                    test_n=len(self.data["test"]), best_epoch=result.best_epoch, epochs_run=result.epochs_run,
-                   seconds=seconds, **diag)
+                   seconds=seconds, cpu_seconds=float("nan") if cpu_seconds is None else cpu_seconds, **diag)
         self.rows = _append_row(self.run, self.rows, row)
 
     def finish(self) -> pd.DataFrame:

@@ -17,7 +17,9 @@ crossover. Between measured points they are interpolated (linear in ``L``, linea
 Synthetic data are not the real texts (the real ids repeat, which the packed embedding and the
 sparse kernels feel) and one process alone is not two side by side, so the estimate then **learns
 from finished trainings**: after a batch, every trained round of its obtain and transfer cells
-(``seconds``, ``epochs_run``, ``sparsity`` of its result row) is compared with the model above for
+(``seconds``, or with one thread per worker the smaller of it and ``cpu_seconds``, so that rounds run
+on a machine busy with other work do not teach it that the machine is slow; ``epochs_run``,
+``sparsity`` of its result row) is compared with the model above for
 that round's data and epochs, and the ratio is kept per sparsity level (one level = one round of
 35% pruning, ``-ln(1 - s) / -ln 0.65``), per model, precision, threads and number of workers: a
 running mean over the last ``LEARN_CAP`` rounds of that level. An estimate multiplies each round by
@@ -330,13 +332,27 @@ def _runs(plan, c, s: config.LotterySettings, vocab_size: int):
             yield strategy, paths.transfer_dir(plan.study_dir, c.params["source"], c.params["target"], strategy, seed) / h
 
 
+def measured_seconds(row, threads: int = 1) -> float:
+    """What a finished round cost this machine (``learn``): its wall ``seconds``, or with one thread the
+    smaller of that and its ``cpu_seconds`` (rows written before that column have only the wall time)."""
+    wall = float(row.seconds)
+    cpu = getattr(row, "cpu_seconds", None)
+    if int(threads) == 1 and cpu is not None and math.isfinite(float(cpu)) and float(cpu) > 0:
+        return min(wall, float(cpu))
+    return wall
+
+
 def learn(plan, done: list[tuple], *, workers: int, threads: int = 1, cache_dir=None) -> int:
     """Learn from the trained rounds of a batch's finished cells that run chains (obtain, transfer;
     ``done``: (cell, seconds its notebook spent training), other cells are skipped) run on ``workers``
     workers: per sparsity level, the ratio of each round's measured ``seconds`` to the model's (for its
     data and ``epochs_run``); per strategy and level, the epochs run under early stopping; and the
     seconds per round that the training cells spend besides ``fit`` (pruning, saving tickets,
-    diagnostics). Rounds already learned are skipped. Returns the number of rounds learned from."""
+    diagnostics). Rounds already learned are skipped. Returns the number of rounds learned from.
+
+    A round's measured seconds are its wall time, or, when the workers train with one thread and the row
+    has it, the smaller of its wall and CPU time: on a machine shared with other work the wall time of a
+    round grows while the CPU time it needs does not, and the estimate is for this machine alone."""
     from ltnb.base import integrity
 
     table = _load_cache(cache_dir)
@@ -373,7 +389,7 @@ def learn(plan, done: list[tuple], *, workers: int, threads: int = 1, cache_dir=
                 lvl = level(row.sparsity)
                 model = round_seconds(r, sparsity=row.sparsity, n=n, length=min(length, s.train.max_len),
                                       epochs=int(row.epochs_run), batch_size=s.train.batch_size)
-                _update(ratio_bins.setdefault(key, {}), lvl, float(row.seconds) / model)
+                _update(ratio_bins.setdefault(key, {}), lvl, measured_seconds(row, threads) / model)
                 if s.train.patience is not None:
                     _update(epoch_bins.setdefault(_epochs_key(strategy, s.train), {}), lvl, float(row.epochs_run))
                 fit_seconds += float(row.seconds)
