@@ -176,11 +176,11 @@ def _check_chain(stage: str, seed, settings, strategy: str, **names) -> None:
     _check_common(seed, settings)
     for param, value in names.items():
         _check_name(param, value)
-    if stage == "obtain" and strategy not in strategies.OBTAIN:
-        raise ValueError(f"strategy = {strategy!r}: expected one of {sorted(strategies.OBTAIN)} for obtain "
-                         f"(transfer strategies {sorted(strategies.TRANSFER)} belong to ltnb.lottery.transfer)")
-    if stage == "transfer" and strategy not in strategies.TRANSFER:
-        raise ValueError(f"strategy = {strategy!r}: expected one of {sorted(strategies.TRANSFER)} for transfer")
+    allowed = strategies.OBTAIN if stage == "obtain" else strategies.TRANSFER
+    if strategy not in allowed:
+        hint = (f" (transfer strategies {sorted(strategies.TRANSFER)} belong to ltnb.lottery.transfer)"
+                if stage == "obtain" else "")
+        raise ValueError(f"strategy = {strategy!r}: expected one of {sorted(allowed)} for {stage}{hint}")
 
 
 def _check_name(param: str, value) -> None:
@@ -286,7 +286,7 @@ class _Run:
         return trained, result
 
     def save_round(self, r: int, mask: Mask, trained: Mapping[str, torch.Tensor], result, *, seconds: float,
-                   cpu_seconds: float | None = None, diag: Mapping | None = None) -> None:
+                   cpu_seconds: float = float("nan"), diag: Mapping | None = None) -> None:
         """Save the ticket and append the row; ``diag``: the diagnostics (default: taken from ``result``,
         a sibling chain's row of the shared round 0)."""
         tickets.save(self.run / ticket_name(r), masks=mask, trained=trained, round=r, settings=self.settings,
@@ -295,7 +295,7 @@ class _Run:
             diag = {c: result[c] for c in paths.DIAGNOSTIC_COLUMNS}
         row = dict(self.base, round=r, sparsity=mask.sparsity(), val_acc=result.val_acc, test_acc=result.test_acc,
                    test_n=len(self.data["test"]), best_epoch=result.best_epoch, epochs_run=result.epochs_run,
-                   seconds=seconds, cpu_seconds=float("nan") if cpu_seconds is None else cpu_seconds, **diag)
+                   seconds=seconds, cpu_seconds=cpu_seconds, **diag)
         self.rows = _append_row(self.run, self.rows, row)
 
     def finish(self) -> pd.DataFrame:

@@ -610,11 +610,11 @@ def _link(entries: list[_Stage], study_dir: Path, stages_present: set, P: _Probl
     hashes: dict[str, str] = {}
     obtain = next((e.cells for e in entries if e.name == "obtain"), [])
     for e in entries:
+        stage = stages.STAGES[e.name]
+        needs = stage.needs
         for c in e.cells:
             deps: list[str] = []
             external: list[str] = []
-            stage = stages.STAGES[e.name]
-            needs = stage.needs
             if "data" in needs:
                 (deps if "data" in stages_present else external).append("data")
             if e.name == "federated":

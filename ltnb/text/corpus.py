@@ -34,7 +34,6 @@ import hashlib
 import html
 import io
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -49,12 +48,12 @@ import pandas as pd
 
 from ltnb.base import paths
 from ltnb.base._io import atomic_path, read_json, sha256_file, write_json
+from ltnb.base.config import DataSettings
 
 BUILTIN_DOMAINS = ("products", "movies", "restaurants", "tweets", "news")
 
 MANIFEST_NAME = "MANIFEST.json"
 DOWNLOAD_TIMEOUT_S = 600
-VADER_SCALE = (-4.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -370,15 +369,9 @@ def read_vader_txt(path: str | os.PathLike) -> list[tuple[str, float]]:
 
 
 def check_thresholds(pos_threshold: float, neg_threshold: float) -> None:
-    lo, hi = VADER_SCALE
-    for name, v in (("pos_threshold", pos_threshold), ("neg_threshold", neg_threshold)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
-            raise ValueError(f"{name}={v!r}: must be a number in the VADER valence range [{lo}, {hi}]")
-    if not neg_threshold < pos_threshold:
-        raise ValueError(
-            f"neg_threshold={neg_threshold} must be below pos_threshold={pos_threshold} "
-            "(valence >= pos_threshold is positive, <= neg_threshold negative, the middle is dropped)"
-        )
+    """The valence thresholds, by ``DataSettings``' rule (each a number in VADER's range [-4, 4],
+    ``neg_threshold`` below ``pos_threshold``); a ``ValueError`` names the one that breaks it."""
+    DataSettings(pos_threshold=pos_threshold, neg_threshold=neg_threshold)
 
 
 def binarize_valence(rows: list[tuple[str, float]], pos_threshold: float, neg_threshold: float) -> list[tuple[str, int]]:
