@@ -352,7 +352,9 @@ def learn(plan, done: list[tuple], *, workers: int, threads: int = 1, cache_dir=
 
     A round's measured seconds are its wall time, or, when the workers train with one thread and the row
     has it, the smaller of its wall and CPU time: on a machine shared with other work the wall time of a
-    round grows while the CPU time it needs does not, and the estimate is for this machine alone."""
+    round grows while the CPU time it needs does not, and the estimate is for this machine alone. On an
+    otherwise idle machine a round's CPU time is a little below its wall time (0.87-0.94 of it in the
+    demo's 2-worker batch here: the batch's own processes), so learned times run that much short."""
     from ltnb.base import integrity
 
     table = _load_cache(cache_dir)
