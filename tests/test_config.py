@@ -122,7 +122,32 @@ def test_settings_checks_agree_with_jsonschema_on_every_schema():
     probes = [None, True, False, 0, 1, -1, 2, 2.0, 2.5, 0.5, 1e-9, 1e9, math.inf, math.nan, 0.0, 1.0, -0.5, 3, 100,
               417, "", "a", "a..b", "reset", "products", "auto", [], [1], [1, 1], ["reset"], ["a", "a"], [3, 4, 5],
               [["products", "movies"]], {}, {"a": 1}, {"books": "x"}, {"": 1}, {"a..b": "x"}]
+    refused = 0
     for schema in schemas:
         validator = jsonschema.Draft202012Validator(schema)
         for value in probes + list(schema.get("enum", [])) + list(schema.get("items", {}).get("enum", [])):
-            assert config.fits(value, schema) == validator.is_valid(config._plain(value)), (schema, value)
+            # deliberately stricter than JSON Schema: NaN, infinities and 2.0 for an integer are refused
+            strict = isinstance(value, float) and (not math.isfinite(value) or (
+                "integer" in str(schema.get("type")) and "number" not in str(schema.get("type"))))
+            expected = validator.is_valid(config._plain(value)) and not strict
+            refused += validator.is_valid(config._plain(value)) and strict
+            assert config.fits(value, schema) == expected, (schema, value)
+    assert refused > 0  # the stricter rule did refuse values jsonschema lets through
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: config.TrainSettings(lr=math.nan), r"TrainSettings.lr = nan: expected a finite number > 0"),
+    (lambda: config.TrainSettings(lr=math.inf), r"TrainSettings.lr = inf"),
+    (lambda: config.TrainSettings(weight_decay=math.inf), r"TrainSettings.weight_decay = inf"),
+    (lambda: config.LotterySettings(prune_fraction=math.nan), r"LotterySettings.prune_fraction = nan: expected a number in \(0, 1\)"),
+    (lambda: config.ModelSettings(dropout=math.nan), r"ModelSettings.dropout = nan"),
+    (lambda: config.ModelSettings(init_a=math.inf), r"ModelSettings.init_a = inf"),
+    (lambda: config.ModelSettings(embed_dim=16.0), r"ModelSettings.embed_dim = 16.0: expected an integer >= 1"),
+    (lambda: config.ModelSettings(kernel_sizes=(3, 4.0)), r"ModelSettings.kernel_sizes"),
+    (lambda: config.LotterySettings(rounds=2.0), r"LotterySettings.rounds = 2.0"),
+    (lambda: config.PhaseSettings(alpha=math.nan), r"PhaseSettings.alpha = nan"),
+    (lambda: config.DataSettings(pos_threshold=math.nan), r"DataSettings.pos_threshold = nan"),
+])
+def test_non_finite_numbers_and_floats_for_integers_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -240,3 +240,123 @@ def test_cells_follow_their_stages_needs():
     by_key = {c.key: c for c in plan.cells}
     assert list(by_key["report"].deps) == before
     assert list(by_key["phase"].deps) == [c.key for c in plan.cells if c.stage in ("obtain", "transfer")]
+
+
+# ------------------------------------------------------------------ hostile plans (refused in time, with the line)
+
+@pytest.mark.parametrize("setting, value", [
+    ("lr", ".nan"), ("lr", ".inf"), ("weight_decay", ".nan"), ("weight_decay", ".inf"), ("prune_fraction", ".nan"),
+    ("dropout", ".nan"), ("init_a", ".inf"), ("rounds", "2.0"), ("embed_dim", "16.0"), ("max_epochs", "1.0e+0"),
+])
+def test_non_finite_numbers_and_floats_for_integers_are_refused_with_their_line(tmp_path, setting, value):
+    text = GOOD.replace("params: {rounds: 2, strategies: [reset, random]}",
+                        f"params: {{rounds: 2, strategies: [reset, random], {setting}: {value}}}")
+    if setting == "rounds":
+        text = GOOD.replace("params: {rounds: 2, strategies: [reset, random]}",
+                            f"params: {{rounds: {value}, strategies: [reset, random]}}")
+    found = problems(tmp_path, text)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if f"{setting}: {value}" in t)
+    assert any(p.startswith(f"stages[2].params.{setting} (line {line}): {setting} = ") and "is not allowed" in p
+               for p in found), found
+
+
+def test_a_model_that_cannot_fit_the_machine_is_refused_saying_by_how_much(tmp_path):
+    from ltnb.study import memory
+
+    text = GOOD.replace("defaults: {seed: 0, max_epochs: 1}", "defaults: {seed: 0, max_epochs: 1, embed_dim: 1000000000000}")
+    found = problems(tmp_path, text)
+    assert len(found) == 2 and found[0].startswith("defaults.embed_dim (line 2): cell obtain/products/seed0 needs")
+    assert found[1].startswith("defaults.embed_dim (line 2): cell transfer/products__movies/seed0 needs")
+    assert "of memory at its peak" in found[0] and "too much" in found[0]
+    assert memory.fmt_bytes(memory.machine_bytes()) in found[0]
+    # the demo's model fits (and its estimate is an upper bound of a few hundred MB beyond the runtime)
+    demo = config.LotterySettings.from_params(embed_dim=417, channels=127, hidden=117)
+    assert memory.parameter_count(demo, 8000) == 8000 * 417 + sum(k * 417 * 127 + 127 for k in (3, 4, 5)) \
+        + 381 * 117 + 117 + 117 * 2 + 2
+    assert memory.RUNTIME_BYTES < memory.peak_bytes(demo, 8000, 500) < 2e9
+
+
+def test_a_yaml_alias_bomb_is_refused_in_milliseconds(tmp_path):
+    import time
+
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    text = "study: t\nstages: [{stage: data}]\n" + "\n".join(lines) + "\n"
+    t0 = time.perf_counter()
+    found = problems(tmp_path, text)
+    assert time.perf_counter() - t0 < 2.0
+    assert len(found) == 1 and "aliases expand to more than 100,000 values" in found[0] and found[0].startswith("line ")
+    # a few aliases are fine: they are read as their values
+    ok = GOOD.replace("defaults: {seed: 0, max_epochs: 1}", "defaults: &d {seed: 0, max_epochs: 1}")
+    assert load_plan(write(tmp_path, ok)).cells
+
+
+def test_a_huge_plan_is_refused_before_it_is_parsed(tmp_path):
+    import time
+
+    p = tmp_path / "plan.yaml"
+    with open(p, "w") as f:
+        f.write(GOOD)
+        f.write("# " + "x" * 1000 + "\n")
+        f.seek(50_000_000)
+        f.write("\n")
+    t0 = time.perf_counter()
+    with pytest.raises(PlanError, match=r"the plan is 50,000,001 bytes; a plan may be at most 1,048,576 bytes"):
+        load_plan(p)
+    assert time.perf_counter() - t0 < 1.0
+    (tmp_path / "dir.yaml").mkdir()
+    with pytest.raises(PlanError, match="not a regular file"):
+        load_plan(tmp_path / "dir.yaml")
+
+
+def test_plan_checks_are_linear_in_the_number_of_cells(tmp_path):
+    """20,000 obtain cells (and their transfers) are checked in seconds (the folder-collision check and
+    the source lookup were quadratic: 120 s and counting before)."""
+    import time
+
+    def timed(n: int) -> float:
+        seeds = ", ".join(map(str, range(n)))
+        text = GOOD.replace("seed: [0]}", f"seed: [{seeds}]}}")
+        t0 = time.perf_counter()
+        plan = load_plan(write(tmp_path, text))
+        took = time.perf_counter() - t0
+        assert sum(c.stage == "obtain" for c in plan.cells) == 2 * n
+        assert sum(c.stage == "transfer" for c in plan.cells) == n
+        return took
+
+    small, big = timed(500), timed(10_000)
+    print(f"\nplan check: 1,500 cells {small:.2f} s, 30,000 cells {big:.2f} s ({big / small:.1f}x for 20x the cells)")
+    assert big < 60 and big / small < 60  # linear (20x) with slack; quadratic would be 400x
+
+
+@pytest.mark.parametrize("outputs, why", [
+    ("../../..", "outside the project root"),
+    ("/etc", "a system folder"),
+    ("/", "a system folder"),
+    ("/usr/local/x", "a system folder"),
+    ("link", "outside the project root"),
+    ("/nonexistent-ltnb-folder", "is not an existing folder"),
+])
+def test_outputs_go_only_where_the_rule_allows(tmp_path, outputs, why):
+    (tmp_path / "link").symlink_to("/etc")
+    found = problems(tmp_path, GOOD.replace("study: t\n", f"study: t\noutputs: {outputs}\n"))
+    assert any(p.startswith("outputs (line 2): ") and why in p and "project root" in p for p in found), found
+
+
+def test_allowed_outputs_are_named_with_their_rule_in_the_first_line(tmp_path):
+    import io
+
+    inside = load_plan(write(tmp_path, GOOD.replace("study: t\n", "study: t\noutputs: runs/here\n")))
+    assert inside.study_dir == (tmp_path / "runs" / "here" / "t").resolve()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    absolute = load_plan(write(tmp_path, GOOD.replace("study: t\n", f"study: t\noutputs: {elsewhere}\n")))
+    assert absolute.study_dir == elsewhere.resolve() / "t"
+    out = io.StringIO()
+    batch.print_dry_run(absolute, list(absolute.cells), out)
+    first = out.getvalue().splitlines()[0]
+    assert f"outputs {elsewhere.resolve()} (an absolute folder that exists and is writable)" in first
+    out = io.StringIO()
+    batch.print_dry_run(inside, list(inside.cells), out)
+    assert f"(inside the project root {tmp_path.resolve()})" in out.getvalue().splitlines()[0]

@@ -95,9 +95,10 @@ def describe(schema: dict) -> str:
     types = [t for t in types if t != "null"]
     kind = types[0] if types else "value"
     if kind in ("integer", "number"):
-        noun = "an integer" if kind == "integer" else "a number"
         lo = schema.get("minimum", schema.get("exclusiveMinimum"))
         hi = schema.get("maximum", schema.get("exclusiveMaximum"))
+        # NaN and infinities are refused (``strict_problem``); an interval says so by itself
+        noun = "an integer" if kind == "integer" else "a number" if lo is not None and hi is not None else "a finite number"
         if lo is not None and hi is not None:
             left = "(" if "exclusiveMinimum" in schema else "["
             right = ")" if "exclusiveMaximum" in schema else "]"
@@ -133,13 +134,40 @@ def _plain(value: Any) -> Any:
 _VALIDATORS: dict[str, Any] = {}
 
 
+def _types(schema: dict) -> set[str]:
+    t = schema.get("type", [])
+    return {t} if isinstance(t, str) else set(t)
+
+
+def strict_problem(value: Any, schema: dict) -> bool:
+    """What JSON Schema lets through and a setting must not be: a non-finite number (NaN, +-inf)
+    anywhere in ``value``, and a float (``2.0``, ``1e12``) where the schema asks for an integer.
+    JSON Schema counts ``2.0`` as an integer and has no word for NaN; a study of NaN learning rates
+    would run to the end and report garbage, so both are refused (``fits``)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return True
+        return "integer" in _types(schema) and "number" not in _types(schema)
+    if isinstance(value, (list, tuple)):
+        items = schema.get("items", {})
+        return any(strict_problem(v, items) for v in value)
+    if isinstance(value, dict):
+        extra = schema.get("additionalProperties")
+        sub = extra if isinstance(extra, dict) else {}
+        return any(strict_problem(v, schema.get("properties", {}).get(k, sub)) for k, v in value.items())
+    return False
+
+
 def fits(value: Any, schema: dict) -> bool:
-    """Whether ``value`` fits ``schema``: fastjsonschema, each schema compiled once. A kernel checks its
-    settings without importing jsonschema, whose import builds an optional IRI grammar (about 1.5 s);
-    the plan's own structure is still reported by jsonschema, whose errors say where in the file.
-    ``tests/test_config.py`` checks that both give the same verdicts on every setting's schema."""
+    """Whether ``value`` fits ``schema``: fastjsonschema, each schema compiled once, and no non-finite
+    number or float-for-integer (``strict_problem``). A kernel checks its settings without importing
+    jsonschema, whose import builds an optional IRI grammar (about 1.5 s); the plan's own structure is
+    still reported by jsonschema, whose errors say where in the file. ``tests/test_config.py`` checks
+    that both give the same verdicts on every setting's schema, apart from the strict rule."""
     import fastjsonschema
 
+    if strict_problem(value, schema):
+        return False
     key = json.dumps(schema, sort_keys=True)
     if key not in _VALIDATORS:
         _VALIDATORS[key] = fastjsonschema.compile(schema)

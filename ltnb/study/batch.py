@@ -381,7 +381,7 @@ def print_summary(outcomes: list[Outcome], plan: Plan, out: TextIO, *, interrupt
 
 
 def print_dry_run(plan: Plan, cells: list[Cell], out: TextIO) -> None:
-    print(f"plan {plan.path} -> study {plan.study} at {plan.study_dir} ({len(cells)} cells)", file=out)
+    print(f"plan {plan.path} -> study {plan.study} at {plan.study_dir} ({len(cells)} cells); {plan.outputs}", file=out)
     for c in cells:
         why = completeness(c)
         state = "complete" if why is None else "to run"

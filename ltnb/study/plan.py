@@ -49,9 +49,11 @@ later cell incomplete, while deleting one cell's folder reruns only that cell.
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -136,6 +138,7 @@ class Plan:
     study_dir: Path
     stages: tuple[str, ...]
     cells: tuple[Cell, ...] = field(repr=False)
+    outputs: str = ""  # where the study goes and by which rule (``outputs_folder``), for the first line printed
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -260,12 +263,12 @@ class _Stage:
     nb_params: dict | None = None  # the notebook's parameters cell (None: unreadable)
     cells: list = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def settings(self) -> dict:
-        """Flat setting name -> field, when the notebook takes ``settings``."""
+        """Flat setting name -> field, when the notebook takes ``settings`` (read after ``nb_params`` is set)."""
         return stages.stage_settings(self.name) if self.nb_params and SETTINGS_PARAM in self.nb_params else {}
 
-    @property
+    @functools.cached_property
     def accepted(self) -> list[str]:
         cell = [k for k in (self.nb_params or {}) if k not in RUNNER_PARAMS and k != SETTINGS_PARAM]
         return sorted(set(cell) | set(self.settings))
@@ -276,16 +279,72 @@ class _Stage:
         return stages.param_schema(self.name, key) or {}
 
 
+#: a plan is a page of YAML; the paper's full protocol is 2 KB. Bigger files are refused before parsing.
+MAX_PLAN_BYTES = 1 << 20
+#: values a plan may hold once its YAML aliases are expanded (the paper's plan: about 200)
+MAX_PLAN_VALUES = 100_000
+
+
+def _expanded_size(text: str, plan_path: Path) -> int:
+    """How many values the YAML in ``text`` holds once every alias (``*name``) is expanded, counted
+    from the event stream in one pass without building anything, so a "billion laughs" file (aliases
+    of aliases, 10^9 values from 1 KB) is refused in milliseconds instead of exhausting memory.
+    Raises ``PlanError`` as soon as the count passes ``MAX_PLAN_VALUES``."""
+    sizes: dict[str, int] = {}
+    stack: list[list] = []  # open collections: [anchor, values so far]
+    total = 0
+
+    def add(n: int, line: int) -> None:
+        nonlocal total
+        total += n
+        if stack:
+            stack[-1][1] += n
+        if total > MAX_PLAN_VALUES:
+            raise PlanError(plan_path, [f"line {line}: the plan's YAML aliases expand to more than {MAX_PLAN_VALUES:,} "
+                                        "values (aliases of aliases); write the values out instead"])
+
+    for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = ev.start_mark.line + 1
+        if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack.append([ev.anchor, 1])
+        elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, n = stack.pop()
+            if anchor is not None:
+                sizes[anchor] = n
+            total -= n  # counted again as one value of its parent
+            add(n, line)
+        elif isinstance(ev, yaml.ScalarEvent):
+            if ev.anchor is not None:
+                sizes[ev.anchor] = 1
+            add(1, line)
+        elif isinstance(ev, yaml.AliasEvent):
+            add(sizes.get(ev.anchor, 1), line)
+    return total
+
+
 def _read(plan_path: Path) -> tuple[Any, dict[str, int], list[str]]:
     try:
-        text = plan_path.read_text(encoding="utf-8")
+        st = os.stat(plan_path)
+        if not stat.S_ISREG(st.st_mode):
+            raise PlanError(plan_path, ["not a regular file (a plan is a YAML file)"])
+        if st.st_size > MAX_PLAN_BYTES:
+            raise PlanError(plan_path, [f"the plan is {st.st_size:,} bytes; a plan may be at most {MAX_PLAN_BYTES:,} "
+                                        "bytes (the paper's full protocol takes 2 KB)"])
+        with open(plan_path, "rb") as f:
+            data = f.read(MAX_PLAN_BYTES + 1)
+        text = data.decode("utf-8")
     except OSError as e:
-        raise PlanError(plan_path, [f"cannot read the plan: {e}"]) from None
+        raise PlanError(plan_path, [f"cannot read the plan: {e.strerror or e}"]) from None
+    except UnicodeDecodeError as e:
+        raise PlanError(plan_path, [f"not UTF-8 text (byte {e.start}): a plan is a YAML file"]) from None
     try:
+        _expanded_size(text, plan_path)
         node = yaml.compose(text)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise PlanError(plan_path, [f"not valid YAML: {e}"]) from None
+    except RecursionError:
+        raise PlanError(plan_path, ["the plan nests its values too deeply to read"]) from None
     lines: dict[str, int] = {}
     pre: list[str] = []
     if node is not None:
@@ -491,6 +550,7 @@ def _expand(e: _Stage, defaults: dict, study_dir: Path, data_domains, P: _Proble
     varied = [k for k, _ in axes if k in e.settings]
     names = tuple(sorted(e.settings))
     cells: list[Cell] = []
+    keys: set[str] = set()  # the folders so far (a set: a 20,000-cell grid is checked in linear time)
     for combo in itertools.product(*[vs for _, vs in axes]) if axes else [()]:
         values = dict(fixed)
         for (k, _), v in zip(axes, combo):
@@ -505,7 +565,7 @@ def _expand(e: _Stage, defaults: dict, study_dir: Path, data_domains, P: _Proble
         if "seed" in stages.STAGES[e.name].cell and "seed" not in values:
             values["seed"] = _default_value((e.nb_params or {}).get("seed"))
         key = folder.relative_to(study_dir).as_posix()
-        if any(c.key == key for c in cells):
+        if key in keys:
             P.add(f"{e.at}.grid", f"two cells would write the same folder {key}: the grid varies a parameter that "
                                   "does not name the folder (or changes no run), or repeats a value")
             return []
@@ -513,6 +573,7 @@ def _expand(e: _Stage, defaults: dict, study_dir: Path, data_domains, P: _Proble
         unset = {k: v["default"] for k, v in (e.nb_params or {}).items()
                  if k not in values and k not in RUNNER_PARAMS and k != SETTINGS_PARAM}
         cell_params = {k: v for k, v in values.items() if k not in e.settings}
+        keys.add(key)
         cells.append(Cell(stage=e.name, key=key, notebook=e.notebook, study_dir=study_dir, cell_dir=folder,
                           params=values, settings_names=tuple(n for n in names if n in values),
                           params_hash=stable_hash({"stage": e.name, "params": cell_params, "settings": settings,
@@ -564,6 +625,40 @@ def _check_federated(e: _Stage, c: Cell, data_domains, P: _Problems) -> None:
         P.add(e.at, f"federated {source}: no client domain; the data stage makes only {', '.join(data_domains)}")
 
 
+def _check_memory(entries: list[_Stage], defaults: dict, P: _Problems) -> None:
+    """Refuse a training cell whose peak memory (``ltnb.memory.peak_bytes``) exceeds the machine's,
+    saying by how much; one message per stage, for its largest cell."""
+    from ltnb.study import memory
+
+    data = next((e for e in entries if e.name == "data"), None)
+    vocab = {k: v for k, v in defaults.items() if data is not None and k in data.accepted}
+    vocab.update(data.params if data is not None else {})
+    vocab_size = vocab.get("vocab_size", config.VocabSettings.vocab_size)
+    vocab_max_len = vocab.get("max_len", config.VocabSettings.max_len)
+    have = memory.machine_bytes()
+    flat = config.LotterySettings.flat_fields()
+    for e in entries:
+        if stages.STAGES[e.name].cost not in ("chains", "federated"):
+            continue
+        worst, seen = None, {}
+        for c in e.cells:
+            given = {k: c.params[k] for k in c.settings_names if k in flat}
+            key = repr(sorted(given.items()))
+            if key not in seen:
+                seen[key] = memory.peak_bytes(config.LotterySettings.from_params(**given), vocab_size, vocab_max_len)
+                if worst is None or seen[key] > worst[0]:
+                    worst = (seen[key], c, given)
+        if worst is not None and worst[0] > have:
+            need, c, given = worst
+            sizes = [k for k in ("embed_dim", "channels", "hidden", "kernel_sizes", "batch_size", "max_len") if k in given]
+            where = _grid_where(e, sizes[0], given[sizes[0]]) if sizes else e.at
+            P.add(where, f"cell {c.key} needs about {memory.fmt_bytes(need)} of memory at its peak "
+                         f"({memory.parameter_count(config.LotterySettings.from_params(**given), vocab_size):,} "
+                         f"parameters, vocab_size {vocab_size}), but this machine has {memory.fmt_bytes(have)}: "
+                         f"{memory.fmt_bytes(need - have)} too much; make the model smaller "
+                         f"({', '.join(sizes) or 'embed_dim, channels, hidden'})")
+
+
 def _valid(schema: dict, value) -> bool:
     return not schema or config.fits(value, schema)
 
@@ -583,23 +678,37 @@ def _chain_settings(c: Cell) -> dict | None:
     """A cell's chain settings (every ``LotterySettings`` field, defaults filled in, without ``rounds``,
     which never names a chain's folder); None if they are not valid."""
     flat = config.LotterySettings.flat_fields()
-    try:
-        s = config.LotterySettings.from_params(**{k: c.params[k] for k in c.settings_names if k in flat})
-    except ValueError:
-        return None
-    d = config._plain(s.flat())
-    d.pop("rounds")
-    return d
+    given = {k: c.params[k] for k in c.settings_names if k in flat}
+    key = repr(sorted(given.items()))
+    if key not in _CHAIN_SETTINGS:  # a grid of 20,000 seeds has a handful of distinct settings
+        try:
+            s = config.LotterySettings.from_params(**given)
+        except ValueError:
+            _CHAIN_SETTINGS[key] = None
+        else:
+            d = config._plain(s.flat())
+            d.pop("rounds")
+            _CHAIN_SETTINGS[key] = d
+    return _CHAIN_SETTINGS[key]
 
 
-def _source_cell(tr: Cell, domain: str, obtain: list[Cell]) -> Cell | None:
-    """The obtain cell of ``domain`` whose reset chain a transfer or federated cell reads: the same seed
-    and chain settings (it may run more rounds)."""
-    want = _chain_settings(tr)
+_CHAIN_SETTINGS: dict[str, dict | None] = {}
+
+
+def _obtain_index(obtain: list[Cell]) -> dict[tuple, list[tuple[dict | None, Cell]]]:
+    """The obtain cells by (domain, seed), each with its chain settings (computed once per cell)."""
+    index: dict[tuple, list] = {}
     for c in obtain:
-        if c.params.get("domain") != domain or c.params.get("seed") != tr.params.get("seed"):
-            continue
-        if _chain_settings(c) == want and "reset" in (c.params.get("strategies") or ["reset"]):
+        index.setdefault((c.params.get("domain"), repr(c.params.get("seed"))), []).append((_chain_settings(c), c))
+    return index
+
+
+def _source_cell(tr: Cell, domain: str, obtain: dict) -> Cell | None:
+    """The obtain cell of ``domain`` whose reset chain a transfer or federated cell reads: the same seed
+    and chain settings (it may run more rounds). ``obtain``: ``_obtain_index`` of the obtain cells."""
+    want = _chain_settings(tr)
+    for settings, c in obtain.get((domain, repr(tr.params.get("seed"))), ()):
+        if settings == want and "reset" in (c.params.get("strategies") or ["reset"]):
             return c
     return None
 
@@ -608,7 +717,7 @@ def _link(entries: list[_Stage], study_dir: Path, stages_present: set, P: _Probl
     """Dependencies (and the inputs the plan does not produce) and the final hashes."""
     final: list[Cell] = []
     hashes: dict[str, str] = {}
-    obtain = next((e.cells for e in entries if e.name == "obtain"), [])
+    obtain = _obtain_index(next((e.cells for e in entries if e.name == "obtain"), []))
     for e in entries:
         stage = stages.STAGES[e.name]
         needs = stage.needs
@@ -669,6 +778,36 @@ def _federated_source(e: _Stage, c: Cell, obtain: list[Cell], deps: list, extern
         external.append(key)
 
 
+#: system folders a study never writes into, nor under (an absolute ``outputs`` elsewhere is allowed)
+SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run", "/sbin",
+                  "/srv", "/sys", "/usr", "/var")
+OUTPUTS_RULE = ("a relative outputs folder stays inside the project root (symlinks resolved); an absolute one must "
+                "exist, be a writable folder and not be a system folder")
+
+
+def outputs_folder(outputs: str, root: Path) -> tuple[Path, str | None]:
+    """Where a plan's ``outputs`` points, and why it is refused (``None``: allowed), by ``OUTPUTS_RULE``:
+    a relative path is resolved against the project root, symlinks followed, and must stay inside it
+    (``../../..`` and a link to ``/etc`` are refused); an absolute path (or ``~``) must already exist as
+    a writable folder outside the system folders (``/``, ``/etc``, ``/usr``, ...), so a typo never makes
+    a study somewhere unintended. Nothing is created."""
+    given = Path(outputs).expanduser()
+    real = Path(os.path.realpath(given if given.is_absolute() else root / given))
+    if not given.is_absolute():
+        real_root = os.path.realpath(root)
+        if not (str(real) == real_root or str(real).startswith(real_root.rstrip(os.sep) + os.sep)):
+            return real, (f"outputs = {outputs!r} resolves to {real}, outside the project root {real_root}; "
+                          f"{OUTPUTS_RULE}")
+        return real, None
+    if str(real) == os.sep or any(str(real) == d or str(real).startswith(d + os.sep) for d in SYSTEM_FOLDERS):
+        return real, f"outputs = {outputs!r} resolves to {real}, a system folder; {OUTPUTS_RULE}"
+    if not real.is_dir():
+        return real, f"outputs = {outputs!r}: {real} is not an existing folder; {OUTPUTS_RULE} (create it first)"
+    if not os.access(real, os.W_OK | os.X_OK):
+        return real, f"outputs = {outputs!r}: {real} is not writable by this user; {OUTPUTS_RULE}"
+    return real, None
+
+
 def load_plan(plan_path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Plan:
     """Read, check and expand a plan; raise ``PlanError`` listing every problem. Creates nothing."""
     plan_path = Path(plan_path)
@@ -679,8 +818,10 @@ def load_plan(plan_path: str | os.PathLike, *, root: str | os.PathLike | None = 
     _check_structure(raw, P)
     study = raw.get("study") if isinstance(raw.get("study"), str) and re.match(config.NAME_PATTERN, raw["study"]) else "invalid"
     outputs = raw.get("outputs") if isinstance(raw.get("outputs"), str) and raw.get("outputs") else "outputs"
-    out_path = Path(outputs).expanduser()
-    study_dir = (out_path if out_path.is_absolute() else root / out_path).resolve() / study
+    out_dir, problem = outputs_folder(outputs, root)
+    if problem:
+        P.add("outputs", problem)
+    study_dir = out_dir / study
     defaults = raw.get("defaults") if isinstance(raw.get("defaults"), dict) else {}
     entries = _stage_entries(raw, root, P)
     _check_values(entries, defaults, P)
@@ -691,7 +832,12 @@ def load_plan(plan_path: str | os.PathLike, *, root: str | os.PathLike | None = 
         e.cells = _expand(e, defaults, study_dir, data_domains, P)
         _check_cells(e, e.cells, data_domains, P)
     cells = _link(entries, study_dir, {e.name for e in entries}, P)
+    if not P.items:
+        _check_memory(entries, defaults, P)
     if P.items:
         raise PlanError(plan_path, P.items)
+    where = (f"inside the project root {root}" if not Path(outputs).expanduser().is_absolute()
+             else "an absolute folder that exists and is writable")
     return Plan(path=plan_path.resolve(), root=root, study=study, study_dir=study_dir,
-                stages=tuple(e.name for e in entries), cells=tuple(cells))
+                stages=tuple(e.name for e in entries), cells=tuple(cells),
+                outputs=f"outputs {out_dir} ({where})")
