@@ -40,6 +40,32 @@ def seal(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) 
     return meta
 
 
+def write(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a sealed safetensors file (``seal``) atomically, byte for byte the same for the same
+    tensors and metadata: safetensors writes its metadata in the order of a Rust hash map, which
+    changes from process to process, so the header is rewritten with the metadata's keys sorted.
+    (A theta_0 drawn again after its file was deleted is then the same file, with the same SHA-256 that
+    every ticket of its chain records, instead of wedging the chain.)"""
+    from safetensors.torch import save
+
+    from ltnb.base._io import atomic_path
+
+    tensors = {n: t.detach().cpu().contiguous() for n, t in tensors.items()}
+    blob = save(tensors, metadata=seal(tensors, metadata))
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the header is padded with spaces to 8 bytes (the format allows it)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(len(text).to_bytes(8, "little"))
+            f.write(text)
+            f.write(blob[8 + n:])
+    return Path(path)
+
+
 def check_tensors(path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> None:
     """Refuse (``IntegrityError``) a tensor file whose tensors or metadata do not match its digest."""
     found = tensors_digest(tensors, metadata)

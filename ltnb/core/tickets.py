@@ -36,10 +36,8 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from ltnb.base import integrity, tensorfiles
-from ltnb.base._io import atomic_path
 from ltnb.base.config import LotterySettings, ModelSettings
 from ltnb.core.pruning import Mask
 
@@ -84,11 +82,9 @@ def _check_shapes(path, shapes: Mapping[str, tuple], model: torch.nn.Module) -> 
 
 
 def save_state(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
-    """Save a dict of tensors (CPU, contiguous) atomically, with the content hash in the header."""
-    tensors = {n: t.detach().cpu().contiguous() for n, t in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=tensorfiles.seal(tensors, metadata))
-    return Path(path)
+    """Save a dict of tensors (CPU, contiguous) atomically, with the content hash in the header; the
+    same tensors and metadata give the same bytes (``tensorfiles.write``)."""
+    return tensorfiles.write(path, tensors, metadata)
 
 
 def load_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

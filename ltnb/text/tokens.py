@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors.torch import save_file
 
 from ltnb.base import tensorfiles
-from ltnb.base._io import atomic_path
 
 SPLITS = ("train", "validation", "test")
 
@@ -78,9 +76,7 @@ def save_splits(path: str | os.PathLike, splits: dict[str, TokenSplit]) -> Path:
         tensors[f"{name}.ids"] = s.ids.contiguous()
         tensors[f"{name}.offsets"] = s.offsets.contiguous()
         tensors[f"{name}.labels"] = s.labels.contiguous()
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=tensorfiles.seal(tensors))
-    return Path(path)
+    return tensorfiles.write(path, tensors)
 
 
 def load_splits(path: str | os.PathLike) -> dict[str, TokenSplit]:
