@@ -131,6 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         # Our own errors carry the file / parameter / what to do; no traceback needed.
         print(f"ltnb {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read-only folder, a full disk, ...: one line naming the path
+        print(f"ltnb {args.command}: error: {os_error(e)}", file=sys.stderr)
+        return 2
+
+
+def os_error(e: OSError) -> str:
+    """An OS error in one line, naming the path: ``/x/y: Permission denied``."""
+    if e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    return str(e)
 
 
 if __name__ == "__main__":

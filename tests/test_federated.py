@@ -12,6 +12,7 @@ import io
 import json
 import math
 import shutil
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -36,6 +37,7 @@ FRAMING_LIMIT = 4 * 1024
 
 
 def _plan(outputs, **federated_params):
+    Path(outputs).mkdir(parents=True, exist_ok=True)  # an absolute outputs folder must exist (ltnb.plan)
     nb = {"data": "01_data.ipynb", "obtain": "03_obtain.ipynb", "federated": "05_federated.ipynb"}
     return {
         "study": "fed", "outputs": str(outputs), "defaults": dict(DEFAULTS),

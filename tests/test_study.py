@@ -20,6 +20,7 @@ def smoke(tmp_path_factory, builtin_cache):
     tmp = tmp_path_factory.mktemp("smoke")
     plan = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
     plan["outputs"] = str(tmp / "outputs")
+    (tmp / "outputs").mkdir()  # an absolute outputs folder must exist (ltnb.plan.outputs_folder)
     for stage in plan["stages"]:  # the plan lives outside the repo: name the repo's notebooks
         stage.setdefault("notebook", str(ROOT / "notebooks" / {
             "data": "01_data.ipynb", "divergence": "02_divergence.ipynb", "obtain": "03_obtain.ipynb",
@@ -128,6 +129,7 @@ def test_a_failing_chain_is_reported_and_the_others_finish(tmp_path, builtin_cac
     failed, is not run and says why; exit code 1."""
     plan = json.loads(json.dumps(smoke["raw"]))
     plan["outputs"] = str(tmp_path / "outputs")
+    (tmp_path / "outputs").mkdir(exist_ok=True)  # an absolute outputs folder must exist
     study = tmp_path / "outputs" / "smoke"
     plan["stages"] = [s for s in plan["stages"] if s["stage"] in ("data", "obtain", "transfer")]
     plan["stages"][1]["params"] = {"strategies": ["reset", "rewind"], "rewind_steps": 10**6}
@@ -159,6 +161,7 @@ def test_changed_inputs_rerun_what_depends_on_them(smoke, tmp_path):
     shutil.copytree(smoke["pristine"], study)  # as the batch left it (other tests change the shared study)
     plan = json.loads(json.dumps(smoke["raw"]))
     plan["outputs"] = str(tmp_path / "outputs")
+    (tmp_path / "outputs").mkdir(exist_ok=True)  # an absolute outputs folder must exist
     path = tmp_path / "smoke.yaml"
     path.write_text(yaml.safe_dump(plan))
     corpus = study / "data" / "corpus.parquet"
@@ -233,3 +236,45 @@ def test_finished_trainings_teach_the_estimate_per_level_and_strategy(smoke, tmp
         learned = observed["epochs"][estimate._epochs_key(strategy, s.train)]
         for lvl, sub in part.groupby(part.sparsity.map(estimate.level)):
             assert learned[str(lvl)][1] == pytest.approx(sub.epochs_run.mean())
+
+
+def _copy(smoke, tmp_path):
+    """The pristine smoke study in a folder of its own, with its plan."""
+    study = tmp_path / "outputs" / "smoke"
+    shutil.copytree(smoke["pristine"], study)
+    plan = json.loads(json.dumps(smoke["raw"]))
+    plan["outputs"] = str(tmp_path / "outputs")
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return study, path
+
+
+def test_an_edited_report_file_is_drawn_again(smoke, tmp_path):
+    """Issue 31: what readers read is verified like every other output: an edited report/summary.csv
+    makes the report cell rerun (naming the file) and write it anew."""
+    assert smoke["code"] == 0, smoke["log"]
+    study, path = _copy(smoke, tmp_path)
+    summary = study / "report" / "summary.csv"
+    original = summary.read_text()
+    summary.write_text(original.replace("0.", "0.9", 5))
+    out = io.StringIO()
+    assert batch.main(path, workers=2, out=out, estimate=False) == 0, out.getvalue()
+    log = out.getvalue()
+    assert "rerun    report: report/summary.csv changed since it ran" in log and "done     report" in log, log
+    assert summary.read_text() == original
+
+
+def test_a_rerun_refuses_a_result_table_sealed_again(smoke, tmp_path):
+    """Issue 31: re-sealed result rows (test_acc 0.99) make the obtain cell rerun; the rerun refuses them
+    (the chain's ledger), the cell fails naming the file, and what reads it is not run."""
+    assert smoke["code"] == 0, smoke["log"]
+    study, path = _copy(smoke, tmp_path)
+    f = next((study / "obtain" / "products" / "reset" / "seed0").glob("*/results.parquet"))
+    table = pd.read_parquet(f)
+    table["test_acc"] = 0.99
+    write_parquet(f, table)
+    out = io.StringIO()
+    assert batch.main(path, workers=2, out=out, estimate=False) == 1
+    log = out.getvalue()
+    assert "failed:  1" in log and "    obtain/products/seed0: " in log and "round 0's row is not the row" in log, log
+    assert "transfer/products__movies/seed0: " in log.split("not run:")[1]

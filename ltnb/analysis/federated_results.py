@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ltnb.base import integrity
 from ltnb.base import paths
 from ltnb.base.labels import sparsity_label
 from ltnb.analysis.results import over_seeds
@@ -40,7 +41,7 @@ MB = 1e6  # megabytes are decimal (10^6 bytes) throughout
 def load_messages(run_dir: str | os.PathLike) -> pd.DataFrame:
     """Every message of every finished run of a cell folder."""
     files = sorted((Path(run_dir) / "runs").glob(f"*/{MESSAGES}"))
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
+    return pd.concat([integrity.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
 
 
 
@@ -50,7 +51,7 @@ def load(study_dir) -> pd.DataFrame:
     files = sorted((study / "federated").glob(f"*/seed*/*/{RESULTS}"))
     frames = []
     for f in files:
-        rows = pd.read_parquet(f)
+        rows = integrity.read_parquet(f)
         info = f.parent / "settings.json"
         share = json.loads(info.read_text()).get("target_share", 0.95) if info.exists() else 0.95
         if not rows.empty:

@@ -212,7 +212,7 @@ def clean_temp_files(folder: str | os.PathLike) -> list[Path]:
                 try:
                     p.unlink()
                     removed.append(p)
-                except FileNotFoundError:
+                except OSError:  # gone, or in a folder we may not write (read-only, permissions)
                     pass
         for name in list(dirnames):
             if _TEMP_DIR.match(name) and Path(dirpath).name == "vocab":

@@ -25,6 +25,12 @@ COMPLETE_MARKER = "_COMPLETE.json"
 RESULTS = "results.parquet"
 THETA_0 = "theta_0.safetensors"
 REWOUND = "theta_rewind.safetensors"
+#: what a chain recorded of each finished round when it wrote it (the ticket's SHA-256, a digest of its
+#: row): a rerun checks the round against it and refuses a changed one instead of blessing it
+LEDGER = "ledger.json"
+#: ``<study>/stale/``: chain folders set aside because they cannot be resumed (their theta_0 was drawn
+#: again and differs from what their tickets record); kept for a person to look at, read by nothing
+STALE = "stale"
 #: one row per (stage, domain or pair, seed, strategy, round); ``test_n`` is the test split's size.
 #: The training diagnostics (``ltnb.lottery.diagnostics``): ``converged`` is ``best_epoch < epochs_run``
 #: (validation accuracy stopped improving before the last epoch run); ``wchange_*`` the relative L2

@@ -7,7 +7,7 @@ notebook.
 A cell of a stage is named by its cell parameters (``cell``): none for a stage that runs once per study
 (data, divergence, report, phase), ``(domain, seed)`` for an obtain cell, and so on. Its folder is
 ``folder(study, values)``; its key is that folder relative to the study (``obtain/products/seed0``).
-``outputs`` are the files of a cell that later cells read, relative to the study folder, with
+``outputs`` are the files of a cell that later cells (or, for the report, its readers) read, relative to the study folder, with
 ``{key}``, ``{name}`` (the second part of the key: a domain, a pair or a source) and ``{seed}`` (the
 third: ``seed<k>``) filled in; patterns are expanded with ``glob`` (sorted), and ``VOCAB`` stands for the
 current vocabulary's files. ``cell_outputs`` hashes them for a cell's completeness record
@@ -100,7 +100,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           strategies=config.TRANSFER_STRATEGIES, needs=("data", "obtain"), cost="federated",
           outputs=("{key}/*/results.parquet",)),
     Stage("report", "notebooks/06_report.ipynb", (PhaseSettings,), single=paths.report_dir, needs=EVERYTHING_BEFORE,
-          outputs=("report/summary.parquet",), overhead=8.0, wall=25.0),
+          # everything a reader reads, not only what later cells read: a changed table, figure or page
+          # makes the report cell rerun and draw it again
+          outputs=("report/*.parquet", "report/*.csv", "report/*.html", "report/*.svg", "report/*.png"),
+          overhead=8.0, wall=25.0),
     # the explorer and its worked example read the obtain and transfer result rows only (and write
     # nothing under report/), so it runs beside the report
     Stage("phase", "notebooks/07_phase_transition.ipynb", (PhaseSettings,), single=paths.phase_dir,

@@ -52,7 +52,7 @@ from ltnb.core import train as _train
 from ltnb.base._io import read_json, stable_hash, write_json, write_parquet
 from ltnb.base.config import CELL_PARAMS, LotterySettings, check_transfer, check_value, derive_seed
 from ltnb.core.model import KimCNN, initial_state
-from ltnb.base.paths import RESULTS, REWOUND, THETA_0, ticket_name
+from ltnb.base.paths import LEDGER, RESULTS, REWOUND, THETA_0, ticket_name
 from ltnb.base.paths import ROW_COLUMNS as COLUMNS
 from ltnb.core.pruning import Mask, prune_step
 from ltnb.text.tokens import SPLITS, TokenSplit, fingerprint
@@ -204,18 +204,87 @@ def _finished_rounds(run: Path) -> set[int]:
     return {int(r) for r in rows["round"] if (run / ticket_name(int(r))).exists()}
 
 
+def row_digest(row: Mapping) -> str:
+    """A digest of one result row's values (``COLUMNS``), the same before and after a Parquet round trip
+    (numbers as floats, missing values as null)."""
+    import math
+    import numbers
+
+    def plain(v):
+        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            return None
+        if isinstance(v, (bool, numbers.Number)) or hasattr(v, "dtype"):
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                return str(v)
+            return None if math.isnan(f) else repr(f)
+        return str(v)
+
+    return stable_hash({c: plain(row.get(c)) for c in COLUMNS}, length=64)
+
+
+def _ledger(run: Path) -> dict:
+    f = run / LEDGER
+    try:
+        d = read_json(f) if f.exists() else {}
+    except ValueError as e:
+        raise ValueError(f"{f}: unreadable ({e}); delete the chain folder {run} to train the chain anew") from None
+    return d if isinstance(d, dict) else {}
+
+
+def _record(run: Path, rounds: Mapping[int, tuple[str, str]]) -> None:
+    """Add ``{round: (ticket sha256, row digest)}`` to the chain's ledger."""
+    ledger = _ledger(run)
+    ledger.update({str(r): {"ticket": t, "row": d} for r, (t, d) in rounds.items()})
+    write_json(run / LEDGER, dict(sorted(ledger.items(), key=lambda kv: int(kv[0]))))
+
+
 def _verify_finished(run: Path) -> None:
-    """Before a chain resumes (or is read back as finished), every ticket of its finished rounds must
-    still have the content it was written with; a changed one stops the chain, naming the file, and
-    what to do (its later rounds were trained from it, so the chain cannot be repaired in place)."""
+    """Before a chain resumes (or is read back as finished), every finished round is checked:
+
+    * by digest: its ticket still has the content it was written with (``tickets.load_state``);
+    * by meaning: the ticket is the round its name says and keeps exactly the count of weights the
+      round implies (``tickets.load``), its mask lies inside the previous round's (a pruned weight
+      never comes back), and its row's sparsity is the ticket's;
+    * against the chain's ledger (``paths.LEDGER``): the ticket's SHA-256 and the row's digest are what
+      the chain recorded when it wrote the round, so a ticket copied over another, or a mask or a row
+      edited and sealed again, is refused instead of being carried on by the rerun.
+
+    A changed round stops the chain, naming the file and what to do (its later rounds were trained from
+    it, so the chain cannot be repaired in place). Rounds finished before chains kept a ledger are
+    recorded on first sight."""
+    advice = f"Its chain's later rounds were trained from it: delete the chain folder {run} and run again to train it anew."
+    rows = _read_rows(run).set_index("round", drop=False)
+    ledger, new, prev = _ledger(run), {}, None
     for r in sorted(_finished_rounds(run)):
+        f = run / ticket_name(r)
         try:
-            tickets.load_state(run / ticket_name(r))
+            ticket = tickets.load(f)
         except integrity.IntegrityError as e:
-            raise integrity.IntegrityError(
-                e.file, e.expected, e.found, "tensor data or metadata",
-                advice=f"Its chain's later rounds were trained from it: delete the chain folder {run} and run "
-                       f"again to train the chain anew.") from None
+            raise integrity.IntegrityError(e.file, e.expected, e.found, "tensor data or metadata", advice=advice) from None
+        if prev is not None:
+            grown = [n for n, m in ticket.masks.items() if bool((m & ~prev.masks[n]).any())]
+            if grown:
+                raise ValueError(f"{f}: its mask revives weights that round {prev.round} pruned (in {', '.join(grown)}); "
+                                 f"a pruned weight never comes back. {advice}")
+        row = rows.loc[r]
+        if abs(float(row["sparsity"]) - ticket.masks.sparsity()) > 1e-9:
+            raise ValueError(f"{run / RESULTS}: round {r}'s row says sparsity {float(row['sparsity']):.6f}, its ticket "
+                             f"{f.name} has {ticket.masks.sparsity():.6f}. {advice}")
+        sha, digest = integrity.file_sha256(f), row_digest(row)
+        rec = ledger.get(str(r))
+        if rec is None:
+            new[r] = (sha, digest)
+        elif rec.get("ticket") != sha:
+            raise integrity.IntegrityError(f, rec.get("ticket"), sha, "ticket", recorded=f"in {run / LEDGER} when round {r} "
+                                           "was trained", advice=advice)
+        elif rec.get("row") != digest:
+            raise ValueError(f"{run / RESULTS}: round {r}'s row is not the row the chain wrote (its digest was recorded "
+                             f"in {run / LEDGER}); the table was edited. {advice}")
+        prev = ticket
+    if new:
+        _record(run, new)
 
 
 def _prepare_run(run: Path, info: dict) -> None:
@@ -297,6 +366,8 @@ class _Run:
                    test_n=len(self.data["test"]), best_epoch=result.best_epoch, epochs_run=result.epochs_run,
                    seconds=seconds, cpu_seconds=cpu_seconds, **diag)
         self.rows = _append_row(self.run, self.rows, row)
+        written = self.rows.set_index("round", drop=False).loc[r]
+        _record(self.run, {r: (integrity.file_sha256(self.run / ticket_name(r)), row_digest(written))})
 
     def finish(self) -> pd.DataFrame:
         _mark_complete(self.run, self.rows, self.settings.rounds)
@@ -410,15 +481,8 @@ def _open_chain(study_dir, domain, *, seed, strategy, settings, data, vocab_size
     _prepare_run(run, {"stage": "obtain", "domain": domain, "strategy": strategy, "seed": seed,
                        "settings": settings.to_dict(), "data_key": data_key, "vocab_size": vocab_size,
                        "settings_hash": h, "rounds": settings.rounds})
+    theta_0 = _theta_0(study_dir, run, domain, seed, settings, vocab_size)
     theta_file = run / THETA_0
-    if theta_file.exists():
-        theta_0, _ = tickets.load_state(theta_file)
-    else:
-        theta_0 = initial_state(vocab_size, settings.model, theta_0_seed(seed, domain, settings))
-        meta = {"what": "theta_0", "seed": str(seed)}
-        if settings.theta_0_per == "seed_domain":
-            meta["domain"] = domain
-        tickets.save_state(theta_file, theta_0, meta)
     chain = _Run(run, data=data, settings=settings, vocab_size=vocab_size, theta_file=theta_file,
                  base={"stage": "obtain", "source": domain, "target": domain, "domain": domain, "pair": domain,
                        "seed": seed, "strategy": strategy, "settings_hash": h},
@@ -428,6 +492,62 @@ def _open_chain(study_dir, domain, *, seed, strategy, settings, data, vocab_size
     start_round = next((r for r in range(settings.rounds + 1) if r not in done), settings.rounds + 1)
     chain.rows = chain.rows[chain.rows["round"] < start_round].reset_index(drop=True)
     return chain, theta_0, reset_run, start_round
+
+
+def set_aside(study_dir, run: Path, why: str) -> Path:
+    """Move a run folder that cannot be resumed to ``<study>/stale/<its path>.<time>`` (kept for a person
+    to look at; nothing reads it), say so, and return where it went; the caller starts the run anew."""
+    study = Path(study_dir).resolve()
+    dest = study / paths.STALE / f"{run.resolve().relative_to(study).as_posix()}.{time.strftime('%Y%m%dT%H%M%S')}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(run, dest)
+    run.mkdir(parents=True)
+    print(f"{run}: {why}; set aside as {dest}, the run starts anew", flush=True)
+    return dest
+
+
+def _theta_0(study_dir, run: Path, domain: str, seed: int, settings: LotterySettings, vocab_size: int):
+    """The chain's theta_0, checked by meaning: a file that is there must hold exactly its (seed, domain)
+    draw, whatever its digest says; a missing one is drawn again, byte for byte the file its tickets
+    record (``tensorfiles.write``). If finished rounds record another theta_0 file (one written before
+    files were byte-stable), they cannot be verified any more: the chain is set aside (``set_aside``)
+    and starts anew, instead of every later transfer failing on it."""
+    theta_file = run / THETA_0
+    draw = initial_state(vocab_size, settings.model, theta_0_seed(seed, domain, settings))
+    if theta_file.exists():
+        theta_0, _ = tickets.load_state(theta_file)
+        # equal up to float rounding (another CPU's vectorised RNG may round a last bit differently)
+        bad = [n for n in draw if n not in theta_0 or theta_0[n].shape != draw[n].shape
+               or not torch.allclose(theta_0[n], draw[n], rtol=1e-5, atol=1e-6)]
+        if bad or set(theta_0) != set(draw):
+            raise ValueError(f"{theta_file}: does not hold the theta_0 drawn for seed {seed}, domain {domain} "
+                             f"(differs in {', '.join(bad) or 'its tensor names'}): the file was replaced. Delete the "
+                             f"chain folder {run} to train the chain anew.")
+        return theta_0
+    meta = {"what": "theta_0", "seed": str(seed)}
+    if settings.theta_0_per == "seed_domain":
+        meta["domain"] = domain
+    tickets.save_state(theta_file, draw, meta)
+    done = sorted(_finished_rounds(run))
+    if done:
+        recorded = _header_meta(run / ticket_name(done[0])).get("theta_0_sha256")
+        if recorded != integrity.file_sha256(theta_file):
+            info = read_json(run / "settings.json")
+            set_aside(study_dir, run, f"theta_0 was missing; drawn again, it is not the file its {len(done)} finished "
+                                      f"round(s) were trained from")
+            write_json(run / "settings.json", info)
+            tickets.save_state(theta_file, draw, meta)
+    return draw
+
+
+def _header_meta(path: Path) -> dict:
+    """A tensor file's header metadata, unchecked (``{}`` if unreadable)."""
+    from ltnb.base import tensorfiles
+
+    try:
+        return tensorfiles.read(path, missing="missing")[1]
+    except (OSError, ValueError):
+        return {}
 
 
 def _rewind_capture(k: int, theta_0):
@@ -547,6 +667,13 @@ def transfer(
                        "pair": f"{source}->{target}", "seed": seed, "strategy": strategy, "settings_hash": h},
                  extra={"stage": "transfer", "source": source, "target": target, "strategy": strategy, "seed": seed},
                  device=device or _train.default_device(), progress=progress)
+    try:
+        _verify_finished(run)
+    except tickets.ThetaChanged as e:  # the source chain was set aside and trained anew: so is this run
+        info = read_json(run / "settings.json")
+        set_aside(study_dir, run, f"its source chain's theta_0 is not the one it was trained with ({e})")
+        write_json(run / "settings.json", info)
+        chain.rows = _read_rows(run)
     done = _finished_rounds(run)
     todo = [r for r in range(1, settings.rounds + 1) if r not in done]
     bar = tqdm(todo, desc=f"transfer {source}->{target} {strategy} seed{seed}", disable=not progress, unit="round")

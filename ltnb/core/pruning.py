@@ -72,6 +72,15 @@ def keep_count(survivors: int, fraction: float) -> int:
     return math.ceil((1 - p) * survivors)
 
 
+def kept_after(total: int, rounds: int, fraction: float) -> int:
+    """How many of a tensor's ``total`` entries survive ``rounds`` prune steps of ``fraction`` (the
+    count ``prune_step`` keeps, exactly: ``keep_count`` applied ``rounds`` times)."""
+    kept = total
+    for _ in range(int(rounds)):
+        kept = keep_count(kept, fraction)
+    return kept
+
+
 def prune_step(
     weights: Mapping[str, torch.Tensor],
     masks: Mapping[str, torch.Tensor],

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,10 +40,14 @@ import torch
 
 from ltnb.base import integrity, tensorfiles
 from ltnb.base.config import LotterySettings, ModelSettings
-from ltnb.core.pruning import Mask
+from ltnb.core.pruning import Mask, kept_after
 
 FORMAT = "ltnb-ticket/2"  # /2: content hash of tensors and metadata in the header
 OLD_FORMATS = ("ltnb-ticket/1",)
+
+
+class ThetaChanged(ValueError):
+    """The theta_0 file a ticket references is not the file it was written with (``load``)."""
 
 
 @dataclass
@@ -133,6 +138,43 @@ def save(
     return save_state(path, tensors, meta)
 
 
+_THETA: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+
+
+def _theta_0(path: Path, sha256: str) -> dict[str, torch.Tensor]:
+    """theta_0's tensors (``load_state``: its digest checked), read once per file content per process:
+    every ticket of a chain references the same file, and a resumed chain loads all of them. A copy is
+    returned, so no caller can change what the next one gets."""
+    key = (str(path), sha256)
+    if key not in _THETA:
+        if len(_THETA) >= 4:  # a few chains' worth (an obtain cell's, a transfer's source)
+            _THETA.pop(next(iter(_THETA)))
+        _THETA[key] = load_state(path)[0]
+    return {n: t.clone() for n, t in _THETA[key].items()}
+
+
+def _check_meaning(path: Path, masks: Mask, rnd: int, settings: LotterySettings) -> None:
+    """A ticket is checked by what it means, whatever its digest says: a file named ``round_RR`` holds
+    round RR, and each tensor keeps exactly the count ``rnd`` prune steps of the chain's
+    ``prune_fraction`` leave (``ltnb.pruning.kept_after``; biases all, when ``prune_biases`` is off).
+    A mask set to all ones and sealed again, or a round-2 ticket copied over round 1, is refused here
+    with the file, the tensor and the numbers."""
+    m = re.fullmatch(r"round_(\d+)\.safetensors", path.name)
+    if m and int(m.group(1)) != rnd:
+        raise ValueError(f"{path}: holds the ticket of round {rnd}, not of round {int(m.group(1))} as its name says "
+                         f"(a ticket copied over another?); delete its chain folder {path.parent} to train it anew")
+    for name, mask in masks.items():
+        total = mask.numel()
+        want = total if (not settings.prune_biases and name.endswith("bias")) else \
+            kept_after(total, rnd, settings.prune_fraction)
+        kept = int(mask.sum())
+        if kept != want:
+            raise ValueError(f"{path}: the mask of {name} keeps {kept:,} of {total:,} entries (sparsity "
+                             f"{1 - kept / total:.4f}); round {rnd} of a chain pruning {settings.prune_fraction:g} per "
+                             f"round keeps exactly {want:,} (sparsity {1 - want / total:.4f}): the mask was changed. "
+                             f"Delete its chain folder {path.parent} to train it anew.")
+
+
 def theta_root(path: str | os.PathLike) -> Path:
     """Where a ticket's theta_0 may lie: the study folder when the ticket sits in a chain folder
     ``<study>/(obtain|transfer)/<name>/<strategy>/seed<k>/<hash>/`` (a transfer ticket references the
@@ -181,6 +223,8 @@ def load(
         dense.reshape(-1)[m.reshape(-1)] = t
         masks[name], trained[name] = m, dense
 
+    _check_meaning(path, Mask(masks), rnd, ticket_settings)
+
     try:
         theta_path = integrity.resolve_inside(theta_root(path), meta.get("theta_0"), base=path.parent, what="theta_0")
     except FileNotFoundError:
@@ -189,9 +233,9 @@ def load(
         raise ValueError(f"{path}: {e}") from None
     found = integrity.file_sha256(theta_path)
     if found != meta.get("theta_0_sha256"):
-        raise ValueError(f"{path}: theta_0 file {theta_path} has changed since the ticket was written "
-                         f"(expected sha256 {meta.get('theta_0_sha256')}, found {found})")
-    init, _ = load_state(theta_path)
+        raise ThetaChanged(f"{path}: theta_0 file {theta_path} has changed since the ticket was written "
+                           f"(expected sha256 {meta.get('theta_0_sha256')}, found {found})")
+    init = _theta_0(theta_path, found)
     bad = [n for n in shapes if n not in init or tuple(init[n].shape) != shapes[n]]
     if bad:
         raise ValueError(f"{path}: theta_0 file {theta_path} does not match the ticket's shapes for {bad}")

@@ -191,7 +191,12 @@ def run_cell(spec: dict) -> dict:
     out = {"key": spec["key"], "executed": spec["executed"], "host": socket.gethostname()}
     with _TaskWatch() as watch:
         lock = integrity.CellLock(spec["cell_dir"])
-        if not lock.acquire(wait=True, should_stop=lambda: not watch.wanted()):
+        try:
+            got = lock.acquire(wait=True, should_stop=lambda: not watch.wanted())
+        except OSError as e:  # a read-only or full outputs folder: the cell fails, saying where
+            return {**out, "status": "failed", "ename": type(e).__name__, "seconds": 0.0,
+                    "evalue": f"cannot take the cell's lock: {e.filename or lock.path}: {e.strerror or e}"}
+        if not got:
             return {**out, "status": "failed", "ename": "Cancelled", "evalue": "cancelled while waiting for the cell's lock",
                     "seconds": 0.0}
         try:
@@ -388,6 +393,12 @@ def print_dry_run(plan: Plan, cells: list[Cell], out: TextIO) -> None:
         print(f"  [{state:>8}] {c.stage:<10} {c.key:<45} {_fmt_params(c)}\n             -> {c.cell_dir}", file=out)
         if why not in (None, NOT_RUN_YET):
             print(f"             rerun: {why}", file=out)
+    if plan.peaks:
+        from ltnb.study.memory import fmt_bytes, machine_bytes
+
+        worst = max(plan.peaks.values())
+        print(f"peak memory per training cell: about {fmt_bytes(worst[0])} at most ({worst[1]}; "
+              f"ltnb.study.memory), this machine has {fmt_bytes(machine_bytes())}", file=out)
 
 
 def clean_leftovers(plan: Plan) -> list[Path]:
@@ -400,8 +411,11 @@ def clean_leftovers(plan: Plan) -> list[Path]:
                 free.append(c)
                 continue
             lock = integrity.CellLock(c.cell_dir)
-            if lock.acquire(wait=False):
-                locks.append((c, lock))
+            try:
+                if lock.acquire(wait=False):
+                    locks.append((c, lock))
+            except OSError:  # a folder this user cannot write: nothing of ours to clean there (the cell,
+                continue     # if it runs, fails with the path)
         removed = []
         for c in [c for c, _ in locks] + free:
             for folder in integrity.cell_folders(c.study_dir, c.key):  # its own folder and its chains'

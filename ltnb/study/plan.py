@@ -139,6 +139,7 @@ class Plan:
     stages: tuple[str, ...]
     cells: tuple[Cell, ...] = field(repr=False)
     outputs: str = ""  # where the study goes and by which rule (``outputs_folder``), for the first line printed
+    peaks: Mapping[str, tuple[int, str]] = field(default_factory=dict)  # training stage -> (peak bytes, its cell)
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -625,9 +626,10 @@ def _check_federated(e: _Stage, c: Cell, data_domains, P: _Problems) -> None:
         P.add(e.at, f"federated {source}: no client domain; the data stage makes only {', '.join(data_domains)}")
 
 
-def _check_memory(entries: list[_Stage], defaults: dict, P: _Problems) -> None:
+def _check_memory(entries: list[_Stage], defaults: dict, P: _Problems) -> dict[str, tuple[int, str]]:
     """Refuse a training cell whose peak memory (``ltnb.memory.peak_bytes``) exceeds the machine's,
-    saying by how much; one message per stage, for its largest cell."""
+    saying by how much; one message per stage, for its largest cell. Returns each training stage's
+    largest estimate and its cell, ``{stage: (bytes, key)}``."""
     from ltnb.study import memory
 
     data = next((e for e in entries if e.name == "data"), None)
@@ -637,6 +639,7 @@ def _check_memory(entries: list[_Stage], defaults: dict, P: _Problems) -> None:
     vocab_max_len = vocab.get("max_len", config.VocabSettings.max_len)
     have = memory.machine_bytes()
     flat = config.LotterySettings.flat_fields()
+    peaks: dict[str, tuple[int, str]] = {}
     for e in entries:
         if stages.STAGES[e.name].cost not in ("chains", "federated"):
             continue
@@ -648,6 +651,8 @@ def _check_memory(entries: list[_Stage], defaults: dict, P: _Problems) -> None:
                 seen[key] = memory.peak_bytes(config.LotterySettings.from_params(**given), vocab_size, vocab_max_len)
                 if worst is None or seen[key] > worst[0]:
                     worst = (seen[key], c, given)
+        if worst is not None:
+            peaks[e.name] = (worst[0], worst[1].key)
         if worst is not None and worst[0] > have:
             need, c, given = worst
             sizes = [k for k in ("embed_dim", "channels", "hidden", "kernel_sizes", "batch_size", "max_len") if k in given]
@@ -657,6 +662,7 @@ def _check_memory(entries: list[_Stage], defaults: dict, P: _Problems) -> None:
                          f"parameters, vocab_size {vocab_size}), but this machine has {memory.fmt_bytes(have)}: "
                          f"{memory.fmt_bytes(need - have)} too much; make the model smaller "
                          f"({', '.join(sizes) or 'embed_dim, channels, hidden'})")
+    return peaks
 
 
 def _valid(schema: dict, value) -> bool:
@@ -832,12 +838,11 @@ def load_plan(plan_path: str | os.PathLike, *, root: str | os.PathLike | None = 
         e.cells = _expand(e, defaults, study_dir, data_domains, P)
         _check_cells(e, e.cells, data_domains, P)
     cells = _link(entries, study_dir, {e.name for e in entries}, P)
-    if not P.items:
-        _check_memory(entries, defaults, P)
+    peaks = _check_memory(entries, defaults, P) if not P.items else {}
     if P.items:
         raise PlanError(plan_path, P.items)
     where = (f"inside the project root {root}" if not Path(outputs).expanduser().is_absolute()
              else "an absolute folder that exists and is writable")
     return Plan(path=plan_path.resolve(), root=root, study=study, study_dir=study_dir,
                 stages=tuple(e.name for e in entries), cells=tuple(cells),
-                outputs=f"outputs {out_dir} ({where})")
+                outputs=f"outputs {out_dir} ({where})", peaks=peaks)

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ltnb.base import integrity
 from ltnb.base import config, paths
 from ltnb.base._io import read_json, stable_hash, write_json, write_parquet
 from ltnb.base.config import CELL_PARAMS, FederatedSettings, LotterySettings, ModelSettings, TrainSettings, derive_seed
@@ -118,7 +119,7 @@ def _finished_chain_rounds(chain: Path) -> list[int]:
         return []
     from ltnb.core.lottery import ticket_name
 
-    return sorted(int(r) for r in pd.read_parquet(f)["round"] if (chain / ticket_name(int(r))).exists())
+    return sorted(int(r) for r in integrity.read_parquet(f)["round"] if (chain / ticket_name(int(r))).exists())
 
 
 def prepare(
@@ -456,7 +457,7 @@ def lazy_decay(received: torch.Tensor, touched: np.ndarray):
 def collect(run_dir: Path) -> pd.DataFrame:
     """All finished runs of a cell folder (their ``rounds.parquet``), also written as its results."""
     files = sorted((Path(run_dir) / "runs").glob(f"*/{ROUNDS}"))
-    rows = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame(
+    rows = pd.concat([integrity.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame(
         columns=["strategy", "ticket_round", "fl_round"])
     if files:
         rows = rows.sort_values(["ticket_round", "strategy", "fl_round"], kind="stable").reset_index(drop=True)
