@@ -9,31 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import assert_rows_equal_except_times
 from ltnb import batch, results
 from ltnb._io import write_parquet
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory, builtin_cache):
-    """Run params/smoke.yaml once (outputs redirected to a temporary folder)."""
-    tmp = tmp_path_factory.mktemp("smoke")
-    plan = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
-    plan["outputs"] = str(tmp / "outputs")
-    (tmp / "outputs").mkdir()  # an absolute outputs folder must exist (ltnb.plan.outputs_folder)
-    for stage in plan["stages"]:  # the plan lives outside the repo: name the repo's notebooks
-        stage.setdefault("notebook", str(ROOT / "notebooks" / {
-            "data": "01_data.ipynb", "divergence": "02_divergence.ipynb", "obtain": "03_obtain.ipynb",
-            "transfer": "04_transfer.ipynb", "report": "06_report.ipynb",
-            "phase": "07_phase_transition.ipynb"}[stage["stage"]]))
-    path = tmp / "smoke.yaml"
-    path.write_text(yaml.safe_dump(plan))
-    out = io.StringIO()
-    code = batch.main(path, workers=2, out=out)
-    pristine = tmp / "pristine"  # a copy as the batch left it, for tests that need it unchanged by others
-    shutil.copytree(tmp / "outputs" / "smoke", pristine)
-    return {"plan": path, "study": tmp / "outputs" / "smoke", "code": code, "log": out.getvalue(), "raw": plan,
-            "pristine": pristine}
 
 
 def _run(smoke, **kw):
@@ -116,11 +94,7 @@ def test_a_cell_killed_mid_way_keeps_its_finished_rounds(smoke):
     assert code == 0 and "1 to run" in log, log
     assert {p.name: p.stat().st_mtime_ns for p in run.glob("round_*.safetensors") if p.name in kept} == kept
     assert (run / f"round_{last:02d}.safetensors").exists()
-    after = results.load(smoke["study"])
-    key = ["stage", "pair", "strategy", "seed", "round"]
-    pd.testing.assert_frame_equal(  # the same numbers as the uninterrupted run (CPU, same seed)
-        before.sort_values(key).reset_index(drop=True).drop(columns=["seconds", "cpu_seconds"]),
-        after.sort_values(key).reset_index(drop=True).drop(columns=["seconds", "cpu_seconds"]))
+    assert_rows_equal_except_times(before, results.load(smoke["study"]))  # as the uninterrupted run's
 
 
 def test_a_failing_chain_is_reported_and_the_others_finish(tmp_path, builtin_cache, smoke):
