@@ -712,6 +712,9 @@ def _execute(plan: Plan, todo: list[Cell], complete: dict[str, bool], outcomes: 
                     else:
                         finish(c, "failed", f"{r['ename']}: {r['evalue']}", r["seconds"], r=r)
                 release(ac)
+            # hold no finished future: while one is held the scheduler keeps its result on the worker that
+            # ran it, and losing that worker makes Dask run the settled cell again
+            del f, ready
         return 0
     except (KeyboardInterrupt, _NoWorkers) as e:
         if client is not None and futures:
