@@ -576,6 +576,8 @@ def _record(plan: Plan, outcomes: list[Outcome], run: RunTimes, est: dict | None
                              for o in outcomes if o.state == "done"], workers=(est or {}).get("workers"))
         estimate.learn(plan, [(o.cell, o.training) for o in outcomes if o.state == "done"],  # chains only
                        workers=run.workers, threads=threads)
+    except OSError as e:  # a read-only or full outputs folder: one line naming the path
+        print(f"(could not record the batch's times: {e.filename or ''}: {e.strerror or e})", file=sys.stderr)
     except Exception as e:  # noqa: BLE001
         print(f"(could not record the batch's times: {type(e).__name__}: {e})", file=sys.stderr)
 
