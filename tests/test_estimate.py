@@ -260,7 +260,7 @@ def test_a_corrupt_rate_is_reported_dropped_and_measured_again(plan_and_cache, c
     assert calibrations == [(MODEL, 300, 32)]  # measured again, once, for that key
     bad_lines = [m for m in said if "dropped" in m]
     assert bad_lines == [f"estimate: {f}: ['models'][{key!r}]['step']['0.65'][1] is {shown}, not a number of "
-                         "seconds in (0, 3600]; dropped, measured again"]
+                         "seconds in (0, 3600]; dropped, to be measured again when an estimate needs it"]
     assert est["wall"] == pytest.approx(good["wall"]) and math.isfinite(est["wall"])
     assert _no_constants(f.read_text())["models"][key] == _rates_table()  # the new rates, written
     said.clear()
@@ -282,7 +282,7 @@ def test_every_part_of_a_rates_entry_is_checked(plan_and_cache, calibrations, en
     said = []
     estimate.summary(plan, 2, cache_dir=cache, log=said.append)
     assert [m for m in said if "dropped" in m] == [
-        f"estimate: {cache / estimate.RATES_FILE}: ['models'][{key!r}]{why}; dropped, measured again"]
+        f"estimate: {cache / estimate.RATES_FILE}: ['models'][{key!r}]{why}; dropped, to be measured again when an estimate needs it"]
     assert calibrations == [(MODEL, 300, 32)]
 
 
@@ -295,23 +295,25 @@ def test_corrupt_learned_values_are_reported_and_learned_again(plan_and_cache, c
     key = estimate._key(MODEL, 300, 32)
     table = _no_constants(f.read_text())
     table["observed"] = {"training_ratio": {f"2|{key}": float("nan")},
-                         "round_ratio": {f"2|{key}": {"0": [3, -2.0]}},
+                         "round_ratio": {f"2|{key}": {"0": [3, -2.0]}, "1|other": [1, 2]},
                          "epochs": {"reset|max_epochs=2|patience=None": {"x": [1, 2.0]}},
                          "obtain": {"overhead": 1e308}, "data": "fast", "learned_rounds": [1, 2]}
     write_json(f, table)
     said = []
     est = estimate.summary(plan, 2, cache_dir=cache, log=said.append)
-    tail = "; dropped, learned again from the next batches"
+    tail = "; dropped, to be learned again from the next batches"
     assert sorted(said) == sorted(f"estimate: {f}: {m}{tail}" for m in [
         f"['observed']['training_ratio'][{'2|' + key!r}] is NaN, not a ratio in [0.001, 1000]",
         f"['observed']['round_ratio'][{'2|' + key!r}]['0'][1] is -2.0, not a ratio in [0.001, 1000]",
-        "['observed']['epochs']['reset|max_epochs=2|patience=None'] has the key 'x', not a sparsity level",
+        "['observed']['round_ratio']['1|other'] is list, not a table by sparsity level",
+        "['observed']['epochs']['reset|max_epochs=2|patience=None']['x'] is not a sparsity level",
         "['observed']['learned_rounds'] is not a list of round names",
         "['observed']['obtain']['overhead'] is 1e+308, not a number of seconds in [0, 2.592e+06]",
         "['observed']['data'] is \"fast\", not a table"])
     assert calibrations == []
     assert est["wall"] == pytest.approx(plain["wall"]) and est["cells"] == pytest.approx(plain["cells"])
-    assert _no_constants(f.read_text())["observed"] == {"training_ratio": {}, "round_ratio": {}, "epochs": {},
+    assert _no_constants(f.read_text())["observed"] == {"training_ratio": {}, "round_ratio": {f"2|{key}": {}},
+                                                         "epochs": {"reset|max_epochs=2|patience=None": {}},
                                                          "obtain": {}}
 
 

@@ -44,6 +44,14 @@ the worker time. What it cannot know is printed with it: the data stage of a cor
 seen (the time to stream and sample Amazon files), and for a study without data yet, the texts' mean
 length (an assumed ``ASSUMED_LEN`` per corpus; the built-in corpus's test-split sizes with ``test_surplus``
 are read from the fetched corpus).
+
+**A cache that cannot be used says so.** Every number read from ``rates.json`` is checked before it is
+used, and every number written (``_clean``): finite, and within ranges far beyond any measurement here
+(``MAX_RATE_S``, ``RATIO_RANGE``, ``MAX_EPOCHS``, ``MAX_CELL_S``, ``MAX_LENGTH``). An entry that is not is
+reported in one line naming the file and its key, dropped (the file is rewritten without it, so it is
+said once), and measured again (rates: ``calibrate``) or learned again by the next batches (what finished
+trainings taught); a file that is not a JSON table is reported and started again. ``learn`` and
+``record_run`` keep finite numbers only.
 """
 from __future__ import annotations
 
@@ -237,18 +245,15 @@ def _rates_problem(r) -> str | None:
     return None
 
 
-def _bins_problem(bins, lo: float, hi: float, what: str) -> str | None:
-    """Why learned bins (``{level: [n, mean]}``) cannot be used, or None."""
-    if not isinstance(bins, dict):
-        return f"is {_show(bins)}, not a table by sparsity level"
-    for k, v in bins.items():
-        if not (isinstance(k, str) and k.lstrip("-").isdigit()):
-            return f"has the key {k[:60]!r}, not a sparsity level"
-        if not (isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and not isinstance(v[0], bool)
-                and v[0] >= 1):
-            return f"['{k}'] is {_show(v) if not isinstance(v, list) else json.dumps(v)[:60]}, not [count, mean]"
-        if not _number(v[1], lo, hi):
-            return f"['{k}'][1] is {_show(v[1])}, not {what} in [{lo:g}, {hi:g}]"
+def _level_problem(k, v, lo: float, hi: float, what: str) -> str | None:
+    """Why one level of learned bins (``{level: [n, mean]}``) cannot be used, or None."""
+    if not (isinstance(k, str) and k.lstrip("-").isdigit()):
+        return f"['{k[:60]}'] is not a sparsity level"
+    if not (isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and not isinstance(v[0], bool)
+            and v[0] >= 1):
+        return f"['{k}'] is {_show(v) if not isinstance(v, list) else json.dumps(v)[:60]}, not [count, mean]"
+    if not _number(v[1], lo, hi):
+        return f"['{k}'][1] is {_show(v[1])}, not {what} in [{lo:g}, {hi:g}]"
     return None
 
 
@@ -280,18 +285,25 @@ def _clean(table) -> tuple[dict, list[str]]:
         del table["observed"]
         seen = None
     if isinstance(seen, dict):
-        checks = {
-            "training_ratio": lambda v: None if _number(v, *RATIO_RANGE) else
-            f"is {_show(v)}, not a ratio in [{RATIO_RANGE[0]:g}, {RATIO_RANGE[1]:g}]",
-            "round_ratio": lambda v: _bins_problem(v, *RATIO_RANGE, "a ratio"),
-            "epochs": lambda v: _bins_problem(v, 1.0, MAX_EPOCHS, "a number of epochs"),
-            "round_extra": lambda v: _bins_problem(v, 0.0, MAX_CELL_S, "a number of seconds"),
-        }
-        for name, check in checks.items():
-            if name in seen:
-                section(f"['observed']['{name}']", seen[name], check)
-                if not isinstance(seen[name], dict):
-                    del seen[name]
+        if "training_ratio" in seen:
+            section("['observed']['training_ratio']", seen["training_ratio"], lambda v: None if _number(
+                v, *RATIO_RANGE) else f"is {_show(v)}, not a ratio in [{RATIO_RANGE[0]:g}, {RATIO_RANGE[1]:g}]")
+        learned = {"round_ratio": (*RATIO_RANGE, "a ratio"), "epochs": (1.0, MAX_EPOCHS, "a number of epochs"),
+                   "round_extra": (0.0, MAX_CELL_S, "a number of seconds")}
+        for name, (lo, hi, what) in learned.items():  # per key, per sparsity level
+            if name not in seen:
+                continue
+            section(f"['observed']['{name}']", seen[name],
+                    lambda v: None if isinstance(v, dict) else f"is {_show(v)}, not a table by sparsity level")
+            for key, bins in (seen[name].items() if isinstance(seen[name], dict) else ()):
+                for k in list(bins):
+                    why = _level_problem(k, bins[k], lo, hi, what)
+                    if why is not None:
+                        dropped.append(f"['observed']['{name}'][{key!r}]{why}")
+                        del bins[k]
+        for name in ("training_ratio", *learned):
+            if name in seen and not isinstance(seen[name], dict):
+                del seen[name]
         if "learned_rounds" in seen and not (isinstance(seen["learned_rounds"], list)
                                              and all(isinstance(t, str) for t in seen["learned_rounds"])):
             dropped.append("['observed']['learned_rounds'] is not a list of round names")
@@ -333,7 +345,8 @@ def _load_cache(cache_dir=None, log=None) -> dict:
     table, dropped = _clean(table)
     for why in dropped:
         log(f"estimate: {f}: {why}; dropped, "
-            + ("learned again from the next batches" if why.startswith("['observed']") else "measured again"))
+            + ("to be learned again from the next batches" if why.startswith("['observed']") else
+               "to be measured again when an estimate needs it"))
     # keys of rates and of what was learned, in today's form (the first of two that now coincide is kept)
     sections = [table.get("models")] + [(table.get("observed") or {}).get(k) for k in
                                         ("training_ratio", "round_ratio", "round_extra")]
