@@ -191,3 +191,75 @@ def test_load_files(tmp_path):
     assert df.groupby(["domain", "label"]).size().tolist() == [5, 5, 5, 5]
     with pytest.raises(ValueError, match="kind"):
         amazon.load_files({"B": a}, kind="csv")
+
+
+# ------------------------------------------------------------------ a record's size is bounded before parsing
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_line_over_the_record_limit_is_refused_before_it_is_parsed(tmp_path, monkeypatch, gz):
+    """A line longer than MAX_RECORD_BYTES (here lowered to 200) is skipped and counted, read in blocks,
+    never handed to a parser; with strict, an error naming the file and line."""
+    monkeypatch.setattr(amazon, "MAX_RECORD_BYTES", 200)
+    parsed, decode = [], amazon._decode_record
+    monkeypatch.setattr(amazon, "_decode_record", lambda raw: (parsed.append(len(raw)), decode(raw))[1])
+    long_json = j({"overall": 5.0, "reviewText": "y" * 400})  # valid JSON: kept if it were not too long
+    long_literal = b"{'overall': 1.0, 'reviewText': 'z', 'x': [" + b"1, " * 300 + b"]}"  # 14.7 MB in the wild
+    p = _write(tmp_path / ("x.json.gz" if gz else "x.json"),
+               [j({"overall": 5.0, "reviewText": "short"}), long_json, long_literal, b"x" * 5000,
+                j({"overall": 1.0, "reviewText": "bad"})], gz)
+    rep = amazon.LoadReport()
+    df = amazon.load_mcauley(p, report=rep, progress=False)
+    assert df["text"].tolist() == ["short", "bad"]
+    d = rep.to_dict()[str(p)]
+    assert d["skipped"] == {"line too long (over 200 bytes)": 3} and d["first_error"] == "line 2: line too long (over 200 bytes)"
+    assert max(parsed) <= 201 and len(parsed) == 2  # only the two short lines reached a parser
+    with pytest.raises(amazon.DataFormatError, match=rf"^{p}:2: line too long \(over 200 bytes\)$"):
+        amazon.load_mcauley(p, strict=True, progress=False)
+
+
+def test_a_python_literal_with_too_many_items_is_not_parsed(tmp_path, monkeypatch):
+    """A line that is not JSON is read as a Python literal (the 2014 dumps) only with at most
+    MAX_LITERAL_ITEMS separators: the literal parser costs about 500 bytes per item."""
+    import ast
+
+    monkeypatch.setattr(amazon, "MAX_LITERAL_ITEMS", 50)
+    evaluated, literal_eval = [], ast.literal_eval
+    monkeypatch.setattr(ast, "literal_eval", lambda s: (evaluated.append(len(s)), literal_eval(s))[1])
+    many = b"{'overall': 5.0, 'reviewText': 'many', 'x': [" + b"1," * 60 + b"]}"
+    few = b"{'overall': 2.0, 'reviewText': 'a real 2014 line, with its commas: fine', 'helpful': [0, 0]}"
+    p = _write(tmp_path / "reviews_Books_5.json", [many, few], gz=False)
+    rep = amazon.LoadReport()
+    assert amazon.load_mcauley(p, report=rep, progress=False)["text"].tolist() == [
+        "a real 2014 line, with its commas: fine"]
+    reason = "invalid json (and over 50 items, too many to read as a Python literal)"
+    assert rep.skipped[str(p)] == {reason: 1} and evaluated == [len(few)]
+    with pytest.raises(amazon.DataFormatError, match=rf"reviews_Books_5\.json:1: invalid json \(and over 50 items"):
+        amazon.load_mcauley(p, strict=True, progress=False)
+
+
+def test_a_blitzer_review_without_its_closing_tag_is_cut_at_the_limit(tmp_path, monkeypatch):
+    """A review longer than MAX_RECORD_BYTES (lowered to 300) from <review> on is cut there: skipped and
+    counted once (the lines up to the next <review> go with it, none counted as "text outside"), the
+    reviews around it kept; with strict, the file and the review's line."""
+    monkeypatch.setattr(amazon, "MAX_RECORD_BYTES", 300)
+    d = tmp_path / "kitchen"
+    d.mkdir()
+    endless = "<review>\n<rating>\n5.0\n</rating>\n<review_text>\n" + "a\n" * 400  # never closed (48 MB in the wild)
+    closed_text = "<review>\n<rating>\n4.0\n</rating>\n<review_text>\n" + "b\n" * 400 + "</review_text>\n"
+    (d / "positive.review").write_text(_review("5.0", "first good") + endless + _review("5.0", "second good")
+                                       + closed_text + _review("4.0", "third good"))
+    (d / "negative.review").write_text(_review("1.0", "bad one"))
+    rep = amazon.LoadReport()
+    df = amazon.load_blitzer(d, report=rep)
+    assert sorted(df["text"]) == ["bad one", "first good", "second good", "third good"]
+    pos = str(d / "positive.review")
+    first_lines = _review("5.0", "first good").count("\n")
+    assert rep.skipped[pos] == {"review too long (over 300 bytes without </review>)": 2}
+    assert rep.first_error[pos] == f"line {first_lines + 1}: review too long (over 300 bytes without </review>)"
+    with pytest.raises(amazon.DataFormatError,
+                       match=rf"positive\.review:{first_lines + 1}: review too long \(over 300 bytes without </review>\)$"):
+        amazon.load_blitzer(d, strict=True)
+    monkeypatch.setattr(amazon, "MAX_RECORD_BYTES", 1 << 20)  # under the limit: the same file's long reviews read
+    rep = amazon.LoadReport()
+    amazon.load_blitzer(d, report=rep)
+    assert rep.skipped[pos] == {"unterminated <review> (no </review> before the next <review>)": 2}

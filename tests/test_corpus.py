@@ -113,6 +113,20 @@ def test_read_vader_txt_crlf_entities_blank(tmp_path):
     assert rows == [("We were 17 deep & happy", 1.5), ("caf\u00e9 ok", -0.2), ("<3 not sure", -3.0)]
 
 
+def test_a_built_in_file_over_its_size_bound_is_refused_unread(tmp_path, monkeypatch):
+    """MAX_FILE_BYTES (lowered to 100 here): a larger file is read no further than the bound and refused,
+    naming it; one at the bound is read."""
+    monkeypatch.setattr(corpus, "MAX_FILE_BYTES", 100)
+    uci, vader = tmp_path / "u.json", tmp_path / "v.txt"
+    uci.write_text(json.dumps([{"text": "x" * 50, "class": 1}] * 3))
+    vader.write_bytes(b"1\t1.0\tfine\r\n" * 20)
+    for path, read in ((uci, corpus.read_uci_json), (vader, corpus.read_vader_txt)):
+        with pytest.raises(corpus.CorpusError, match=rf"^{path}: over 100 bytes, far more than a built-in corpus file"):
+            read(path)
+    vader.write_bytes(b"1\t1.0\tfine\r\n" * 7)  # 98 bytes
+    assert corpus.read_vader_txt(vader) == [("fine", 1.0)] * 7
+
+
 def test_read_vader_txt_bad_line_names_file_and_line(tmp_path):
     p = tmp_path / "v.txt"
     p.write_bytes(b"1\t1.0\tfine\r\n2\tnot-a-number\ttext\r\n")

@@ -3,6 +3,7 @@ measured here: the rates are written into the cache first), and the list schedul
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -31,13 +32,19 @@ stages:
 def plan_and_cache(tmp_path):
     (tmp_path / "plan.yaml").write_text(PLAN)
     plan = load_plan(tmp_path / "plan.yaml", root=tmp_path)
-    model = config.ModelSettings(embed_dim=16, channels=8, hidden=8)
-    flat = {str(s): [v, v] for s, v in ((s, STEP) for s in estimate.SPARSITIES)}
-    table = {"step": flat, "eval": {k: [EVAL, EVAL] for k in flat}, "fixed": {k: FIXED for k in flat},
-             "lengths": list(estimate.LENGTHS)}
     cache = tmp_path / "cache"
-    write_json(cache / estimate.RATES_FILE, {"models": {estimate._key(model, 300, 32): table}})
+    write_json(cache / estimate.RATES_FILE, {"models": {estimate._key(MODEL, 300, 32): _rates_table()}})
     return plan, cache
+
+
+MODEL = config.ModelSettings(embed_dim=16, channels=8, hidden=8)  # PLAN's
+
+
+def _rates_table() -> dict:
+    """What ``calibrate`` returns, with the rates STEP, EVAL and FIXED at every sparsity and length."""
+    flat = {str(s): [STEP, STEP] for s in estimate.SPARSITIES}
+    return {"step": flat, "eval": {k: [EVAL, EVAL] for k in flat}, "fixed": {k: FIXED for k in flat},
+            "lengths": list(estimate.LENGTHS)}
 
 
 def test_cells_follow_the_hand_worked_model(plan_and_cache):
@@ -190,10 +197,11 @@ def test_rates_keys_ignore_the_initialisation_and_old_keys_are_read(tmp_path):
     old_shape["model"].update(init_a=a.init_a, bias_init=a.bias_init)
     old = head + "|" + json.dumps(old_shape, sort_keys=True)
     assert old != new
-    write_json(tmp_path / estimate.RATES_FILE, {"models": {old: {"x": 1}},
+    rates = _rates_table()  # (a valid table: entries that are not are dropped, test_a_corrupt_rate_...)
+    write_json(tmp_path / estimate.RATES_FILE, {"models": {old: rates},
                                                 "observed": {"round_ratio": {f"2|{old}": {"0": [1, 2.0]}}}})
     table = estimate._load_cache(tmp_path)
-    assert table["models"] == {new: {"x": 1}} and table["observed"]["round_ratio"] == {f"2|{new}": {"0": [1, 2.0]}}
+    assert table["models"] == {new: rates} and table["observed"]["round_ratio"] == {f"2|{new}": {"0": [1, 2.0]}}
 
 
 def test_a_round_measured_on_a_shared_machine_counts_its_cpu_time():
@@ -208,3 +216,169 @@ def test_a_round_measured_on_a_shared_machine_counts_its_cpu_time():
     assert estimate.measured_seconds(shared, threads=2) == 9.0
     assert estimate.measured_seconds(Row(seconds=9.0, cpu_seconds=float("nan")), threads=1) == 9.0
     assert estimate.measured_seconds(Row(seconds=9.0), threads=1) == 9.0
+
+
+# ------------------------------------------------------------------ a cache that cannot be used says so
+
+def _no_constants(text: str):
+    """json.loads that refuses NaN and Infinity (what rates.json must never hold)."""
+    import json
+
+    return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(AssertionError(f"{c} in rates.json")))
+
+
+@pytest.fixture
+def calibrations(monkeypatch):
+    """``estimate.calibrate`` replaced by one returning the STEP/EVAL/FIXED table at once (the real one
+    takes seconds); the list records each (model, vocab_size, batch_size) it was asked to measure."""
+    calls = []
+
+    def fake(model, vocab_size, batch_size=32, *, threads=1, precision="float32", log=print):
+        calls.append((model, vocab_size, batch_size))
+        return _rates_table()
+
+    monkeypatch.setattr(estimate, "calibrate", fake)
+    return calls
+
+
+@pytest.mark.parametrize("bad, shown", [(float("nan"), "NaN"), (-0.1, "-0.1"), (1e308, "1e+308"),
+                                        (float("inf"), "Infinity"), ("0.1", '"0.1"'), (0, "0")])
+def test_a_corrupt_rate_is_reported_dropped_and_measured_again(plan_and_cache, calibrations, bad, shown):
+    """A rate that is NaN, negative, absurdly large, infinite, a string or zero made the estimate print
+    nothing (or "nan h") without a word; now one line names the file and the key, the entry is dropped,
+    its rates are measured again and the estimate is the hand-worked one."""
+    plan, cache = plan_and_cache
+    good = estimate.summary(plan, 2, cache_dir=cache, log=lambda *a: None)
+    assert calibrations == []  # the valid cache is used as it is
+    f = cache / estimate.RATES_FILE
+    table = _rates_table()
+    table["step"]["0.65"] = [STEP, bad]
+    key = estimate._key(MODEL, 300, 32)
+    write_json(f, {"models": {key: table}})
+    said = []
+    est = estimate.summary(plan, 2, cache_dir=cache, log=said.append)
+    assert calibrations == [(MODEL, 300, 32)]  # measured again, once, for that key
+    bad_lines = [m for m in said if "dropped" in m]
+    assert bad_lines == [f"estimate: {f}: ['models'][{key!r}]['step']['0.65'][1] is {shown}, not a number of "
+                         "seconds in (0, 3600]; dropped, to be measured again when an estimate needs it"]
+    assert est["wall"] == pytest.approx(good["wall"]) and math.isfinite(est["wall"])
+    assert _no_constants(f.read_text())["models"][key] == _rates_table()  # the new rates, written
+    said.clear()
+    estimate.summary(plan, 2, cache_dir=cache, log=said.append)
+    assert not said and len(calibrations) == 1  # reported once: the file no longer holds it
+
+
+@pytest.mark.parametrize("entry, why", [
+    ({"lengths": [64, 16]}, "['lengths'] is [64, 16], not two increasing lengths in (0, 1e+06]"),
+    ({"fixed": {"0.0": -1.0}}, "['fixed']['0.0'] is -1.0, not a number of seconds in [0, 3600]"),
+    ({"eval": {"1.5": [EVAL, EVAL]}}, "['eval'] has the key '1.5', not a sparsity in [0, 1)"),
+    ({"step": {"0.0": [STEP]}}, "['step']['0.0'] is list, not two rates (one per calibration length)"),
+    ({"step": None}, "['step'] is null, not a table by sparsity"),
+])
+def test_every_part_of_a_rates_entry_is_checked(plan_and_cache, calibrations, entry, why):
+    plan, cache = plan_and_cache
+    key = estimate._key(MODEL, 300, 32)
+    write_json(cache / estimate.RATES_FILE, {"models": {key: {**_rates_table(), **entry}}})
+    said = []
+    estimate.summary(plan, 2, cache_dir=cache, log=said.append)
+    assert [m for m in said if "dropped" in m] == [
+        f"estimate: {cache / estimate.RATES_FILE}: ['models'][{key!r}]{why}; dropped, to be measured again when an estimate needs it"]
+    assert calibrations == [(MODEL, 300, 32)]
+
+
+def test_corrupt_learned_values_are_reported_and_learned_again(plan_and_cache, calibrations):
+    """What finished trainings taught (ratios, epochs, overheads) is checked too: each bad entry is one
+    line, dropped; the estimate is then the one without it (nothing measured again: the rates are fine)."""
+    plan, cache = plan_and_cache
+    f = cache / estimate.RATES_FILE
+    plain = estimate.summary(plan, 2, cache_dir=cache, log=lambda *a: None)
+    key = estimate._key(MODEL, 300, 32)
+    table = _no_constants(f.read_text())
+    table["observed"] = {"training_ratio": {f"2|{key}": float("nan")},
+                         "round_ratio": {f"2|{key}": {"0": [3, -2.0]}, "1|other": [1, 2]},
+                         "epochs": {"reset|max_epochs=2|patience=None": {"x": [1, 2.0]}},
+                         "obtain": {"overhead": 1e308}, "data": "fast", "learned_rounds": [1, 2]}
+    write_json(f, table)
+    said = []
+    est = estimate.summary(plan, 2, cache_dir=cache, log=said.append)
+    tail = "; dropped, to be learned again from the next batches"
+    assert sorted(said) == sorted(f"estimate: {f}: {m}{tail}" for m in [
+        f"['observed']['training_ratio'][{'2|' + key!r}] is NaN, not a ratio in [0.001, 1000]",
+        f"['observed']['round_ratio'][{'2|' + key!r}]['0'][1] is -2.0, not a ratio in [0.001, 1000]",
+        "['observed']['round_ratio']['1|other'] is list, not a table by sparsity level",
+        "['observed']['epochs']['reset|max_epochs=2|patience=None']['x'] is not a sparsity level",
+        "['observed']['learned_rounds'] is not a list of round names",
+        "['observed']['obtain']['overhead'] is 1e+308, not a number of seconds in [0, 2.592e+06]",
+        "['observed']['data'] is \"fast\", not a table"])
+    assert calibrations == []
+    assert est["wall"] == pytest.approx(plain["wall"]) and est["cells"] == pytest.approx(plain["cells"])
+    assert _no_constants(f.read_text())["observed"] == {"training_ratio": {}, "round_ratio": {f"2|{key}": {}},
+                                                         "epochs": {"reset|max_epochs=2|patience=None": {}},
+                                                         "obtain": {}}
+
+
+@pytest.mark.parametrize("text", ["{not json", "__import__('os').system('true')", '[1, 2]', "", "/etc/passwd"])
+def test_a_cache_that_is_not_a_table_says_so_and_is_measured_again(plan_and_cache, calibrations, text):
+    plan, cache = plan_and_cache
+    f = cache / estimate.RATES_FILE
+    if text == "/etc/passwd":  # a symlink to a system file: read, refused, replaced by a file of its own
+        before = Path(text).read_bytes()
+        f.unlink()
+        f.symlink_to(text)
+    else:
+        f.write_text(text)
+    said = []
+    est = estimate.summary(plan, 2, cache_dir=cache, log=said.append)
+    assert len([m for m in said if m.startswith(f"estimate: {f}: ")]) == 1, said
+    assert "not valid JSON" in said[0] or "holds list, not a table" in said[0]
+    assert calibrations == [(MODEL, 300, 32)] and math.isfinite(est["wall"])
+    assert not f.is_symlink() and estimate._key(MODEL, 300, 32) in _no_constants(f.read_text())["models"]
+    if text == "/etc/passwd":
+        assert Path(text).read_bytes() == before
+
+
+def test_the_dry_run_prints_the_estimate_and_names_the_bad_entry(plan_and_cache, calibrations, monkeypatch):
+    """``ltnb batch PLAN --dry-run`` with a NaN rate in the cache: the line, then the estimate."""
+    import io
+
+    from ltnb import batch
+
+    plan, cache = plan_and_cache
+    monkeypatch.setenv("LTNB_CACHE", str(cache))
+    key = estimate._key(MODEL, 300, 32)
+    table = _rates_table()
+    table["eval"]["0.0"] = [float("nan"), EVAL]
+    write_json(cache / estimate.RATES_FILE, {"models": {key: table}})
+    out = io.StringIO()
+    assert batch.main(plan.path, dry_run=True, out=out, estimate=True) == 0
+    text = out.getvalue()
+    assert f"estimate: {cache / estimate.RATES_FILE}: ['models'][{key!r}]['eval']['0.0'][0] is NaN" in text
+    assert "estimate on this machine" in text and "nan" not in text.split("estimate on this machine")[1]
+    assert calibrations == [(MODEL, 300, 32)]
+
+
+def test_what_a_batch_records_is_never_a_non_finite_number(plan_and_cache):
+    """record_run and learn's running means keep finite numbers only; a NaN that reached the table anyway
+    is not written (and says so)."""
+    plan, cache = plan_and_cache
+    f = cache / estimate.RATES_FILE
+    key = estimate._key(MODEL, 300, 32)
+    nan = float("nan")
+    estimate.record_run([{"stage": "obtain", "status": "done", "wall": nan, "training": nan, "raw_training": 2.0,
+                          "model_key": key, "overhead": nan},
+                         {"stage": "data", "status": "done", "wall": float("inf"), "training": 0.0, "raw_training": 0.0,
+                          "model_key": "", "overhead": 1.0}], workers=2, cache_dir=cache, log=pytest.fail)
+    observed = _no_constants(f.read_text())["observed"]
+    assert "training_ratio" not in observed and observed["obtain"] == {} and observed["data"] == {"overhead": 1.0}
+    bins = {}
+    estimate._update(bins, 1, nan)
+    estimate._update(bins, 1, float("inf"))
+    estimate._update(bins, 1, 2.0)
+    assert bins == {"1": [1, 2.0]}
+    said = []
+    table = _no_constants(f.read_text())
+    table["observed"]["training_ratio"] = {f"2|{key}": nan}
+    estimate._save_cache(table, cache, log=said.append)
+    assert said == [f"estimate: not written to {f}: ['observed']['training_ratio'][{'2|' + key!r}] is NaN, not a "
+                    "ratio in [0.001, 1000]"]
+    assert _no_constants(f.read_text())["observed"]["training_ratio"] == {}

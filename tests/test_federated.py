@@ -199,6 +199,55 @@ def test_wire_bytes_grow_by_exactly_the_values_added(monkeypatch):
     assert 0 < small - 40_000 <= FRAMING_LIMIT
 
 
+def test_the_same_message_counts_the_same_bytes_whatever_ids_flower_draws(monkeypatch):
+    """Flower draws run, node and task ids at random (uint64 varints, 1-10 bytes); counted as drawn, the
+    same message was 2-6 bytes longer or shorter in another run. ``wire_bytes`` counts them at their
+    widest: the same content counts the same bytes under any ids, the message itself left untouched."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    def sizes(run_id, node_id, task_id):
+        for k, v in (("_task_id", task_id), ("_run_id", run_id), ("_node_id", 1)):
+            monkeypatch.setattr(TaskIdentity, k, v)
+        content = RecordDict({"arrays": ArrayRecord({"survivors": Array(np.arange(500, dtype=np.float32))}),
+                              "config": ConfigRecord({"run": "masks-reset-r02", "server-round": 3})})
+        down = Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id)
+        ids = (down.metadata.run_id, down.metadata.dst_node_id, down.object_id)
+        up = Message(RecordDict({"metrics": MetricRecord({"num-examples": 60, "train-seconds": 0.123456789}),
+                                 "client": ConfigRecord({"partition-id": 1})}), reply_to=down)
+        failed = Message(Error(code=0, reason="x"), reply_to=down)
+        out = federated.wire_bytes(down), federated.wire_bytes(up), federated.wire_bytes(failed)
+        assert (down.metadata.run_id, down.metadata.dst_node_id, down.object_id) == ids  # not changed by counting
+        return out
+
+    narrow, wide = sizes(1, 1, 1), sizes(2 ** 64 - 1, 2 ** 64 - 1, 2 ** 63 - 1)
+    import random
+
+    draw = random.Random(0)  # ids as Flower draws them: 64 random bits (the task id 63)
+    mixed = [sizes(draw.getrandbits(64) or 1, draw.getrandbits(64) or 1, draw.getrandbits(63) or 1) for _ in range(6)]
+    assert narrow == wide and all(m == narrow for m in mixed), (narrow, wide, mixed)
+    # (as drawn, these ids give different sizes: what the count no longer depends on)
+    from flwr.app.message import remove_content_from_message
+    from flwr.common.serde import message_to_proto
+
+    def header(node):
+        return message_to_proto(remove_content_from_message(Message(content=RecordDict(), message_type=MessageType.TRAIN,
+                                                                    dst_node_id=node))).ByteSize()
+
+    assert header(2 ** 64 - 1) - header(1) == 9
+
+
+def test_every_client_is_sent_the_same_bytes_for_the_same_model(fed):
+    """In a real run, the messages of one run and round down to the clients carry the same records (the
+    global model, the config, the mask once): they count the same bytes, whatever node ids they go to."""
+    assert fed["code"] == 0, fed["log"]
+    msgs = federated_results.load_messages(fed["run_dir"])
+    down = msgs[msgs.direction == "down"]
+    assert down.node_id.nunique() == 2
+    per = down.groupby(["run", "fl_round", "has_mask", "rows"]).bytes.nunique()
+    assert (per == 1).all(), down[["run", "fl_round", "node_id", "bytes"]]
+
+
 def test_clients_never_receive_another_clients_data(fed):
     assert fed["code"] == 0, fed["log"]
     msgs = federated_results.load_messages(fed["run_dir"])

@@ -212,7 +212,7 @@ HOSTILE = [
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_item4_hostile_mcauley_lines_are_skipped_and_counted(tmp_path, monkeypatch, gz):
-    monkeypatch.setattr(amazon, "MAX_LINE_BYTES", 6000, raising=False)
+    monkeypatch.setattr(amazon, "MAX_RECORD_BYTES", 6000)
     data_ = b"".join(line + b"\n" for line in HOSTILE)
     path = tmp_path / ("x.json.gz" if gz else "x.json")
     path.write_bytes(gzip.compress(data_) if gz else data_)

@@ -20,6 +20,8 @@ app's URL (Voila hands the query string to the kernel as ``QUERY_STRING``). A ``
 anything else (another folder, ``/etc``, ``../..``) or a folder that is gone gets a plain message in the
 page (``page``): no traceback and no server path reach the page (Voila runs with
 ``--show_tracebacks=False``). Idle kernels of closed pages are culled after ``cull_idle`` seconds.
+Only requests naming this server are answered (``local_only``: a ``Host`` of another name gets 403, a
+kernel websocket from another ``Origin`` is refused), so a DNS-rebinding page cannot reach the app.
 """
 from __future__ import annotations
 
@@ -376,16 +378,51 @@ def notebook_path() -> Path:
     return nb
 
 
+def local_only(ip: str) -> dict:
+    """Voila's tornado settings that answer only requests naming this server (jupyter_server's own checks,
+    against DNS rebinding): a ``Host`` header that is a loopback address (127.0.0.1, [::1]), ``localhost``
+    or ``ip`` (the host name served), any port; others get 403. A websocket (a kernel's) whose ``Origin``
+    is not that same host is refused too (jupyter_server's same-origin rule: no ``allow_origin`` is set).
+    The explorer serves this machine only: ``ip`` a loopback address or a host name (jupyter_server's
+    check accepts no other address)."""
+    import ipaddress
+
+    from jupyter_server import DEFAULT_STATIC_FILES_PATH
+
+    try:
+        remote = not ipaddress.ip_address(str(ip).strip("[]")).is_loopback
+    except ValueError:  # a host name
+        remote = False
+    if remote:
+        raise ValueError(f"ip={ip!r}: the explorer serves this machine only (a loopback address such as 127.0.0.1, "
+                         "or a host name); reach it from elsewhere through an SSH tunnel")
+
+    # static_path: what jupyter_server's error page needs (Voila's app has none, so refusing a kernel's
+    # websocket logged a traceback instead of one warning line)
+    return {"allow_remote_access": False, "local_hostnames": sorted({"localhost", str(ip)}),
+            "static_path": DEFAULT_STATIC_FILES_PATH}
+
+
+# Voila's own entry point (``python -m voila``) after one warnings filter: a dict given on the command line
+# as one literal is deprecated in traitlets 5 (and Voila shows traitlets' deprecations), yet a literal is
+# the only way to give ``tornado_settings`` typed values there (its key=value items are strings: "False"
+# would be true)
+_VOILA = ("import sys, warnings; from voila.app import main; "
+          "warnings.filterwarnings('ignore', '--tornado_settings=', DeprecationWarning); sys.exit(main())")
+
+
 def voila_command(notebook: str | os.PathLike, *, port: int, ip: str = "127.0.0.1", open_browser: bool = False,
                   cull_idle: int = CULL_IDLE_S, cull_interval: int | None = None) -> list[str]:
     """Voila serving ``notebook``: no code, no tracebacks in the page, idle kernels of closed pages culled
-    after ``cull_idle`` seconds (checked every ``cull_interval``; pages still open keep theirs)."""
+    after ``cull_idle`` seconds (checked every ``cull_interval``; pages still open keep theirs), requests
+    not naming this server refused (``local_only``)."""
     interval = int(cull_interval or max(1, min(60, int(cull_idle) // 2)))
-    return [sys.executable, "-m", "voila", str(notebook), f"--port={int(port)}", "--Voila.port_retries=0",
+    return [sys.executable, "-c", _VOILA, str(notebook), f"--port={int(port)}", "--Voila.port_retries=0",
             f"--Voila.ip={ip}", "--strip_sources=True", "--show_tracebacks=False",
             f"--MappingKernelManager.cull_idle_timeout={int(cull_idle)}",
             f"--MappingKernelManager.cull_interval={interval}", "--MappingKernelManager.cull_connected=False",
-            "--KernelManager.shutdown_wait_time=2", *([] if open_browser else ["--no-browser"])]
+            "--KernelManager.shutdown_wait_time=2", *([] if open_browser else ["--no-browser"]),
+            f"--Voila.tornado_settings={local_only(ip)!r}"]
 
 
 def _descendants(pid: int) -> list:

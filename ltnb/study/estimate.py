@@ -44,6 +44,14 @@ the worker time. What it cannot know is printed with it: the data stage of a cor
 seen (the time to stream and sample Amazon files), and for a study without data yet, the texts' mean
 length (an assumed ``ASSUMED_LEN`` per corpus; the built-in corpus's test-split sizes with ``test_surplus``
 are read from the fetched corpus).
+
+**A cache that cannot be used says so.** Every number read from ``rates.json`` is checked before it is
+used, and every number written (``_clean``): finite, and within ranges far beyond any measurement here
+(``MAX_RATE_S``, ``RATIO_RANGE``, ``MAX_EPOCHS``, ``MAX_CELL_S``, ``MAX_LENGTH``). An entry that is not is
+reported in one line naming the file and its key, dropped (the file is rewritten without it, so it is
+said once), and measured again (rates: ``calibrate``) or learned again by the next batches (what finished
+trainings taught); a file that is not a JSON table is reported and started again. ``learn`` and
+``record_run`` keep finite numbers only.
 """
 from __future__ import annotations
 
@@ -170,7 +178,7 @@ def _calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int, *,
             batches = make_batches(split(EVAL_BATCH, length), EVAL_BATCH, max_len=10_000)
             t = time.perf_counter()
             evaluate(m, batches, precision)
-            evals.append((time.perf_counter() - t) / EVAL_BATCH)
+            evals.append(max((time.perf_counter() - t) / EVAL_BATCH, 1e-9))
         out["step"][str(s)], out["eval"][str(s)], out["fixed"][str(s)] = steps, evals, sum(fixed) / len(fixed)
     out["seconds"] = time.perf_counter() - t0
     out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -182,12 +190,163 @@ def _cache(cache_dir=None) -> Path:
     return paths.cache_dir(cache_dir) / RATES_FILE
 
 
-def _load_cache(cache_dir=None) -> dict:
+# What rates.json may hold: a number outside these ranges is a corrupt or hand-edited cache, never a
+# measurement of this machine. The bounds are orders of magnitude beyond what is measured here (a
+# training step of the demo's model 0.01-0.3 s, one text's evaluation about 1e-4 s, a round's fixed part
+# under 1 s; learned ratios 0.8-3; a cell's overhead 5-60 s), so a slow machine never trips them.
+MAX_RATE_S = 3600.0  # seconds: a step of one batch, one text's evaluation, a round's fixed part
+RATIO_RANGE = (1e-3, 1e3)  # measured / modelled training time (a ratio, no unit)
+MAX_EPOCHS = 1e6  # epochs a round ran (learned under early stopping)
+MAX_CELL_S = 30 * 86400.0  # seconds: a cell's overhead or wall time, a round's extra time
+MAX_LENGTH = 1e6  # subwords: the two calibration lengths
+
+
+def _number(v, lo: float, hi: float, *, lo_open: bool = False) -> bool:
+    """``v`` a finite number (not a bool) in [lo, hi] (``(lo, hi]`` with ``lo_open``)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return False
+    return (v > lo if lo_open else v >= lo) and v <= hi
+
+
+def _show(v) -> str:
+    return json.dumps(v)[:60] if isinstance(v, (int, float, str, bool, type(None))) else type(v).__name__
+
+
+def _rates_problem(r) -> str | None:
+    """Why a ``models`` entry (``calibrate``'s dict) cannot be used, or None."""
+    rate = f"a number of seconds in (0, {MAX_RATE_S:g}]"
+    if not isinstance(r, dict):
+        return f"is {_show(r)}, not a table of rates"
+    ls = r.get("lengths")
+    if not (isinstance(ls, list) and len(ls) == 2 and all(_number(x, 0, MAX_LENGTH, lo_open=True) for x in ls)
+            and ls[0] < ls[1]):
+        return f"['lengths'] is {_show(ls) if not isinstance(ls, list) else json.dumps(ls)[:60]}, not two " \
+               f"increasing lengths in (0, {MAX_LENGTH:g}]"
+    for what in ("step", "eval", "fixed"):
+        part = r.get(what)
+        if not isinstance(part, dict) or not part:
+            return f"['{what}'] is {_show(part)}, not a table by sparsity"
+        for k, v in part.items():
+            try:
+                ok = 0.0 <= float(k) < 1.0
+            except ValueError:
+                ok = False
+            if not ok:
+                return f"['{what}'] has the key {k[:60]!r}, not a sparsity in [0, 1)"
+            if what == "fixed":
+                if not _number(v, 0.0, MAX_RATE_S):
+                    return f"['{what}']['{k}'] is {_show(v)}, not a number of seconds in [0, {MAX_RATE_S:g}]"
+            elif not (isinstance(v, list) and len(v) == 2):
+                return f"['{what}']['{k}'] is {_show(v)}, not two rates (one per calibration length)"
+            else:
+                for i, x in enumerate(v):
+                    if not _number(x, 0.0, MAX_RATE_S, lo_open=True):
+                        return f"['{what}']['{k}'][{i}] is {_show(x)}, not {rate}"
+    return None
+
+
+def _level_problem(k, v, lo: float, hi: float, what: str) -> str | None:
+    """Why one level of learned bins (``{level: [n, mean]}``) cannot be used, or None."""
+    if not (isinstance(k, str) and k.lstrip("-").isdigit()):
+        return f"['{k[:60]}'] is not a sparsity level"
+    if not (isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and not isinstance(v[0], bool)
+            and v[0] >= 1):
+        return f"['{k}'] is {_show(v) if not isinstance(v, list) else json.dumps(v)[:60]}, not [count, mean]"
+    if not _number(v[1], lo, hi):
+        return f"['{k}'][1] is {_show(v[1])}, not {what} in [{lo:g}, {hi:g}]"
+    return None
+
+
+def _clean(table) -> tuple[dict, list[str]]:
+    """``table`` without the entries that cannot be used, and one line per entry dropped (its key and
+    why). Every number an estimate reads from rates.json passes here first (``_load_cache``) and every
+    number written does too (``_save_cache``)."""
+    if not isinstance(table, dict):
+        return {}, [f"holds {_show(table)}, not a table"]
+    dropped: list[str] = []
+
+    def section(name: str, part, check) -> None:
+        if not isinstance(part, dict):
+            dropped.append(f"{name} is {_show(part)}, not a table")
+            return
+        for k in list(part):
+            why = check(part[k])
+            if why is not None:
+                dropped.append(f"{name}[{k!r}]{'' if why.startswith('[') else ' '}{why}")
+                del part[k]
+
+    if "models" in table:
+        section("['models']", table["models"], _rates_problem)
+        if not isinstance(table["models"], dict):
+            del table["models"]
+    seen = table.get("observed")
+    if "observed" in table and not isinstance(seen, dict):
+        dropped.append(f"['observed'] is {_show(seen)}, not a table")
+        del table["observed"]
+        seen = None
+    if isinstance(seen, dict):
+        if "training_ratio" in seen:
+            section("['observed']['training_ratio']", seen["training_ratio"], lambda v: None if _number(
+                v, *RATIO_RANGE) else f"is {_show(v)}, not a ratio in [{RATIO_RANGE[0]:g}, {RATIO_RANGE[1]:g}]")
+        learned = {"round_ratio": (*RATIO_RANGE, "a ratio"), "epochs": (1.0, MAX_EPOCHS, "a number of epochs"),
+                   "round_extra": (0.0, MAX_CELL_S, "a number of seconds")}
+        for name, (lo, hi, what) in learned.items():  # per key, per sparsity level
+            if name not in seen:
+                continue
+            section(f"['observed']['{name}']", seen[name],
+                    lambda v: None if isinstance(v, dict) else f"is {_show(v)}, not a table by sparsity level")
+            for key, bins in (seen[name].items() if isinstance(seen[name], dict) else ()):
+                for k in list(bins):
+                    why = _level_problem(k, bins[k], lo, hi, what)
+                    if why is not None:
+                        dropped.append(f"['observed']['{name}'][{key!r}]{why}")
+                        del bins[k]
+        for name in ("training_ratio", *learned):
+            if name in seen and not isinstance(seen[name], dict):
+                del seen[name]
+        if "learned_rounds" in seen and not (isinstance(seen["learned_rounds"], list)
+                                             and all(isinstance(t, str) for t in seen["learned_rounds"])):
+            dropped.append("['observed']['learned_rounds'] is not a list of round names")
+            del seen["learned_rounds"]
+        for stage in (s for s in stages.STAGES if s in seen):
+            entry = seen[stage]
+            if not isinstance(entry, dict):
+                dropped.append(f"['observed']['{stage}'] is {_show(entry)}, not a table")
+                del seen[stage]
+                continue
+            for k in [k for k in ("overhead", "wall") if k in entry]:
+                if not _number(entry[k], 0.0, MAX_CELL_S):
+                    dropped.append(f"['observed']['{stage}']['{k}'] is {_show(entry[k])}, not a number of seconds "
+                                   f"in [0, {MAX_CELL_S:g}]")
+                    del entry[k]
+    return table, dropped
+
+
+def _stderr(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr)
+
+
+def _load_cache(cache_dir=None, log=None) -> dict:
+    """rates.json as a table, every entry checked (``_clean``): an entry that cannot be used is reported
+    in one line naming the file and its key (``log``; default stderr), dropped and the file rewritten
+    without it, so its rates are measured again (``rates``) or its learned values learned again; a file
+    that is not JSON at all is reported and started again."""
+    log = log or _stderr
     f = _cache(cache_dir)
     try:
         table = read_json(f) if f.exists() else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError) as e:
+        log(f"estimate: {f}: cannot be used ({str(e).replace(str(f) + ': ', '')}); started again, rates are "
+            "measured again")
+        _save_cache({}, cache_dir, log=log)
         return {}
+    table, dropped = _clean(table)
+    for why in dropped:
+        log(f"estimate: {f}: {why}; dropped, "
+            + ("to be learned again from the next batches" if why.startswith("['observed']") else
+               "to be measured again when an estimate needs it"))
     # keys of rates and of what was learned, in today's form (the first of two that now coincide is kept)
     sections = [table.get("models")] + [(table.get("observed") or {}).get(k) for k in
                                         ("training_ratio", "round_ratio", "round_extra")]
@@ -197,6 +356,8 @@ def _load_cache(cache_dir=None) -> dict:
             if new != k:
                 part.setdefault(new, part[k])
                 del part[k]
+    if dropped:
+        _save_cache(table, cache_dir, log=log)
     return table
 
 
@@ -204,46 +365,58 @@ def rates(model: config.ModelSettings, vocab_size: int, batch_size: int = 32, *,
           precision: str = "float32", log=print, measure: bool = True) -> dict | None:
     """The measured rates for this machine, model, precision and thread count (from the cache, or
     measured once and stored; ``measure=False``: None when not cached)."""
-    table = _load_cache(cache_dir)
+    table = _load_cache(cache_dir, log)
     key = _key(model, vocab_size, batch_size, threads, precision)
     if key not in table.get("models", {}):
         if not measure:
             return None
-        table.setdefault("models", {})[key] = calibrate(model, vocab_size, batch_size, threads=threads,
-                                                        precision=precision, log=log)
-        _save_cache(table, cache_dir)
+        r = calibrate(model, vocab_size, batch_size, threads=threads, precision=precision, log=log)
+        why = _rates_problem(r)
+        if why is not None:  # (never seen: what fit and the clock give is finite and positive)
+            raise ValueError(f"the rates just measured for this model cannot be used: {why.lstrip()}")
+        table.setdefault("models", {})[key] = r
+        _save_cache(table, cache_dir, log=log)
+        return r
     return table["models"][key]
 
 
-def _save_cache(table: dict, cache_dir=None) -> None:
+def _save_cache(table: dict, cache_dir=None, *, log=None) -> None:
+    """Write rates.json; an entry that is not a usable number (``_clean``) is left out, with one line
+    naming it (a writer's bug: ``learn`` and ``record_run`` keep only finite numbers)."""
+    table, dropped = _clean(table)
+    for why in dropped:
+        (log or _stderr)(f"estimate: not written to {_cache(cache_dir)}: {why}")
     try:
         write_json(_cache(cache_dir), table)
     except OSError:
         pass
 
 
-def record_run(times: list[dict], *, workers: int | None = None, cache_dir=None) -> None:
+def record_run(times: list[dict], *, workers: int | None = None, cache_dir=None, log=None) -> None:
     """Keep what a batch measured for later estimates: per stage, the mean overhead per cell and the
     wall of cells that do not train; and, when ``times`` carry ``raw_training`` (the calibrated model's
     training seconds of the cell) and ``model_key``, the ratio of measured to modelled training per model
-    with ``workers`` workers."""
-    table = _load_cache(cache_dir)
+    with ``workers`` workers. Only finite, positive measurements are kept (a NaN or infinite time is
+    left out, never written)."""
+    table = _load_cache(cache_dir, log)
     seen = table.setdefault("observed", {})
-    trained = [t for t in times if t["status"] == "done" and t.get("raw_training") and t.get("training")]
+    trained = [t for t in times if t["status"] == "done" and _number(t.get("raw_training"), 0, math.inf, lo_open=True)
+               and _number(t.get("training"), 0, math.inf, lo_open=True)]
     for key in sorted({t.get("model_key", "") for t in trained}):
         part = [t for t in trained if t.get("model_key", "") == key]
-        if workers and key:
-            seen.setdefault("training_ratio", {})[f"{int(workers)}|{key}"] = \
-                sum(t["training"] for t in part) / sum(t["raw_training"] for t in part)
+        ratio = sum(t["training"] for t in part) / sum(t["raw_training"] for t in part)
+        if workers and key and _number(ratio, *RATIO_RANGE):
+            seen.setdefault("training_ratio", {})[f"{int(workers)}|{key}"] = ratio
     for stage in sorted({t["stage"] for t in times}):
         part = [t for t in times if t["stage"] == stage and t["status"] == "done"]
         if not part:
             continue
         entry = seen.setdefault(stage, {})
-        entry["overhead"] = sum(t["overhead"] for t in part) / len(part)
-        if stages.STAGES[stage].cost == "wall":
-            entry["wall"] = sum(t["wall"] for t in part) / len(part)
-    _save_cache(table, cache_dir)
+        for what in ("overhead", "wall") if stages.STAGES[stage].cost == "wall" else ("overhead",):
+            values = [t[what] for t in part if _number(t.get(what), 0.0, MAX_CELL_S)]
+            if values:
+                entry[what] = sum(values) / len(values)
+    _save_cache(table, cache_dir, log=log)
 
 
 # ------------------------------------------------------------------ learning from finished trainings
@@ -258,7 +431,10 @@ def level(sparsity: float) -> int:
 
 
 def _update(bins: dict, lvl: int, value: float) -> None:
-    """A running mean at level ``lvl`` that follows about the last ``LEARN_CAP`` values."""
+    """A running mean at level ``lvl`` that follows about the last ``LEARN_CAP`` values (a value that is
+    not a finite number is not learned)."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+        return
     n, mean = bins.get(str(lvl), (0, 0.0))
     n += 1
     bins[str(lvl)] = [n, mean + (value - mean) / min(n, LEARN_CAP)]
@@ -342,7 +518,7 @@ def measured_seconds(row, threads: int = 1) -> float:
     return wall
 
 
-def learn(plan, done: list[tuple], *, workers: int, threads: int = 1, cache_dir=None) -> int:
+def learn(plan, done: list[tuple], *, workers: int, threads: int = 1, cache_dir=None, log=None) -> int:
     """Learn from the trained rounds of a batch's finished cells that run chains (obtain, transfer;
     ``done``: (cell, seconds its notebook spent training), other cells are skipped) run on ``workers``
     workers: per sparsity level, the ratio of each round's measured ``seconds`` to the model's (for its
@@ -357,7 +533,7 @@ def learn(plan, done: list[tuple], *, workers: int, threads: int = 1, cache_dir=
     demo's 2-worker batch here: the batch's own processes), so learned times run that much short."""
     from ltnb.base import integrity
 
-    table = _load_cache(cache_dir)
+    table = _load_cache(cache_dir, log)
     seen = table.setdefault("observed", {})
     ratio_bins, epoch_bins = seen.setdefault("round_ratio", {}), seen.setdefault("epochs", {})
     learned = seen.setdefault("learned_rounds", [])
@@ -370,7 +546,7 @@ def learn(plan, done: list[tuple], *, workers: int, threads: int = 1, cache_dir=
         domain = c.params.get("domain") or c.params["target"]
         n, length, vocab_size, _ = _data_shape(plan, domain)
         r = rates(s.model, vocab_size, s.train.batch_size, threads=threads, cache_dir=cache_dir,
-                  precision=s.train.precision, measure=False)
+                  precision=s.train.precision, measure=False, log=log or _stderr)
         if r is None:
             continue
         key = f"{int(workers)}|{_key(s.model, vocab_size, s.train.batch_size, threads, s.train.precision)}"
@@ -386,21 +562,24 @@ def learn(plan, done: list[tuple], *, workers: int, threads: int = 1, cache_dir=
                 known.add(tag)
                 learned.append(tag)
                 rows_new += 1
-                if not (row.seconds > MIN_TRAINED and row.epochs_run >= 1):
+                if not (row.seconds > MIN_TRAINED and row.epochs_run >= 1 and math.isfinite(row.seconds)):
                     continue
                 lvl = level(row.sparsity)
                 model = round_seconds(r, sparsity=row.sparsity, n=n, length=min(length, s.train.max_len),
                                       epochs=int(row.epochs_run), batch_size=s.train.batch_size)
+                if not model > 0:
+                    continue
                 _update(ratio_bins.setdefault(key, {}), lvl, measured_seconds(row, threads) / model)
                 if s.train.patience is not None:
                     _update(epoch_bins.setdefault(_epochs_key(strategy, s.train), {}), lvl, float(row.epochs_run))
                 fit_seconds += float(row.seconds)
                 count += 1
-        if rows_new and cell_training > 0:  # what the training cell spent besides fit, per round written
+        # what the training cell spent besides fit, per round written
+        if rows_new and cell_training > 0 and math.isfinite(cell_training):
             _update(seen.setdefault("round_extra", {}).setdefault(key, {}), 0 if c.stage == "obtain" else 1,
                     max(cell_training - fit_seconds, 0.0) / rows_new)
     del learned[:-LEARNED_KEEP]
-    _save_cache(table, cache_dir)
+    _save_cache(table, cache_dir, log=log)
     return count
 
 
@@ -549,7 +728,7 @@ def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_
     ratio learned from finished trainings of this model on this machine with ``workers`` workers at its
     sparsity level (``learn``); before any, the last batch's cell-level ratio (``observed.training_ratio``:
     workers side by side share memory bandwidth and caches, which a calibration run alone does not see)."""
-    observed = _load_cache(cache_dir).get("observed", {})
+    observed = _load_cache(cache_dir, log).get("observed", {})
     ratios, round_ratio = observed.get("training_ratio", {}), observed.get("round_ratio", {})
     learned_epochs = observed.get("epochs", {})
     extra = observed.get("round_extra", {})  # per workers|model: level 0 obtain, 1 transfer (seconds per round)

@@ -9,9 +9,13 @@ between 2 and 4 (e.g. 2.5, 3.0) counts as neutral and is dropped too.
 
 Bad records are never dropped silently: each is counted in a ``LoadReport`` per file and reason, or, with
 ``strict=True``, raises ``DataFormatError`` naming the file and line. That includes hostile ones: nesting too
-deep to parse (``[[[[...``), integers too long to convert, lines longer than ``MAX_LINE_BYTES`` (skipped
-without being held in memory), undecodable bytes and texts that are not valid Unicode. Every file read is
-listed in the report, also one that yields no record at all.
+deep to parse (``[[[[...``), integers too long to convert, undecodable bytes and texts that are not valid
+Unicode, and records too big: a line (McAuley) or a review from ``<review>`` to ``</review>`` (Blitzer)
+longer than ``MAX_RECORD_BYTES`` is refused before it is parsed, read with a bounded reader so an endless
+line never sits in memory whole (a Blitzer review whose closing tag never comes is cut at the limit), and a
+line that is not JSON is read as a Python literal only with at most ``MAX_LITERAL_ITEMS`` items (the
+literal parser needs about 500 bytes of memory per item). Every file read is listed in the report, also one
+that yields no record at all.
 
 Formats:
 
@@ -49,7 +53,15 @@ from tqdm.auto import tqdm
 
 PER_CLASS_DEFAULT = 20_000  # the paper: 20K train + 10K validation + 10K test per category, balanced
 GZIP_MAGIC = b"\x1f\x8b"
-MAX_LINE_BYTES = 1 << 24  # 16 MiB: a longer line is skipped ("line too long") without being held in memory
+# A record's size is bounded before it is parsed. Real reviews are a few KB (a whole 2014/2018 record with
+# a long review some tens of KB); 1 MiB is far beyond any, and what parsing it can cost is bounded: a
+# 1 MiB line of JSON takes a few MB, a Blitzer review of 1 MiB of short lines about 30 MB.
+MAX_RECORD_BYTES = 1 << 20
+# The Python-literal parser (ast.literal_eval, for the 2014 dumps) costs about 500 bytes per item: a 14.7 MB
+# line of 7M items took 7.1 GB and 53-71 s, a 1 MiB one of 0.5M items 0.5 GB. A real 2014 record has a
+# dozen fields, and its texts' own punctuation counts here too (a 30 KB review: some hundreds); a line
+# with more separators (, : [ ( {) than this is refused unread (at most about 10 MB and 0.1 s).
+MAX_LITERAL_ITEMS = 20_000
 
 
 class DataFormatError(ValueError):
@@ -124,24 +136,27 @@ def open_maybe_gzip(path: str | os.PathLike):
 
 
 def iter_lines(path: str | os.PathLike, report: LoadReport, strict: bool) -> Iterator[tuple[int, bytes]]:
-    """``(line number, raw bytes)`` for each line; a truncated or corrupt gzip stream is recorded at the
-    line where it broke and ends the file."""
+    """``(line number, raw bytes)`` for each line; a line longer than ``MAX_RECORD_BYTES`` is skipped
+    ("line too long") having been read in blocks of that size, never whole; a truncated or corrupt gzip
+    stream is recorded at the line where it broke and ends the file."""
     name = str(path)
     report.touch(name)
     lineno = 0
     with open_maybe_gzip(path) as f:
         try:
             while True:
-                raw = f.readline(MAX_LINE_BYTES + 1)
+                limit = MAX_RECORD_BYTES
+                raw = f.readline(limit + 1)
                 if not raw:
                     break
                 lineno += 1
-                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                if len(raw) > limit and not raw.endswith(b"\n"):
+                    del raw
                     while True:  # drop the rest of the line, a block at a time
                         rest = f.readline(1 << 20)
                         if not rest or rest.endswith(b"\n"):
                             break
-                    report.skip(name, lineno, f"line too long (over {MAX_LINE_BYTES} bytes)", strict)
+                    report.skip(name, lineno, f"line too long (over {limit} bytes)", strict)
                     continue
                 yield lineno, raw
         except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
@@ -159,6 +174,9 @@ def _decode_record(raw: bytes) -> tuple[dict | None, str | None]:
     except (RecursionError, MemoryError):
         return None, "invalid json (nested too deeply)"
     except ValueError:  # JSONDecodeError; also integers too long to convert
+        items = sum(line.count(c) for c in ",:[({")
+        if items > MAX_LITERAL_ITEMS:
+            return None, f"invalid json (and over {MAX_LITERAL_ITEMS} items, too many to read as a Python literal)"
         try:
             rec = ast.literal_eval(line)  # 2014 Python-literal dumps
         except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
@@ -305,10 +323,14 @@ _TAG = re.compile(r"^\s*<(/?)([a-z_]+)>\s*$")
 
 
 def _iter_blitzer(path: Path, report: LoadReport, strict: bool) -> Iterator[tuple[int, dict]]:
-    """``(line of <review>, {tag: text})`` for each review of a Blitzer ``*.review`` file."""
+    """``(line of <review>, {tag: text})`` for each review of a Blitzer ``*.review`` file. A review longer
+    than ``MAX_RECORD_BYTES`` (its closing tag missing, or hostile) is cut there: skipped, and the lines up to
+    the next ``<review>`` or ``</review>`` with it."""
     name = str(path)
-    rec, tag, buf, start = None, None, [], 0
+    rec, tag, buf, start, size, cut = None, None, [], 0, 0, False
     for lineno, raw in iter_lines(path, report, strict):
+        if cut and b"review>" not in raw:  # the rest of a review cut at the limit (quickly)
+            continue
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -318,12 +340,20 @@ def _iter_blitzer(path: Path, report: LoadReport, strict: bool) -> Iterator[tupl
             if m.group(1) == "":
                 if rec is not None:
                     report.skip(name, start, "unterminated <review> (no </review> before the next <review>)", strict)
-                rec, tag, buf, start = {}, None, [], lineno
+                rec, tag, buf, start, size, cut = {}, None, [], lineno, len(raw), False
             else:
                 if rec is not None:
                     yield start, rec
-                rec, tag = None, None
+                rec, tag, cut = None, None, False
             continue
+        if cut:  # the rest of a review cut at the limit
+            continue
+        if rec is not None:
+            size += len(raw)
+            if size > MAX_RECORD_BYTES:
+                report.skip(name, start, f"review too long (over {MAX_RECORD_BYTES} bytes without </review>)", strict)
+                rec, tag, buf, cut = None, None, [], True
+                continue
         if rec is None:
             if line.strip():
                 report.skip(name, lineno, "text outside <review>", strict)

@@ -54,6 +54,9 @@ BUILTIN_DOMAINS = ("products", "movies", "restaurants", "tweets", "news")
 
 MANIFEST_NAME = "MANIFEST.json"
 DOWNLOAD_TIMEOUT_S = 600
+# The seven files are 77 KB to 1.4 MB; one over this is not one of them (it is read at most this far, so a
+# file replaced by something endless never loads whole), whatever MANIFEST.json says.
+MAX_FILE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -316,6 +319,16 @@ def clean_text(text: str) -> str:
     return " ".join(html.unescape(text).split())
 
 
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of a built-in corpus file, refused past ``MAX_FILE_BYTES`` (read no further)."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise CorpusError(f"{path}: over {MAX_FILE_BYTES} bytes, far more than a built-in corpus file (at most "
+                          "1.4 MB); rerun `ltnb data fetch --force`.")
+    return data
+
+
 def read_uci_json(path: str | os.PathLike) -> list[tuple[str, int]]:
     """``[(text, label)]`` from a UCI json file (a list of ``{"text", "class"}``).
 
@@ -324,7 +337,7 @@ def read_uci_json(path: str | os.PathLike) -> list[tuple[str, int]]:
     """
     path = Path(path)
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        records = json.loads(_read_bounded(path).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorpusError(f"{path}: not valid UTF-8 JSON ({e}); rerun `ltnb data fetch --force`.") from None
     if not isinstance(records, list):
@@ -348,7 +361,7 @@ def read_vader_txt(path: str | os.PathLike) -> list[tuple[str, float]]:
     """
     path = Path(path)
     try:
-        raw = path.read_bytes().decode("utf-8")
+        raw = _read_bounded(path).decode("utf-8")
     except UnicodeDecodeError as e:
         raise CorpusError(f"{path}: not valid UTF-8 ({e}); rerun `ltnb data fetch --force`.") from None
     out = []

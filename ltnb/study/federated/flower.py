@@ -18,7 +18,9 @@ content), the protobuf of its object tree and the deflated bytes of every object
 (Message, RecordDict, records, Arrays, ArrayChunks): what Flower's deployment runtime pushes for it
 and what a SuperNode pulls. (The simulation engine itself hands messages to Ray in memory.) The
 count is per client link: a model sent to 8 clients counts 8 times. gRPC/HTTP framing is not
-included. ``payload`` is the arrays' raw bytes, split into ``mask``, ``values`` (float32) and
+included. The ids Flower draws at random per run (run, node and task ids, protobuf varints of 1-10
+bytes) are counted at their widest, 10 bytes, so identical runs count identical bytes (``wire_bytes``).
+``payload`` is the arrays' raw bytes, split into ``mask``, ``values`` (float32) and
 ``indices`` (row indices) per message and per round; the rest is Flower's framing (object ids, npy
 headers, record keys), checked by the tests.
 
@@ -67,14 +69,39 @@ def content_bytes(content) -> dict[str, int]:
     return out
 
 
+WIDE_ID = 2 ** 64 - 1  # a 64-bit id at its widest: 10 bytes as a protobuf varint
+
+
+def _wide_ids(message):
+    """``message`` with its run, node and task ids replaced by ``WIDE_ID`` (content shared, not copied).
+
+    Flower draws these ids at random per run (uint64s, protobuf varints of 1-10 bytes, mostly 9 or 10),
+    and they appear twice in a message (its header and its deflated Message object), so identical runs
+    counted 2-6 bytes apart per message. Counted at their widest, a message of the same content and
+    round always has the same size, at most 1 byte per id above what a deployment would send."""
+    import copy
+
+    from flwr.app.message import make_message
+
+    md = copy.copy(message.metadata)
+    for f in ("_run_id", "_src_node_id", "_dst_node_id", "_src_task_id", "_dst_task_id"):
+        if md.__dict__.get(f) is not None:
+            md.__dict__[f] = WIDE_ID
+    if message.has_error():
+        return make_message(metadata=md, error=message.error)
+    return make_message(metadata=md, content=message.content)
+
+
 def wire_bytes(message) -> int:
     """Bytes of ``message`` as Flower's deployment runtime pushes and pulls it: the header protobuf
     (``message_to_proto`` of the message without content), the object-tree protobuf and the deflated
-    content of every object the message is made of (see the module doc)."""
+    content of every object the message is made of (see the module doc), its random ids counted at
+    their widest (``_wide_ids``), so the same message counts the same bytes in every run."""
     from flwr.app.message import remove_content_from_message
     from flwr.common.serde import message_to_proto
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
 
+    message = _wide_ids(message)
     header = message_to_proto(remove_content_from_message(message)).ByteSize()
     tree = get_object_tree(message).ByteSize()
     body = sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
