@@ -119,6 +119,8 @@ def test_theta_0_replaced_by_another_draw_is_refused_whatever_its_digest(chain):
     tickets.save_state(run / paths.THETA_0, other, meta)  # a sealed, readable theta_0 of another seed
     with pytest.raises(ValueError, match=r"theta_0.safetensors: does not hold the theta_0 drawn for seed 0, domain a"):
         lottery.obtain(study, "a", data=a, **KW)
+    with pytest.raises(ValueError, match=r"does not hold the theta_0 drawn for seed 0, domain a"):
+        lottery.transfer(study, "a", "b", data=synthetic_data(40, seed=1), **KW)  # nothing trains from it
 
 
 def test_a_deleted_theta_0_is_drawn_again_byte_for_byte_and_nothing_wedges(chain):

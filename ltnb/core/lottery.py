@@ -515,15 +515,7 @@ def _theta_0(study_dir, run: Path, domain: str, seed: int, settings: LotterySett
     theta_file = run / THETA_0
     draw = initial_state(vocab_size, settings.model, theta_0_seed(seed, domain, settings))
     if theta_file.exists():
-        theta_0, _ = tickets.load_state(theta_file)
-        # equal up to float rounding (another CPU's vectorised RNG may round a last bit differently)
-        bad = [n for n in draw if n not in theta_0 or theta_0[n].shape != draw[n].shape
-               or not torch.allclose(theta_0[n], draw[n], rtol=1e-5, atol=1e-6)]
-        if bad or set(theta_0) != set(draw):
-            raise ValueError(f"{theta_file}: does not hold the theta_0 drawn for seed {seed}, domain {domain} "
-                             f"(differs in {', '.join(bad) or 'its tensor names'}): the file was replaced. Delete the "
-                             f"chain folder {run} to train the chain anew.")
-        return theta_0
+        return _check_draw(theta_file, draw, seed, domain)
     meta = {"what": "theta_0", "seed": str(seed)}
     if settings.theta_0_per == "seed_domain":
         meta["domain"] = domain
@@ -538,6 +530,20 @@ def _theta_0(study_dir, run: Path, domain: str, seed: int, settings: LotterySett
             write_json(run / "settings.json", info)
             tickets.save_state(theta_file, draw, meta)
     return draw
+
+
+def _check_draw(theta_file: Path, draw: Mapping[str, torch.Tensor], seed: int, domain: str) -> dict[str, torch.Tensor]:
+    """theta_0 read from ``theta_file`` (its digest checked), refused unless it holds ``draw``, its
+    (seed, domain) draw, equal up to float rounding (another CPU's vectorised RNG may round a last bit
+    differently): a file replaced by another draw and sealed again is caught here."""
+    theta_0, _ = tickets.load_state(theta_file)
+    bad = [n for n in draw if n not in theta_0 or theta_0[n].shape != draw[n].shape
+           or not torch.allclose(theta_0[n], draw[n], rtol=1e-5, atol=1e-6)]
+    if bad or set(theta_0) != set(draw):
+        raise ValueError(f"{theta_file}: does not hold the theta_0 drawn for seed {seed}, domain {domain} "
+                         f"(differs in {', '.join(bad) or 'its tensor names'}): the file was replaced. Delete the "
+                         f"chain folder {theta_file.parent} to train the chain anew.")
+    return theta_0
 
 
 def _header_meta(path: Path) -> dict:
@@ -657,6 +663,8 @@ def transfer(
             f"seed={seed}, strategy='reset', settings=<the same settings>), i.e. notebooks/03_obtain.ipynb with "
             f"domain={source!r} seed={seed} rounds>={settings.rounds} and the same other settings."
         )
+    # the source's theta_0 (masks-reset trains from it) is its (seed, source) draw, whatever its digest says
+    _check_draw(src / THETA_0, initial_state(vocab_size, settings.model, theta_0_seed(seed, source, settings)), seed, source)
     h = run_hash(settings, data_key=data_key, vocab_size=vocab_size, strategy=strategy)
     run = paths.transfer_dir(study_dir, source, target, strategy, seed) / h
     _prepare_run(run, {"stage": "transfer", "source": source, "target": target, "strategy": strategy, "seed": seed,
