@@ -6,7 +6,8 @@
 * every batch padded to the corpus's maximum length, capped at 500 (no per-batch lengths);
 * ``torch.optim.Adam`` with its defaults (no fused kernel) and the paper's lr / L2;
 * a fixed number of epochs (no early stopping, no best-epoch selection), one process;
-* TICKET-RESET: survivors restart from theta_0 (the same theta_0 ltnb draws for the same seed).
+* TICKET-RESET: survivors restart from theta_0, drawn as ltnb draws it with ``theta_0_per: seed`` (one theta_0
+  per seed, ``derive_seed(seed, "theta_0")``; ltnb's default draws one per (seed, domain)).
 
 It is deliberately not optimised; it is what ltnb's speed is measured against.
 """

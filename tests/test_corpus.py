@@ -194,7 +194,7 @@ def test_real_fetch_sizes_and_idempotence(real_cache, monkeypatch):
     extracted = sorted(str(p.relative_to(cache / "builtin")) for p in (cache / "builtin").rglob("*") if p.is_file())
     assert extracted == sorted([corpus.MANIFEST_NAME] + list(result["files"]))
 
-    # Sizes from DATA.md: UCI 500 per class per file; VADER raw 3708 / 10605 / 5190 / 4200;
+    # Sizes from docs/data-sources.md: UCI 500 per class per file; VADER raw 3708 / 10605 / 5190 / 4200;
     # at +-1.0: amazon neg 941, movies neg 4575, nyt pos 558, tweets neg 837.
     df = corpus.load_builtin(cache)
     by = df.groupby(["source", "label"]).size()

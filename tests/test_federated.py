@@ -56,7 +56,7 @@ def _plan(outputs, **federated_params):
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory, builtin_cache):
-    """The study's data and the source's reset chain through the API (seconds), then notebook 07 through
+    """The study's data and the source's reset chain through the API (seconds), then notebook 05 (05_federated) through
     papermill: the real notebook, the real Flower simulation."""
     from ltnb import data, lottery
 

@@ -1,6 +1,6 @@
 """A verdict for each of the paper's four findings, computed from the result rows, never written by hand.
 
-Each finding (PROTOCOL.md, "Reported findings") is one estimand with its own test and its own interval,
+Each finding (docs/protocol.md, "Reported findings") is one estimand with its own test and its own interval,
 and a verdict that either side can reach: **held**, **not held** or **inconclusive**. The criteria are
 the texts in ``CRITERIA`` below, fixed before any data is seen; every verdict carries
 ``criteria_hash``, a hash of those texts and of this module's and ``ltnb.phase``'s code, so a verdict

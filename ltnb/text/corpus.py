@@ -2,7 +2,7 @@
 
 Why these sources: the paper's Amazon reviews live on servers our machines (and CI) cannot reach; the
 only things reachable are package registries. Two real, human-labelled, published data sets travel
-inside registry packages (see /work/shared/DATA.md):
+inside registry packages (see docs/data-sources.md):
 
 - UCI "Sentiment Labelled Sentences" (Kotzias et al., KDD 2015; CC BY 4.0), inside the npm package
   ``sentiment@5.0.2`` as ``package/test/fixtures/{amazon,imdb,yelp}.json``.
