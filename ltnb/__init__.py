@@ -6,7 +6,7 @@ with the contracts in ``pyproject.toml``):
 
     cli                       the ``ltnb`` command
     analysis                  results, plots, phase, findings, federated_results, report, explore (no torch)
-    study                     plan, memory, estimate, batch, federated (protocol, flower, simulation)
+    study                     plan, memory, estimate, batch, recorded, federated (protocol, flower, simulation)
     core                      model, pruning, strategies, train, sparse, tickets, lottery
     text                      corpus, amazon, data, vocab, tokens, divergence
     base                      config, stages, paths, integrity, labels, tensorfiles, _io
@@ -30,7 +30,7 @@ ALIASES: dict[str, str] = {
     **dict.fromkeys(("_io", "config", "stages", "paths", "integrity", "labels", "tensorfiles"), "base"),
     **dict.fromkeys(("corpus", "amazon", "data", "vocab", "tokens", "divergence"), "text"),
     **dict.fromkeys(("model", "pruning", "strategies", "train", "sparse", "tickets", "lottery"), "core"),
-    **dict.fromkeys(("plan", "memory", "estimate", "batch", "federated"), "study"),
+    **dict.fromkeys(("plan", "memory", "estimate", "batch", "federated", "recorded"), "study"),
     **dict.fromkeys(("results", "plots", "phase", "findings", "federated_results", "report", "explore"), "analysis"),
 }
 

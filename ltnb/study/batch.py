@@ -47,6 +47,7 @@ from typing import Any, TextIO
 from ltnb.base import integrity, paths, stages
 from ltnb.base._io import read_json, write_json
 from ltnb.study.plan import Cell, Plan, PlanError, load_plan
+from ltnb.study.recorded import CELL_ENV
 
 TORCH_THREADS_ENV = "LTNB_TORCH_THREADS"
 KERNEL_UNSET_ENV = "MALLOC_TRIM_THRESHOLD_"
@@ -216,6 +217,8 @@ def _run_cell(spec: dict, out: dict, watch: _TaskWatch) -> dict:
     threads = str(int(spec["threads"]))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", TORCH_THREADS_ENV):
         os.environ[var] = threads  # the kernel is a child process and inherits these
+    # the notebook takes its values from the plan alone, never from what the study recorded (ltnb.recorded)
+    os.environ[CELL_ENV] = spec["key"]
     # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (to hand memory back to the OS).
     # Inherited by the kernel, it makes glibc unmap and re-fault torch's large buffers on every step:
     # a demo chain took 55 s instead of 34 s, 19 s of it in the kernel. The kernel gets glibc's default.

@@ -295,7 +295,8 @@ def _check_settings(settings_path: Path, corpus_file: Path, settings: dict, keys
 
 
 def build(study_dir: str | os.PathLike, settings: DataSettings = DataSettings(), *,
-          cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
+          cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print,
+          reuse: bool = False) -> pd.DataFrame:
     """Run the data stage with ``settings``: load the corpus, restrict it to the domains, de-duplicate,
     balance and split, then write ``study/data/corpus.parquet``, ``summary.json`` and ``settings.json``.
 
@@ -305,7 +306,9 @@ def build(study_dir: str | os.PathLike, settings: DataSettings = DataSettings(),
     available). ``test_surplus``: each domain's balanced surplus beyond ``per_domain`` goes to its test
     split (training and validation stay equal across domains).
     Rebuilding a study with the same settings is allowed (the result is the same); with different
-    settings it raises ``SettingsMismatch``.
+    settings it raises ``SettingsMismatch``. ``reuse``: a study whose data were built with these settings
+    is read back (``load_corpus``, checked against its recorded hash), not rebuilt, so its files stay
+    exactly as the cells built on them recorded them.
     """
     from ltnb.text import amazon as amazon_mod
     from ltnb.text import corpus as corpus_mod
@@ -325,6 +328,11 @@ def build(study_dir: str | os.PathLike, settings: DataSettings = DataSettings(),
     ddir = paths.data_dir(study_dir)
     settings_path, corpus_file = ddir / "settings.json", ddir / "corpus.parquet"
     _check_settings(settings_path, corpus_file, recorded, keys=sorted(recorded))  # fail fast, before loading
+    if reuse and settings_path.exists() and corpus_file.exists() and (
+            per_domain is None or read_json(settings_path).get("per_domain") == int(per_domain)):
+        df = load_corpus(study_dir)
+        log(f"data stage: {corpus_file} was built with these settings; read back ({len(df)} texts), not rebuilt")
+        return df
 
     load_report = None
     if corpus == "builtin":
