@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ltnb-installed
 PLAN   ?= params/demo.yaml
-STUDY  ?= outputs/demo
+STUDY  ?= outputs
 
 .PHONY: setup study federated smoke explore browser test test-slow bench clean-venv help
 
@@ -16,7 +16,8 @@ help:
 	@echo "make federated  set up, fetch the corpus, run the federated demo (params/federated-demo.yaml, minutes)"
 	@echo "                -> outputs/federated-demo/report"
 	@echo "make smoke      the smoke plan (seconds) -> outputs/smoke"
-	@echo "make explore    serve the phase-transition explorer of STUDY=outputs/demo at http://127.0.0.1:8866/"
+	@echo "make explore    serve the phase-transition explorer at http://127.0.0.1:8866/: every study in STUDY=outputs"
+	@echo "                and the demo's result rows shipped with ltnb (?study=shipped-demo; at once on a fresh clone)"
 	@echo "make setup      only create $(VENV) and install ltnb with its pinned dependencies"
 
 # torch is installed first and pinned to the CPU build, so nothing later pulls a CUDA build.

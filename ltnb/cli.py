@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   -> transfer -> report) under outputs/demo/
               ltnb report outputs/demo            redraw the figures and tables of a study
               ltnb explore outputs/demo           the phase-transition explorer as a web app (Voila)
+              ltnb explore                        ... of every study in outputs/ and the shipped demo rows
             """),
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -110,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("explore", help="serve the phase-transition explorer of a study as a Voila app "
                        "(controls and views only, no code) on http://127.0.0.1:PORT/")
-    e.add_argument("study", metavar="STUDY", help="study folder, e.g. outputs/demo, or an outputs folder of "
-                   "studies (then ?study=NAME on the URL chooses one)")
+    e.add_argument("study", metavar="STUDY", nargs="?", default="outputs",
+                   help="study folder, e.g. outputs/demo, or an outputs folder of studies (then ?study=NAME on the URL "
+                   "chooses one; ?study=shipped-demo: the demo's result rows shipped with ltnb). Default: outputs, "
+                   "which on a fresh clone serves the shipped demo rows at once")
     e.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866)")
     e.add_argument("--cull-idle", type=int, default=300, metavar="SECONDS",
                    help="shut down the kernel of a closed page after it was idle this long (default 300)")

@@ -194,7 +194,7 @@ def test_markdown_and_bad_input():
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
 DEMO_ROWS_3EPOCHS = FIXTURES / "demo_rows_3epochs.csv.gz"
-DEMO_ROWS = FIXTURES / "demo_rows.csv.gz"
+DEMO_ROWS = FIXTURES.parent.parent / "ltnb" / "analysis" / "data" / "demo_rows.csv.gz"  # shipped with ltnb
 
 
 def _one_example_moves(rows: pd.DataFrame) -> dict:
@@ -222,7 +222,7 @@ def test_the_3_epoch_demos_verdicts_survive_one_test_example_more_or_less():
 
 
 def test_the_converged_demos_verdicts_and_how_far_they_move():
-    """The converged demo's result rows (tests/fixtures/demo_rows.csv.gz: ``ltnb.results.load`` of a fresh
+    """The converged demo's result rows (ltnb/analysis/data/demo_rows.csv.gz, shipped with ltnb: ``ltnb.results.load`` of a fresh
     clone's ``make study``, 15 epochs, the best kept, 2026-12-03; docs/results.md reports them): the verdicts
     docs/results.md states, recomputed from the rows. Moved by one test example, no verdict turns into its
     opposite (held <-> not held). A weaker guarantee than on the 3-epoch rows, measured, not chosen: finding

@@ -16,7 +16,10 @@ How the app finds its study (Voila passes no papermill parameters): the notebook
 parameter, overridden by the environment variable ``LTNB_STUDY`` (``serve`` sets it for the Voila
 server, whose kernels inherit it). ``ltnb explore`` serves the study it was started on, or, when given
 an outputs folder (``LTNB_OUTPUTS``), the studies in it, chosen by name with ``?study=NAME`` on the
-app's URL (Voila hands the query string to the kernel as ``QUERY_STRING``). A ``?study=`` naming
+app's URL (Voila hands the query string to the kernel as ``QUERY_STRING``). Beside them it always
+offers the demo's result rows shipped with ltnb (``?study=shipped-demo``; ``ltnb/analysis/data/``, with
+their date and machine in ``demo_rows.json``), so ``ltnb explore`` on a fresh clone opens in seconds,
+before any study has run; the page says whose rows they are. A ``?study=`` naming
 anything else (another folder, ``/etc``, ``../..``) or a folder that is gone gets a plain message in the
 page (``page``): no traceback and no server path reach the page (Voila runs with
 ``--show_tracebacks=False``). Idle kernels of closed pages are culled after ``cull_idle`` seconds.
@@ -46,6 +49,10 @@ OUTPUTS_ENV = "LTNB_OUTPUTS"  # an outputs folder: ?study=NAME chooses one of th
 CULL_IDLE_S = 300  # a kernel idle (and no page connected) this long is shut down
 NOTEBOOK = "07_phase_transition.ipynb"
 ALPHAS = (0.001, 0.01, 0.05, 0.1)
+#: the demo's result rows shipped with the package: ``?study=shipped-demo``, or ``study_dir = "shipped-demo"``
+SHIPPED = "shipped-demo"
+SHIPPED_ROWS = Path(__file__).resolve().parent / "data" / "demo_rows.csv.gz"
+SHIPPED_INFO = SHIPPED_ROWS.with_name("demo_rows.json")
 STRATEGY_ORDER = ("reset", "random", "reinit", "shuffle", "rescaled", "rewind", "masks-reset", "masks-random")
 
 
@@ -69,6 +76,44 @@ def _studies_in(outputs: Path) -> list[str]:
         return []
 
 
+def shipped_info() -> dict:
+    """What the shipped demo rows are: plan, date, machine, wall time (``data/demo_rows.json``)."""
+    import json
+
+    return json.loads(SHIPPED_INFO.read_text(encoding="utf-8"))
+
+
+def shipped_note() -> str:
+    """The line the explorer shows over the shipped rows, saying whose rows they are."""
+    i = shipped_info()
+    return (f"The shipped demo rows: {i['rows']} result rows of `{i['run']}` ({i['plan']}) on {i['date']}, "
+            f"{i['machine']}; {i['wall_time']}. Shipped with ltnb, not computed on this machine.")
+
+
+def shipped_rows() -> pd.DataFrame:
+    """The shipped demo rows (``ltnb.results.load`` of the demo study, ``data/demo_rows.csv.gz``)."""
+    return pd.read_csv(SHIPPED_ROWS)
+
+
+def shipped_app(*, alpha: float = phase.ALPHA, test: str = "signflip") -> "Explorer":
+    """The explorer over the shipped demo rows, labelled as such."""
+    return Explorer(shipped_rows(), study=SHIPPED, alpha=alpha, test=test, note=shipped_note())
+
+
+def worked_example(study_dir) -> tuple[str, pd.DataFrame] | None:
+    """(label, rows) of the study's first settings group (the shipped rows for ``SHIPPED``), for the
+    notebook's worked example; None as the app (which shows the explorer only) or when it has no rows."""
+    if app_mode():
+        return None
+    if str(study_dir) == SHIPPED:
+        return "the shipped demo rows", shipped_rows()
+    from ltnb.analysis import report
+    from ltnb.base import paths
+
+    groups = report.groups(paths.resolve_study(study_dir))
+    return (groups[0].label, groups[0].rows) if groups else None
+
+
 def study_from_env(default: str | os.PathLike) -> str:
     """The study folder the notebook shows.
 
@@ -84,11 +129,17 @@ def study_from_env(default: str | os.PathLike) -> str:
     if outputs:
         root = Path(outputs)
         names = _studies_in(root)
+        if asked is None and not names:
+            return SHIPPED
         if asked is None:
-            raise StudyRefused("Choose a study: " + (", ".join(f"?study={n}" for n in names) or "none is here yet") + ".")
+            raise StudyRefused("Choose a study: " + ", ".join(f"?study={n}" for n in [*names, SHIPPED]) +
+                               f" ({SHIPPED}: the demo's result rows shipped with ltnb).")
+        if asked == SHIPPED and SHIPPED not in names:
+            return SHIPPED
         if name_problem(asked, "study") is None and asked in names:
             return str(root / asked)
-        raise StudyRefused(f"This explorer serves the studies of its outputs folder ({', '.join(names) or 'none yet'}); "
+        raise StudyRefused(f"This explorer serves the studies of its outputs folder ({', '.join(names) or 'none yet'}) "
+                           f"and the shipped demo rows (?study={SHIPPED}); "
                            f"?study={asked!r} is not one of them.")
     served = os.environ.get(STUDY_ENV) or str(default)
     if asked is None or asked in (served, Path(served).name):
@@ -155,7 +206,8 @@ class Explorer:
     """The widgets app over one study's result rows. ``.widget`` is the whole app; ``.controls`` and
     ``.views`` name its parts (tests drive them); displaying an Explorer displays ``.widget``."""
 
-    def __init__(self, rows: pd.DataFrame, *, study: str = "", alpha: float = phase.ALPHA, test: str = "signflip"):
+    def __init__(self, rows: pd.DataFrame, *, study: str = "", alpha: float = phase.ALPHA, test: str = "signflip",
+                 note: str = ""):
         import ipywidgets as w
 
         self.rows, self.study, self.test = rows, study, test
@@ -187,7 +239,9 @@ class Explorer:
         v = self.views
         head = w.HTML(_CSS + f"<h2 style='font-family:sans-serif;margin:4px 0'>Phase transition explorer"
                       f"{': ' + html.escape(Path(study).name) if study else ''}</h2>"
-                      f"<div style='font-family:sans-serif;font-size:12px;color:#555'>{len(rows)} result rows. "
+                      + (f"<div class='ltnb-note' style='font-family:sans-serif;font-size:13px;background:#fff4d6;"
+                         f"padding:4px 8px;margin:4px 0;max-width:1100px'>{html.escape(note)}</div>" if note else "")
+                      + f"<div style='font-family:sans-serif;font-size:12px;color:#555'>{len(rows)} result rows. "
                       f"Every control redraws the views.</div>")
         method = w.Accordion(children=[w.HTML(f"<div style='font-family:sans-serif;font-size:13px;max-width:900px'>"
                                               f"{html.escape(phase.METHOD)} Error bars: one round's exact sign-flip "
@@ -352,7 +406,14 @@ def page(default_study, *, alpha: float = phase.ALPHA, test: str = "signflip"):
     from ltnb.base.integrity import IntegrityError
 
     try:
-        study = paths.resolve_study(study_from_env(default_study))
+        chosen = study_from_env(default_study)
+        if str(chosen) == SHIPPED:
+            return shipped_app(alpha=alpha, test=test)
+        study = paths.resolve_study(chosen)
+        if not app_mode() and not study.is_dir():
+            raise FileNotFoundError(f"study_dir = {str(default_study)!r}: {study} does not exist; run its plan "
+                                    f"(`make study` for outputs/demo), or open the demo rows shipped with ltnb: "
+                                    f"study_dir = {SHIPPED!r}")
         if app_mode() and not study.is_dir():
             raise StudyRefused(f"The study {study.name!r} is not on this server (any more).")
         return app(study, alpha=alpha, test=test)
@@ -463,7 +524,9 @@ def serve(study_dir: str | os.PathLike, *, port: int = 8866, open_browser: bool 
           cull_idle: int = CULL_IDLE_S):
     """Serve the explorer of ``study_dir`` as a Voila app at http://{ip}:{port}/ (no code shown).
 
-    ``study_dir`` is a study, or an outputs folder holding studies (then ``?study=NAME`` chooses one).
+    ``study_dir`` is a study, or an outputs folder holding studies (then ``?study=NAME`` chooses one,
+    and the shipped demo rows are offered beside them: ``?study=shipped-demo``, the first page when the
+    folder holds no study yet; an outputs folder that does not exist yet serves them alone).
     ``wait=True`` (the command line) runs until interrupted (Ctrl-C, SIGTERM) and returns Voila's exit
     status, stopping Voila and its kernels within seconds; ``wait=False`` returns the running
     ``subprocess.Popen`` (tests; stop it with ``stop_server``). The study is handed to the notebook
@@ -471,9 +534,11 @@ def serve(study_dir: str | os.PathLike, *, port: int = 8866, open_browser: bool 
     from ltnb.base import paths
 
     study = paths.resolve_study(study_dir)
-    if not study.is_dir():
-        raise FileNotFoundError(f"study folder {study} does not exist (give the folder a batch wrote, e.g. outputs/demo)")
-    outputs = not is_study(study) and bool(_studies_in(study))
+    outputs_folder = study.name == "outputs" and (study.parent / "params").is_dir()  # a checkout's outputs/
+    if not study.is_dir() and not outputs_folder:
+        raise FileNotFoundError(f"study folder {study} does not exist (give the folder a batch wrote, e.g. outputs/demo, "
+                                "or no folder: `ltnb explore` serves outputs/ and the shipped demo rows)")
+    outputs = outputs_folder or not is_study(study)  # a folder no batch wrote into: an outputs folder, maybe empty
     nb = Path(notebook) if notebook else notebook_path()
     cmd = voila_command(nb, port=port, ip=ip, open_browser=open_browser, cull_idle=cull_idle)
     environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in (STUDY_ENV, OUTPUTS_ENV)}
@@ -493,7 +558,9 @@ def serve(study_dir: str | os.PathLike, *, port: int = 8866, open_browser: bool 
         # in this process group: a signal to the group (or SIGKILL of it) reaches Voila too; its kernels,
         # in their own sessions, exit when Voila is gone (ipykernel watches its parent)
         proc = subprocess.Popen(cmd, env=environ, cwd=str(nb.parent))
-        what = f"the studies in {study}: http://{ip}:{port}/?study=NAME" if outputs else f"{study} at http://{ip}:{port}/"
+        what = (f"the studies in {study} ({', '.join(_studies_in(study)) or 'none yet'}) and the shipped demo rows: "
+                f"http://{ip}:{port}/?study=NAME ({SHIPPED}: the shipped rows"
+                + ("; the first page" if not _studies_in(study) else "") + ")") if outputs else f"{study} at http://{ip}:{port}/"
         print(f"ltnb explore: serving {what} (Ctrl-C to stop)", flush=True)
         return proc.wait()
     except KeyboardInterrupt:

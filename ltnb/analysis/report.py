@@ -137,7 +137,9 @@ def write_table(study_dir: str | os.PathLike, name: str, table: pd.DataFrame) ->
 
 def build(study_dir: str | os.PathLike, settings: PhaseSettings | None = None, *, log=print) -> dict:
     """Write the report of a study with these statistics settings (default ``PhaseSettings()``); returns
-    the paths written."""
+    the paths written, by name (``figure3``, ``figure3_<hash>`` for a later settings group, ...,
+    ``index``), and under ``"groups"`` one entry per settings group: ``{"group": Group, "figure3": svg,
+    "figure4": svg, "diagnostics": svg}`` (the figures it drew), so a reader never rebuilds a name."""
     settings = PhaseSettings() if settings is None else settings
     alpha, delta, test = settings.alpha, settings.delta, settings.test
     study = paths.resolve_study(study_dir)
@@ -178,6 +180,7 @@ def build(study_dir: str | os.PathLike, settings: PhaseSettings | None = None, *
         write_text(out / "mask_overlap.csv", overlap_table(overlap).to_csv(index=False))
     page = _html(study, sections, rows, overlap).replace("</body></html>", federated_html(study, out, log=log) + "</body></html>")
     written["index"] = write_text(out / "index.html", page)
+    written["groups"] = [{"group": g, **figs} for g, figs, _, _ in sections]
     log(f"report of {len(rows)} result rows ({len(groups)} settings group(s)) written to {out}/index.html")
     return written
 
