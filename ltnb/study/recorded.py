@@ -66,6 +66,7 @@ class Opened:
         head = {"recorded": f"as the batch ran it ({self.where})",
                 "plan": f"as {self.where} will run it (not run yet)",
                 "given": "as given in the parameters cell",
+                "defaults": f"with the library's defaults ({self.where})",
                 "batch": "as the batch gives it"}[self.origin]
         lines = [f"study {self.study}: {self.stage}{' ' + shown if shown else ''}, {head}"]
         changed = [k for k in self.given if k != "settings" and self.origin in ("recorded", "plan")]
@@ -209,7 +210,7 @@ def plan_cells(study_dir, stage: str) -> list[tuple[str, dict, dict, str]]:
     from ltnb.study.plan import PlanError, load_plan
 
     study = Path(study_dir).resolve()
-    root = paths.project_root(study) or paths.project_root()
+    root = paths.project_root(study)  # its plan is in the checkout that holds it
     if root is None or not (root / "params").is_dir():
         return []
     for plan_path in sorted((root / "params").glob("*.yaml")):
@@ -223,10 +224,11 @@ def plan_cells(study_dir, stage: str) -> list[tuple[str, dict, dict, str]]:
     return []
 
 
-def cell(study_dir, stage: str, *, settings: dict | None = None, **given) -> Opened:
+def cell(study_dir, stage: str, *, settings: dict | None = None, missing_ok: bool = False, **given) -> Opened:
     """The cell a notebook of ``stage`` opens on (see the module doc). ``given``: the notebook's cell
     parameters (``domain``, ``seed``, ``strategies``, ``source``, ``target``, ...); ``None`` means "as the
-    study ran it"."""
+    study ran it". ``missing_ok`` (stages that train nothing: divergence, report, phase): a study with no
+    record of the stage opens with the library's defaults instead of raising ``NotInStudy``."""
     if stage not in stages.STAGES:
         raise ValueError(f"stage {stage!r}: unknown; allowed: {', '.join(stages.STAGES)}")
     if settings is not None and not isinstance(settings, dict):
@@ -244,6 +246,9 @@ def cell(study_dir, stage: str, *, settings: dict | None = None, **given) -> Ope
         if settings is not None:  # everything given: the notebook runs what it names
             return Opened(study, stage, _with_defaults(stage, chosen), dict(settings), "given", "the parameters cell",
                           given=given_all)
+        if missing_ok:
+            return Opened(study, stage, _with_defaults(stage, chosen), {}, "defaults",
+                          f"the study records no {stage} cell", given=given_all)
         what = "the study folder does not exist" if not study.exists() else \
             f"it has no completed {stage} cell and no plan in params/ names this study"
         raise NotInStudy(
@@ -264,12 +269,7 @@ def settings(study_dir, stage: str, given: dict | None = None) -> dict:
     """The settings a notebook of a stage that trains nothing (divergence, report, phase) uses: ``given``
     when it is a dict, else those the study ran the stage with (``cell``), else ``{}``, the library's
     defaults (a folder with no record of the stage, e.g. rows written by hand)."""
-    if given is not None:
-        return dict(given)
-    try:
-        return cell(study_dir, stage).settings
-    except NotInStudy:
-        return {}
+    return dict(given) if given is not None else cell(study_dir, stage, missing_ok=True).settings
 
 
 def _same(a, b) -> bool:
