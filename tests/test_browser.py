@@ -257,3 +257,166 @@ def test_notebook_runs_in_jupyterlab(study, browser, tmp_path):
     finally:
         stop(proc)
         log.close()
+
+
+# ---------------------------------------------------------------- the shipped demo rows, no study needed
+
+def test_the_shipped_demo_rows_are_offered_beside_the_studies(tmp_path, monkeypatch):
+    """Issue 29, item 2: an outputs folder with no study yet opens on the demo's shipped result rows,
+    labelled with their date and machine; with studies, the shipped rows are one choice among them."""
+    monkeypatch.delenv(explore.STUDY_ENV, raising=False)
+    monkeypatch.delenv("QUERY_STRING", raising=False)
+    monkeypatch.setenv(explore.OUTPUTS_ENV, str(tmp_path))
+    assert explore.study_from_env("outputs/demo") == explore.SHIPPED
+    app = explore.page("outputs/demo")
+    info = explore.shipped_info()
+    assert len(app.rows) == info["rows"] == 1260 and app.study == explore.SHIPPED
+    assert info["date"] in app.note and "not computed on this machine" in app.note and info["machine"] in app.note
+    assert "products: reset - random" in app.views["estimate"].value or "transition" in app.views["estimate"].value
+    write_study(tmp_path / "mine")  # a study of the user's own: both are offered
+    with pytest.raises(explore.StudyRefused, match=r"\?study=mine, \?study=shipped-demo"):
+        explore.study_from_env("outputs/demo")
+    monkeypatch.setenv("QUERY_STRING", "study=shipped-demo")
+    assert explore.study_from_env("outputs/demo") == explore.SHIPPED
+    monkeypatch.setenv("QUERY_STRING", "study=mine")
+    assert explore.study_from_env("outputs/demo") == str(tmp_path / "mine")
+    monkeypatch.delenv(explore.OUTPUTS_ENV)
+    monkeypatch.delenv("QUERY_STRING")
+    assert explore.worked_example(explore.SHIPPED)[1].shape == app.rows.shape  # the notebook, outside the app
+    with pytest.raises(FileNotFoundError, match="study_dir = 'outputs/nope'.*study_dir = 'shipped-demo'"):
+        explore.page("outputs/nope")
+
+
+@needs_chromium
+def test_voila_serves_the_shipped_rows_on_a_fresh_clone_in_seconds(browser, tmp_path):
+    """`ltnb explore` with no study yet (an empty outputs folder): the first page is the shipped demo
+    rows' explorer, labelled, with its charts; the time from starting the server to the first chart is
+    printed (docs/batches.md reports it)."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    port = free_port()
+    start = time.monotonic()
+    proc = explore.serve(outputs, port=port, wait=False)
+    try:
+        explore.wait_for_http(f"http://127.0.0.1:{port}/", proc=proc, timeout=60)
+        blocked = []
+        page = offline_page(browser, blocked)
+        page.goto(f"http://127.0.0.1:{port}/", timeout=120_000)
+        page.wait_for_selector(".ltnb-accuracy svg", timeout=120_000)
+        first_view = time.monotonic() - start
+        print(f"\nexplorer on the shipped demo rows: first chart {first_view:.1f} s after the server started")
+        note = page.inner_text(".ltnb-note")
+        assert "The shipped demo rows" in note and "2026-12-03" in note and "not computed on this machine" in note
+        assert "products: test accuracy" in html_of(page, ".ltnb-accuracy")
+        shoot(page, tmp_path, "voila_shipped_demo")
+        assert not [u for u in blocked if "vega" in u or "altair" in u], blocked
+        assert first_view < 90, first_view
+    finally:
+        stop(proc)
+
+
+# ---------------------------------------------------------------- 03 and 07 in JupyterLab after the smoke plan
+
+def _start_lab(root: Path, tmp_path: Path):
+    port, token = free_port(), "ltnb-test-token"
+    env = {k: v for k, v in os.environ.items() if k not in (explore.STUDY_ENV, explore.OUTPUTS_ENV, "QUERY_STRING")}
+    env.update(JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
+               JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"))
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--ServerApp.port={port}",
+           "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+           "--LabApp.expose_app_in_browser=True", "--allow-root", "--LabApp.news_url=None",
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    labconfig = tmp_path / "cfg" / "labconfig"
+    labconfig.mkdir(parents=True)
+    (labconfig / "page_config.json").write_text('{"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": true}}')
+    tracker = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)  # every cell in the page, not only those scrolled into view
+    (tracker / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    log = open(tmp_path / "jupyterlab.log", "w")
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        explore.wait_for_http(f"http://127.0.0.1:{port}/api?token={token}", proc=proc, timeout=90)
+    except (RuntimeError, TimeoutError) as e:
+        log.flush()
+        stop(proc)
+        raise AssertionError(f"{e}; JupyterLab's log ends:\n{(tmp_path / 'jupyterlab.log').read_text()[-2000:]}")
+    return proc, log, port, token
+
+
+def _run_all(page, port: int, token: str, name: str) -> None:
+    # a workspace of its own, reset: no other notebook reopened from an earlier page, no dialog about it
+    page.goto(f"http://127.0.0.1:{port}/lab/workspaces/{Path(name).stem}/tree/{name}?token={token}&reset")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
+                           "&& window.jupyterapp.shell.currentWidget.sessionContext "
+                           "&& window.jupyterapp.shell.currentWidget.sessionContext.session "
+                           "&& window.jupyterapp.shell.currentWidget.sessionContext.session.kernel", timeout=90_000)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+
+def _wait_idle(page, timeout_ms: int = 180_000) -> None:
+    """Every cell has run: no cell shows [*] and the kernel is idle."""
+    page.wait_for_function("() => { const w = window.jupyterapp.shell.currentWidget;"
+                           " const k = w.sessionContext.session.kernel;"
+                           " const busy = [...document.querySelectorAll('.jp-InputPrompt')].some(p => p.innerText.includes('*'));"
+                           " return k && k.status === 'idle' && !busy; }", timeout=timeout_ms)
+
+
+@needs_chromium
+def test_obtain_and_the_explorer_in_jupyterlab_after_the_smoke_plan_train_nothing(smoke_run, browser, tmp_path):
+    """Issue 29, item 4: after the smoke plan, 03_obtain and 07_phase_transition opened in JupyterLab with
+    only their study named, Run All: the charts (SVG) and the explorer's widgets render from local
+    JavaScript (every request leaving localhost is blocked), 03 says it has nothing to train, no cell
+    errs, and no chain file changes. Screenshots: outputs/screenshots/ (docs/figures/ keeps copies)."""
+    from test_notebooks import _files
+
+    assert smoke_run["code"] == 0, smoke_run["log"]
+    study = tmp_path / "outputs" / "smoke"
+    shutil.copytree(smoke_run["pristine"], study)
+    files = _files(study)
+    root = tmp_path / "lab"
+    root.mkdir()
+    for name in ("03_obtain.ipynb", "07_phase_transition.ipynb"):
+        nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+        params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        params.source = params.source.replace('study_dir = "outputs/demo"', f"study_dir = {str(study)!r}")
+        assert repr(str(study)) in params.source
+        nbformat.write(nb, root / name)  # copies: JupyterLab may save outputs into them
+    proc, log, port, token = _start_lab(root, tmp_path)
+    try:
+        blocked = []
+        page = offline_page(browser, blocked)
+        _run_all(page, port, token, "03_obtain.ipynb")
+        page.wait_for_selector(".jp-RenderedSVG img", timeout=180_000)  # JupyterLab shows an SVG output as an <img>
+        _wait_idle(page)
+        text = page.inner_text(".jp-Notebook")
+        (tmp_path / "03_obtain.txt").write_text(text)  # what the page showed, for a failure
+        assert "nothing to train: every round of the 3 run(s) is finished and is read back" in text
+        assert "TRAINS" not in text and "Traceback" not in text and not page.locator(".jp-OutputArea-output[data-mime-type*='error']").count()
+        charts = page.eval_on_selector_all(".jp-RenderedSVG img", "imgs => imgs.map(i => decodeURIComponent(i.src))")
+        assert any("movies, seed 0: test accuracy vs sparsity" in c and "TICKET-REINIT" in c for c in charts)
+        page.evaluate("() => document.querySelector('.jp-RenderedSVG').scrollIntoView({block: 'end'})")
+        page.wait_for_timeout(500)
+        shoot(page, tmp_path, "jupyterlab_03_obtain")
+
+        page2 = offline_page(browser, blocked)
+        _run_all(page2, port, token, "07_phase_transition.ipynb")
+        try:
+            page2.wait_for_selector(".ltnb-accuracy svg", timeout=180_000)
+            _wait_idle(page2)
+        except Exception:
+            shoot(page2, tmp_path, "jupyterlab_07_failed")  # what the page showed
+            (tmp_path / "07.txt").write_text(page2.inner_text("body"))
+            raise
+        assert page2.locator(".widget-dropdown select").count() >= 2  # the ipywidgets controls, drawn by Lab's JS
+        text2 = page2.inner_text(".jp-Notebook")
+        assert "the paper's findings, tested" in text2 and "Traceback" not in text2
+        assert not page2.locator(".jp-OutputArea-output[data-mime-type*='error']").count()
+        page2.evaluate("() => document.querySelector('.ltnb-accuracy').scrollIntoView({block: 'center'})")
+        page2.wait_for_timeout(500)
+        shoot(page2, tmp_path, "jupyterlab_07_phase_transition")
+        assert _files(study) == files  # no cell trained or rewrote a chain
+        assert not [u for u in blocked if any(k in u for k in ("vega", "altair", "unpkg", "jsdelivr", "cdn"))], blocked
+    finally:
+        stop(proc)
+        log.close()

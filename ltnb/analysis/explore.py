@@ -86,8 +86,8 @@ def shipped_info() -> dict:
 def shipped_note() -> str:
     """The line the explorer shows over the shipped rows, saying whose rows they are."""
     i = shipped_info()
-    return (f"The shipped demo rows: {i['rows']} result rows of `{i['run']}` ({i['plan']}) on {i['date']}, "
-            f"{i['machine']}; {i['wall_time']}. Shipped with ltnb, not computed on this machine.")
+    return (f"The shipped demo rows: the {i['rows']} result rows of the demo study ({i['plan']}; {i['run']}) "
+            f"run on {i['date']} on {i['machine']}; {i['wall_time']}. Shipped with ltnb, not computed on this machine.")
 
 
 def shipped_rows() -> pd.DataFrame:
@@ -210,7 +210,7 @@ class Explorer:
                  note: str = ""):
         import ipywidgets as w
 
-        self.rows, self.study, self.test = rows, study, test
+        self.rows, self.study, self.test, self.note = rows, study, test, note
         self.sels = {s.label: s for s in phase.selections(rows, pooled=True) if s.stage in ("obtain", "transfer")}
         alphas = sorted(set(ALPHAS) | {float(alpha)})
         self.controls = dict(
@@ -395,7 +395,15 @@ class Message:
     def _repr_mimebundle_(self, **kwargs):  # plain HTML: Voila renders it into the page itself
         return {"text/plain": self.text,
                 "text/html": f"<div class='ltnb-message' style='font-family:sans-serif;font-size:15px;margin:12px'>"
-                             f"<h2>Phase transition explorer</h2><p>{html.escape(self.text)}</p></div>"}
+                             f"<h2>Phase transition explorer</h2><p>{_links(html.escape(self.text))}</p></div>"}
+
+
+def _links(text: str) -> str:
+    """Every ``?study=NAME`` of an escaped message as a link to that study's page."""
+    import re
+
+    return re.sub(r"\?study=([A-Za-z0-9][A-Za-z0-9_.-]*)(?=[,;. )]|$)",
+                  lambda m: f"<a href='?study={m.group(1)}'>?study={m.group(1)}</a>", text)
 
 
 def page(default_study, *, alpha: float = phase.ALPHA, test: str = "signflip"):
