@@ -308,7 +308,7 @@ def build(study_dir: str | os.PathLike, settings: DataSettings = DataSettings(),
     Rebuilding a study with the same settings is allowed (the result is the same); with different
     settings it raises ``SettingsMismatch``. ``reuse``: a study whose data were built with these settings
     is read back (``load_corpus``, checked against its recorded hash), not rebuilt, so its files stay
-    exactly as the cells built on them recorded them.
+    exactly as the cells built on them recorded them; one that fails that check is built again.
     """
     from ltnb.text import amazon as amazon_mod
     from ltnb.text import corpus as corpus_mod
@@ -330,9 +330,13 @@ def build(study_dir: str | os.PathLike, settings: DataSettings = DataSettings(),
     _check_settings(settings_path, corpus_file, recorded, keys=sorted(recorded))  # fail fast, before loading
     if reuse and settings_path.exists() and corpus_file.exists() and (
             per_domain is None or read_json(settings_path).get("per_domain") == int(per_domain)):
-        df = load_corpus(study_dir)
-        log(f"data stage: {corpus_file} was built with these settings; read back ({len(df)} texts), not rebuilt")
-        return df
+        try:
+            df = load_corpus(study_dir)
+        except (integrity.IntegrityError, ValueError, OSError) as e:  # changed or damaged: built again below
+            log(f"data stage: {corpus_file} fails its checks ({type(e).__name__}); building it again")
+        else:
+            log(f"data stage: {corpus_file} was built with these settings; read back ({len(df)} texts), not rebuilt")
+            return df
 
     load_report = None
     if corpus == "builtin":
