@@ -7,7 +7,8 @@ library's defaults (the settings are part of a chain's folder name, so other set
 chains). Where the values come from, in order:
 
 1. **recorded**: the cells of that stage the batch completed in the study folder; each
-   ``_COMPLETE.json`` holds the parameters and settings its notebook ran with (``ltnb.batch``);
+   ``_COMPLETE.json`` holds the parameters and settings its notebook ran with (``ltnb.batch``); the
+   first is the first in the study's plan order (by key when no plan in ``params/`` names the study);
 2. **the plan**: a plan in the project's ``params/`` whose study is this folder (``params/demo.yaml`` for
    ``outputs/demo``): what the batch would run, before it has run;
 3. neither: a ``NotInStudy`` error that says what to run, or which parameters to give.
@@ -239,9 +240,12 @@ def cell(study_dir, stage: str, *, settings: dict | None = None, missing_ok: boo
     if os.environ.get(CELL_ENV):  # run by the batch: the plan gave every value it means
         return Opened(study, stage, _with_defaults(stage, chosen), dict(settings or {}), "batch",
                       os.environ[CELL_ENV], given=given_all)
-    found = [(k, p, s, "recorded", f"{k}/{paths.COMPLETE_MARKER}") for k, p, s in recorded_cells(study, stage)]
+    planned = plan_cells(study, stage)
+    order = {k: i for i, (k, *_) in enumerate(planned)}  # the study's plan order first, then by key
+    found = sorted([(k, p, s, "recorded", f"{k}/{paths.COMPLETE_MARKER}") for k, p, s in recorded_cells(study, stage)],
+                   key=lambda f: (order.get(f[0], len(order)), f[0]))
     if not found:
-        found = [(k, p, s, "plan", plan) for k, p, s, plan in plan_cells(study, stage)]
+        found = [(k, p, s, "plan", plan) for k, p, s, plan in planned]
     if not found:
         if settings is not None:  # everything given: the notebook runs what it names
             return Opened(study, stage, _with_defaults(stage, chosen), dict(settings), "given", "the parameters cell",
