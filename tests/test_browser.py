@@ -363,16 +363,16 @@ def _wait_idle(page, timeout_ms: int = 180_000) -> None:
 
 
 @needs_chromium
-def test_obtain_and_the_explorer_in_jupyterlab_after_the_smoke_plan_train_nothing(smoke_run, browser, tmp_path):
+def test_obtain_and_the_explorer_in_jupyterlab_after_the_smoke_plan_train_nothing(smoke, browser, tmp_path):
     """Issue 29, item 4: after the smoke plan, 03_obtain and 07_phase_transition opened in JupyterLab with
     only their study named, Run All: the charts (SVG) and the explorer's widgets render from local
     JavaScript (every request leaving localhost is blocked), 03 says it has nothing to train, no cell
     errs, and no chain file changes. Screenshots: outputs/screenshots/ (docs/figures/ keeps copies)."""
     from test_notebooks import _files
 
-    assert smoke_run["code"] == 0, smoke_run["log"]
+    assert smoke["code"] == 0, smoke["log"]
     study = tmp_path / "outputs" / "smoke"
-    shutil.copytree(smoke_run["pristine"], study)
+    shutil.copytree(smoke["pristine"], study)
     files = _files(study)
     root = tmp_path / "lab"
     root.mkdir()
