@@ -212,25 +212,8 @@ def test_notebook_runs_in_jupyterlab(study, browser, tmp_path):
     params.source = params.source.replace('study_dir = "outputs/demo"', f"study_dir = {str(study)!r}")
     assert repr(str(study)) in params.source
     nbformat.write(nb, root / explore.NOTEBOOK)  # a copy: JupyterLab may save outputs into it
-    port, token = free_port(), "ltnb-test-token"
-    env = {k: v for k, v in os.environ.items() if k not in (explore.STUDY_ENV, "QUERY_STRING")}
-    env.update(JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
-               JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"))
-    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--ServerApp.port={port}",
-           "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-           "--LabApp.expose_app_in_browser=True", "--allow-root", "--LabApp.news_url=None",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-    labconfig = tmp_path / "cfg" / "labconfig"
-    labconfig.mkdir(parents=True)  # no "Jupyter news?" toast over the views
-    (labconfig / "page_config.json").write_text('{"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": true}}')
-    log = open(tmp_path / "jupyterlab.log", "w")
-    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc, log, port, token = _start_lab(root, tmp_path)
     try:
-        try:
-            explore.wait_for_http(f"http://127.0.0.1:{port}/api?token={token}", proc=proc, timeout=90)
-        except (RuntimeError, TimeoutError) as e:
-            log.flush()
-            raise AssertionError(f"{e}; JupyterLab's log ends:\n{(tmp_path / 'jupyterlab.log').read_text()[-2000:]}")
         blocked = []
         page = offline_page(browser, blocked)
         page.goto(f"http://127.0.0.1:{port}/lab/tree/{explore.NOTEBOOK}?token={token}")
