@@ -264,6 +264,7 @@ def test_a_cluster_that_loses_a_worker_mid_run(tmp_path, builtin_cache, smoke):
             rerun_complete = sorted(set(seen_after_kill) & done_at_kill)
             assert not rerun_complete, f"cells complete before the kill were run again: {rerun_complete}"
             assert "failed:  0" in out and "not run: 0" in out and f"done:    {len(plan.cells)}" in out, out
+            assert f"left the cluster while it ran {victim_cell}; it runs again on the other workers" in out, out
             assert all(batch.is_complete(c) for c in plan.cells), [(c.key, batch.completeness(c)) for c in plan.cells]
             marker = json.loads((study / victim_cell / "_COMPLETE.json").read_text())
             assert marker["finished"] >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(killed_at)), marker["finished"]

@@ -612,6 +612,24 @@ class _NoWorkers(RuntimeError):
     pass
 
 
+def _lost_workers(client, busy: dict[str, list[str]], futures: dict, out: TextIO) -> dict[str, list[str]]:
+    """Say when a worker has left the cluster (killed, its machine gone) while it ran cells: Dask runs
+    them again on the others, and the interrupted chains resume from their finished rounds. Returns what
+    each worker runs now (the next call's ``busy``)."""
+    try:
+        processing = client.processing()
+    except Exception:  # noqa: BLE001 - scheduler unreachable: the no-worker timeout handles it
+        return busy
+    cells = {f.key: c.key for f, c in futures.items()}
+    now = {w: [cells[k] for k in keys if k in cells] for w, keys in processing.items()}
+    for w, was in busy.items():
+        if w not in now and was:
+            print(f"worker {w} left the cluster while it ran {', '.join(was)}; "
+                  f"{'it runs' if len(was) == 1 else 'they run'} again on the other workers, resuming from the "
+                  "finished rounds", file=out, flush=True)
+    return now
+
+
 def _n_workers(client) -> int:
     try:
         return len(client.nthreads())
@@ -686,12 +704,14 @@ def _execute(plan: Plan, todo: list[Cell], complete: dict[str, bool], outcomes: 
         ac = as_completed()
         release(ac)
         seen_worker, none_since, next_check = False, None, 0.0
+        busy: dict[str, list[str]] = {}  # worker address -> the cells it was running at the last look
         while not ac.is_empty():
             ready = ac.next_batch(block=False)
             if not ready:  # nothing finished: is anyone still working on it?
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + 1.0
+                    busy = _lost_workers(client, busy, futures, out)
                     if _n_workers(client):
                         seen_worker, none_since = True, None
                     elif none_since is None:
