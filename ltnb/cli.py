@@ -135,15 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ltnb {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a read-only folder, a full disk, ...: one line naming the path
+        from ltnb.base._io import os_error
+
         print(f"ltnb {args.command}: error: {os_error(e)}", file=sys.stderr)
         return 2
-
-
-def os_error(e: OSError) -> str:
-    """An OS error in one line, naming the path: ``/x/y: Permission denied``."""
-    if e.filename is not None:
-        return f"{e.filename}: {e.strerror or e}"
-    return str(e)
 
 
 if __name__ == "__main__":

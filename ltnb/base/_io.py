@@ -103,6 +103,13 @@ def stable_hash(obj: Any, length: int = 10) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+def os_error(e: OSError, path: str | os.PathLike | None = None) -> str:
+    """An OS error in one line, naming the path (``path`` when the error names none):
+    ``/x/y: Read-only file system``."""
+    where = e.filename if e.filename is not None else path
+    return f"{where}: {e.strerror or e}" if where is not None else str(e)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -496,12 +496,15 @@ def _open_chain(study_dir, domain, *, seed, strategy, settings, data, vocab_size
 
 def set_aside(study_dir, run: Path, why: str) -> Path:
     """Move a run folder that cannot be resumed to ``<study>/stale/<its path>.<time>`` (kept for a person
-    to look at; nothing reads it), say so, and return where it went; the caller starts the run anew."""
+    to look at; nothing reads it), say so, and return where it went; the run folder is left with its
+    settings.json alone, and the caller starts the run anew."""
     study = Path(study_dir).resolve()
     dest = study / paths.STALE / f"{run.resolve().relative_to(study).as_posix()}.{time.strftime('%Y%m%dT%H%M%S')}"
+    info = read_json(run / "settings.json")
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(run, dest)
     run.mkdir(parents=True)
+    write_json(run / "settings.json", info)  # the same run, anew: its settings stay
     print(f"{run}: {why}; set aside as {dest}, the run starts anew", flush=True)
     return dest
 
@@ -524,10 +527,8 @@ def _theta_0(study_dir, run: Path, domain: str, seed: int, settings: LotterySett
     if done:
         recorded = _header_meta(run / ticket_name(done[0])).get("theta_0_sha256")
         if recorded != integrity.file_sha256(theta_file):
-            info = read_json(run / "settings.json")
             set_aside(study_dir, run, f"theta_0 was missing; drawn again, it is not the file its {len(done)} finished "
                                       f"round(s) were trained from")
-            write_json(run / "settings.json", info)
             tickets.save_state(theta_file, draw, meta)
     return draw
 
@@ -678,9 +679,7 @@ def transfer(
     try:
         _verify_finished(run)
     except tickets.ThetaChanged as e:  # the source chain was set aside and trained anew: so is this run
-        info = read_json(run / "settings.json")
         set_aside(study_dir, run, f"its source chain's theta_0 is not the one it was trained with ({e})")
-        write_json(run / "settings.json", info)
         chain.rows = _read_rows(run)
     done = _finished_rounds(run)
     todo = [r for r in range(1, settings.rounds + 1) if r not in done]

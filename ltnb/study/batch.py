@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ltnb.base import integrity, paths, stages
-from ltnb.base._io import read_json, write_json
+from ltnb.base._io import os_error, read_json, write_json
 from ltnb.study.plan import Cell, Plan, PlanError, load_plan
 from ltnb.study.recorded import CELL_ENV
 
@@ -196,7 +196,7 @@ def run_cell(spec: dict) -> dict:
             got = lock.acquire(wait=True, should_stop=lambda: not watch.wanted())
         except OSError as e:  # a read-only or full outputs folder: the cell fails, saying where
             return {**out, "status": "failed", "ename": type(e).__name__, "seconds": 0.0,
-                    "evalue": f"cannot take the cell's lock: {e.filename or lock.path}: {e.strerror or e}"}
+                    "evalue": f"cannot take the cell's lock: {os_error(e, lock.path)}"}
         if not got:
             return {**out, "status": "failed", "ename": "Cancelled", "evalue": "cancelled while waiting for the cell's lock",
                     "seconds": 0.0}
@@ -580,7 +580,7 @@ def _record(plan: Plan, outcomes: list[Outcome], run: RunTimes, est: dict | None
         estimate.learn(plan, [(o.cell, o.training) for o in outcomes if o.state == "done"],  # chains only
                        workers=run.workers, threads=threads)
     except OSError as e:  # a read-only or full outputs folder: one line naming the path
-        print(f"(could not record the batch's times: {e.filename or ''}: {e.strerror or e})", file=sys.stderr)
+        print(f"(could not record the batch's times: {os_error(e)})", file=sys.stderr)
     except Exception as e:  # noqa: BLE001
         print(f"(could not record the batch's times: {type(e).__name__}: {e})", file=sys.stderr)
 

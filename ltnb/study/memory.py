@@ -12,7 +12,7 @@ The estimate is an upper bound from the model's parameter count ``P`` (asked of 
   fresh random values, the ticket being written, the masks (float and bool);
 * activations of one training batch, ``batch_size x L x (3 E + 4 C K) x 4`` bytes (the embedded batch,
   its dropout mask and transposed copy; each convolution's output, ReLU, and their gradients), or of
-  one evaluation batch (at most ``EVAL_TOKENS`` tokens), whichever is larger, ``L`` the longest
+  one evaluation batch (at most ``ltnb.train.EVAL_TOKENS`` tokens), whichever is larger, ``L`` the longest
   sequence (``max_len`` of training and of the vocabulary, whichever is smaller);
 * ``RUNTIME_BYTES`` for the process itself (Python, torch, pandas, the data).
 
@@ -28,8 +28,6 @@ from ltnb.base.config import LotterySettings
 
 FLOAT_COPIES = 12
 RUNTIME_BYTES = 2**30
-#: the evaluation's token cap per batch (``ltnb.train.EVAL_TOKENS``, kept here so the plan needs no torch)
-EVAL_TOKENS = 4096
 
 
 def machine_bytes() -> int:
@@ -54,6 +52,8 @@ def parameter_count(settings: LotterySettings, vocab_size: int) -> int:
 
 def peak_bytes(settings: LotterySettings, vocab_size: int, vocab_max_len: int) -> int:
     """An upper estimate of a training cell's peak memory (module doc)."""
+    from ltnb.core.train import EVAL_TOKENS  # torch is imported for the parameter count anyway
+
     m, t = settings.model, settings.train
     length = min(t.max_len, vocab_max_len)
     per_token = 4 * (3 * m.embed_dim + 4 * m.channels * len(m.kernel_sizes))
