@@ -79,14 +79,15 @@ from scipy import optimize, stats
 from ltnb.base.config import PhaseSettings
 from ltnb.base.labels import sparsity_label
 
-ALPHA = PhaseSettings.alpha
-DELTA = PhaseSettings.delta  # the equivalence margin of the findings: 2 points of test accuracy
-POWER = 0.80  # for the minimal detectable effect
-TESTS = ("signflip", "t")
-EXACT_MAX_N = 16  # up to this many units the sign-flip tests enumerate every pattern
-MC_PATTERNS = 20000  # beyond it, this many random patterns (the identity included)
+from ltnb.analysis.collapse import (CHAIN_KEY, COLLAPSE_COLUMNS, CollapseTest, _collapse,  # noqa: F401
+                                   collapse_points, collapse_round, collapse_test, round_sparsity)
+from ltnb.analysis.signflip import (ALPHA, CHANCE, EXACT_MAX_N, MC_PATTERNS, POWER, TESTS,  # noqa: F401
+                                    _check_alpha, _check_test, at_chance, first_significant, interval_level,
+                                    maxt_stepdown, mde_factor, power, sign_patterns, signflip_interval, signflip_p,
+                                    smallest_p, t_p)
+
+DELTA = PhaseSettings.delta
 POOLED = "pooled"
-CHANCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -180,140 +181,6 @@ def paired(rows: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     return both.drop(columns="sparsity_b").sort_values(["round", "pair", "seed"]).reset_index(drop=True)
 
 
-def _check_alpha(alpha: float) -> None:
-    if not (0 < float(alpha) < 1):
-        raise ValueError(f"alpha (the significance level) must be between 0 and 1, got {alpha!r}")
-
-
-def _check_test(test: str) -> None:
-    if test not in TESTS:
-        raise ValueError(f"test = {test!r}: expected one of {', '.join(TESTS)}")
-
-
-# ------------------------------------------------------------------------------------ the tests
-
-@lru_cache(maxsize=32)
-def _signs(n: int) -> np.ndarray:
-    return np.array(list(itertools.product((1.0, -1.0), repeat=n)))  # [2^n, n], first row all +1
-
-
-def sign_patterns(n: int, *, rng_seed: int = 0) -> np.ndarray:
-    """[P, n] sign patterns, the identity first: all 2^n up to ``EXACT_MAX_N`` units, else
-    ``MC_PATTERNS`` random ones."""
-    if n <= EXACT_MAX_N:
-        return _signs(n)
-    s = np.random.default_rng(rng_seed).choice((-1.0, 1.0), size=(MC_PATTERNS, n))
-    s[0] = 1.0
-    return s
-
-
-def signflip_p(x: np.ndarray, *, rng_seed: int = 0) -> np.ndarray:
-    """One-sided (greater) sign-flip permutation p-values of the sum (equivalently the mean) of the
-    last axis of ``x``: the share of sign patterns whose sum is at least the observed one (exact up to
-    ``EXACT_MAX_N`` units, else Monte Carlo with the identity included). Vectorised over leading axes."""
-    x = np.asarray(x, dtype=float)
-    n = x.shape[-1]
-    if n == 0:
-        return np.full(x.shape[:-1], np.nan)
-    obs = x.sum(axis=-1)
-    tol = 1e-9 * np.maximum(1.0, np.abs(x).sum(axis=-1))
-    null = x @ sign_patterns(n, rng_seed=rng_seed).T  # [..., P]
-    return (null >= (obs - tol)[..., None]).mean(axis=-1)
-
-
-def t_p(x: np.ndarray) -> np.ndarray:
-    """One-sided (greater) one-sample t-test p-values over the last axis (NaN where the spread is 0)."""
-    x = np.asarray(x, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sd = x.std(axis=-1, ddof=1)
-        p = stats.ttest_1samp(x, 0.0, axis=-1, alternative="greater").pvalue
-    return np.where(sd > 0, p, np.nan)
-
-
-def smallest_p(n: int, test: str = "signflip") -> float:
-    """The smallest p-value a test can give with ``n`` units (sign-flip: 2^-n; t: 0)."""
-    return 2.0 ** -n if test == "signflip" else 0.0
-
-
-def interval_level(n: int, alpha: float) -> float:
-    """The coverage of ``signflip_interval`` with ``n`` units: 1 - 2 (ceil(alpha 2^n) - 1) / 2^n for
-    symmetric continuous differences (5 seeds at alpha 0.05: 0.9375; 1.0 when n is too small for any
-    bound)."""
-    if n < 1:
-        return float("nan")
-    if n > EXACT_MAX_N:
-        return 1 - 2 * alpha
-    return 1 - 2 * (math.ceil(alpha * 2 ** n - 1e-12) - 1) / 2 ** n
-
-
-def signflip_interval(x, alpha: float = ALPHA) -> tuple[float, float]:
-    """The exact interval for the centre of symmetry of ``x`` (its mean) by inverting the one-sided
-    sign-flip test at ``alpha`` on each side: the lower bound is the k-th smallest, the upper the k-th
-    largest of the 2^n - 1 means of non-empty subsets of ``x``, k = ceil(alpha 2^n) - 1 (a theta is
-    kept when the test of mean = theta does not reject). So ``lo > 0`` exactly when ``signflip_p(x) <
-    alpha``. Coverage: ``interval_level``. (-inf, inf) when k is 0 (too few units)."""
-    x = np.asarray(x, dtype=float)
-    x = x[~np.isnan(x)]
-    n = len(x)
-    if n == 0:
-        return float("nan"), float("nan")
-    member = sign_patterns(n) < 0  # each pattern's flipped set
-    size = member.sum(axis=1)
-    keep = size > 0
-    means = np.sort((member[keep] @ x) / size[keep])
-    k = math.ceil(alpha * len(member) - 1e-12) - 1 if n <= EXACT_MAX_N else math.ceil(alpha * len(means))
-    if k <= 0:
-        return -math.inf, math.inf
-    return float(means[k - 1]), float(means[-k])
-
-
-def maxt_stepdown(x: np.ndarray, use: np.ndarray | None = None) -> np.ndarray:
-    """Westfall-Young step-down max-T adjusted p-values (one-sided, greater) per round.
-
-    ``x``: [..., rounds, units], one value per unit (seed) and round (NaN: missing, counts as 0);
-    ``use``: [..., rounds] which rounds take part (NaN p elsewhere). The statistic of a round is the
-    mean over units; the null distribution flips each unit's signs jointly across every round (all
-    2^n patterns up to ``EXACT_MAX_N`` units), so the rounds' dependence is kept and the family-wise
-    error over the rounds used is at most alpha (strong control by the step-down and subset
-    pivotality of joint sign flips). Vectorised over leading axes."""
-    x = np.nan_to_num(np.asarray(x, dtype=float))
-    use = np.ones(x.shape[:-1], bool) if use is None else np.asarray(use, bool)
-    n = x.shape[-1]
-    if n == 0:
-        return np.full(use.shape, np.nan)
-    s = sign_patterns(n)
-    null = np.einsum("...rn,pn->...pr", x, s) / n  # [..., P, rounds]; pattern 0 is the observed data
-    null = np.where(use[..., None, :], null, -np.inf)
-    obs = null[..., 0, :]
-    order = np.argsort(-obs, axis=-1, kind="stable")
-    obs_sorted = np.take_along_axis(obs, order, axis=-1)
-    null_sorted = np.take_along_axis(null, np.broadcast_to(order[..., None, :], null.shape), axis=-1)
-    tail_max = np.maximum.accumulate(null_sorted[..., ::-1], axis=-1)[..., ::-1]  # max over this and later
-    tol = 1e-12 * np.maximum(1.0, np.abs(obs_sorted))
-    q = (tail_max >= (obs_sorted - tol)[..., None, :]).mean(axis=-2)
-    q = np.maximum.accumulate(q, axis=-1)  # step-down: never below an earlier (larger) round's p
-    p = np.empty_like(q)
-    np.put_along_axis(p, order, q, axis=-1)
-    return np.where(use, p, np.nan)
-
-
-def first_significant(p: np.ndarray, alpha: float) -> np.ndarray:
-    """Index of the first round with p < alpha (NaN is not significant); ``rounds`` where none."""
-    sig = np.asarray(p) < alpha
-    r = sig.shape[-1]
-    return np.where(sig.any(axis=-1), sig.argmax(axis=-1), r)
-
-
-def at_chance(acc, n, alpha: float = ALPHA) -> np.ndarray:
-    """Test accuracy not significantly above 50% (one-sided exact binomial test at ``alpha`` on ``n``
-    test texts); NaN where ``n`` is unknown."""
-    acc, n = np.asarray(acc, float), np.asarray(n, float)
-    k = np.round(acc * n)
-    with np.errstate(invalid="ignore"):
-        p = stats.binom.sf(k - 1, n, CHANCE)  # P(X >= k) under chance
-    return np.where(np.isnan(n) | np.isnan(acc), np.nan, (p >= alpha).astype(float))
-
-
 # ------------------------------------------------------------------------------------ the units
 
 @dataclass(frozen=True)
@@ -343,26 +210,41 @@ class Units:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.nansum(v, axis=2) / np.where(self.counts > 0, self.counts, np.nan)
 
+    def resolution(self) -> np.ndarray:
+        """[rounds]: one test example (1 / test_n, the mean over the round's chains; 0 where unknown), the
+        floor of the studentized max-T (``maxt_stepdown``)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            inv = np.concatenate([1 / self.na, 1 / self.nb], axis=-1).reshape(len(self.na), -1)
+            r = np.nanmean(np.where(np.isfinite(inv), inv, np.nan), axis=1) if inv.size else np.zeros(len(self.na))
+        return np.nan_to_num(r)
+
     def informative(self, alpha: float = ALPHA) -> np.ndarray:
         """[rounds]: rounds where not both strategies have most of their chains at chance (where the test
         sizes are unknown: rounds whose differences are not all exactly 0)."""
         return informative_rounds(self.a, self.b, self.na, self.nb, alpha)
 
 
-def informative_rounds(a, b, na, nb, alpha: float = ALPHA) -> np.ndarray:
-    """[..., rounds] from [..., rounds, seeds, pairs] accuracies and test sizes: not both strategies with
-    more than half their chains at chance. Symmetric in a and b, so it never looks at the sign of a - b."""
-    def mostly(acc, n):
-        c = at_chance(acc, n, alpha)
-        known = ~np.isnan(c)
-        have = known.sum(axis=(-1, -2))
-        with np.errstate(invalid="ignore"):
-            return np.where(have > 0, np.nansum(c, axis=(-1, -2)) > have / 2, False)
+#: a round takes part in the onset and instability tests unless more than this share of its chains, both
+#: strategies together, are at chance (one strategy entirely at chance and the other mostly: nothing left to
+#: compare). Counted over both strategies, so swapping a and b within any seed cannot change it.
+AT_CHANCE_SHARE = 0.75
 
-    g = np.asarray(a, float) - np.asarray(b, float)
+
+def informative_rounds(a, b, na, nb, alpha: float = ALPHA) -> np.ndarray:
+    """[..., rounds] from [..., rounds, seeds, pairs] accuracies and test sizes: at most ``AT_CHANCE_SHARE``
+    of the round's chains of both strategies together at chance. A function of each unit's unordered pair
+    {a, b}, so invariant to swapping a and b in any seed: the sign-flip tests stay exact. Where the test sizes
+    are unknown: rounds whose differences are not all exactly 0."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ca, cb = at_chance(a, na, alpha), at_chance(b, nb, alpha)
+    known = (~np.isnan(ca)).sum(axis=(-1, -2)) + (~np.isnan(cb)).sum(axis=(-1, -2))
+    at = np.nansum(ca, axis=(-1, -2)) + np.nansum(cb, axis=(-1, -2))
+    g = a - b
     unknown = np.isnan(np.asarray(na, float)).all(axis=(-1, -2)) | np.isnan(np.asarray(nb, float)).all(axis=(-1, -2))
     nonzero = np.nansum(np.abs(g), axis=(-1, -2)) > 0
-    return np.where(unknown, nonzero, ~(mostly(a, na) & mostly(b, nb)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        few = np.where(known > 0, at <= AT_CHANCE_SHARE * known, False)
+    return np.where(unknown, nonzero, few)
 
 
 def units(rows: pd.DataFrame, cmp: Comparison, *, min_round: int = 1) -> Units:
@@ -381,119 +263,6 @@ def units(rows: pd.DataFrame, cmp: Comparison, *, min_round: int = 1) -> Units:
         arrays[k][idx] = pd.to_numeric(p[k], errors="coerce").to_numpy(float)
     per_round = p.groupby("round", sort=True)["sparsity"].mean().reset_index()
     return Units(per_round, seeds, **arrays)
-
-
-# ------------------------------------------------------------------------------------ collapse points
-
-def collapse_round(acc, rounds=None, *, n: float | None = None, alpha: float = ALPHA,
-                   chance: float = CHANCE) -> tuple[float, str]:
-    """One chain's collapse point: (round, status). ``acc``: its test accuracies in round order
-    (``rounds``: their round numbers, default 0, 1, ...). The non-increasing isotonic fit's first
-    crossing below the midpoint between its start level (the fit at the first round) and ``chance``,
-    linearly interpolated between the two rounds around it. Status "collapsed"; "censored" (never
-    below: the round returned is the last one, a lower bound); "starts at chance" (NaN: the start
-    level is not significantly above chance on ``n`` test texts, or not above chance when ``n`` is
-    unknown)."""
-    return _collapse(acc, rounds, n, alpha, chance)[:2]
-
-
-def _collapse(acc, rounds, n, alpha, chance=CHANCE) -> tuple[float, str, float]:
-    """``collapse_round``'s (round, status) and the chain's start level (NaN without rounds)."""
-    y = np.asarray(acc, float)
-    r = np.arange(len(y), dtype=float) if rounds is None else np.asarray(rounds, float)
-    ok = ~np.isnan(y)
-    y, r = y[ok], r[ok]
-    if not len(y):
-        return float("nan"), "no rounds", float("nan")
-    fit = optimize.isotonic_regression(y, increasing=False).x
-    start = float(fit[0])
-    if n is not None and np.isfinite(n) and n > 0:
-        starts_above = not bool(at_chance(start, n, alpha))
-    else:
-        starts_above = start > chance
-    if not starts_above:
-        return float("nan"), "starts at chance", start
-    level = (start + chance) / 2
-    below = np.nonzero(fit < level)[0]
-    if not len(below):
-        return float(r[-1]), "censored", start
-    k = int(below[0])  # k >= 1: fit[0] = start > level
-    frac = (fit[k - 1] - level) / (fit[k - 1] - fit[k])
-    return float(r[k - 1] + frac * (r[k] - r[k - 1])), "collapsed", start
-
-
-def round_sparsity(rnd: float, per_round: pd.DataFrame) -> float:
-    """The sparsity at a fractional round, interpolated on log density between the rounds around it
-    (``per_round``: round, sparsity)."""
-    if rnd is None or not np.isfinite(rnd) or per_round.empty:
-        return float("nan")
-    r = per_round["round"].to_numpy(float)
-    logd = np.log(np.clip(1 - per_round["sparsity"].to_numpy(float), 1e-300, None))
-    return float(1 - np.exp(np.interp(rnd, r, logd)))
-
-
-CHAIN_KEY = ["stage", "pair", "settings_hash", "strategy", "seed"]
-COLLAPSE_COLUMNS = CHAIN_KEY + ["start", "level", "collapse_round", "collapse_sparsity", "status", "last_round"]
-
-
-def collapse_points(rows: pd.DataFrame, *, alpha: float = ALPHA) -> pd.DataFrame:
-    """One row per chain (stage, pair, settings_hash, strategy, seed): its start level, the midpoint
-    level, the collapse round and sparsity (``collapse_round``), status and last round."""
-    if rows.empty:
-        return pd.DataFrame(columns=COLLAPSE_COLUMNS)
-    r = rows.sort_values(CHAIN_KEY + ["round"], kind="stable")
-    acc, rnd = r["test_acc"].to_numpy(float), r["round"].to_numpy(float)
-    ns = pd.to_numeric(r["test_n"], errors="coerce").to_numpy(float) if "test_n" in r else np.full(len(r), np.nan)
-    levels = {k: g.reset_index()[["round", "sparsity"]] for k, g in
-              r.groupby(["stage", "pair", "settings_hash", "round"])["sparsity"].mean().groupby(level=[0, 1, 2])}
-    out = []
-    for key, idx in r.groupby(CHAIN_KEY, sort=True).indices.items():
-        y, x = acc[idx], rnd[idx]
-        value, status, start = _collapse(y, x, ns[idx][0], alpha)
-        out.append(dict(zip(CHAIN_KEY, key), start=start, level=(start + CHANCE) / 2, collapse_round=value,
-                        collapse_sparsity=round_sparsity(value, levels[key[:3]]) if status == "collapsed" else float("nan"),
-                        status=status, last_round=int(x.max())))
-    return pd.DataFrame(out, columns=COLLAPSE_COLUMNS)
-
-
-@dataclass(frozen=True)
-class CollapseTest:
-    """a's collapse point minus b's (rounds), per seed (mean over the seed's domains or pairs), tested."""
-    n: int
-    diff: float  # mean over seeds, rounds
-    lo: float  # exact interval (signflip_interval); -inf / inf where censoring leaves a side open
-    hi: float
-    level: float  # its coverage
-    p: float  # one-sided sign-flip p of "a collapses later"
-    a_round: float  # mean collapse round of a's chains (censored ones at their last round)
-    b_round: float
-    a_censored: int
-    b_censored: int
-    chains: int
-    per_seed: tuple
-
-
-def collapse_test(points: pd.DataFrame, cmp: Comparison, alpha: float = ALPHA) -> CollapseTest:
-    """Compare the collapse points (``collapse_points`` of one selection) of ``cmp.a`` and ``cmp.b``."""
-    pa = points[points["strategy"] == cmp.a].set_index(["pair", "seed"])
-    pb = points[points["strategy"] == cmp.b].set_index(["pair", "seed"])
-    both = pa[["collapse_round", "status"]].merge(pb[["collapse_round", "status"]], left_index=True, right_index=True,
-                                                    suffixes=("_a", "_b")).dropna(subset=["collapse_round_a",
-                                                                                          "collapse_round_b"])
-    if both.empty:
-        return CollapseTest(0, *(float("nan"),) * 5, float("nan"), float("nan"), 0, 0, 0, ())
-    d = (both["collapse_round_a"] - both["collapse_round_b"]).groupby(level="seed").mean()
-    x = d.to_numpy(float)
-    lo, hi = signflip_interval(x, alpha)
-    a_cens, b_cens = int((both["status_a"] == "censored").sum()), int((both["status_b"] == "censored").sum())
-    if a_cens:
-        hi = math.inf
-    if b_cens:
-        lo = -math.inf
-    return CollapseTest(n=len(x), diff=float(x.mean()), lo=lo, hi=hi, level=interval_level(len(x), alpha),
-                        p=float(signflip_p(x)), a_round=float(both["collapse_round_a"].mean()),
-                        b_round=float(both["collapse_round_b"].mean()), a_censored=a_cens, b_censored=b_cens,
-                        chains=len(both), per_seed=tuple(float(v) for v in x))
 
 
 # ------------------------------------------------------------------------------------ per round
@@ -537,9 +306,10 @@ def _gap_table(u: Units, alpha: float, test: str) -> pd.DataFrame:
         out.append(row)
     t = pd.DataFrame(out)
     use = info & t["tested"].to_numpy(bool)
-    t["p_adj"] = maxt_stepdown(means, use) if means.shape[1] >= 2 else np.nan
+    floor = u.resolution()
+    t["p_adj"] = maxt_stepdown(means, use, floor=floor) if means.shape[1] >= 2 else np.nan
     t["significant"] = t["p_adj"] < alpha
-    t["p_spread_adj"] = _spread_p(u, use)
+    t["p_spread_adj"] = _spread_p(u, use, floor)
     t["spread_significant"] = t["p_spread_adj"] < alpha
     return t[GAP_COLUMNS]
 
@@ -552,7 +322,7 @@ def spread_deviations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return zb - za
 
 
-def _spread_p(u: Units, use: np.ndarray) -> np.ndarray:
+def _spread_p(u: Units, use: np.ndarray, floor=0.0) -> np.ndarray:
     """Per round: the instability test's max-T adjusted p (b spreads more than a), on the seeds' values
     (pooled: seed means over domains or pairs); rounds where both strategies are constant left out."""
     a, b = u.seed_means(u.a), u.seed_means(u.b)
@@ -560,7 +330,7 @@ def _spread_p(u: Units, use: np.ndarray) -> np.ndarray:
         return np.full(len(a), np.nan)
     with np.errstate(invalid="ignore"):
         constant = (np.nanstd(a, axis=1) == 0) & (np.nanstd(b, axis=1) == 0)
-    return maxt_stepdown(spread_deviations(a, b), use & ~constant)
+    return maxt_stepdown(spread_deviations(a, b), use & ~constant, floor=floor)
 
 
 def _default_comparison(rows: pd.DataFrame) -> Comparison:
@@ -588,54 +358,6 @@ def chance_table(rows: pd.DataFrame, *, alpha: float = ALPHA) -> pd.DataFrame:
     known = r.groupby(["strategy", "round"])["at_chance"].apply(lambda v: v.notna().all()).to_numpy()
     out.loc[~known, "at_chance"] = np.nan
     return out[cols]
-
-
-# ------------------------------------------------------------------------------------ power
-
-@lru_cache(maxsize=256)
-def mde_factor(n: int, alpha: float, test: str = "signflip", power: float = POWER) -> float:
-    """The minimal detectable effect in units of the noise's standard deviation: the mean difference
-    k * sigma that a one-sided test at ``alpha`` with ``n`` units detects with probability ``power``
-    (normal noise). ``inf`` when the test cannot reach ``alpha`` (sign-flip with 2^-n >= alpha)."""
-    _check_test(test)
-    if n < 2 or smallest_p(n, test) >= alpha:
-        return math.inf
-    if test == "t":
-        crit = stats.t.ppf(1 - alpha, n - 1)
-
-        def t_power(lam):
-            return stats.nct.sf(crit, n - 1, lam) - power
-
-        return float(optimize.brentq(t_power, 0.0, 60.0) / math.sqrt(n))
-    z = np.random.default_rng(12345).standard_normal((4000, n))
-
-    def sf_power(k):
-        return float((signflip_p(z + k) < alpha).mean()) - power
-
-    lo, hi = 0.0, 1.0
-    while sf_power(hi) < 0:
-        lo, hi = hi, hi * 2
-        if hi > 1e3:
-            return math.inf
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if sf_power(mid) < 0 else (lo, mid)
-    return hi
-
-
-def power(effect: float, sigma: float, n: int, *, alpha: float = ALPHA, test: str = "signflip",
-          draws: int = 20000, seed: int = 0) -> float:
-    """Probability that one round's test rejects when the true mean difference is ``effect`` and the
-    units' differences are N(effect, sigma^2), n units (Monte Carlo for sign-flip, exact for t)."""
-    _check_test(test)
-    if n < 2:
-        return 0.0
-    if test == "t":
-        crit = stats.t.ppf(1 - alpha, n - 1)
-        return float(stats.nct.sf(crit, n - 1, effect / sigma * math.sqrt(n)))
-    z = np.random.default_rng(seed).standard_normal((draws, n)) * sigma + effect
-    return float((signflip_p(z) < alpha).mean())
-
 
 # ------------------------------------------------------------------------------------ transitions
 
@@ -834,104 +556,3 @@ def summary(study_or_rows, alpha: float = ALPHA, test: str = "signflip") -> pd.D
         table[col] = pd.to_numeric(table[col], errors="coerce").astype(float)
     return table
 
-
-# ------------------------------------------------------------------------------------ simulation
-
-def simulate_curves(studies: int, *, domains: int = 3, seeds: int = 5, rounds: int = 15, collapse_a: float = 12.0,
-                    collapse_b: float = 8.0, width: float = 0.5, dense: float = 0.68, sd: float = 0.03,
-                    seed_sd: float = 0.01, jitter: float = 0.4, test_n: int = 248, floor: float = 0.03,
-                    rng: np.random.Generator | int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Planted studies shaped like the real curves: ``a``, ``b`` [studies, domains, seeds, rounds + 1]
-    test accuracies and the expected difference ``a - b`` (same shape, no noise).
-
-    Each chain holds its start level (``dense`` + a domain and a seed effect; round 0 is shared by a
-    seed's two chains) and collapses to chance along a logistic in rounds centred at its collapse round
-    (``collapse_a`` or ``collapse_b`` + N(0, ``jitter``) per chain; ``width`` in rounds); a chain whose
-    expected margin over chance is below ``floor`` predicts one class (exactly 50%, as collapsed chains
-    do). Noise: N(0, ``sd``) per chain and round, plus a per (seed, round, strategy) shock of sd
-    ``seed_sd`` shared by every domain of that seed (seeds correlated across domains); accuracies are
-    whole counts of ``test_n`` texts."""
-    rng = np.random.default_rng(rng)
-    shape = (studies, domains, seeds)
-    start = (dense + rng.normal(0, 0.02, (studies, domains, 1)) + rng.normal(0, 0.01, (studies, 1, seeds)))
-    start = np.broadcast_to(start, shape)
-    r = np.arange(rounds + 1, dtype=float)
-
-    def expected(centre):
-        c = centre + rng.normal(0, jitter, shape)
-        return CHANCE + (start[..., None] - CHANCE) / (1 + np.exp(-(c[..., None] - r) / width))
-
-    ta, tb = expected(collapse_a), expected(collapse_b)
-
-    def observe(t):
-        shock = rng.normal(0, seed_sd, (studies, 1, seeds, rounds + 1)) if seed_sd > 0 else 0.0
-        y = t + shock + rng.normal(0, sd, t.shape)
-        y = np.where(t - CHANCE < floor, CHANCE, y)
-        return np.clip(np.round(y * test_n), 0, test_n) / test_n
-
-    a, b = observe(ta), observe(tb)
-    b[..., 0] = a[..., 0]  # the dense round 0 is one network
-    return a, b, ta - tb
-
-
-def planted_onset(expected_gap: np.ndarray, delta: float = DELTA) -> np.ndarray:
-    """[studies, domains]: the first round >= 1 where the domain's expected gap (mean over its chains)
-    reaches ``delta``, as an index into rounds 1..R (R where never)."""
-    g = expected_gap[..., 1:].mean(axis=-2) >= delta
-    return np.where(g.any(axis=-1), g.argmax(axis=-1), g.shape[-1])
-
-
-def simulate_calls(a: np.ndarray, b: np.ndarray, *, alpha: float = ALPHA, test_n: int = 248,
-                   stage: str = "obtain") -> dict[str, np.ndarray]:
-    """The calls ``transition`` makes, on arrays from ``simulate_curves`` (rounds 1..R take part in the
-    onset; round indices are into 1..R, R meaning none): per domain and pooled (seed = unit) the onset,
-    and the collapse-point comparison's p and exact interval (rounds). ``stage="transfer"``: chains
-    have no round 0 (their start level is their round 1)."""
-    studies, domains, seeds, _ = a.shape
-    first = 0 if stage == "obtain" else 1
-    x = (a - b)[..., 1:]  # [S, D, seeds, R]
-    n = np.full(a[..., 1:].shape, float(test_n))
-    # arrays as Units holds them: [..., rounds, seeds, pairs]
-    A = np.moveaxis(a[..., 1:], -1, -2)[..., None]  # per domain: [S, D, R, seeds, 1]
-    B = np.moveaxis(b[..., 1:], -1, -2)[..., None]
-    N = np.moveaxis(n, -1, -2)[..., None]
-    info_d = informative_rounds(A, B, N, N, alpha)  # [S, D, R]
-    onset_d = first_significant(maxt_stepdown(np.moveaxis(x, -1, -2), info_d), alpha)
-    Ap, Bp, Np = (np.moveaxis(v[..., 0], 1, -1) for v in (A, B, N))  # pooled: [S, R, seeds, D]
-    info_p = informative_rounds(Ap, Bp, Np, Np, alpha)
-    onset_p = first_significant(maxt_stepdown(np.moveaxis(x.mean(axis=1), -1, -2), info_p), alpha)
-    ca = np.empty((studies, domains, seeds))
-    cb = np.empty_like(ca)
-    for idx in np.ndindex(ca.shape):
-        ca[idx] = collapse_round(a[idx][first:], n=test_n, alpha=alpha)[0] + first
-        cb[idx] = collapse_round(b[idx][first:], n=test_n, alpha=alpha)[0] + first
-    d = ca - cb  # censored chains at the last round, as collapse_test uses them
-    out = dict(onset_domain=onset_d, onset_pooled=onset_p, collapse_a=ca, collapse_b=cb,
-               collapse_p_domain=signflip_p(np.nan_to_num(d)), collapse_p_pooled=signflip_p(np.nan_to_num(np.nanmean(d, axis=1))))
-    lo_d, hi_d = np.empty((studies, domains)), np.empty((studies, domains))
-    lo_p, hi_p = np.empty(studies), np.empty(studies)
-    for s in range(studies):
-        for k in range(domains):
-            lo_d[s, k], hi_d[s, k] = signflip_interval(d[s, k], alpha)
-        lo_p[s], hi_p[s] = signflip_interval(np.nanmean(d[s], axis=0), alpha)
-    out.update(collapse_lo_domain=lo_d, collapse_hi_domain=hi_d, collapse_lo_pooled=lo_p, collapse_hi_pooled=hi_p)
-    return out
-
-
-def simulate_rows(*, domains: int = 3, seeds: int = 5, rounds: int = 15, stage: str = "obtain",
-                  strategies: tuple[str, str] | None = None, test_n: int = 248, rng: int = 0, **shape) -> pd.DataFrame:
-    """One planted study of ``simulate_curves`` as schema-true result rows (obtain: rounds 0..R;
-    transfer: pairs d0->t0 ... , rounds 1..R)."""
-    a, b, _ = simulate_curves(1, domains=domains, seeds=seeds, rounds=rounds, test_n=test_n, rng=rng, **shape)
-    strategies = strategies or (("reset", "random") if stage == "obtain" else ("masks-reset", "masks-random"))
-    out = []
-    for d in range(domains):
-        src, tgt = (f"d{d}", f"d{d}") if stage == "obtain" else (f"s{d}", f"d{d}")
-        pair = tgt if stage == "obtain" else f"{src}->{tgt}"
-        for s in range(seeds):
-            for r in range(0 if stage == "obtain" else 1, rounds + 1):
-                for strategy, acc in zip(strategies, (a[0, d, s, r], b[0, d, s, r])):
-                    out.append(dict(stage=stage, source=src, target=tgt, domain=tgt, pair=pair, seed=s, strategy=strategy,
-                                    round=r, sparsity=1 - 0.65 ** r, val_acc=acc, test_acc=acc, test_n=test_n,
-                                    best_epoch=1, epochs_run=2, seconds=0.0, settings_hash="sim"))
-    return pd.DataFrame(out)

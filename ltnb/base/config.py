@@ -424,7 +424,8 @@ class PhaseSettings(_Checked):
 
     alpha: float = setting(0.05, "significance level of every test (family-wise over rounds, by max-T)",
                            number(0, 1, low_open=True, high_open=True))
-    delta: float = setting(0.02, "the findings' equivalence margin, in accuracy (0.02 = 2 points)",
+    delta: float = setting(0.03, "the findings' match margin, in accuracy (0.03 = 3 points: the smallest difference "
+                           "the paper names, its '3-5% dropoff'; ltnb.findings)",
                            number(0, 1, low_open=True, high_open=True))
     test: str = setting("signflip", "the per-round test: exact sign-flip permutation, or the t-test",
                         one_of(("signflip", "t")))
