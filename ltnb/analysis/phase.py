@@ -18,6 +18,10 @@ Comparisons (``COMPARISONS``), each the paired difference ``a - b`` per seed and
   same RMS (does their distribution matter beyond its scale?);
 * ``magnitude``: rescaled - reinit: fresh values under the same mask, rescaled to the RMS of reset's
   survivors or not (does the survivors' larger scale alone carry the gap?).
+* ``mask``: reset - randmask-reset (obtain) and masks-reset - randmask-reset (transfer): the ticket's (or
+  the source's) mask against random positions with the same per-layer counts, from the same values (does
+  the mask matter at all, or only its per-layer sparsity?); ``randmask-values``: randmask-reset -
+  randmask-random, theta_0 vs fresh values on a random mask.
   ``values = placement + distribution + magnitude`` at every round.
 
 Pairing: the chains of one seed share the dense round 0 and every training draw (``ltnb.lottery``).
@@ -42,17 +46,17 @@ inverting it (two one-sided alpha-level bounds, labelled with the coverage the n
 seeds the interval is [min, max] of the seeds' differences and covers 93.75%). A censored ``a`` leaves
 the upper end open; a censored ``b`` the lower end.
 
-**2. Onset (``transition_round``).** The first round at which ``a`` is significantly better than
+**2. Onset (``transition_round``, secondary).** The first round at which ``a`` is significantly better than
 ``b``, with the family-wise error rate over rounds controlled at ``alpha`` by Westfall and Young's
-step-down max-T: the statistic is the mean difference over seeds per round, and the null distribution
-of its maximum over rounds comes from flipping each seed's signs jointly across all rounds (all 2^n
-patterns), so the rounds' dependence is kept. Only *informative* rounds take part: rounds where not
-both strategies have most of their chains at chance. That choice uses the chains' levels, never the
-sign of the difference (swapping a and b within a seed does not change it), so the test stays exact.
-Whether or not the strategies end at chance, a round where reset is at chance too cannot stop it.
-Every significant round is a claim "a beats b here" with FWER <= alpha; the onset is the first of them,
-so with probability >= 1 - alpha the gap has begun by the onset (it is an upper confidence bound on
-where the gap begins).
+step-down max-T on a studentized statistic (``ltnb.analysis.signflip``: per round the seeds' sum over the
+root of their sum of squares plus a floor of one test example, so the noisiest rounds do not set the null
+maximum); the null distribution of its maximum over rounds comes from flipping each seed's signs jointly
+across all rounds (all 2^n patterns), so the rounds' dependence is kept. Only *informative* rounds take
+part: rounds where at most ``AT_CHANCE_SHARE`` (3/4) of the chains of both strategies together are at
+chance. That count is over both strategies, so swapping a and b within any seed cannot change it, and the
+test stays exact. Every significant round is a claim "a beats b here" with FWER <= alpha; the onset is the
+first of them, so with probability >= 1 - alpha the gap has begun by the onset (it is an upper confidence
+bound on where the gap begins). The findings (``ltnb.findings``) are decided by window estimands, not by this.
 
 **Minimal detectable effect**: the difference one round's test detects with 80% power at ``alpha``
 with n seeds, from the noise of the informative rounds only (rounds with both strategies at exactly
@@ -107,15 +111,22 @@ COMPARISONS = (
     Comparison("obtain", "shuffle", "rescaled", "distribution",
                "distribution: shuffle - rescaled (theta_0's values vs fresh ones at their scale)"),
     Comparison("obtain", "rescaled", "reinit", "magnitude", "magnitude: rescaled - reinit (fresh values at reset's scale or not)"),
+    Comparison("obtain", "reset", "randmask-reset", "mask",
+               "mask: reset - randmask-reset (the ticket's mask vs random positions at its per-layer sparsity, theta_0)"),
+    Comparison("obtain", "randmask-reset", "randmask-random", "randmask-values",
+               "values on a random mask: randmask-reset - randmask-random"),
     Comparison("transfer", "masks-reset", "masks-random", "gap", "masks-reset - masks-random"),
+    Comparison("transfer", "masks-reset", "randmask-reset", "mask",
+               "mask: masks-reset - randmask-reset (the source's mask vs random positions, same values)"),
 )
 
 METHOD = (
     "Per comparison a - b, the seed is the unit (pooled: a seed's mean over its domains or pairs, signs flipped "
     "jointly). Collapse point: where a chain's isotonic (non-increasing) fit first falls below the midpoint between "
     "its start level and chance, interpolated on log density; a vs b by the exact one-sided sign-flip test, interval "
-    "by inverting it. Onset: the first round where a beats b under Westfall-Young step-down max-T over the "
-    "informative rounds (not both strategies mostly at chance), signs flipped jointly across rounds (FWER <= alpha). "
+    "by inverting it. Onset: the first round where a beats b under Westfall-Young step-down max-T on a studentized "
+    "statistic over the informative rounds (at most 3/4 of both strategies' chains at chance), signs flipped jointly "
+    "across rounds (FWER <= alpha). "
     "Instability: the same max-T on centred absolute deviations (Brown-Forsythe). Chains at chance: exact binomial."
 )
 
