@@ -332,7 +332,8 @@ def _figure(path: Path, caption: str) -> str:
 
 def _findings_html(fi: pd.DataFrame) -> str:
     rows = ["<table><tr><th>#</th><th>the paper's claim</th><th>statistic</th><th>estimate</th><th>interval</th>"
-            "<th>p</th><th>n</th><th>verdict</th><th>criterion</th><th>detail</th></tr>"]
+            "<th>p</th><th>n</th><th>verdict</th><th>power (80%, from this study's noise)</th><th>criterion</th>"
+            "<th>detail</th></tr>"]
     for _, r in fi.iterrows():
         ci = "-" if pd.isna(r["ci_lo"]) and pd.isna(r["ci_hi"]) else f"[{_num(r['ci_lo'])}, {_num(r['ci_hi'])}]"
         if ci != "-" and pd.notna(r.get("ci_level")):
@@ -342,12 +343,12 @@ def _findings_html(fi: pd.DataFrame) -> str:
             f"{_num(r['estimate'])} {html.escape(r['unit'])}", ci, "-" if pd.isna(r["p"]) else f"{r['p']:.3g}",
             html.escape(r["n"]), f"<span class='{r['verdict'].split(':')[0].replace(' ', '-')}'>{html.escape(r['verdict'])}"
                                  f"</span>",
-            html.escape(r["criterion"]), html.escape(r["detail"]))) + "</tr>")
+            html.escape(str(r.get("power", "") or "-")), html.escape(r["criterion"]), html.escape(r["detail"]))) + "</tr>")
     rows.append("</table>")
     if len(fi) and "criteria_hash" in fi:
         rows.append(f"<p style='font-size:12px;color:#555'>Criteria fixed in <code>ltnb.findings</code> before the data; "
                     f"criteria hash <code>{html.escape(str(fi['criteria_hash'].iloc[0]))}</code> (the criteria's text and "
-                    f"the code of ltnb.findings and ltnb.phase).</p>")
+                    f"the code of ltnb.findings and of the statistics modules; docs/statistics.md, docs/simulations.md).</p>")
     return "\n".join(rows)
 
 
