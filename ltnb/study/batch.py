@@ -637,127 +637,163 @@ def _n_workers(client) -> int:
         return 0
 
 
-def _execute(plan: Plan, todo: list[Cell], complete: dict[str, bool], outcomes: dict[str, Outcome], *,
-             workers: int | None, scheduler: str | None, threads: int, out: TextIO, recheck: list[Cell] = (),
-             worker_timeout: float = WORKER_TIMEOUT_S, run: RunTimes | None = None) -> int:
-    from distributed import Client, LocalCluster, as_completed
-    from tqdm.auto import tqdm
+class _Execution:
+    """One batch's cells on a Dask cluster: which cells wait for which, what each worker runs, what each
+    finished cell returned (``_execute`` drives it: connect, release the ready cells, collect, repeat)."""
 
-    state: dict[str, str] = {k: o.state for k, o in outcomes.items()}
-    keys = {c.key for c in todo} | {c.key for c in recheck}
-    recheck_keys = {c.key for c in recheck}
-    pending = [c for c in plan.cells if c.key in keys]
-    for c in pending:
-        state[c.key] = "pending"
-    cluster = client = None
-    bar = tqdm(total=len(pending), unit="cell", desc=f"ltnb {plan.study}", file=sys.stderr, dynamic_ncols=True)
-    futures: dict[Any, Cell] = {}
+    def __init__(self, plan: Plan, todo: list[Cell], complete: dict[str, bool], outcomes: dict[str, Outcome], *,
+                 threads: int, out: TextIO, recheck: list[Cell], worker_timeout: float):
+        from tqdm.auto import tqdm
 
-    def finish(cell: Cell, st: str, detail: str = "", seconds: float = 0.0, r: dict | None = None) -> None:
-        state[cell.key] = st
+        self.plan, self.complete, self.outcomes, self.threads, self.out = plan, complete, outcomes, threads, out
+        self.worker_timeout = worker_timeout
+        self.state: dict[str, str] = {k: o.state for k, o in outcomes.items()}
+        keys = {c.key for c in todo} | {c.key for c in recheck}
+        self.recheck_keys = {c.key for c in recheck}
+        self.pending = [c for c in plan.cells if c.key in keys]
+        for c in self.pending:
+            self.state[c.key] = "pending"
+        self.n_todo = len(todo)
+        self.cluster = self.client = self.address = None
+        self.bar = tqdm(total=len(self.pending), unit="cell", desc=f"ltnb {plan.study}", file=sys.stderr,
+                        dynamic_ncols=True)
+        self.futures: dict[Any, Cell] = {}
+        self.seen_worker, self.none_since, self.next_check = False, None, 0.0
+        self.busy: dict[str, list[str]] = {}  # worker address -> the cells it was running at the last look
+
+    def connect(self, scheduler: str | None, workers: int | None) -> None:
+        from distributed import Client, LocalCluster
+
+        if scheduler:
+            self.client = Client(scheduler)
+        else:
+            n = max(1, min(int(workers) if workers else default_workers(self.threads), self.n_todo))
+            self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
+            self.client = Client(self.cluster)
+        self.address = scheduler or self.cluster.scheduler_address
+
+    def finish(self, cell: Cell, st: str, detail: str = "", seconds: float = 0.0, r: dict | None = None) -> None:
+        self.state[cell.key] = st
         r = r or {}
-        outcomes[cell.key] = Outcome(cell, st, detail, seconds, training=r.get("training", 0.0),
-                                     start=r.get("start", 0.0), end=r.get("end", 0.0), host=r.get("host", ""))
+        self.outcomes[cell.key] = Outcome(cell, st, detail, seconds, training=r.get("training", 0.0),
+                                          start=r.get("start", 0.0), end=r.get("end", 0.0), host=r.get("host", ""))
         line = {"done": f"done     {cell.key} ({seconds:.1f} s)",
                 "skipped": f"skipped  {cell.key}: {detail}",
                 "failed": f"FAILED   {cell.key}: {detail} -> {cell.executed}",
                 "not run": f"not run  {cell.key}: {detail}"}[st]
-        bar.write(line, file=out)
-        bar.update(1)
+        self.bar.write(line, file=self.out)
+        self.bar.update(1)
 
-    def release(ac) -> None:
+    def release(self, ac) -> None:
         """Submit every pending cell whose inputs are done; mark those whose inputs failed."""
         changed = True
         while changed:
             changed = False
-            for c in list(pending):
-                why = _blocker(c, plan, state, complete)
+            for c in list(self.pending):
+                why = _blocker(c, self.plan, self.state, self.complete)
                 if why == "":
                     continue
-                pending.remove(c)
+                self.pending.remove(c)
                 changed = True
                 if why is not None:
-                    finish(c, "not run", why)
+                    self.finish(c, "not run", why)
                     continue
-                if c.key in recheck_keys:
+                if c.key in self.recheck_keys:
                     problem = completeness(c)
                     if problem is None:
-                        finish(c, "skipped", "complete; what it read is as it was when it ran")
+                        self.finish(c, "skipped", "complete; what it read is as it was when it ran")
                         continue
-                    bar.write(f"rerun    {c.key}: {problem}", file=out)
-                state[c.key] = "running"
-                f = client.submit(run_cell, _spec(c, plan, threads), key=f"ltnb-{plan.study}-{c.key}-{time.time_ns()}",
-                                  pure=False, retries=0)
-                futures[f] = c
+                    self.bar.write(f"rerun    {c.key}: {problem}", file=self.out)
+                self.state[c.key] = "running"
+                f = self.client.submit(run_cell, _spec(c, self.plan, self.threads),
+                                       key=f"ltnb-{self.plan.study}-{c.key}-{time.time_ns()}", pure=False, retries=0)
+                self.futures[f] = c
                 ac.add(f)
 
-    try:
-        if scheduler:
-            client = Client(scheduler)
+    def watch(self) -> None:
+        """Nothing finished: name the workers that left with their cells; stop when none is left for
+        ``worker_timeout`` seconds."""
+        now = time.monotonic()
+        if now < self.next_check:
+            return
+        self.next_check = now + 1.0
+        self.busy = _lost_workers(self.client, self.busy, self.futures, self.out)
+        if _n_workers(self.client):
+            self.seen_worker, self.none_since = True, None
+        elif self.none_since is None:
+            self.none_since = now
+        elif now - self.none_since >= self.worker_timeout:
+            raise _NoWorkers(
+                f"no Dask worker {'is left' if self.seen_worker else 'has connected'} at the scheduler {self.address} "
+                f"(none for {self.worker_timeout:.0f} s); stopping. Start workers (dask worker {self.address}) and "
+                f"run the batch again: complete cells are kept, interrupted chains resume.")
+
+    def collect(self, f) -> None:
+        """Record what a finished future's cell returned."""
+        c = self.futures.pop(f)
+        try:
+            r = f.result()
+        except Exception as e:  # noqa: BLE001 - worker killed (KilledWorker), cancelled, ...
+            self.finish(c, "failed", f"{type(e).__name__}: {e}")
+            return
+        if r["status"] == "done":
+            self.finish(c, "done", seconds=r["seconds"], r=r)
+        elif r["status"] == "skipped":
+            self.finish(c, "skipped", r["detail"])
         else:
-            n = max(1, min(int(workers) if workers else default_workers(threads), len(todo)))
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
-            client = Client(cluster)
-        address = scheduler or cluster.scheduler_address
-        if run is not None:  # worker time counts from when the workers are there
-            run.workers, run.started = max(1, _n_workers(client)), time.time()
-        ac = as_completed()
-        release(ac)
-        seen_worker, none_since, next_check = False, None, 0.0
-        busy: dict[str, list[str]] = {}  # worker address -> the cells it was running at the last look
-        while not ac.is_empty():
-            ready = ac.next_batch(block=False)
-            if not ready:  # nothing finished: is anyone still working on it?
-                now = time.monotonic()
-                if now >= next_check:
-                    next_check = now + 1.0
-                    busy = _lost_workers(client, busy, futures, out)
-                    if _n_workers(client):
-                        seen_worker, none_since = True, None
-                    elif none_since is None:
-                        none_since = now
-                    elif now - none_since >= worker_timeout:
-                        raise _NoWorkers(
-                            f"no Dask worker {'is left' if seen_worker else 'has connected'} at the scheduler {address} "
-                            f"(none for {worker_timeout:.0f} s); stopping. Start workers (dask worker {address}) and "
-                            f"run the batch again: complete cells are kept, interrupted chains resume.")
-                time.sleep(0.1)
-                continue
-            for f in ready:
-                c = futures.pop(f)
-                try:
-                    r = f.result()
-                except Exception as e:  # noqa: BLE001 - worker killed (KilledWorker), cancelled, ...
-                    finish(c, "failed", f"{type(e).__name__}: {e}")
-                else:
-                    if r["status"] == "done":
-                        finish(c, "done", seconds=r["seconds"], r=r)
-                    elif r["status"] == "skipped":
-                        finish(c, "skipped", r["detail"])
-                    else:
-                        finish(c, "failed", f"{r['ename']}: {r['evalue']}", r["seconds"], r=r)
-                release(ac)
-            # hold no finished future: while one is held the scheduler keeps its result on the worker that
-            # ran it, and losing that worker makes Dask run the settled cell again
-            del f, ready
-        return 0
-    except (KeyboardInterrupt, _NoWorkers) as e:
-        if client is not None and futures:
+            self.finish(c, "failed", f"{r['ename']}: {r['evalue']}", r["seconds"], r=r)
+
+    def stop(self, e: BaseException) -> int:
+        """Interrupted, or no worker left: cancel what runs, mark every unfinished cell "not run"."""
+        if self.client is not None and self.futures:
             try:
-                client.cancel(list(futures))
+                self.client.cancel(list(self.futures))
             except Exception:  # noqa: BLE001 - best effort while shutting down
                 pass
         if isinstance(e, _NoWorkers):
-            bar.write(f"ltnb batch: {e}", file=out)
+            self.bar.write(f"ltnb batch: {e}", file=self.out)
         reason = "no Dask worker left" if isinstance(e, _NoWorkers) else "interrupted"
-        for c in list(futures.values()) + pending:
-            outcomes[c.key] = Outcome(c, "not run", reason)
+        for c in list(self.futures.values()) + self.pending:
+            self.outcomes[c.key] = Outcome(c, "not run", reason)
         return 1 if isinstance(e, _NoWorkers) else 130
-    finally:
-        bar.close()
-        for thing in (client, cluster):
+
+    def close(self) -> None:
+        self.bar.close()
+        for thing in (self.client, self.cluster):
             if thing is not None:
                 try:
                     thing.close(timeout=10)
                 except Exception:  # noqa: BLE001
                     pass
+
+
+def _execute(plan: Plan, todo: list[Cell], complete: dict[str, bool], outcomes: dict[str, Outcome], *,
+             workers: int | None, scheduler: str | None, threads: int, out: TextIO, recheck: list[Cell] = (),
+             worker_timeout: float = WORKER_TIMEOUT_S, run: RunTimes | None = None) -> int:
+    from distributed import as_completed
+
+    ex = _Execution(plan, todo, complete, outcomes, threads=threads, out=out, recheck=list(recheck),
+                    worker_timeout=worker_timeout)
+    try:
+        ex.connect(scheduler, workers)
+        if run is not None:  # worker time counts from when the workers are there
+            run.workers, run.started = max(1, _n_workers(ex.client)), time.time()
+        ac = as_completed()
+        ex.release(ac)
+        while not ac.is_empty():
+            ready = ac.next_batch(block=False)
+            if not ready:
+                ex.watch()
+                time.sleep(0.1)
+                continue
+            for f in ready:
+                ex.collect(f)
+                ex.release(ac)
+            # hold no finished future: while one is held the scheduler keeps its result on the worker that
+            # ran it, and losing that worker makes Dask run the settled cell again
+            del f, ready
+        return 0
+    except (KeyboardInterrupt, _NoWorkers) as e:
+        return ex.stop(e)
+    finally:
+        ex.close()
