@@ -498,7 +498,7 @@ def _check_one(e: _Stage, key: str, value: Any, where: str, P: _Problems) -> Non
 
 def _data_domains(entries: list[_Stage], defaults: dict, P: _Problems) -> tuple[str, ...] | None:
     """The domains the data stage will produce (None: no data stage, or unknown)."""
-    from ltnb.text.corpus import BUILTIN_DOMAINS
+    from ltnb.text.corpus import ALL_DOMAINS, BUILTIN_DOMAINS
 
     e = next((e for e in entries if e.name == "data"), None)
     if e is None:
@@ -510,9 +510,9 @@ def _data_domains(entries: list[_Stage], defaults: dict, P: _Problems) -> tuple[
     if isinstance(domains, list) and all(isinstance(x, str) for x in domains):
         if corpus == "builtin":
             for j, dom in enumerate(domains):
-                if dom not in BUILTIN_DOMAINS:
+                if dom not in ALL_DOMAINS:
                     where = f"{e.at}.params.domains[{j}]" if "domains" in e.params else f"defaults.domains[{j}]"
-                    P.add(where, f"unknown built-in domain {dom!r}; allowed: {', '.join(BUILTIN_DOMAINS)}")
+                    P.add(where, f"unknown built-in domain {dom!r}; allowed: {', '.join(ALL_DOMAINS)}")
         return tuple(domains)
     if corpus == "builtin":
         return tuple(BUILTIN_DOMAINS)

@@ -263,16 +263,16 @@ def load_corpus(study_dir: str | os.PathLike) -> pd.DataFrame:
 def _resolve_domains(settings: DataSettings) -> tuple[list[str], dict | None]:
     """The domains to keep and, for a file corpus, ``{domain: resolved path}``. What a single setting
     allows (names, no repeats, the corpus) ``DataSettings`` has checked; here only what the corpus holds."""
-    from ltnb.text.corpus import BUILTIN_DOMAINS
+    from ltnb.text.corpus import ALL_DOMAINS, BUILTIN_DOMAINS
 
     if settings.corpus == "builtin":
-        allowed = list(BUILTIN_DOMAINS)
+        allowed = list(ALL_DOMAINS)  # airlines only when named: null means the five of BUILTIN_DOMAINS
         files = None
     else:
         files = {str(d): str(Path(p).expanduser().resolve()) for d, p in settings.amazon_files.items()}
         allowed = list(files)
     if settings.domains is None:
-        return allowed, files
+        return (list(BUILTIN_DOMAINS) if files is None else allowed), files
     domains = [str(d) for d in settings.domains]
     unknown = [d for d in domains if d not in allowed]
     if unknown:
@@ -340,8 +340,8 @@ def build(study_dir: str | os.PathLike, settings: DataSettings = DataSettings(),
 
     load_report = None
     if corpus == "builtin":
-        raw, src_report = corpus_mod._load_builtin(cache_dir, pos_threshold=pos_threshold, neg_threshold=neg_threshold)
-        raw = raw[raw["domain"].isin(domains)]
+        raw, src_report = corpus_mod._load_builtin(cache_dir, pos_threshold=pos_threshold, neg_threshold=neg_threshold,
+                                                   domains=domains)
         load_report = {"sources": src_report}
     else:
         rep = amazon_mod.LoadReport()
