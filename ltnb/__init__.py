@@ -8,7 +8,7 @@ with the contracts in ``pyproject.toml``):
     analysis                  results, plots, phase, findings, federated_results, report, explore (no torch)
     study                     plan, memory, estimate, batch, recorded, federated (protocol, flower, simulation)
     core                      model, pruning, strategies, train, sparse, tickets, lottery
-    text                      corpus, amazon, data, vocab, tokens, divergence
+    text                      corpus, airlines, amazon, data, vocab, tokens, divergence
     base                      config, stages, paths, integrity, labels, tensorfiles, _io
 
 Short names. Notebooks, tests and users write ``from ltnb import lottery`` or
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 #: short name -> the subpackage that holds the module (``ltnb.<name>`` is ``ltnb.<subpackage>.<name>``)
 ALIASES: dict[str, str] = {
     **dict.fromkeys(("_io", "config", "stages", "paths", "integrity", "labels", "tensorfiles"), "base"),
-    **dict.fromkeys(("corpus", "amazon", "data", "vocab", "tokens", "divergence"), "text"),
+    **dict.fromkeys(("corpus", "airlines", "amazon", "data", "vocab", "tokens", "divergence"), "text"),
     **dict.fromkeys(("model", "pruning", "strategies", "train", "sparse", "tickets", "lottery"), "core"),
     **dict.fromkeys(("plan", "memory", "estimate", "batch", "federated", "recorded"), "study"),
     **dict.fromkeys(("results", "plots", "phase", "findings", "federated_results", "report", "explore"), "analysis"),

@@ -185,10 +185,12 @@ def check_value(owner: str, name: str, value: Any, schema: dict) -> None:
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", schema: dict | None = None, *,
-            default_factory: Any = dataclasses.MISSING, hashed: bool = True):
+            default_factory: Any = dataclasses.MISSING, hashed: bool = True, omit_default: bool = False):
     """A dataclass field with its help text and its JSON schema (see the module doc).
-    ``hashed=False``: the setting does not change the numbers (not part of a run's hash)."""
-    meta = {"help": help, "schema": schema or {}, "hashed": hashed}
+    ``hashed=False``: the setting does not change the numbers (not part of a run's hash).
+    ``omit_default=True``: at its default the setting is left out of a plan cell's hash (a setting added
+    later, so the cells of plans that do not use it keep their hashes)."""
+    meta = {"help": help, "schema": schema or {}, "hashed": hashed, "omit_default": omit_default}
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -225,6 +227,17 @@ class _Checked:
 # ----------------------------------------------------------------------------------- the settings
 
 
+#: DataSettings.sizes: texts per domain of each split (even: half of each class); train for every domain or per domain
+SIZES_SCHEMA = {
+    "type": ["object", "null"], "required": ["train", "validation", "test"], "additionalProperties": False,
+    "properties": {"train": {"anyOf": [integer(2), {"type": "object", "propertyNames": NAME, "minProperties": 1,
+                                                    "additionalProperties": integer(2)}]},
+                   "validation": integer(2), "test": integer(2)},
+    "x-allowed": "null or a mapping {train: N or {domain: N, ...}, validation: N, test: N} of even integers >= 2 "
+                 "(texts per domain, half of each class)",
+}
+
+
 @dataclass(frozen=True)
 class DataSettings(_Checked):
     """The data stage (``ltnb.data.build``): which corpus, which domains, how many texts, the split seed."""
@@ -249,6 +262,10 @@ class DataSettings(_Checked):
                            hashed=False)
     test_surplus: bool = setting(True, "each domain's balanced surplus beyond per_domain goes to its own test split "
                                  "(training and validation stay equal across domains)", BOOLEAN)
+    sizes: dict | None = setting(None, "instead of per_domain: texts per domain of each split, half of each class, "
+                                 "{train: N or {domain: N}, validation: N, test: N}; validation and test are the same "
+                                 "texts whatever the training sizes (null: per_domain's 2:1:1)", SIZES_SCHEMA,
+                                 omit_default=True)
 
     def __post_init__(self):
         super().__post_init__()
@@ -256,6 +273,17 @@ class DataSettings(_Checked):
             raise ValueError(
                 f"neg_threshold={self.neg_threshold} must be below pos_threshold={self.pos_threshold} "
                 "(valence >= pos_threshold is positive, <= neg_threshold negative, the middle is dropped)")
+        if self.sizes is not None and self.per_domain is not None:
+            raise ValueError(f"DataSettings.sizes = {self.sizes!r} and per_domain = {self.per_domain!r}: give one of them "
+                             "(sizes sets every split's size, per_domain the 2:1:1 total)")
+        if self.sizes is not None:
+            train = self.sizes["train"]
+            odd = {k: v for k, v in ({"train": train} if isinstance(train, int) else
+                                     {f"train.{d}": n for d, n in train.items()}).items() if v % 2}
+            odd.update({k: self.sizes[k] for k in ("validation", "test") if self.sizes[k] % 2})
+            if odd:
+                raise ValueError(f"DataSettings.sizes: {', '.join(f'{k} = {v}' for k, v in odd.items())}: each size must be "
+                                 "even (half of it per class)")
         if self.corpus != "builtin" and not self.amazon_files:
             what = "file" if self.corpus == "amazon" else "folder with positive.review and negative.review"
             raise ValueError(f"corpus={self.corpus!r} needs amazon_files: a dict {{domain: path to the {what}}}")
@@ -339,6 +367,10 @@ class LotterySettings(_Checked):
     theta_0_per: str = setting("seed_domain", "what theta_0 is drawn from: (seed, domain), so a transfer's MASKS-RESET "
                                "carries the source's own values; or (seed) alone, one theta_0 for every domain of a "
                                "seed (the engine before version 4)", one_of(THETA_0_PER))
+    train_size: int | None = setting(None, "texts of the domain's training split a chain trains on, half of each class: "
+                                     "the first of each class in the data stage's seeded order, so a smaller size is part "
+                                     "of a larger one (null: the whole split)", integer(2, nullable=True),
+                                     omit_default=True)
     model: ModelSettings = field(default_factory=ModelSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
@@ -400,10 +432,13 @@ class LotterySettings(_Checked):
         return cls(model=ModelSettings(**d.pop("model")), train=TrainSettings.from_dict(d.pop("train")), **d)
 
     def to_dict(self) -> dict[str, Any]:
-        """All settings as plain data; ``train.precision`` only when not float32 (older runs' hashes stay valid)."""
+        """All settings as plain data; ``train.precision`` only when not float32, ``train_size`` only when set
+        (older runs' hashes stay valid)."""
         d = dataclasses.asdict(self)
         if d["train"].get("precision") == "float32":
             d["train"].pop("precision")
+        if d.get("train_size") is None:  # (absent when unset: runs from before the setting keep their hashes)
+            d.pop("train_size")
         return d
 
     def settings_hash(self, **extra: Any) -> str:

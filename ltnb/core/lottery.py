@@ -164,6 +164,16 @@ def _resolve_data(study_dir, domain, data, vocab_size, data_key):
     return data, vocab_size, data_key
 
 
+def _train_size(data, settings: LotterySettings):
+    """``data`` with its training split cut to ``settings.train_size`` (``ltnb.tokens.first_per_class``);
+    validation and test untouched. The setting is part of the run's hash, so each size has its own folder."""
+    if settings.train_size is None:
+        return data
+    from ltnb.text.tokens import first_per_class
+
+    return {**data, "train": first_per_class(data["train"], settings.train_size)}
+
+
 def _check_common(seed, settings) -> None:
     check_value("lottery", "seed", seed, CELL_PARAMS["seed"]["schema"])
     if not isinstance(settings, LotterySettings):
@@ -465,6 +475,7 @@ def _open_chain(study_dir, domain, *, seed, strategy, settings, data, vocab_size
     find where it resumes: ``(run state, theta_0, the reset chain's folder, first round to train)``."""
     _check_chain("obtain", seed, settings, strategy, domain=domain)
     data, vocab_size, data_key = _resolve_data(study_dir, domain, data, vocab_size, data_key)
+    data = _train_size(data, settings)
     if strategy == "rewind":
         batches = -(-len(data["train"]) // settings.train.batch_size)
         if settings.rewind_steps > settings.train.max_epochs * batches:
@@ -654,6 +665,7 @@ def transfer(
                          f"(the source's own chain is obtain(..., domain={source!r}))")
     check_transfer(settings)
     data, vocab_size, data_key = _resolve_data(study_dir, target, data, vocab_size, data_key)
+    data = _train_size(data, settings)
     src = chain_dir(study_dir, source, "reset", seed, settings, data_key, vocab_size)
     src_done = _finished_rounds(src) if src.exists() else set()
     missing = [r for r in range(1, settings.rounds + 1) if r not in src_done]

@@ -545,6 +545,7 @@ def learn(plan, done: list[tuple], *, workers: int, threads: int = 1, cache_dir=
         s = _cell_settings(c)
         domain = c.params.get("domain") or c.params["target"]
         n, length, vocab_size, _ = _data_shape(plan, domain)
+        n = _cut_train(n, s)
         r = rates(s.model, vocab_size, s.train.batch_size, threads=threads, cache_dir=cache_dir,
                   precision=s.train.precision, measure=False, log=log or _stderr)
         if r is None:
@@ -631,6 +632,12 @@ class CellEstimate:
         return self.training + self.overhead
 
 
+def _cut_train(n: tuple, s) -> tuple:
+    """Split sizes with the training split cut to the chain's ``train_size`` (when it sets one)."""
+    size = getattr(s, "train_size", None)
+    return (min(int(n[0]), int(size)), *n[1:]) if size else tuple(n)
+
+
 def _data_shape(plan, domain: str) -> tuple[tuple[int, int, int], float, int, str]:
     """(split sizes, mean length, vocabulary size, where it came from) of one domain."""
     from ltnb.text import vocab
@@ -646,6 +653,11 @@ def _data_shape(plan, domain: str) -> tuple[tuple[int, int, int], float, int, st
     data = next((c for c in plan.cells if c.stage == "data"), None)
     p = dict(data.params) if data else {}
     corpus = p.get("corpus", "builtin")
+    sizes = p.get("sizes")
+    if isinstance(sizes, dict):  # every split's size given (DataSettings.sizes)
+        train = sizes["train"] if isinstance(sizes["train"], int) else int(sizes["train"].get(domain, 0))
+        return (int(train), int(sizes["validation"]), int(sizes["test"])), ASSUMED_LEN.get(corpus, 100.0), \
+            int(p.get("vocab_size", 8000)), f"the plan (sizes; mean length assumed {ASSUMED_LEN.get(corpus, 100.0):g} subwords)"
     per = p.get("per_domain")
     if per is None:
         per = 994 if corpus == "builtin" else 40000
@@ -745,6 +757,7 @@ def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_
             # the domain trained on: obtain's domain, transfer's target (federated: the source's vocabulary)
             domain = c.params.get("domain") or c.params.get("target") or c.params["source"]
             n, length, vocab_size, where = _data_shape(plan, domain)
+            n = _cut_train(n, s)
             model_key = _key(s.model, vocab_size, s.train.batch_size, threads, s.train.precision)
         cell_ratio = ratios.get(f"{workers}|{model_key}") if (workers and model_key) else None
         if cost == "chains":

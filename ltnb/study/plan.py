@@ -498,7 +498,7 @@ def _check_one(e: _Stage, key: str, value: Any, where: str, P: _Problems) -> Non
 
 def _data_domains(entries: list[_Stage], defaults: dict, P: _Problems) -> tuple[str, ...] | None:
     """The domains the data stage will produce (None: no data stage, or unknown)."""
-    from ltnb.text.corpus import BUILTIN_DOMAINS
+    from ltnb.text.corpus import ALL_DOMAINS, BUILTIN_DOMAINS
 
     e = next((e for e in entries if e.name == "data"), None)
     if e is None:
@@ -510,9 +510,9 @@ def _data_domains(entries: list[_Stage], defaults: dict, P: _Problems) -> tuple[
     if isinstance(domains, list) and all(isinstance(x, str) for x in domains):
         if corpus == "builtin":
             for j, dom in enumerate(domains):
-                if dom not in BUILTIN_DOMAINS:
+                if dom not in ALL_DOMAINS:
                     where = f"{e.at}.params.domains[{j}]" if "domains" in e.params else f"defaults.domains[{j}]"
-                    P.add(where, f"unknown built-in domain {dom!r}; allowed: {', '.join(BUILTIN_DOMAINS)}")
+                    P.add(where, f"unknown built-in domain {dom!r}; allowed: {', '.join(ALL_DOMAINS)}")
         return tuple(domains)
     if corpus == "builtin":
         return tuple(BUILTIN_DOMAINS)
@@ -583,8 +583,48 @@ def _expand(e: _Stage, defaults: dict, study_dir: Path, data_domains, P: _Proble
 
 
 def _resolved_settings(e: _Stage, values: dict) -> dict:
-    """Every setting of the cell with the dataclass defaults filled in (part of its hash)."""
-    return {name: config._plain(values.get(name, f.default)) for name, f in e.settings.items()}
+    """Every setting of the cell with the dataclass defaults filled in (part of its hash); a setting marked
+    ``omit_default`` only when it differs from its default."""
+    return {name: config._plain(values.get(name, f.default)) for name, f in e.settings.items()
+            if not (f.metadata.get("omit_default") and values.get(name, f.default) == f.default)}
+
+
+def _check_sizes(entries: list[_Stage], defaults: dict, data_domains, P: _Problems) -> None:
+    """The data stage's ``sizes`` (with ``per_domain``, even sizes, one training size per domain) and each
+    chain's ``train_size`` against the training split its domain will have: refused now, not at run time."""
+    from ltnb.text.data import resolve_sizes
+
+    e = next((e for e in entries if e.name == "data"), None)
+    train: dict[str, int] = {}
+    if e is not None:
+        d = {k: v for k, v in defaults.items() if k in e.accepted}
+        d.update(e.params)
+        sizes = d.get("sizes")
+        where = f"{e.at}.params.sizes" if "sizes" in e.params else "defaults.sizes"
+        if isinstance(sizes, dict) and _valid(config.SIZES_SCHEMA, sizes):
+            fields = config.DataSettings.settings_fields()
+            given = {k: v for k, v in d.items() if k in fields and _valid(fields[k].metadata["schema"], v)}
+            try:
+                # (the corpus' own rules are checked where they are written; here what sizes adds)
+                config.DataSettings(**{k: v for k, v in given.items()
+                                       if k in ("sizes", "per_domain", "pos_threshold", "neg_threshold")})
+            except ValueError as ex:
+                P.add(where, str(ex))
+                return
+            if data_domains is not None:
+                try:
+                    train = resolve_sizes(sizes, list(data_domains))["train"]
+                except ValueError as ex:
+                    P.add(where, str(ex))
+                    return
+    for s in entries:
+        if s.name not in ("obtain", "transfer") or not train:
+            continue
+        for c in s.cells or ():
+            n, dom = c.params.get("train_size"), c.params.get("domain") or c.params.get("target")
+            if isinstance(n, int) and dom in train and n > train[dom]:
+                P.add(_grid_where(s, "train_size", n), f"train_size = {n}: the data stage's training split of {dom!r} "
+                                                       f"holds {train[dom]} texts (sizes.train)")
 
 
 def _check_cells(e: _Stage, cells: list[Cell], data_domains, P: _Problems) -> None:
@@ -837,6 +877,7 @@ def load_plan(plan_path: str | os.PathLike, *, root: str | os.PathLike | None = 
             continue
         e.cells = _expand(e, defaults, study_dir, data_domains, P)
         _check_cells(e, e.cells, data_domains, P)
+    _check_sizes(entries, defaults, data_domains, P)
     cells = _link(entries, study_dir, {e.name for e in entries}, P)
     peaks = _check_memory(entries, defaults, P) if not P.items else {}
     if P.items:

@@ -51,6 +51,10 @@ from ltnb.base._io import atomic_path, read_json, sha256_file, write_json
 from ltnb.base.config import DataSettings
 
 BUILTIN_DOMAINS = ("products", "movies", "restaurants", "tweets", "news")
+#: domains of the built-in corpus a plan must name to get (``domains: null`` still means the five above, so a
+#: plan that does not name them builds exactly the data it built before they existed); ``ltnb.airlines``
+EXTRA_DOMAINS = ("airlines",)
+ALL_DOMAINS = BUILTIN_DOMAINS + EXTRA_DOMAINS
 
 MANIFEST_NAME = "MANIFEST.json"
 DOWNLOAD_TIMEOUT_S = 600
@@ -396,18 +400,42 @@ def builtin_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def load_builtin(cache_dir: str | os.PathLike | None = None, *, pos_threshold: float = 1.0,
-                 neg_threshold: float = -1.0) -> pd.DataFrame:
+                 neg_threshold: float = -1.0, domains=None) -> pd.DataFrame:
     """The built-in corpus as one table ``text, label, domain, source`` (labels 0 = negative, 1 = positive).
 
-    Rows come in file order, domains in ``BUILTIN_DOMAINS`` order. Nothing is balanced or
-    de-duplicated here; ``ltnb.data.sample_and_split`` does that.
+    Rows come in file order, domains in ``ALL_DOMAINS`` order. ``domains``: those to load (default the
+    five of ``BUILTIN_DOMAINS``; ``airlines`` only when named). Nothing is balanced or de-duplicated here;
+    ``ltnb.data.sample_and_split`` does that.
     """
-    return _load_builtin(cache_dir, pos_threshold=pos_threshold, neg_threshold=neg_threshold)[0]
+    return _load_builtin(cache_dir, pos_threshold=pos_threshold, neg_threshold=neg_threshold, domains=domains)[0]
 
 
-def _load_builtin(cache_dir=None, *, pos_threshold=1.0, neg_threshold=-1.0) -> tuple[pd.DataFrame, dict]:
-    """``load_builtin`` plus a report ``{source: {"read", "kept", "dropped_middle"}}``."""
+def _load_builtin(cache_dir=None, *, pos_threshold=1.0, neg_threshold=-1.0,
+                  domains=None) -> tuple[pd.DataFrame, dict]:
+    """``load_builtin`` plus a report ``{source: {"read", "kept", "dropped_middle"}}`` (for airlines the
+    report of ``ltnb.airlines.read_airlines_csv``)."""
     check_thresholds(pos_threshold, neg_threshold)
+    wanted = list(BUILTIN_DOMAINS) if domains is None else [str(d) for d in domains]
+    unknown = [d for d in wanted if d not in ALL_DOMAINS]
+    if unknown:
+        raise ValueError(f"unknown built-in domain(s) {unknown}; allowed: {', '.join(ALL_DOMAINS)}")
+    frames, report = [], {}
+    if any(d in BUILTIN_DOMAINS for d in wanted):
+        frames.append(_load_five(cache_dir, pos_threshold, neg_threshold, report))
+    if "airlines" in wanted:
+        from ltnb.text import airlines
+
+        rows, report[airlines.SOURCE] = airlines.load_airlines(cache_dir)
+        frames.append(pd.DataFrame({"text": [t for t, _ in rows],
+                                    "label": pd.array([y for _, y in rows], dtype="int64"),
+                                    "domain": airlines.DOMAIN, "source": airlines.SOURCE}))
+    df = pd.concat(frames, ignore_index=True)
+    df = df[df["domain"].isin(wanted)].reset_index(drop=True)
+    df["label"] = df["label"].astype("int64")
+    return df, report
+
+
+def _load_five(cache_dir, pos_threshold, neg_threshold, report) -> pd.DataFrame:
     builtin = builtin_dir(cache_dir)
     if not (builtin / MANIFEST_NAME).exists():
         raise CorpusError(
@@ -419,7 +447,7 @@ def _load_builtin(cache_dir=None, *, pos_threshold=1.0, neg_threshold=-1.0) -> t
             f"the built-in corpus at {builtin} does not match its MANIFEST.json (files missing or changed): "
             "run `ltnb data fetch --force`"
         )
-    frames, report = [], {}
+    frames = []
     for domain, source, kind, rel in SOURCES:
         if kind == "uci":
             rows = read_uci_json(builtin / rel)
@@ -434,6 +462,4 @@ def _load_builtin(cache_dir=None, *, pos_threshold=1.0, neg_threshold=-1.0) -> t
             "domain": domain,
             "source": source,
         }))
-    df = pd.concat(frames, ignore_index=True)
-    df["label"] = df["label"].astype("int64")
-    return df, report
+    return pd.concat(frames, ignore_index=True)

@@ -21,6 +21,13 @@ Choices (the paper gives only "20K / 10K / 10K per category, balanced"):
   them, and they are exactly the texts they would be without the surplus); the test split stays
   balanced, de-duplicated and disjoint from every training and validation split, and a larger one gives
   tighter accuracies (each result row carries its own ``test_n``).
+- **Sizes per split** (``DataSettings.sizes``, instead of ``per_domain``): the plan gives each split's
+  size, ``{train: N or {domain: N}, validation: N, test: N}`` texts per domain, half of each class, so
+  domains may train on unequal sizes. Within each (domain, class) the same seeded permutation is cut
+  validation first, then test, then train: a domain's validation and test texts are the same whatever
+  its training size, and a smaller training split is the first part of a larger one. No surplus is
+  added (``test_surplus`` does not apply: the test size is given). De-duplication, the cross-domain
+  rule and the leak count are the same as above.
 - **Determinism**: within each (domain, class) the texts are sorted, then permuted by a generator
   seeded with ``(seed, hash(domain), class)``; the result depends only on the seed and the set of texts,
   not on the input row order (the domains present matter only through texts they share).
@@ -154,8 +161,39 @@ def sample_and_split(df: pd.DataFrame, *, per_domain: int | None = None, seed: i
     return out
 
 
+def sample_sized(df: pd.DataFrame, sizes: dict, *, seed: int = 0) -> pd.DataFrame:
+    """De-duplicate and split with the size of each split given (``DataSettings.sizes``): ``sizes =
+    {"train": N or {domain: N}, "validation": N, "test": N}``, texts per domain, half of each class.
+
+    Within each (domain, class) the texts are permuted as ``sample_and_split`` permutes them; the first
+    ``validation / 2`` are validation, the next ``test / 2`` test, the next ``train / 2`` train. So the
+    validation and test texts of a domain do not depend on its training size, and a smaller training
+    split is the first part of a larger one (same seed). Raises ``NotEnoughData`` naming the domain,
+    class and counts when a domain is short. The de-duplication counts are in ``result.attrs["dedup"]``.
+    """
+    out, stats = _sample_and_split(df, seed=seed, sizes=sizes)
+    out.attrs["dedup"] = stats
+    return out
+
+
+def resolve_sizes(sizes: dict, domains) -> dict:
+    """``sizes`` with ``train`` spelled out per domain ``{domain: N}`` (every domain named, no other)."""
+    train = sizes["train"]
+    if isinstance(train, dict):
+        missing = [d for d in domains if d not in train]
+        extra = [d for d in train if d not in domains]
+        if missing or extra:
+            raise ValueError(f"sizes.train: {'no size for domain(s) ' + str(missing) if missing else ''}"
+                             f"{'; ' if missing and extra else ''}{'domain(s) ' + str(extra) + ' not in the data' if extra else ''}"
+                             f" (the domains: {', '.join(map(str, domains))})")
+        train = {str(d): int(train[d]) for d in domains}
+    else:
+        train = {str(d): int(train) for d in domains}
+    return {"train": train, "validation": int(sizes["validation"]), "test": int(sizes["test"])}
+
+
 def _sample_and_split(df, *, per_domain=None, seed=0, ratios=(2, 1, 1),
-                      test_surplus=False) -> tuple[pd.DataFrame, dict]:
+                      test_surplus=False, sizes=None) -> tuple[pd.DataFrame, dict]:
     ratios = _check_ratios(ratios)
     missing = [c for c in ("text", "label", "domain", "source") if c not in df.columns]
     if missing:
@@ -169,6 +207,8 @@ def _sample_and_split(df, *, per_domain=None, seed=0, ratios=(2, 1, 1),
         raise ValueError(f"seed={seed!r}: must be an int")
     dedup, stats = deduplicate(df[["text", "label", "domain", "source"]])
     avail = available(dedup, pd.unique(df["domain"]))
+    if sizes is not None:
+        return _split_sized(dedup, stats, avail, resolve_sizes(sizes, list(avail.index)), int(seed))
     largest = 2 * int(avail.to_numpy().min())
     min_per_class = sum(ratios)  # so that every split gets at least one text of each class
     if per_domain is None:
@@ -222,6 +262,43 @@ def _sample_and_split(df, *, per_domain=None, seed=0, ratios=(2, 1, 1),
     return out, stats
 
 
+def _split_sized(dedup, stats, avail, sizes: dict, seed: int) -> tuple[pd.DataFrame, dict]:
+    bad = {k: v for k, v in [*((f"train.{d}", n) for d, n in sizes["train"].items()),
+                             ("validation", sizes["validation"]), ("test", sizes["test"])] if v < 2 or v % 2}
+    if bad:
+        raise ValueError(f"sizes: {bad}: each size must be an even int >= 2 (half of it per class)")
+    v, t = sizes["validation"] // 2, sizes["test"] // 2
+    order = {s: i for i, s in enumerate(SPLITS)}
+    parts = []
+    for d in avail.index:
+        n_train = sizes["train"][str(d)] // 2
+        need = v + t + n_train
+        for y in (0, 1):
+            if avail.loc[d, y] < need:
+                raise NotEnoughData(
+                    f"domain {d!r} has only {avail.loc[d, y]} {LABEL_NAMES[y]} (label {y}) texts after de-duplication "
+                    f"({LABEL_NAMES[1 - y]}: {avail.loc[d, 1 - y]}), but sizes needs {need} per class (train {n_train}, "
+                    f"validation {v}, test {t}). The most it can give per class: {int(avail.loc[d].min())}.")
+        split_col = np.array(["validation"] * v + ["test"] * t + ["train"] * n_train, dtype=object)
+        per_class = []
+        for y in (0, 1):
+            sub = dedup[(dedup["domain"] == d) & (dedup["label"] == y)].sort_values("text", kind="stable")
+            rng = np.random.default_rng([seed, _domain_seed(str(d)), y])
+            take = sub.iloc[rng.permutation(len(sub))[:need]].copy()
+            take["split"] = split_col
+            per_class.append(take)
+        dom = pd.concat(per_class, ignore_index=True)
+        dom = dom.iloc[np.random.default_rng([seed, _domain_seed(str(d)), 2]).permutation(len(dom))]
+        parts.append(dom.iloc[np.argsort(dom["split"].map(order).to_numpy(), kind="stable")])
+    out = pd.concat(parts, ignore_index=True)
+    out["label"] = out["label"].astype("int64")
+    for d in stats:
+        stats[d]["available"] = {LABEL_NAMES[y]: int(avail.loc[d, y]) for y in (0, 1)} if d in avail.index else {}
+    out = out[COLUMNS].copy()
+    out.attrs["sizes"] = sizes
+    return out, stats
+
+
 def _argmin(avail: pd.DataFrame) -> tuple[str, int]:
     arr = avail.to_numpy()
     i, j = np.unravel_index(arr.argmin(), arr.shape)
@@ -263,16 +340,16 @@ def load_corpus(study_dir: str | os.PathLike) -> pd.DataFrame:
 def _resolve_domains(settings: DataSettings) -> tuple[list[str], dict | None]:
     """The domains to keep and, for a file corpus, ``{domain: resolved path}``. What a single setting
     allows (names, no repeats, the corpus) ``DataSettings`` has checked; here only what the corpus holds."""
-    from ltnb.text.corpus import BUILTIN_DOMAINS
+    from ltnb.text.corpus import ALL_DOMAINS, BUILTIN_DOMAINS
 
     if settings.corpus == "builtin":
-        allowed = list(BUILTIN_DOMAINS)
+        allowed = list(ALL_DOMAINS)  # airlines only when named: null means the five of BUILTIN_DOMAINS
         files = None
     else:
         files = {str(d): str(Path(p).expanduser().resolve()) for d, p in settings.amazon_files.items()}
         allowed = list(files)
     if settings.domains is None:
-        return allowed, files
+        return (list(BUILTIN_DOMAINS) if files is None else allowed), files
     domains = [str(d) for d in settings.domains]
     unknown = [d for d in domains if d not in allowed]
     if unknown:
@@ -318,8 +395,11 @@ def build(study_dir: str | os.PathLike, settings: DataSettings = DataSettings(),
     strict, test_surplus = settings.strict, settings.test_surplus
     domains, files = _resolve_domains(settings)
     requested = per_domain
+    sizes = resolve_sizes(settings.sizes, domains) if settings.sizes is not None else None
     recorded = {"corpus": corpus, "domains": domains, "seed": seed, "ratios": [2, 1, 1]}
-    if test_surplus:  # (absent when off: studies built before this setting existed keep their settings)
+    if sizes is not None:  # every split's size given: no ratios, no surplus (absent otherwise, as before)
+        recorded = {"corpus": corpus, "domains": domains, "seed": seed, "sizes": sizes}
+    elif test_surplus:  # (absent when off: studies built before this setting existed keep their settings)
         recorded["test_surplus"] = True
     if corpus == "builtin":
         recorded.update(pos_threshold=float(pos_threshold), neg_threshold=float(neg_threshold))
@@ -340,8 +420,8 @@ def build(study_dir: str | os.PathLike, settings: DataSettings = DataSettings(),
 
     load_report = None
     if corpus == "builtin":
-        raw, src_report = corpus_mod._load_builtin(cache_dir, pos_threshold=pos_threshold, neg_threshold=neg_threshold)
-        raw = raw[raw["domain"].isin(domains)]
+        raw, src_report = corpus_mod._load_builtin(cache_dir, pos_threshold=pos_threshold, neg_threshold=neg_threshold,
+                                                   domains=domains)
         load_report = {"sources": src_report}
     else:
         rep = amazon_mod.LoadReport()
@@ -353,23 +433,26 @@ def build(study_dir: str | os.PathLike, settings: DataSettings = DataSettings(),
         raw = amazon_mod.load_files(files, kind=corpus, per_class=per_class, seed=seed, strict=strict, report=rep)
         log(rep.summary())
         load_report = {"files": rep.to_dict(), "skipped_total": rep.n_skipped}
-    if per_domain is None and corpus == "amazon":
+    if per_domain is None and corpus == "amazon" and sizes is None:
         dd, _ = deduplicate(raw)
         per_domain = min(PAPER_PER_DOMAIN, largest_per_domain(dd))
-    df, dedup_stats = _sample_and_split(raw, per_domain=per_domain, seed=seed, test_surplus=test_surplus)
-    # the balanced size every domain gives (training, validation and the base test split); the test
-    # surplus comes on top (summary.json: "test_sizes")
-    recorded["per_domain"] = int(df.attrs["per_domain"])
+    if sizes is not None:
+        df, dedup_stats = _sample_and_split(raw, seed=seed, sizes=sizes)
+    else:
+        df, dedup_stats = _sample_and_split(raw, per_domain=per_domain, seed=seed, test_surplus=test_surplus)
+        # the balanced size every domain gives (training, validation and the base test split); the test
+        # surplus comes on top (summary.json: "test_sizes")
+        recorded["per_domain"] = int(df.attrs["per_domain"])
     _check_settings(settings_path, corpus_file, recorded)
 
     c = counts(df)
     summary = {
         "settings": recorded,
         "strict": bool(strict),
-        "per_domain": recorded["per_domain"],
+        "per_domain": recorded.get("per_domain"),
         "per_domain_requested": requested,
         "rows": int(len(df)),
-        "test_surplus": bool(test_surplus),
+        "test_surplus": bool(test_surplus) and sizes is None,
         "test_sizes": {d: int(((df["domain"] == d) & (df["split"] == "test")).sum()) for d in domains},
         "counts": {d: {s: {k: int(c.loc[(d, s), k]) for k in ("negative", "positive")} for s in SPLITS}
                    for d in domains},
@@ -385,8 +468,10 @@ def build(study_dir: str | os.PathLike, settings: DataSettings = DataSettings(),
     write_parquet(corpus_file, df)
     write_json(ddir / "summary.json", summary)
     write_json(settings_path, recorded)
-    log(f"data stage: {len(df)} texts, {recorded['per_domain']} per domain "
-        f"({', '.join(domains)}), written to {corpus_file}")
+    size_text = (f"{recorded['per_domain']} per domain" if sizes is None else
+                 f"train {', '.join(f'{d} {n}' for d, n in sizes['train'].items())}; validation {sizes['validation']}, "
+                 f"test {sizes['test']} per domain")
+    log(f"data stage: {len(df)} texts, {size_text} ({', '.join(domains)}), written to {corpus_file}")
     return df
 
 

@@ -56,6 +56,28 @@ class TokenSplit:
         return cls(torch.tensor(flat, dtype=torch.int64), offsets, torch.tensor(labels, dtype=torch.int64))
 
 
+def first_per_class(split: TokenSplit, n: int, *, what: str = "train") -> TokenSplit:
+    """The first ``n / 2`` sequences of each class, in ``split``'s order (the data stage's seeded order, so
+    a smaller ``n`` is part of a larger one); ``n`` even, at most what the split holds of each class."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2 or n % 2:
+        raise ValueError(f"train_size = {n!r}: expected an even integer >= 2 (half of it per class)")
+    half = n // 2
+    have = [int((split.labels == y).sum()) for y in (0, 1)]
+    if min(have) < half:
+        raise ValueError(f"train_size = {n}: the {what} split holds {have[0]} negative and {have[1]} positive texts, "
+                         f"fewer than {half} of each; the largest train_size it allows is {2 * min(have)}")
+    keep = torch.zeros(len(split), dtype=torch.bool)
+    for y in (0, 1):
+        keep[torch.nonzero(split.labels == y).flatten()[:half]] = True
+    idx = torch.nonzero(keep).flatten()
+    seqs = [split.sequence(int(i)) for i in idx]
+    lengths = torch.tensor([len(q) for q in seqs], dtype=torch.int64)
+    offsets = torch.zeros(len(seqs) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    ids = torch.cat(seqs) if seqs else split.ids[:0]
+    return TokenSplit(ids, offsets, split.labels[idx].clone())
+
+
 def fingerprint(splits: Mapping[str, TokenSplit]) -> str:
     """SHA-256 (hex) of the token ids, offsets and labels of ``splits``, in split-name order. It names
     data passed directly to a chain (``ltnb.lottery``: ``data-`` and its first 16 digits, part of the
