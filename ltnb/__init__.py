@@ -31,7 +31,8 @@ ALIASES: dict[str, str] = {
     **dict.fromkeys(("corpus", "airlines", "amazon", "data", "vocab", "tokens", "divergence"), "text"),
     **dict.fromkeys(("model", "pruning", "strategies", "train", "sparse", "tickets", "lottery"), "core"),
     **dict.fromkeys(("plan", "memory", "estimate", "batch", "federated", "recorded"), "study"),
-    **dict.fromkeys(("results", "plots", "phase", "findings", "federated_results", "report", "explore"), "analysis"),
+    **dict.fromkeys(("results", "plots", "phase", "findings", "federated_results", "report", "explore", "signflip",
+                    "collapse", "simulate", "scale"), "analysis"),
 }
 
 

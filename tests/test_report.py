@@ -85,3 +85,25 @@ def test_report_of_a_study_folder(tmp_path):
     assert set(f["verdict"]) <= {"held", "not held", "inconclusive", "no data"}
     ph = pd.read_csv(study / "report" / "phase_transition.csv")
     assert "96.8%" in set(ph.loc[(ph.pair == "products") & (ph.comparison == "gap"), "transition"])
+
+
+def test_a_scale_study_gets_its_training_size_section(tmp_path):
+    """Chains of two training sizes (two settings hashes whose settings.json say train_size): the report
+    writes report/scale.csv, the figure, and a section; a study of one size has none."""
+    from ltnb._io import write_json, write_parquet
+    from ltnb.analysis import simulate
+
+    study = tmp_path / "scale"
+    late = simulate.slow_decline()
+    for h, size, gap in (("s500", 500, 0.0), ("s2000", 2000, 0.06)):
+        d = simulate.draw(late, late - simulate.ramp(8, gap), studies=1, rng=size)
+        rows = simulate.rows_of(d, 0).assign(settings_hash=h)
+        for (pair, strategy, seed), g in rows.groupby(["pair", "strategy", "seed"]):
+            folder = study / "obtain" / pair / strategy / f"seed{seed}" / h
+            write_parquet(folder / "results.parquet", g.reset_index(drop=True))
+            write_json(folder / "settings.json", {"settings": {"train_size": size, "seed": int(seed)}})
+    written = report.build(study, log=lambda *_: None)
+    t = pd.read_csv(study / "report" / "scale.csv")
+    assert sorted(t["train_size"].unique()) == [500, 2000]
+    assert "Training-set size" in written["index"].read_text() and (study / "report" / "scale.svg").exists()
+    assert t.loc[(t.pair == "pooled") & (t.train_size == 2000), "verdict"].iloc[0] == "held"

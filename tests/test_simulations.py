@@ -93,3 +93,25 @@ def test_power_factors_by_hand():
     x[..., 0] += f
     rate = np.mean([findings.domain_permutation_p(t) < 0.05 for t in x])
     assert 0.7 <= rate <= 0.92, (f, rate)
+
+
+def test_the_scale_table_by_training_size_by_hand():
+    """``ltnb.analysis.scale``: two training sizes as two settings hashes; per size finding 2's windows (the
+    late gap planted only at the larger size), the dense accuracy and the verdict; the chart draws."""
+    from ltnb.analysis import scale
+
+    late = simulate.slow_decline()
+    small = simulate.rows_of(simulate.draw(late, late, studies=1, rng=31), 0).assign(settings_hash="s500")
+    big = simulate.rows_of(simulate.draw(late + 0.05, late + 0.05 - simulate.ramp(8, 0.06), studies=1, rng=32), 0)
+    rows = __import__("pandas").concat([small, big.assign(settings_hash="s2000")], ignore_index=True)
+    t = scale.size_table(rows, {"s500": {"train_size": 500}, "s2000": {"train_size": 2000}})
+    pooled = t[t["pair"] == phase.POOLED].set_index("train_size")
+    assert list(pooled.index) == [500, 2000] and len(t) == 2 * (3 + 1)
+    assert pooled.loc[2000, "verdict"] == "held" and pooled.loc[500, "verdict"] != "held"
+    p = big.pivot_table(index=["pair", "seed", "round", "sparsity"], columns="strategy", values="test_acc").reset_index()
+    hi = p[p.sparsity > 0.96].assign(g=lambda d: d.reset - d.random).groupby(["pair", "seed"]).g.mean()
+    assert pooled.loc[2000, "high"] == pytest.approx(100 * hi.groupby("seed").mean().mean())
+    assert pooled.loc[2000, "dense"] > pooled.loc[500, "dense"]
+    assert scale.size_chart(t) is not None
+    with pytest.raises(ValueError, match="no settings for the runs of settings hash"):
+        scale.size_table(rows, {"s500": {"train_size": 500}})

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ltnb.analysis import federated_results, findings, phase, plots, results
+from ltnb.analysis import federated_results, findings, phase, plots, results, scale
 from ltnb.base import paths
 from ltnb.base.config import PhaseSettings
 from ltnb.base._io import read_json, write_parquet, write_text
@@ -178,7 +178,20 @@ def build(study_dir: str | os.PathLike, settings: PhaseSettings | None = None, *
     overlap = load_overlap(study)
     if not overlap.empty:
         write_text(out / "mask_overlap.csv", overlap_table(overlap).to_csv(index=False))
-    page = _html(study, sections, rows, overlap).replace("</body></html>", federated_html(study, out, log=log) + "</body></html>")
+    page = _html(study, sections, rows, overlap)
+    sizes = {s for s in scale.train_sizes(settings_of(study)).values() if s is not None}
+    if len(sizes) >= 2:  # a scale study: finding 2's windows against the training size
+        by_size = scale.size_table(rows, settings_of(study), alpha=alpha, margin=delta)
+        write_table(study, "scale", by_size)
+        chart = scale.size_chart(by_size, title="reset - random against training-set size")
+        extra = "<h2>Training-set size</h2>"
+        if chart is not None:
+            written["scale"] = plots.save(chart, out / "scale", formats=("png", "svg"))
+            extra += _figure(out / "scale.svg", "reset - random at or below and above 96% sparsity, and the dense "
+                                                "network's accuracy, against the training texts per domain")
+        extra += by_size.round(3).to_html(index=False, border=0, na_rep="-")
+        page = page.replace("</body></html>", extra + "</body></html>")
+    page = page.replace("</body></html>", federated_html(study, out, log=log) + "</body></html>")
     written["index"] = write_text(out / "index.html", page)
     written["groups"] = [{"group": g, **figs} for g, figs, _, _ in sections]
     log(f"report of {len(rows)} result rows ({len(groups)} settings group(s)) written to {out}/index.html")
