@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable
 
+from ltnb.base import registry
 from ltnb.base._io import stable_hash
 
 # --------------------------------------------------------------------------------- schemas and checks
@@ -45,10 +46,13 @@ NAME_PATTERN = r"^(?!.*\.\.)(?!.*__)[A-Za-z0-9][A-Za-z0-9_.-]*$"
 NAME = {"type": "string", "pattern": NAME_PATTERN,
         "x-allowed": "a name of letters, digits, '_', '.' and '-' (no '..' or '__', not starting with '.')"}
 
-OBTAIN_STRATEGIES = ("reset", "random", "reinit", "shuffle", "rescaled", "rewind")
-TRANSFER_STRATEGIES = ("masks-reset", "masks-random")
+# the strategies are defined in ``ltnb.base.registry``; these names are read from it
+OBTAIN_STRATEGIES = registry.names("obtain")
+TRANSFER_STRATEGIES = registry.names("transfer")
 #: obtain strategies that train the reset chain's mask of each round (controls), not masks of their own
-RESET_MASK_STRATEGIES = ("reinit", "shuffle", "rescaled")
+RESET_MASK_STRATEGIES = tuple(s.name for s in registry.BY_STAGE["obtain"].values() if s.reads_reset_chain)
+#: the transfer strategies the federated stage trains (the ticket's masks as they are)
+FEDERATED_STRATEGIES = registry.federated()
 FEDERATED_DENSE = "dense"  # the federated stage's dense FedAvg baseline (sends only changed embedding rows)
 FEDERATED_NAIVE = "dense-naive"  # the second reference: dense FedAvg that sends every value every round
 CORPORA = ("builtin", "amazon", "blitzer")
