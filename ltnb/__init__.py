@@ -9,7 +9,7 @@ with the contracts in ``pyproject.toml``):
     study                     plan, memory, estimate, batch, recorded, federated (protocol, flower, simulation)
     core                      model, pruning, strategies, train, sparse, tickets, lottery
     text                      corpus, airlines, amazon, data, vocab, tokens, divergence
-    base                      config, stages, paths, integrity, labels, tensorfiles, _io
+    base                      registry, config, stages, paths, integrity, labels, tensorfiles, _io
 
 Short names. Notebooks, tests and users write ``from ltnb import lottery`` or
 ``from ltnb.model import KimCNN``: every module is also importable as ``ltnb.<name>``, per the table
@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 
 #: short name -> the subpackage that holds the module (``ltnb.<name>`` is ``ltnb.<subpackage>.<name>``)
 ALIASES: dict[str, str] = {
-    **dict.fromkeys(("_io", "config", "stages", "paths", "integrity", "labels", "tensorfiles"), "base"),
+    **dict.fromkeys(("_io", "registry", "config", "stages", "paths", "integrity", "labels", "tensorfiles"), "base"),
     **dict.fromkeys(("corpus", "airlines", "amazon", "data", "vocab", "tokens", "divergence"), "text"),
     **dict.fromkeys(("model", "pruning", "strategies", "train", "sparse", "tickets", "lottery"), "core"),
     **dict.fromkeys(("plan", "memory", "estimate", "batch", "federated", "recorded"), "study"),

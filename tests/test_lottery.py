@@ -145,7 +145,7 @@ def test_bad_parameters_fail_before_training(tmp_path, monkeypatch):
         LotterySettings(prune_fraction=0)
     with pytest.raises(ValueError, match="rounds"):
         LotterySettings(rounds=-1)
-    with pytest.raises(ValueError, match=r"strategy = 'bogus'.*\['random', 'reinit', 'rescaled', 'reset', 'rewind', 'shuffle'\]"):
+    with pytest.raises(ValueError, match=r"strategy = 'bogus'.*\['randmask-random', 'randmask-reset', 'random', 'reinit', 'rescaled', 'reset', 'rewind', 'shuffle'\]"):
         _obtain(tmp_path, strategy="bogus")
     with pytest.raises(ValueError, match="strategy"):
         _obtain(tmp_path, strategy="masks-reset")

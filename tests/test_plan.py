@@ -101,7 +101,7 @@ def test_unknown_domain_bad_strategy_source_equals_target(tmp_path):
             + TRANSFER.replace("[[products, movies]]", "[[products, products], [products, books]]") + REPORT)
     ps = "\n".join(problems(tmp_path, text))
     assert "stages[2].grid.domain[1] (line 12): unknown domain 'books'; the data stage makes: products, movies" in ps
-    assert "stages[2].params.strategies[1]" in ps and "unknown obtain strategy 'rset'; allowed: reset, random, reinit, shuffle, rescaled, rewind" in ps
+    assert "stages[2].params.strategies[1]" in ps and "unknown obtain strategy 'rset'; allowed: reset, random, reinit, shuffle, rescaled, rewind, randmask-reset, randmask-random" in ps
     assert "stages[3].grid.pair[0]" in ps and "source and target are both 'products'" in ps
     assert "stages[3].grid.pair[1]" in ps and "unknown domain 'books'" in ps
 

@@ -32,7 +32,8 @@ def test_reset_restores_theta_0_on_survivors():
     for n in theta_0:
         assert torch.equal(w[n][mask[n]], theta_0[n][mask[n]])
         assert (w[n][~mask[n]] == 0).all()
-    assert strategies.TRANSFER["masks-reset"] is strategies.reset
+    same = strategies.TRANSFER["masks-reset"](mask, _start(theta_0, "masks-reset"))
+    assert all(torch.equal(same[n], w[n]) for n in w)
 
 
 def test_random_differs_from_theta_0_but_has_the_init_distributions():
@@ -70,7 +71,9 @@ def test_reinit_is_randoms_draw_under_the_given_mask():
     for n in theta_0:  # the same fresh values as random's of this seed and round, under its own mask
         assert torch.equal(ri[n], torch.where(other_mask[n], fresh[n], torch.zeros(())))
         assert torch.equal(r[n], torch.where(mask[n], fresh[n], torch.zeros(())))
-    assert strategies.USES_RESET_MASKS == ("reinit", "shuffle", "rescaled")
+    by_table = strategies.OBTAIN["reinit"](other_mask, _start(theta_0, "reinit"))  # its definition's draw
+    assert all(torch.equal(by_table[n], ri[n]) for n in ri)
+    assert strategies.USES_RESET_MASKS == ("reinit", "shuffle", "rescaled", "randmask-reset", "randmask-random")
 
 
 def test_rewind_uses_rewound_values():

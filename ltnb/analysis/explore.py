@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from ltnb.analysis import phase, plots
+from ltnb.base import registry
 from ltnb.base.labels import MEAN, SEEDS, series_name, sparsity_label
 from ltnb.base.stages import STAGES
 
@@ -53,7 +54,7 @@ ALPHAS = (0.001, 0.01, 0.05, 0.1)
 SHIPPED = "shipped-demo"
 SHIPPED_ROWS = Path(__file__).resolve().parent / "data" / "demo_rows.csv.gz"
 SHIPPED_INFO = SHIPPED_ROWS.with_name("demo_rows.json")
-STRATEGY_ORDER = ("reset", "random", "reinit", "shuffle", "rescaled", "rewind", "masks-reset", "masks-random")
+STRATEGY_ORDER = registry.order()  # every strategy, in the order of their definitions
 
 
 # ---------------------------------------------------------------- where the study comes from

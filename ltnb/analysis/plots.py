@@ -315,7 +315,7 @@ def federated_chart(summary: pd.DataFrame, *, title: str = "", target: dict | No
     target accuracy (0..1), drawn as a dotted horizontal rule. One panel per source domain."""
     from ltnb.base.config import FEDERATED_DENSE as DENSE
     from ltnb.base.config import FEDERATED_NAIVE as NAIVE
-    from ltnb.base.config import TRANSFER_STRATEGIES as STRATEGIES
+    from ltnb.base.config import FEDERATED_STRATEGIES as STRATEGIES
 
     c = summary[summary["fl_round"] >= 1].copy()
     c["acc"] = 100 * c["acc_mean"]

@@ -12,7 +12,11 @@ Schema fragment (``{"type": "integer", "minimum": 1}``); from it come
   ``VocabSettings``, see ``add_arguments``).
 
 A run's folder is named by a hash of its settings (OpenLTH's idea), so a rerun finds finished work
-and changed settings never overwrite old results.
+and changed settings never overwrite old results. The hash covers the settings whose value differs
+from the field's default (``hash_dict``; OpenLTH's rule), never a ``hashed=False`` field: a new setting
+added with a default keeps every existing run's hash, so no finished chain is orphaned by it. The
+other side of the rule: a default must never change meaning (``tests/test_run_hashes.py`` pins every
+default and the hashes of the shipped plans' cells; changing a default is a new engine version).
 
 ``derive_seed`` turns (seed, round, purpose) into an independent integer seed: every random draw of a
 chain (theta_0, the shuffling and dropout of each round, fresh random values) is derived from it, so a
@@ -36,6 +40,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable
 
+from ltnb.base import registry
 from ltnb.base._io import stable_hash
 
 # --------------------------------------------------------------------------------- schemas and checks
@@ -45,10 +50,13 @@ NAME_PATTERN = r"^(?!.*\.\.)(?!.*__)[A-Za-z0-9][A-Za-z0-9_.-]*$"
 NAME = {"type": "string", "pattern": NAME_PATTERN,
         "x-allowed": "a name of letters, digits, '_', '.' and '-' (no '..' or '__', not starting with '.')"}
 
-OBTAIN_STRATEGIES = ("reset", "random", "reinit", "shuffle", "rescaled", "rewind")
-TRANSFER_STRATEGIES = ("masks-reset", "masks-random")
+# the strategies are defined in ``ltnb.base.registry``; these names are read from it
+OBTAIN_STRATEGIES = registry.names("obtain")
+TRANSFER_STRATEGIES = registry.names("transfer")
 #: obtain strategies that train the reset chain's mask of each round (controls), not masks of their own
-RESET_MASK_STRATEGIES = ("reinit", "shuffle", "rescaled")
+RESET_MASK_STRATEGIES = tuple(s.name for s in registry.BY_STAGE["obtain"].values() if s.reads_reset_chain)
+#: the transfer strategies the federated stage trains (the ticket's masks as they are)
+FEDERATED_STRATEGIES = registry.federated()
 FEDERATED_DENSE = "dense"  # the federated stage's dense FedAvg baseline (sends only changed embedding rows)
 FEDERATED_NAIVE = "dense-naive"  # the second reference: dense FedAvg that sends every value every round
 CORPORA = ("builtin", "amazon", "blitzer")
@@ -187,7 +195,7 @@ def check_value(owner: str, name: str, value: Any, schema: dict) -> None:
 def setting(default: Any = dataclasses.MISSING, help: str = "", schema: dict | None = None, *,
             default_factory: Any = dataclasses.MISSING, hashed: bool = True, omit_default: bool = False):
     """A dataclass field with its help text and its JSON schema (see the module doc).
-    ``hashed=False``: the setting does not change the numbers (not part of a run's hash).
+    ``hashed=False``: the setting does not change the numbers (never part of a hash, ``hash_dict``).
     ``omit_default=True``: at its default the setting is left out of a plan cell's hash (a setting added
     later, so the cells of plans that do not use it keep their hashes)."""
     meta = {"help": help, "schema": schema or {}, "hashed": hashed, "omit_default": omit_default}
@@ -214,6 +222,27 @@ class _Checked:
     def settings_fields(cls) -> dict[str, dataclasses.Field]:
         """The fields that carry a schema (the settings), by name."""
         return {f.name: f for f in fields(cls) if f.metadata.get("schema")}
+
+    def hash_dict(self) -> dict[str, Any]:
+        """What a hash of these settings covers (OpenLTH's rule): every field whose value differs from
+        its default, as plain data, nested settings recursively (kept only when something in them
+        differs); ``hashed=False`` fields never. Settings left at their defaults hash as ``{}``."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if not f.metadata.get("hashed", True):
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, _Checked):
+                sub = value.hash_dict()
+                if sub:
+                    out[f.name] = sub
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)  # lr: 1 and lr: 1.0 are one setting
+            if _plain(value) != _plain(default):
+                out[f.name] = _plain(value)
+        return out
 
     def describe_settings(self) -> "list[dict]":
         """One row per setting: name, value, default, help (for notebooks and the README)."""
@@ -432,8 +461,9 @@ class LotterySettings(_Checked):
         return cls(model=ModelSettings(**d.pop("model")), train=TrainSettings.from_dict(d.pop("train")), **d)
 
     def to_dict(self) -> dict[str, Any]:
-        """All settings as plain data; ``train.precision`` only when not float32, ``train_size`` only when set
-        (older runs' hashes stay valid)."""
+        """All settings as plain data (what settings.json and tickets record; hashes read ``hash_dict``);
+        ``train.precision`` only when not float32 and ``train_size`` only when set (as before the hash rule and
+        the setting, so recorded files compare equal)."""
         d = dataclasses.asdict(self)
         if d["train"].get("precision") == "float32":
             d["train"].pop("precision")
@@ -441,9 +471,19 @@ class LotterySettings(_Checked):
             d.pop("train_size")
         return d
 
+    @classmethod
+    def comparable(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """Recorded settings (``to_dict``) with every setting added since filled in with its default,
+        so a settings.json written before a setting existed still compares equal to today's record
+        of the same run (unreadable ones are returned as they are, and compare unequal)."""
+        try:
+            return json.loads(json.dumps(cls.from_dict(d).to_dict(), default=str))
+        except (TypeError, ValueError, KeyError, AttributeError):
+            return d
+
     def settings_hash(self, **extra: Any) -> str:
-        """A 10-character hash of every setting plus ``extra`` (e.g. ``data_key=...``)."""
-        return stable_hash({"settings": self.to_dict(), **extra})
+        """A 10-character hash of the non-default settings (``hash_dict``) plus ``extra`` (e.g. ``data_key=...``)."""
+        return stable_hash({"settings": self.hash_dict(), **extra})
 
 
 @dataclass(frozen=True)

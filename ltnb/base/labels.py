@@ -1,32 +1,15 @@
 """The paper's names and colours of the strategies' curves, and the short sparsity label: what a
 table, a statistic and a chart all call a thing (charts are drawn by ``ltnb.plots``; this module needs
-no chart library)."""
+no chart library). The strategies' labels and colours are their definitions' (``ltnb.base.registry``)."""
 from __future__ import annotations
 
-LABELS = {
-    "full": "FULL-MODEL",
-    "reset": "TICKET-RESET",
-    "random": "TICKET-RANDOM",
-    "reinit": "TICKET-REINIT",
-    "shuffle": "TICKET-SHUFFLE",
-    "rescaled": "TICKET-RESCALED",
-    "rewind": "TICKET-REWIND",
-    "masks-reset": "MASKS-RESET",
-    "masks-random": "MASKS-RANDOM",
-    "target": "TICKET-TARGET",
-}
-COLORS = {
-    "FULL-MODEL": "#555555",
-    "TICKET-RESET": "#1f77b4",
-    "TICKET-RANDOM": "#d62728",
-    "TICKET-REINIT": "#9467bd",
-    "TICKET-SHUFFLE": "#17becf",
-    "TICKET-RESCALED": "#bcbd22",
-    "TICKET-REWIND": "#8c564b",
-    "MASKS-RESET": "#2ca02c",
-    "MASKS-RANDOM": "#ff7f0e",
-    "TICKET-TARGET": "#1f77b4",
-}
+from ltnb.base import registry
+
+#: curve name -> label: every strategy's (``ltnb.base.registry``), the dense round 0 and TICKET-TARGET
+LABELS = {"full": "FULL-MODEL", **registry.labels(), "target": "TICKET-TARGET"}
+#: label -> colour (TICKET-TARGET, the target's own reset chain, is drawn in TICKET-RESET's colour)
+COLORS = {"FULL-MODEL": "#555555", **registry.colors()}
+COLORS["TICKET-TARGET"] = COLORS["TICKET-RESET"]
 EXTRA_COLORS = ["#e377c2", "#7f7f7f", "#aec7e8", "#98df8a"]
 MEAN, SEEDS = "mean ± std", "each seed"
 

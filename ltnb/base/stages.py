@@ -97,7 +97,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           outputs=("transfer/{name}/*/{seed}/*/results.parquet",)),
     Stage("federated", "notebooks/05_federated.ipynb", (LotterySettings, FederatedSettings), cell=("source", "seed"),
           folder=lambda study, v: study / "federated" / v["source"] / _seed(v),
-          strategies=config.TRANSFER_STRATEGIES, needs=("data", "obtain"), cost="federated",
+          strategies=config.FEDERATED_STRATEGIES, needs=("data", "obtain"), cost="federated",
           outputs=("{key}/*/results.parquet",)),
     Stage("report", "notebooks/06_report.ipynb", (PhaseSettings,), single=paths.report_dir, needs=EVERYTHING_BEFORE,
           # everything a reader reads, not only what later cells read: a changed table, figure or page

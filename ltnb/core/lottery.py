@@ -3,19 +3,26 @@
 One round of ``obtain`` reads like the paper (Section 4.3.2)::
 
     prune 35% of each layer's survivors of the previous round's trained weights   (round >= 1)
-    set the survivors' initial values by strategy (reset / random / reinit / rewind)
+    set the survivors' initial values by strategy (reset / random / reinit / rewind ..., ltnb.registry)
     train, keep the best validation epoch, evaluate on validation and test
     save the ticket (mask, theta_0 reference, trained weights) and append the round's result row
 
 Round 0 trains the dense network from theta_0 (FULL-MODEL; its rows have ``round == 0``). It is
 the same for every strategy of a seed (same theta_0, same training draws), so it is trained once:
 a chain whose round 0 is not done yet takes it from a sibling chain of the same seed and settings
-that has it (``reset``, ``random``, ``reinit``; not ``rewind``, which must watch round 0 train),
+that has it (not from or for a strategy with ``trains_round0``: ``rewind`` must watch round 0 train),
 bit for bit what training it again would give.
+
+Every strategy runs through the same per-round body: its definition (``ltnb.base.registry``) says
+whose masks a round trains (``masks``: its own pruning or the reset chain's; ``positions``: as they
+are or at random positions) and which values it starts from (``values``); per-chain state is its hook
+(``ltnb.core.strategies.RoundHook``), called at fixed points. No strategy is named here but ``reset``
+(the chain the others read).
 
 ``reinit`` is the control that separates initial values from mask history: at round r it trains
 the *reset* chain's mask of round r from fresh values (``ltnb.strategies.reinit``), so the reset
-chain must have reached round r first (``obtain_cell`` runs reset first).
+chain must have reached round r first (``obtain_cell`` runs reset first); so do the other strategies
+with ``masks == "reset"`` (shuffle, rescaled, randmask-*).
 
 A transfer run trains on the target domain under each round's mask (1..rounds) of the source's
 reset chain: the same per-round body (``_train_round``), without pruning.
@@ -25,9 +32,12 @@ Folders: ``paths.obtain_dir(study, domain, strategy, seed) / <hash>`` and
 ``theta_0.safetensors``, ``round_RR.safetensors`` (tickets), ``results.parquet`` (one row per finished
 round) and, when all requested rounds are done, ``_COMPLETE.json``. Every file is written atomically.
 
-The hash covers every setting that changes a round's numbers *except* ``rounds`` (round r of a
-5-round chain is round r of a 20-round chain, so asking for more rounds extends the same chain) and,
-for strategies other than ``rewind``, ``rewind_steps``; plus the vocabulary size and the data key.
+The hash covers every setting whose value differs from its default (``LotterySettings.hash_dict``,
+OpenLTH's rule: a setting added with a default keeps every existing hash) *except* ``rounds`` (round r
+of a 5-round chain is round r of a 20-round chain, so asking for more rounds extends the same chain) and
+the settings only other strategies read (``Strategy.settings``: ``rewind_steps`` for all but ``rewind``);
+plus the vocabulary size, the data key and ``ENGINE_VERSION``. ``tests/test_run_hashes.py`` pins the
+hashes of the shipped plans' cells (a changed pin means every finished chain would be orphaned).
 
 Resuming: a round is finished when its row is in results.parquet (the ticket is written first).
 Every round's randomness is derived from (seed, round, purpose) (``config.derive_seed``), and a
@@ -46,13 +56,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ltnb.base import integrity, paths
+from ltnb.base import integrity, paths, registry
 from ltnb.core import strategies, tickets
 from ltnb.core import train as _train
 from ltnb.base._io import read_json, stable_hash, write_json, write_parquet
 from ltnb.base.config import CELL_PARAMS, LotterySettings, check_transfer, check_value, derive_seed
 from ltnb.core.model import KimCNN, initial_state
-from ltnb.base.paths import LEDGER, RESULTS, REWOUND, THETA_0, ticket_name
+from ltnb.base.paths import LEDGER, RESULTS, THETA_0, ticket_name
 from ltnb.base.paths import ROW_COLUMNS as COLUMNS
 from ltnb.core.pruning import Mask, prune_step
 from ltnb.text.tokens import SPLITS, TokenSplit, fingerprint
@@ -61,6 +71,9 @@ from ltnb.text.tokens import SPLITS, TokenSplit, fingerprint
 #: its rounds with rounds of an older one: it starts a new folder instead. 3: dropout on a pruned
 #: embedding draws for its surviving entries only (ltnb.sparse.PackedEmbedding). 4: theta_0 per
 #: (seed, domain) by default (``theta_0_per``), and every row carries the training diagnostics.
+#: (The run hash's rule changed once without a bump: since the registry, it covers non-default
+#: settings only, so every hash of version 4 written before then differs; see docs/extending.md.)
+#: Bumping it changes every pinned hash: regenerate tests/fixtures/run_hashes.json (its test says how).
 ENGINE_VERSION = 4
 
 
@@ -116,11 +129,17 @@ def diagnostics(start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tenso
 
 def run_hash(settings: LotterySettings, *, data_key: str, vocab_size: int, strategy: str) -> str:
     """The folder name of a run (see the module doc for what it covers)."""
-    d = settings.to_dict()
-    d.pop("rounds")
-    if strategy != "rewind":
-        d.pop("rewind_steps")
+    d = settings.hash_dict()
+    d.pop("rounds", None)
+    for name in _others_settings(strategy):
+        d.pop(name, None)
     return stable_hash({"settings": d, "data_key": data_key, "vocab_size": int(vocab_size), "engine": ENGINE_VERSION})
+
+
+def _others_settings(strategy: str) -> set[str]:
+    """The settings only strategies other than ``strategy`` read (``Strategy.settings``)."""
+    mine = {f for s in registry.STRATEGIES if s.name == strategy for f in s.settings}
+    return {f for s in registry.STRATEGIES for f in s.settings} - mine
 
 
 def chain_dir(study_dir, domain: str, strategy: str, seed: int, settings: LotterySettings, data_key: str,
@@ -301,10 +320,12 @@ def _prepare_run(run: Path, info: dict) -> None:
     f = run / "settings.json"
     if f.exists():
 
-        def comparable(d):  # as JSON (tuples -> lists), without the round count
+        def comparable(d):  # as JSON (tuples -> lists), settings added since at their defaults, no round count
             d = json.loads(json.dumps(d, default=str))
             d.pop("rounds", None)
-            d.get("settings", {}).pop("rounds", None)
+            if isinstance(d.get("settings"), dict):
+                d["settings"] = LotterySettings.comparable(d["settings"])
+                d["settings"].pop("rounds", None)
             return d
 
         if comparable(read_json(f)) != comparable(info):
@@ -389,10 +410,10 @@ class _Run:
 def _shared_round0(study_dir, domain, seed, strategy, h, theta_0: Mapping[str, torch.Tensor]):
     """A finished round 0 of a sibling chain (same seed and settings hash, another strategy whose
     round 0 is the plain dense training), as ``(ticket, row)``; None if there is none."""
-    if strategy == "rewind":
+    if registry.get("obtain", strategy).trains_round0:
         return None
     for other in strategies.OBTAIN:
-        if other in (strategy, "rewind"):
+        if other == strategy or registry.get("obtain", other).trains_round0:
             continue
         sib = paths.obtain_dir(study_dir, domain, other, seed) / h
         if 0 not in (_finished_rounds(sib) if sib.exists() else set()):
@@ -429,8 +450,10 @@ def obtain(
                                                          settings=settings, data=data, vocab_size=vocab_size,
                                                          data_key=data_key, device=device, progress=progress)
     run, h, vocab_size = chain.run, chain.base["settings_hash"], chain.vocab_size
+    definition = registry.get("obtain", strategy)
+    hook = strategies.hook(definition, settings)
     _verify_finished(run)
-    rewound = tickets.load_state(run / REWOUND)[0] if strategy == "rewind" and start_round > 0 else None
+    hook.resume(run, start_round)
     prev = tickets.load(run / ticket_name(start_round - 1)) if 0 < start_round <= settings.rounds else None
     prev_mask, prev_trained = (prev.masks, prev.trained) if prev else (None, None)
 
@@ -446,23 +469,18 @@ def obtain(
                 chain.save_round(0, mask, ticket.trained, row, seconds=time.perf_counter() - t0)
                 prev_mask, prev_trained = mask, ticket.trained
                 continue
-            init, on_step, captured = theta_0, None, {}
-            if strategy == "rewind":
-                on_step, captured = _rewind_capture(settings.rewind_steps, theta_0)
-            trained, result = chain.train_round(0, mask, init, seed=derive_seed(seed, 0, "train"), on_step=on_step)
-            if strategy == "rewind":
-                if "w" not in captured:
-                    raise ValueError(f"rewind_steps = {settings.rewind_steps}: round 0 ran only {result.steps} steps")
-                rewound = captured["w"]
-                tickets.save_state(run / REWOUND, rewound, {"what": "rewound", "steps": str(settings.rewind_steps)})
+            trained, result = chain.train_round(0, mask, theta_0, seed=derive_seed(seed, 0, "train"),
+                                                on_step=hook.watch_round0(theta_0))
+            hook.after_round0(run, result)
         else:
-            if strategy in strategies.USES_RESET_MASKS:
+            if definition.masks == "reset":
                 mask = _reset_mask(reset_run, r, strategy)
             else:
                 mask = prune_step(prev_trained, prev_mask, settings.prune_fraction, prune_biases=settings.prune_biases)
+            mask = strategies.positions(definition, mask, prev_mask, seed=seed, round=r)
             start = strategies.Start(theta_0=theta_0, vocab_size=vocab_size, model=settings.model, seed=seed,
-                                     round=r, strategy=strategy, rewound=rewound)
-            init = strategies.OBTAIN[strategy](mask, start)
+                                     round=r, strategy=strategy, **hook.start_fields())
+            init = strategies.initial_values(definition, mask, start)
             trained, result = chain.train_round(r, mask, init, seed=derive_seed(seed, r, "train"))
         bar.set_postfix(sparsity=f"{mask.sparsity():.3f}", test_acc=f"{chain.rows['test_acc'].iloc[-1]:.3f}")
         prev_mask, prev_trained = mask, trained
@@ -476,15 +494,12 @@ def _open_chain(study_dir, domain, *, seed, strategy, settings, data, vocab_size
     _check_chain("obtain", seed, settings, strategy, domain=domain)
     data, vocab_size, data_key = _resolve_data(study_dir, domain, data, vocab_size, data_key)
     data = _train_size(data, settings)
-    if strategy == "rewind":
-        batches = -(-len(data["train"]) // settings.train.batch_size)
-        if settings.rewind_steps > settings.train.max_epochs * batches:
-            raise ValueError(f"rewind_steps = {settings.rewind_steps}: round 0 has at most {settings.train.max_epochs * batches} "
-                             f"optimizer steps ({settings.train.max_epochs} epochs x {batches} batches)")
+    definition = registry.get("obtain", strategy)
+    strategies.hook(definition, settings).check(-(-len(data["train"]) // settings.train.batch_size))
     h = run_hash(settings, data_key=data_key, vocab_size=vocab_size, strategy=strategy)
     run = paths.obtain_dir(study_dir, domain, strategy, seed) / h
     reset_run = paths.obtain_dir(study_dir, domain, "reset", seed) / h
-    if strategy in strategies.USES_RESET_MASKS:  # refuse before anything trains
+    if definition.reads_reset_chain:  # refuse before anything trains
         have = _finished_rounds(reset_run) if reset_run.exists() else set()
         missing = [r for r in range(1, settings.rounds + 1) if r not in have]
         if missing:
@@ -568,19 +583,6 @@ def _header_meta(path: Path) -> dict:
         return {}
 
 
-def _rewind_capture(k: int, theta_0):
-    """An ``on_step`` callback that keeps the weights after step ``k`` of round 0 (k = 0: theta_0)."""
-    captured: dict = {}
-    if k == 0:
-        captured["w"] = {n: t.clone() for n, t in theta_0.items()}
-
-    def on_step(step, m):
-        if step == k:
-            captured["w"] = _trained_state(m)
-
-    return on_step, captured
-
-
 def _reset_mask(reset_run: Path, r: int, strategy: str) -> Mask:
     f = reset_run / ticket_name(r)
     if r not in (_finished_rounds(reset_run) if reset_run.exists() else set()):
@@ -619,7 +621,7 @@ def _run_each(what: str, names, run_one: Callable[[str], pd.DataFrame]) -> pd.Da
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 
-def obtain_cell(study_dir, domain: str, *, seed: int = 0, strategies: tuple[str, ...] = ("reset", "random", "reinit"),
+def obtain_cell(study_dir, domain: str, *, seed: int = 0, strategies: tuple[str, ...] = registry.defaults("obtain"),
                 settings: LotterySettings = LotterySettings(), device: str | None = None,
                 progress: bool = True) -> pd.DataFrame:
     """Every chain of one (domain, seed): ``reset`` first (the others reuse its dense round 0, and
@@ -653,7 +655,8 @@ def transfer(
     """Train on ``target`` under each round's mask (1..rounds) of ``source``'s ``reset`` chain.
 
     No further pruning. ``masks-reset`` starts from the source chain's theta_0, ``masks-random``
-    from fresh values. The TICKET-TARGET baseline is the target's own reset chain (``obtain``).
+    from fresh values; ``randmask-*`` train the source masks' per-tensor counts at random positions
+    (``strategies.random_positions``; the run's tickets record the mask it trained). The TICKET-TARGET baseline is the target's own reset chain (``obtain``).
     The saved tickets reference the source chain's theta_0 (``Ticket.init``) for both strategies;
     masks-random's fresh values are re-drawable from (seed, round) (``strategies.random``).
     ``data`` is the *target* data; ``data_key`` must name the key the source chain was run with
@@ -695,17 +698,22 @@ def transfer(
         chain.rows = _read_rows(run)
     done = _finished_rounds(run)
     todo = [r for r in range(1, settings.rounds + 1) if r not in done]
+    definition = registry.get("transfer", strategy)
     bar = tqdm(todo, desc=f"transfer {source}->{target} {strategy} seed{seed}", disable=not progress, unit="round")
     for r in bar:
         ticket = tickets.load(src / ticket_name(r))
         if ticket.vocab_size != vocab_size:
             raise ValueError(f"{ticket.path}: made with vocab_size {ticket.vocab_size}, target data has {vocab_size}")
+        _check_ticket_shapes(ticket, vocab_size, settings)
+        prev = None  # the run's own mask of the round before (random positions are drawn inside it)
+        if definition.positions != "ticket" and r > 1:
+            prev = tickets.load(run / ticket_name(r - 1)).masks
+        mask = strategies.positions(definition, ticket.masks, prev, seed=seed, round=r)
         start = strategies.Start(theta_0=ticket.init, vocab_size=vocab_size, model=settings.model, seed=seed,
                                  round=r, strategy=strategy)
-        init = strategies.TRANSFER[strategy](ticket.masks, start)
-        _check_ticket_shapes(ticket, vocab_size, settings)
-        chain.train_round(r, ticket.masks, init, seed=derive_seed(seed, r, "transfer", target))
-        bar.set_postfix(sparsity=f"{ticket.masks.sparsity():.3f}", test_acc=f"{chain.rows['test_acc'].iloc[-1]:.3f}")
+        init = strategies.initial_values(definition, mask, start)
+        chain.train_round(r, mask, init, seed=derive_seed(seed, r, "transfer", target))
+        bar.set_postfix(sparsity=f"{mask.sparsity():.3f}", test_acc=f"{chain.rows['test_acc'].iloc[-1]:.3f}")
     bar.close()
     return chain.finish()
 
@@ -720,7 +728,7 @@ def _check_ticket_shapes(ticket: tickets.Ticket, vocab_size: int, settings: Lott
 
 
 def transfer_cell(study_dir, source: str, target: str, *, seed: int = 0,
-                  strategies: tuple[str, ...] = ("masks-reset", "masks-random"),
+                  strategies: tuple[str, ...] = registry.defaults("transfer"),
                   settings: LotterySettings = LotterySettings(), device: str | None = None,
                   progress: bool = True) -> pd.DataFrame:
     """Every transfer run of one (source, target, seed); a failing run does not stop the others."""
@@ -793,7 +801,7 @@ def mask_overlap(study_dir, *, pair: str | None = None, seed: int | None = None)
                             "round": r, "sparsity": ma.sparsity(), "layer": layer, "jaccard": j})
 
     out: list[dict] = []
-    own = [s for s in strategies.OBTAIN if s != "reset" and s not in strategies.USES_RESET_MASKS]
+    own = [s.name for s in registry.BY_STAGE["obtain"].values() if s.name != "reset" and s.masks == "own"]
     for reset_run in sorted(study.glob("obtain/*/reset/seed*/*/")):
         domain, seed = reset_run.parent.parent.parent.name, int(reset_run.parent.name[4:])
         for other in own:

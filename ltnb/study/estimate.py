@@ -62,7 +62,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ltnb.base import config, paths, stages
+from ltnb.base import config, paths, registry, stages
 from ltnb.base._io import read_json, write_json
 
 RATES_FILE = "rates.json"
@@ -484,8 +484,7 @@ def round_epochs(train: config.TrainSettings, strategy: str, lvl: int, learned: 
 
 
 def _strategies(c) -> list[str]:
-    return list(c.params.get("strategies") or (["reset", "random", "reinit"] if c.stage == "obtain"
-                                                 else ["masks-reset", "masks-random"]))
+    return list(c.params.get("strategies") or registry.defaults("obtain" if c.stage == "obtain" else "transfer"))
 
 
 def _cell_settings(c) -> config.LotterySettings:
@@ -701,7 +700,7 @@ def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None,
     data = next((d for d in plan.cells if d.stage == "data"), None)
     domains = list((data.params.get("domains") if data else None) or [c.params["source"]])
     clients = list(f.client_domains or [d for d in domains if d != c.params["source"]])
-    strategies = c.params.get("strategies") or ["masks-reset", "masks-random"]
+    strategies = c.params.get("strategies") or list(registry.federated())
     runs = [0.0, 0.0] + [1 - (1 - s.prune_fraction) ** t for t in f.ticket_rounds for _ in strategies]
     bs = s.train.batch_size
     total = RAY_START
@@ -767,7 +766,7 @@ def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_
             bins = round_ratio.get(f"{workers}|{model_key}") if workers else None
             rows = 0
             for i, strategy in enumerate(_strategies(c)):
-                first = 0 if (c.stage == "obtain" and (i == 0 or strategy == "rewind")) else 1
+                first = 0 if (c.stage == "obtain" and (i == 0 or registry.get("obtain", strategy).trains_round0)) else 1
                 rows += s.rounds + 1
                 for rnd in range(first, s.rounds + 1):
                     sp = 1 - (1 - s.prune_fraction) ** rnd

@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ltnb.base import paths, stages
+from ltnb.base import paths, registry, stages
 from ltnb.base._io import read_json
 
 CELL_ENV = "LTNB_CELL"  # set by the batch runner for the kernel of a cell it runs (ltnb.batch)
 #: what a stage's cell runs when ``strategies`` is left as None and nothing is recorded
-DEFAULT_STRATEGIES = {"obtain": ["reset", "random", "reinit"], "transfer": ["masks-reset", "masks-random"],
-                      "federated": ["masks-reset", "masks-random"]}
+DEFAULT_STRATEGIES = {"obtain": list(registry.defaults("obtain")), "transfer": list(registry.defaults("transfer")),
+                      "federated": [s for s in registry.defaults("transfer") if s in registry.federated()]}
 
 
 class NotInStudy(LookupError):
@@ -97,7 +97,9 @@ class Opened:
             h = lottery.run_hash(s, data_key=data_key, vocab_size=vocab_size, strategy=strategy)
             if self.stage == "obtain":
                 run = paths.obtain_dir(self.study, p["domain"], strategy, p["seed"]) / h
-                wanted = set(range(0 if strategy in ("reset", "rewind") else 1, s.rounds + 1))
+                # round 0 is trained by reset (the others copy it) and by a strategy that trains its own
+                own0 = strategy == "reset" or registry.get("obtain", strategy).trains_round0
+                wanted = set(range(0 if own0 else 1, s.rounds + 1))
             else:
                 run = paths.transfer_dir(self.study, p["source"], p["target"], strategy, p["seed"]) / h
                 wanted = set(range(1, s.rounds + 1))

@@ -48,6 +48,7 @@ import pandas as pd
 
 from ltnb.base import paths
 from ltnb.base._io import read_json, write_json
+from ltnb.base.config import LotterySettings
 from ltnb.study.federated.flower import client_app, client_train, content_bytes, describe, server_app, wire_bytes
 from ltnb.study.federated.protocol import (DENSE, EMBEDDING, FEDERATED_VERSION, GLOBAL, MB, MESSAGES, NAIVE, RESULTS,
                                            ROUNDS, STRATEGIES, ClientShard, ClientSpec, Federation, RowLayout, collect,
@@ -87,8 +88,11 @@ def run(plan: Federation, *, workers: int | None = None, progress: bool = True, 
             "data_key": plan.data_key, "vocab_size": plan.vocab_size, "settings_hash": plan.settings_hash,
             "audit": plan.audit, "version": FEDERATED_VERSION}
     f = plan.run_dir / "settings.json"
-    def runs_alike(d):  # the target share is the analysis's (not in the hash): it may change between reruns
-        return {k: v for k, v in d.items() if k != "target_share"}
+    def runs_alike(d):  # the target share is the analysis's (not in the hash): it may change between reruns;
+        d = {k: v for k, v in d.items() if k != "target_share"}  # settings added since: at their defaults
+        if isinstance(d.get("settings"), dict):
+            d["settings"] = LotterySettings.comparable(d["settings"])
+        return d
 
     if f.exists() and runs_alike(read_json(f)) != runs_alike(json.loads(json.dumps(info, default=str))):
         raise ValueError(f"{f}: records different settings than this run (hash collision or edited file); move the folder away")

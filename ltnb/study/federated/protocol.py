@@ -40,7 +40,7 @@ from ltnb.base._io import read_json, stable_hash, write_json, write_parquet
 from ltnb.base.config import CELL_PARAMS, FederatedSettings, LotterySettings, ModelSettings, TrainSettings, derive_seed
 from ltnb.base.config import FEDERATED_DENSE as DENSE
 from ltnb.base.config import FEDERATED_NAIVE as NAIVE
-from ltnb.base.config import TRANSFER_STRATEGIES as STRATEGIES
+from ltnb.base.config import FEDERATED_STRATEGIES as STRATEGIES
 from ltnb.core.model import parameter_shapes
 from ltnb.core.pruning import Mask
 from ltnb.text.tokens import TokenSplit, fingerprint, save_splits
