@@ -60,8 +60,10 @@ from ltnb.text.tokens import SPLITS, TokenSplit, fingerprint
 #: Bumped whenever the engine's arithmetic changes, so a chain resumed by a newer engine never mixes
 #: its rounds with rounds of an older one: it starts a new folder instead. 3: dropout on a pruned
 #: embedding draws for its surviving entries only (ltnb.sparse.PackedEmbedding). 4: theta_0 per
-#: (seed, domain) by default (``theta_0_per``), and every row carries the training diagnostics.
-ENGINE_VERSION = 4
+#: (seed, domain) by default (``theta_0_per``), and every row carries the training diagnostics. 5: the
+#: sparsest rounds run embedding and convs as one packed sparse product (ltnb.sparse.PackedConvs; other
+#: float rounding), and the test runs on the validations' path.
+ENGINE_VERSION = 5
 
 
 def theta_0_seed(seed: int, domain: str, settings: LotterySettings) -> int:
