@@ -70,11 +70,13 @@ from ltnb.text.tokens import SPLITS, TokenSplit, fingerprint
 #: Bumped whenever the engine's arithmetic changes, so a chain resumed by a newer engine never mixes
 #: its rounds with rounds of an older one: it starts a new folder instead. 3: dropout on a pruned
 #: embedding draws for its surviving entries only (ltnb.sparse.PackedEmbedding). 4: theta_0 per
-#: (seed, domain) by default (``theta_0_per``), and every row carries the training diagnostics.
+#: (seed, domain) by default (``theta_0_per``), and every row carries the training diagnostics. 5: the
+#: sparsest rounds run embedding and convs as one packed sparse product (ltnb.sparse.PackedConvs; other
+#: float rounding), and the test runs on the validations' path.
 #: (The run hash's rule changed once without a bump: since the registry, it covers non-default
 #: settings only, so every hash of version 4 written before then differs; see docs/extending.md.)
 #: Bumping it changes every pinned hash: regenerate tests/fixtures/run_hashes.json (its test says how).
-ENGINE_VERSION = 4
+ENGINE_VERSION = 5
 
 
 def theta_0_seed(seed: int, domain: str, settings: LotterySettings) -> int:

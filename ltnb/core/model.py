@@ -101,6 +101,20 @@ class KimCNN(nn.Module):
             if noise is not None:
                 noise = F.pad(noise, (0, 0, 0, width - noise.shape[-2]), value=1.0)
         packed = getattr(self, "packed_embedding", None)
+        if packed is not None and getattr(packed, "packed_convs", None) is not None:
+            # the sparsest rounds: embedding and convs as one sparse product (ltnb.sparse), all convs'
+            # outputs stacked [batch, time, convs x channels]; pooled as below, in one pass
+            y = F.relu(packed.convs(ids, packed.packed_convs, [c.bias for c in self.convs],
+                                    dropout=self.dropout.p if self.training else 0.0))
+            T = ids.shape[1]
+            ends = torch.tensor([T - h + 1 for h in self.kernel_sizes], device=ids.device)
+            if lengths is not None:
+                ends = torch.minimum(ends, lengths.to(ids.device).clamp(min=width).unsqueeze(1) - ends.new_tensor(
+                    [h - 1 for h in self.kernel_sizes]))  # [batch, convs]
+            valid = torch.arange(T, device=ids.device).view(1, T, 1) < ends.view(-1, 1, len(self.kernel_sizes))
+            y = y.view(ids.shape[0], T, len(self.kernel_sizes), -1) * valid.unsqueeze(3)
+            z = y.amax(dim=1).flatten(1)
+            return self.fc2(F.relu(self.fc1(z)))
         if packed is not None:  # a pruned table: its survivors only, dropout drawn for them alone
             e = packed(ids, dropout=self.dropout.p if self.training else 0.0)  # [batch, time, embed]
         else:

@@ -20,6 +20,13 @@ path is faster is *measured* on this machine by ``calibrate()`` (about 2 s, the 
 fwd + both grads) and stored in ``<cache>/crossover.json`` keyed by torch version, thread count,
 device and CPU model; ``crossover()`` reads it (or measures once). ``LTNB_SPARSE=on|off|auto`` or
 ``fit(sparse=...)`` overrides the choice; ``auto`` is the default.
+
+The sparsest rounds (about 1% surviving and less) go one step further: the packed embedding's few
+surviving entries per token and the convs' survivors meet in one sparse product
+(``PackedEmbedding.convs``, ``PackedConvs``) that never forms the dense embedded batch or the stacked
+``[sum(h) C, B T]`` product, and whose conv weights train as their survivors only. Its crossover
+against the CSR kernels is measured too (``calibrate_packed``, stored under ``"packed"`` in the same
+entry); ``LTNB_PACKED_CONVS=on|off|auto`` overrides it.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ from ltnb.base._io import write_json
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
 
 ENV = "LTNB_SPARSE"
+PACKED_ENV = "LTNB_PACKED_CONVS"
 MODES = ("auto", "on", "off")
 CROSSOVER_FILE = "crossover.json"
 NEVER_ABOVE = 0.5  # densities above this never run sparse (no calibration needed)
@@ -291,6 +299,21 @@ def plan_for(model, masks, *, mode: str | None = "auto", device="cpu") -> ConvPl
     return build_plan(conv_masks, device)
 
 
+def use_packed_convs(plan: ConvPlan | None, embed_density: float, *, mode: str | None = "auto", device="cpu") -> bool:
+    """Whether the packed product of embedding and convs (``PackedEmbedding.convs``) replaces the CSR
+    kernels: only where the convs run sparse (``plan``) and the embedding is packed, and under
+    ``auto`` when the convs' density is below this machine's measured crossover of the packed path
+    (``crossover(...)["packed"]``); ``LTNB_PACKED_CONVS=on|off`` overrides."""
+    if plan is None:
+        return False
+    choice = os.environ.get(PACKED_ENV) or ("on" if mode == "on" else "auto")
+    if choice not in MODES:
+        raise ValueError(f"${PACKED_ENV} = {choice!r}: expected one of {list(MODES)}")
+    if choice != "auto":
+        return choice == "on"
+    return max(plan.density, embed_density) < packed_crossover(device)
+
+
 # ----------------------------------------------------------------------------------------------
 # the embedding: Adam over the surviving entries only
 
@@ -353,3 +376,261 @@ class PackedEmbedding:
     def write_back(self, weight: torch.Tensor) -> None:
         """Copy the survivors into the dense table (its pruned entries are already 0)."""
         weight.view(-1)[self.flat] = self.values.detach()
+
+    def mask(self) -> torch.Tensor:
+        """The bool mask of the table."""
+        m = torch.zeros(self.shape[0] * self.shape[1], dtype=torch.bool, device=self.flat.device)
+        m[self.flat] = True
+        return m.view(self.shape)
+
+    # ------------------------------------------------------------------------------------------
+    # the embedding and the convolutions in one sparse product (the packed path of the sparsest rounds)
+
+    def lookup(self, ids: torch.Tensor, dropout: float = 0.0):
+        """The embedded batch as a sparse matrix ``X [B*T, D]`` in CSR by token position: ``(crow,
+        col, val)`` with ``val`` differentiable in ``values``. Dropout is drawn as in ``_with_dropout``
+        (the same draws, in the same order)."""
+        flat = ids.reshape(-1)
+        starts = self.crow[flat]
+        counts = self.crow[flat + 1] - starts
+        crow = torch.zeros(flat.numel() + 1, dtype=torch.int64, device=ids.device)
+        torch.cumsum(counts, 0, out=crow[1:])
+        sel = _ranges(starts, counts, crow)
+        val = self.values[sel]
+        if dropout > 0:
+            keep = torch.empty(sel.numel(), dtype=self.values.dtype, device=ids.device).bernoulli_(1 - dropout)
+            val = val * keep.div_(1 - dropout)
+        return crow, self.col[sel], val
+
+    def convs(self, ids: torch.Tensor, convs: "PackedConvs", biases: list, dropout: float = 0.0) -> torch.Tensor:
+        """Every conv's output before the bias, stacked: ``[B, T, n C]`` (conv ``i`` in columns ``i C ..
+        (i + 1) C``; its windows ``t > T - h_i`` are not its outputs), without ever forming the dense
+        ``[B, T, D]`` block: with a sparse embedded batch ``X`` (a few surviving entries per token), all
+        convs are ``unfold(X) @ W'`` where ``unfold(X)`` (row ``(b, t)``: the rows ``t .. t + h - 1`` of
+        ``X`` side by side, ``h`` the widest window) is sparse too and ``W' [h D, n C]`` holds every conv's
+        weight by (offset, input) x (conv, channel), built from the packed survivors (``convs``).
+        Arithmetic ``O(nnz(X) h n C)``, memory the outputs' size (``_PackedConvs``)."""
+        B, T = ids.shape
+        crow, col, val = self.lookup(ids, dropout)
+        with torch.autocast(ids.device.type, enabled=False):  # torch.sparse's kernels are float32 only
+            out = _PackedConvs.apply(val.float(), convs.values, crow, col, B, T, convs)
+            return (out + torch.cat(biases).float()).view(B, T, -1)
+
+
+class PackedConvs:
+    """Pruned conv weights ``[C, D, h_i]`` stored as their survivors (``values``, one Parameter for all
+    convs, what the optimizer updates), for ``PackedEmbedding.convs``: Adam and the masks touch
+    ``nnz`` entries, and no dense weight, gradient or mask multiply is formed per step. ``flat`` and
+    ``flat_t`` index each survivor in the stacked layout ``W' [h D, n C]`` (row ``k D + d``, column
+    ``i C + c``; rows ``k >= h_i`` of conv ``i`` are 0) and in its transpose, ``src`` in the conv's own
+    weight (``parts``: how many survivors each conv has). Same semantics as the dense masked path (a
+    pruned entry's weight, gradient and Adam moments are 0 there)."""
+
+    def __init__(self, weights: list, masks: list):
+        C, D = weights[0].shape[:2]
+        self.width, self.channels, self.dim = max(w.shape[2] for w in weights), C, D
+        n = len(weights)
+        flats, self.src, self.parts, vals = [], [], [], []
+        for i, (w, m) in enumerate(zip(weights, masks)):
+            o, d, k = m.to(w.device, torch.bool).nonzero().unbind(1)  # row-major over [C, D, h]
+            row, column = k * D + d, i * C + o
+            flats.append(row * (n * C) + column)
+            src = (o * D + d) * w.shape[2] + k
+            self.src.append(src)
+            self.parts.append(src.numel())
+            vals.append(w.detach().reshape(-1)[src])
+        flat = torch.cat(flats)
+        # only the rows of W' that hold a survivor take part: U's entries at other columns meet zeros
+        # (their products and their gradients are 0), so they are dropped before the product, and the
+        # inputs (dimensions d) no conv reads are dropped from X before it is unfolded
+        rows = flat // (n * C)
+        active = torch.unique(rows)
+        self.colmap = torch.full((self.width * D,), -1, dtype=torch.int64, device=flat.device)
+        self.colmap[active] = torch.arange(active.numel(), device=flat.device)
+        self.dims = torch.zeros(D, dtype=torch.bool, device=flat.device)
+        self.dims[active % D] = True
+        self.shape = (active.numel(), n * C)  # the compact W': its active rows only
+        self.flat = self.colmap[rows] * (n * C) + flat % (n * C)
+        self.flat_t = (flat % (n * C)) * active.numel() + self.colmap[rows]
+        self.values = torch.nn.Parameter(torch.cat(vals).clone())
+
+    @torch.no_grad()
+    def write_back(self, weights: list) -> None:
+        """Copy the survivors into the dense weights (their pruned entries are already 0)."""
+        for w, src, v in zip(weights, self.src, self.values.detach().split(self.parts)):
+            w.view(-1)[src] = v
+
+    def masks(self, weights: list) -> list:
+        """The bool masks of the weights."""
+        out = []
+        for w, src in zip(weights, self.src):
+            m = torch.zeros(w.numel(), dtype=torch.bool, device=src.device)
+            m[src] = True
+            out.append(m.view(w.shape))
+        return out
+
+
+def _ranges(starts: torch.Tensor, counts: torch.Tensor, crow: torch.Tensor | None = None) -> torch.Tensor:
+    """``cat([arange(s, s + c) for s, c in zip(starts, counts)])`` without a Python loop (``crow``:
+    the cumulative counts with a leading 0, when the caller has them)."""
+    if crow is None:
+        crow = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=counts.device)
+        torch.cumsum(counts, 0, out=crow[1:])
+    n = int(crow[-1])
+    owner = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts, output_size=n)
+    return (starts - crow[:-1])[owner] + torch.arange(n, device=counts.device)
+
+
+_WINDOWS: dict = {}  # (B, T, width, device) -> (token position of each window entry [B T, width], in range)
+
+
+def _windows(B: int, T: int, width: int, device) -> tuple:
+    key = (B, T, width, str(device))
+    if key not in _WINDOWS:
+        if len(_WINDOWS) > 4096:
+            _WINDOWS.clear()
+        t = torch.arange(T, device=device).unsqueeze(1) + torch.arange(width, device=device)  # [T, width]
+        inside = (t < T).repeat(B, 1)
+        pos = (torch.arange(B, device=device).view(B, 1, 1) * T + t.clamp(max=T - 1)).reshape(B * T, width)
+        _WINDOWS[key] = (pos, inside)
+    return _WINDOWS[key]
+
+
+class _PackedConvs(torch.autograd.Function):
+    """Every conv's output ``[B T, n C]`` (no bias) from the sparse embedded batch ``X`` (CSR over token
+    positions ``b T + s``: ``crow``, ``col``, values ``val``) and the packed conv survivors ``wv``.
+
+    Row ``r = (b, t)`` of ``U = unfold(X)`` holds the entries of X's rows ``bT + t + k``, ``k = 0 .. h - 1``
+    (those inside the sequence row), at columns ``k D + d``: contiguous ranges of X's CSR, so U is CSR by
+    construction (no sort). Forward ``U @ W'``; backward ``dW' = U^T @ dY`` read at the survivors, and the
+    values' gradient only at U's entries, ``sampled_addmm(U, dY, W'^T)`` (SDDMM), summed back onto X's
+    entries.
+    """
+
+    @staticmethod
+    def forward(ctx, val, wv, crow, col, B, T, convs):
+        dev, h, D = val.device, convs.width, convs.dim
+        xi = convs.dims[col].nonzero().squeeze(1)  # X's entries at dimensions some conv reads
+        kept = torch.zeros(col.numel() + 1, dtype=torch.int64, device=dev)
+        torch.cumsum(convs.dims[col].long(), 0, out=kept[1:])
+        xcrow = kept[crow]
+        pos, inside = _windows(B, T, h, dev)
+        c = torch.where(inside, xcrow[1:][pos] - xcrow[:-1][pos], 0).view(-1)  # entries of X's row per (r, k)
+        idx = xi[_ranges(xcrow[:-1][pos].view(-1), c)]  # U's entries -> X's entries
+        offset = torch.arange(h, device=dev).repeat(B * T).mul_(D)
+        ucol = convs.colmap[col[idx] + torch.repeat_interleave(offset, c, output_size=idx.numel())]
+        keep = ucol >= 0  # entries that meet a surviving weight
+        r = torch.repeat_interleave(torch.arange(B * T, device=dev), c.view(-1, h).sum(1), output_size=idx.numel())[keep]
+        idx, ucol = idx[keep], ucol[keep]
+        ucrow = torch.zeros(B * T + 1, dtype=torch.int64, device=dev)
+        torch.cumsum(torch.bincount(r, minlength=B * T), 0, out=ucrow[1:])
+        u = torch.sparse_csr_tensor(ucrow, ucol, val[idx], (B * T, convs.shape[0]), check_invariants=False)
+        wp = wv.new_zeros(convs.shape[0] * convs.shape[1]).index_put_((convs.flat,), wv).view(convs.shape)
+        ctx.save_for_backward(val, wv)
+        ctx.u, ctx.r, ctx.idx, ctx.convs = u, r, idx, convs
+        return torch.sparse.mm(u, wp)
+
+    @staticmethod
+    def backward(ctx, g):
+        val, wv = ctx.saved_tensors
+        u, r, idx, convs = ctx.u, ctx.r, ctx.idx, ctx.convs
+        g = g.contiguous()
+        gval = gwv = None
+        if ctx.needs_input_grad[1]:  # U^T as CSR (its entries sorted by column), then U^T @ dY at the survivors
+            ucol = u.col_indices()
+            order = torch.argsort(ucol, stable=True)
+            tcrow = torch.zeros(convs.shape[0] + 1, dtype=torch.int64, device=g.device)
+            torch.cumsum(torch.bincount(ucol, minlength=convs.shape[0]), 0, out=tcrow[1:])
+            ut = torch.sparse_csr_tensor(tcrow, r[order], u.values()[order], (convs.shape[0], g.shape[0]),
+                                         check_invariants=False)
+            gwv = torch.sparse.mm(ut, g).view(-1)[convs.flat]
+        if ctx.needs_input_grad[0]:
+            gval = torch.zeros_like(val)
+            if idx.numel():
+                wpt = wv.new_zeros(convs.shape[0] * convs.shape[1]).index_put_((convs.flat_t,), wv).view(convs.shape[::-1])
+                pattern = torch.sparse_csr_tensor(u.crow_indices(), u.col_indices(), val.new_zeros(idx.numel()), u.shape,
+                                                  check_invariants=False)
+                gval.index_add_(0, idx, torch.sparse.sampled_addmm(pattern, g, wpt, beta=0.0).values())
+        return gval, gwv, None, None, None, None, None
+
+
+def calibrate_packed(device="cpu", *, vocab=8000, embed_dim=417, channels=127, kernel_sizes=(3, 4, 5), batch=32,
+                     length=24, densities=(0.05, 0.02, 0.01, 0.005, 0.002), seed=0) -> dict:
+    """Time a training step of the embedding and the convs (forward + every gradient, dropout on, plus
+    the evaluation forward a step brings with it in a demo training: 3/4 of its tokens) on the
+    packed product (``PackedEmbedding.convs``) against the packed embedding with the CSR conv kernels
+    (``sparse_convs``), at ``densities`` (the fraction of the embedding and of the convs that survives:
+    IMP prunes every layer alike), random masks, batches of ``batch`` x ``length`` tokens.
+
+    Returns ``{"density": crossover, "csr_ms": {density: ms}, "packed_ms": {density: ms}}``: the largest
+    density at which the packed product is faster (log-interpolated; 0.0 when it never is)."""
+    import math
+
+    g = torch.Generator().manual_seed(seed)
+    dev = torch.device(device)
+    ids = torch.randint(0, vocab, (batch, length), generator=g).to(dev)
+    # evaluation: a demo training's validations and test forward about 3/4 as many tokens as its steps
+    eval_ids = torch.randint(0, vocab, (batch * 3 // 4, length), generator=g).to(dev)
+    table = torch.randn(vocab, embed_dim, generator=g).to(dev)
+    ws = [torch.randn(channels, embed_dim, h, generator=g).to(dev) for h in kernel_sizes]
+    bs = [torch.zeros(channels, device=dev, requires_grad=True) for _ in kernel_sizes]
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    csr_s, packed_s = {}, {}
+    for d in densities:
+        emb = PackedEmbedding(table, torch.rand(table.shape, generator=g) < d)
+        masks = [torch.rand(w.shape, generator=g) < d for w in ws]
+        plan = build_plan(masks, dev)
+        wd = [(w * m.to(dev)).requires_grad_() for w, m in zip(ws, masks)]
+        pc = PackedConvs(ws, masks)
+
+        def csr():
+            sum(y.sum() for y in sparse_convs(plan, emb(ids, dropout=0.285), wd, bs)).backward()
+            with torch.no_grad():
+                sparse_convs(plan, emb(eval_ids), wd, bs)
+            sync()
+
+        def packed():
+            emb.convs(ids, pc, bs, dropout=0.285).sum().backward()
+            with torch.no_grad():
+                emb.convs(eval_ids, pc, bs)
+            sync()
+
+        csr_s[d], packed_s[d] = _bench(csr), _bench(packed)
+    faster = [d for d in densities if packed_s[d] < csr_s[d]]
+    cross = 0.0
+    if faster:
+        d_hi = max(faster)
+        above = [d for d in densities if d > d_hi]
+        cross = d_hi
+        if above:
+            d_lo = min(above)
+            r1, r2 = csr_s[d_hi] / packed_s[d_hi], csr_s[d_lo] / packed_s[d_lo]
+            frac = math.log(r1) / (math.log(r1) - math.log(r2)) if r1 != r2 else 0.0
+            cross = math.exp(math.log(d_hi) + frac * (math.log(d_lo) - math.log(d_hi)))
+    return {"density": cross, "csr_ms": {str(k): v * 1e3 for k, v in csr_s.items()},
+            "packed_ms": {str(k): v * 1e3 for k, v in packed_s.items()}, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def packed_crossover(device="cpu", *, cache_dir=None, recalibrate=False) -> float:
+    """The measured density below which the packed product beats the CSR kernels on this machine
+    (``calibrate_packed``, about 2 s; stored beside the dense/CSR crossover in ``<cache>/crossover.json``,
+    under ``"packed"`` of this machine's entry)."""
+    crossover(device, cache_dir=cache_dir)  # this machine's entry exists
+    f = paths.cache_dir(cache_dir) / CROSSOVER_FILE
+    key = machine_key(device)
+    try:
+        table = json.loads(f.read_text())
+    except (OSError, ValueError):
+        table = {}
+    entry = table.setdefault(key, {"density": 0.0})
+    if "packed" not in entry or recalibrate:
+        entry["packed"] = calibrate_packed(device)
+        try:
+            write_json(f, table)
+        except OSError:
+            pass
+    return float(entry["packed"]["density"])

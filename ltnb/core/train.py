@@ -14,7 +14,10 @@
   improvement; ``None`` runs every epoch.
 * Sparse kernels (``ltnb.sparse``): with ``sparse="auto"`` (default) a pruned embedding trains as its
   surviving entries only (on the CPU), and the convolutions run through CSR kernels once their
-  surviving fraction is below the machine's measured crossover. Same semantics as the dense masked
+  surviving fraction is below the machine's measured crossover; below a second measured crossover
+  (``ltnb.sparse.packed_crossover``, about 1% surviving on the demo's machine) the embedding and the
+  convs run as one packed sparse product whose conv weights train as their survivors only
+  (``ltnb.sparse.PackedConvs``), validations and the test included. Same semantics as the dense masked
   path; the numbers agree up to float rounding (``tests/test_sparse.py``). ``sparse="off"`` is the
   plain dense path.
 * Evaluation batches are sorted by length and capped at ``EVAL_TOKENS`` padded tokens.
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ltnb.base.config import TrainSettings, derive_seed
+from ltnb.core import sparse as _sparse
 from ltnb.core.model import PAD_ID
 from ltnb.text.tokens import TokenSplit
 
@@ -155,8 +159,6 @@ def _masked_parameters(model, params, masks, device, sparse) -> tuple[list, obje
     embedding table trains as its survivors only (``ltnb.sparse.PackedEmbedding``; on the CPU, where
     Adam and the masking over 3.3M entries cost as much as the convolutions at 99% sparsity); the
     convolutions run sparse below the measured crossover (``model.sparse_plan``)."""
-    from ltnb.core import sparse as _sparse
-
     fmasks: dict[str, torch.Tensor] = {}  # float masks, only for tensors that are actually pruned
     for name, m in (masks or {}).items():
         if name not in params:
@@ -176,8 +178,34 @@ def _masked_parameters(model, params, masks, device, sparse) -> tuple[list, obje
     if (mode != "off" and emb is not None and not dense_enough and (device.type == "cpu" or mode == "on")
             and hasattr(model, "embedding")):
         packed = _sparse.PackedEmbedding(params["embedding.weight"], fmasks.pop("embedding.weight").bool())
+        packed.packed_convs = None
+        if _sparse.use_packed_convs(model.sparse_plan, float(emb.mean()), mode=mode, device=device):
+            names = [f"convs.{i}.weight" for i in range(len(model.convs))]
+            packed.packed_convs = _sparse.PackedConvs([params[n] for n in names], [fmasks.pop(n).bool() for n in names])
+            model.sparse_plan = None  # the packed product replaces the CSR kernels
     model.packed_embedding = packed
     return [(params[n], fm) for n, fm in fmasks.items()], packed
+
+
+def _trained_parameters(params: dict, packed) -> list | None:
+    """What the optimizer updates: the model's parameters, with the packed ones' survivors in place of
+    their dense tensors (None: all parameters as they are)."""
+    if packed is None:
+        return None
+    out = [packed.values]
+    skip = {"embedding.weight"}
+    if packed.packed_convs is not None:
+        out.append(packed.packed_convs.values)
+        skip |= {n for n in params if n.startswith("convs.") and n.endswith(".weight")}
+    return [p for n, p in params.items() if n not in skip] + out
+
+
+def _write_back(model, packed) -> None:
+    """The dense parameters mirror the packed survivors (for callbacks and saved states)."""
+    if packed is not None:
+        packed.write_back(model.embedding.weight)
+        if packed.packed_convs is not None:
+            packed.packed_convs.write_back([c.weight for c in model.convs])
 
 
 def fit(
@@ -214,17 +242,15 @@ def fit(
     params = dict(model.named_parameters())
     masked, packed = _masked_parameters(model, params, masks, device, sparse)
     precision = settings.precision
-    optimizer = make_optimizer(model, settings, None if packed is None else
-                               [p for n, p in params.items() if n != "embedding.weight"] + [packed.values])
+    optimizer = make_optimizer(model, settings, _trained_parameters(params, packed))
 
     def apply_masks():
         with torch.no_grad():
             for p, fm in masked:
                 p.mul_(fm)
 
-    def sync():  # the dense table mirrors the packed survivors (for callbacks and saved states)
-        if packed is not None:
-            packed.write_back(params["embedding.weight"])
+    def sync():
+        _write_back(model, packed)
     shuffle = torch.Generator().manual_seed(derive_seed(seed, "shuffle"))
     val = [b.to(device) for b in make_batches(data["validation"], EVAL_BATCH, max_len=settings.max_len, max_tokens=EVAL_TOKENS)]
 
@@ -272,8 +298,13 @@ def fit(
         bar.close()
     model.packed_embedding = None
     model.load_state_dict(best_state)
+    if packed is not None:  # the test runs on the same path as the validations: the best weights, packed again
+        model.packed_embedding = _sparse.PackedEmbedding(params["embedding.weight"], packed.mask())
+        model.packed_embedding.packed_convs = None if packed.packed_convs is None else _sparse.PackedConvs(
+            [c.weight for c in model.convs], packed.packed_convs.masks([c.weight for c in model.convs]))
     test = [b.to(device) for b in make_batches(data["test"], EVAL_BATCH, max_len=settings.max_len, max_tokens=EVAL_TOKENS)]
     test_acc = evaluate(model, test, precision)
+    model.packed_embedding = None
     model.sparse_plan = None  # the trained model is an ordinary dense module again
     return FitResult(best_acc, test_acc, best_epoch, epochs_run, step, time.perf_counter() - t_start, history)
 

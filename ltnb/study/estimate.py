@@ -89,8 +89,13 @@ def _key(model: config.ModelSettings, vocab_size: int, batch_size: int, threads:
 
     shape = _shape_json({"model": config._plain(config.kwargs(model)), "vocab": int(vocab_size),
                          "batch": int(batch_size)})
+    from ltnb.core.lottery import ENGINE_VERSION
+
     prec = "" if precision == "float32" else f"|precision={precision}"
-    return f"{machine_key('cpu')}|threads={int(threads)}{prec}|{shape}"
+    # the engine's version (from 5 on): a new engine's costs are measured and learned anew, never mixed
+    # with an older one's
+    engine = f"|engine={ENGINE_VERSION}" if ENGINE_VERSION >= 5 else ""
+    return f"{machine_key('cpu')}|threads={int(threads)}{prec}{engine}|{shape}"
 
 
 SPEED_BLIND = ("init_a", "bias_init")  # model settings that change the initial values, not the time a step takes
@@ -137,7 +142,7 @@ def _calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int, *,
     from ltnb.core.model import KimCNN
     from ltnb.core.pruning import Mask, prune_step
     from ltnb.text.tokens import TokenSplit
-    from ltnb.core.train import EVAL_BATCH, evaluate, fit, make_batches
+    from ltnb.core.train import EVAL_BATCH, _masked_parameters, evaluate, fit, make_batches
 
     t0 = time.perf_counter()
     log(f"estimate: measuring training rates on this machine for this model (once; cached in {RATES_FILE})")
@@ -175,10 +180,13 @@ def _calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int, *,
             steps.append(step)
             fixed.append(max(times[k1] - k1 * step, 0.0))
             m.eval()
+            if s > 0:  # evaluate on the path fit's validations take at this sparsity (packed, CSR)
+                _masked_parameters(m, dict(m.named_parameters()), mask, torch.device("cpu"), None)
             batches = make_batches(split(EVAL_BATCH, length), EVAL_BATCH, max_len=10_000)
             t = time.perf_counter()
             evaluate(m, batches, precision)
             evals.append(max((time.perf_counter() - t) / EVAL_BATCH, 1e-9))
+            m.packed_embedding = m.sparse_plan = None
         out["step"][str(s)], out["eval"][str(s)], out["fixed"][str(s)] = steps, evals, sum(fixed) / len(fixed)
     out["seconds"] = time.perf_counter() - t0
     out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
