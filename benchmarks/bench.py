@@ -6,8 +6,8 @@ seed and rounds; plus the machine's matmul rate and ltnb's dense training GFLOP/
     python benchmarks/bench.py --study outputs/demo --domain products
 
 Data: ``--study`` reads that study's encodings; otherwise a throw-away study of the built-in corpus
-(``ltnb.data.build`` + ``ltnb.vocab.build``, 994 sentences per domain, vocabulary 8000) when the
-corpus is in the cache, else ``ltnb.train.synthetic_data``. ``--quick`` uses synthetic data.
+(``ltnb.text.data.build`` + ``ltnb.text.vocab.build``, 994 sentences per domain, vocabulary 8000) when the
+corpus is in the cache, else ``ltnb.core.train.synthetic_data``. ``--quick`` uses synthetic data.
 Only ratios measured in the same run are meaningful (the machine may be busy).
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from ltnb import lottery, sparse  # noqa: E402
-from ltnb.config import DataSettings, LotterySettings, ModelSettings, TrainSettings, VocabSettings  # noqa: E402
-from ltnb.train import EVAL_BATCH, fit, make_batches, synthetic_data  # noqa: E402
+from ltnb.core import lottery, sparse  # noqa: E402
+from ltnb.base.config import DataSettings, LotterySettings, ModelSettings, TrainSettings, VocabSettings  # noqa: E402
+from ltnb.core.train import EVAL_BATCH, fit, make_batches, synthetic_data  # noqa: E402
 
 import reference  # noqa: E402
 
@@ -66,14 +66,14 @@ def training_flops(data, settings: LotterySettings) -> float:
 
 def load_data(args, log):
     if args.study:
-        from ltnb import vocab
+        from ltnb.text import vocab
 
         data, v = vocab.load_encoded(args.study, args.domain)
         return data, v, f"study {args.study} ({args.domain})"
     if not args.quick:
         try:
-            from ltnb import data as ldata, vocab
-            from ltnb.corpus import BUILTIN_DOMAINS
+            from ltnb.text import data as ldata, vocab
+            from ltnb.text.corpus import BUILTIN_DOMAINS
 
             tmp = Path(tempfile.mkdtemp(prefix="ltnb-bench-"))
             domains = [args.domain] + [d for d in BUILTIN_DOMAINS if d != args.domain][:1]
@@ -136,8 +136,8 @@ def main(argv=None):
             log(f"round {r}: reference {ref[-1]['seconds']:.2f} s, ltnb {float(rows['seconds'].iloc[-1]):.2f} s")
 
     # dense training throughput (round 0's training alone), between two matmul measurements
-    from ltnb.model import KimCNN, initial_state
-    from ltnb.config import derive_seed
+    from ltnb.core.model import KimCNN, initial_state
+    from ltnb.base.config import derive_seed
 
     model = KimCNN.from_settings(vocab_size, settings.model, seed=None)
     model.load_state_dict(initial_state(vocab_size, settings.model, derive_seed(args.seed, "theta_0")))

@@ -17,11 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from ltnb import lottery  # noqa: E402
-from ltnb.config import LotterySettings, TrainSettings, derive_seed  # noqa: E402
-from ltnb.model import KimCNN, initial_state  # noqa: E402
+from ltnb.core import lottery  # noqa: E402
+from ltnb.base.config import LotterySettings, TrainSettings, derive_seed  # noqa: E402
+from ltnb.core.model import KimCNN, initial_state  # noqa: E402
 from multi import fit_many  # noqa: E402  (benchmarks/multi.py)
-from ltnb.train import default_device, fit, synthetic_data  # noqa: E402
+from ltnb.core.train import default_device, fit, synthetic_data  # noqa: E402
 
 
 def main():
@@ -35,7 +35,7 @@ def main():
     dev = torch.device(args.device)
     print(f"torch {torch.__version__}, device {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""), flush=True)
     if args.study:
-        from ltnb import vocab
+        from ltnb.text import vocab
 
         data, v = vocab.load_encoded(args.study, args.domain)
     else:

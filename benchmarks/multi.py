@@ -3,7 +3,7 @@
 On a GPU one small Kim CNN cannot fill the device; stacking K chains' parameters into ``[K, ...]``
 tensors and running their forward and backward passes as one ``torch.func.vmap`` call (convolutions
 become grouped convolutions) can. On a CPU it is slower than separate processes (measured 0.8-0.95x)
-and is provided for correctness: it gives the same numbers as K separate ``ltnb.train.fit`` calls
+and is provided for correctness: it gives the same numbers as K separate ``ltnb.core.train.fit`` calls
 up to float rounding (``tests/test_multi.py``), because every chain keeps its own:
 
 * batches: the same seeded length-bucketed batches ``fit`` makes (``derive_seed(seed, "shuffle")``);
@@ -20,11 +20,11 @@ up to float rounding (``tests/test_multi.py``), because every chain keeps its ow
 Constraints: every model has the same shapes, every chain's training split has the same size (the
 same number of steps per epoch), and the sparse conv path is not used.
 
-The forward pass is ``ltnb.model.KimCNN.forward`` itself, called with each chain's parameters through
+The forward pass is ``ltnb.core.model.KimCNN.forward`` itself, called with each chain's parameters through
 ``torch.func.functional_call`` and vectorised with ``torch.func.vmap`` (its ``noise`` argument takes
 the chain's own dropout draw); there is no second copy of the model here. This lives under
 ``benchmarks/`` because only the GPU check (``gpu_check.py``) uses it; the study's chains train one
-per process with ``ltnb.train.fit``.
+per process with ``ltnb.core.train.fit``.
 """
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ltnb.config import TrainSettings, derive_seed
-from ltnb.model import PAD_ID, KimCNN
-from ltnb.tokens import TokenSplit
-from ltnb.train import EVAL_BATCH, EVAL_TOKENS, FitResult, default_device, evaluate, make_batches
+from ltnb.base.config import TrainSettings, derive_seed
+from ltnb.core.model import PAD_ID, KimCNN
+from ltnb.text.tokens import TokenSplit
+from ltnb.core.train import EVAL_BATCH, EVAL_TOKENS, FitResult, default_device, evaluate, make_batches
 
 
 def fit_many(

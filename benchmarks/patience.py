@@ -19,8 +19,10 @@ import time
 import pandas as pd
 import torch
 
-from ltnb import config, data, lottery, paths, vocab
-from ltnb import train as _train
+from ltnb.base import config, paths
+from ltnb.core import lottery
+from ltnb.text import data, vocab
+from ltnb.core import train as _train
 
 
 def replay(hist: pd.DataFrame, patience: int | None) -> pd.DataFrame:

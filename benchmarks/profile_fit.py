@@ -1,4 +1,4 @@
-"""Where the seconds of one converged training go: ``ltnb.train.fit`` under ``torch.profiler``.
+"""Where the seconds of one converged training go: ``ltnb.core.train.fit`` under ``torch.profiler``.
 
     python benchmarks/profile_fit.py --study outputs/demo --domain products [--rounds 0,8,12] [--epochs 15]
                                  [--precision float32,bfloat16] [--top 12]
@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from ltnb import tickets, vocab  # noqa: E402
-from ltnb.config import LotterySettings, TrainSettings  # noqa: E402
-from ltnb.model import KimCNN  # noqa: E402
-from ltnb.train import fit  # noqa: E402
+from ltnb.core import tickets  # noqa: E402
+from ltnb.text import vocab  # noqa: E402
+from ltnb.base.config import LotterySettings, TrainSettings  # noqa: E402
+from ltnb.core.model import KimCNN  # noqa: E402
+from ltnb.core.train import fit  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from ltnb.config import LotterySettings, derive_seed
-from ltnb.model import initial_state
+from ltnb.base.config import LotterySettings, derive_seed
+from ltnb.core.model import initial_state
 
 
 class RefCNN(nn.Module):

@@ -22,13 +22,13 @@ CHILD = r"""
 import sys, time, json, torch
 torch.set_num_threads(int(sys.argv[1]))
 sys.path.insert(0, sys.argv[6])
-from ltnb.config import TrainSettings, ModelSettings
-from ltnb.model import KimCNN
-from ltnb.pruning import Mask, prune_step
-from ltnb.train import fit, synthetic_data
+from ltnb.base.config import TrainSettings, ModelSettings
+from ltnb.core.model import KimCNN
+from ltnb.core.pruning import Mask, prune_step
+from ltnb.core.train import fit, synthetic_data
 study, domain, epochs, rnd = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 if study:
-    from ltnb import vocab
+    from ltnb.text import vocab
     data, v = vocab.load_encoded(study, domain)
 else:
     data, v = synthetic_data(8000, sizes=(498, 248, 248), length=(3, 40)), 8000

@@ -11,7 +11,7 @@ import time
 
 from playwright.sync_api import sync_playwright
 
-from ltnb import explore
+from ltnb.analysis import explore
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run", "--disable-sync", "--disable-quic"]

@@ -12,7 +12,8 @@ TIMES = ["seconds", "cpu_seconds"]  # the columns of result rows that differ bet
 @pytest.fixture(scope="session")
 def builtin_cache():
     """The fetched built-in corpus: `ltnb data fetch` into the default cache (idempotent, ~5 s once)."""
-    from ltnb import corpus, paths
+    from ltnb.base import paths
+    from ltnb.text import corpus
 
     corpus.fetch(log=lambda *_: None)
     return paths.cache_dir()
@@ -25,7 +26,7 @@ def smoke_plan(folder, stages=None):
 
     plan = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
     plan["outputs"] = str(folder / "outputs")
-    (folder / "outputs").mkdir(exist_ok=True)  # an absolute outputs folder must exist (ltnb.plan.outputs_folder)
+    (folder / "outputs").mkdir(exist_ok=True)  # an absolute outputs folder must exist (ltnb.study.plan.outputs_folder)
     if stages is not None:
         plan["stages"] = [s for s in plan["stages"] if s["stage"] in stages]
     for stage in plan["stages"]:  # the plan lives outside the repo: name the repo's notebooks
@@ -36,7 +37,7 @@ def smoke_plan(folder, stages=None):
 
 
 def assert_rows_equal_except_times(before, after) -> None:
-    """Two runs' result rows (``ltnb.results.load``) are the same numbers, their times aside (CPU, same
+    """Two runs' result rows (``ltnb.analysis.results.load``) are the same numbers, their times aside (CPU, same
     seeds: a resumed or rerun cell gives what an uninterrupted one gave)."""
     import pandas as pd
 
@@ -52,7 +53,7 @@ def smoke(tmp_path_factory, builtin_cache):
     import io
     import shutil
 
-    from ltnb import batch
+    from ltnb.study import batch
 
     tmp = tmp_path_factory.mktemp("smoke")
     path, plan = smoke_plan(tmp)

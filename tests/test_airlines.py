@@ -8,8 +8,8 @@ import tarfile
 
 import pytest
 
-from ltnb import airlines, corpus, data
-from ltnb._io import sha256_file
+from ltnb.text import airlines, corpus, data
+from ltnb.base._io import sha256_file
 
 HEADER = b"sentiment,confidence,text\r\n"
 

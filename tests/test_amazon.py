@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ltnb import amazon
+from ltnb.text import amazon
 
 
 def _write(path, lines: list[bytes], gz: bool):
@@ -162,7 +162,7 @@ def test_blitzer(tmp_path):
 
 
 def test_import_does_not_import_datasets():
-    code = "import sys, ltnb.amazon; print('datasets' in sys.modules)"
+    code = "import sys, ltnb.text.amazon; print('datasets' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ltnb import batch
-from ltnb.plan import load_plan
+from ltnb.study import batch
+from ltnb.study.plan import load_plan
 from test_plan import HEADER, OBTAIN, REPORT, TRANSFER
 
 
@@ -140,7 +140,7 @@ def test_default_local_cluster_and_threads(tmp_path):
 
 def test_ctrl_c_cancels_and_prints_partial_summary(tmp_path):
     p = write_plan(tmp_path, obtain_params="rounds: 2, sleep: 60")
-    code = f"import sys; from ltnb import batch; sys.exit(batch.main({str(p)!r}, workers=2, estimate=False))"
+    code = f"import sys; from ltnb.study import batch; sys.exit(batch.main({str(p)!r}, workers=2, estimate=False))"
     # as in a terminal, SIGINT at its default: a shell's background job (as some CI runners start the suite)
     # inherits it ignored, and Python then keeps ignoring it
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

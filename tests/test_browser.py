@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT
 from test_phase import write_study
 
-from ltnb import explore
+from ltnb.analysis import explore
 
 CHROMIUM = os.environ.get("LTNB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser") \
     or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

@@ -188,8 +188,10 @@ def _is_kernel(pid: int) -> bool:
 def test_a_cluster_that_loses_a_worker_mid_run(tmp_path, builtin_cache, smoke):
     from distributed import Client
 
-    from ltnb import batch, integrity, results
-    from ltnb.plan import load_plan
+    from ltnb.analysis import results
+    from ltnb.base import integrity
+    from ltnb.study import batch
+    from ltnb.study.plan import load_plan
 
     t_start = time.monotonic()
     tag = f"{os.getpid()}-{time.time_ns()}"

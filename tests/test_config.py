@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from ltnb import config, stages
-from ltnb.plan import PlanError, load_plan
+from ltnb.base import config, stages
+from ltnb.study.plan import PlanError, load_plan
 
 from test_plan import FIX
 

@@ -8,8 +8,8 @@ import tarfile
 
 import pytest
 
-from ltnb import corpus
-from ltnb._io import sha256_file, write_json
+from ltnb.text import corpus
+from ltnb.base._io import sha256_file, write_json
 
 
 def _tgz(path, members: dict[str, bytes]):

@@ -6,9 +6,9 @@ import json
 import pandas as pd
 import pytest
 
-from ltnb import corpus, data
-from ltnb._io import read_json, sha256_file, write_json
-from ltnb.config import DataSettings
+from ltnb.text import corpus, data
+from ltnb.base._io import read_json, sha256_file, write_json
+from ltnb.base.config import DataSettings
 
 
 def table(sizes: dict[str, tuple[int, int]], dup_every: int = 0) -> pd.DataFrame:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.stats import entropy
 
-from ltnb import divergence
+from ltnb.text import divergence
 
 
 def test_hand_worked_example_in_bits():

@@ -1,4 +1,4 @@
-"""ltnb.estimate: the time model against a hand-worked computation on a known rates table (nothing is
+"""ltnb.study.estimate: the time model against a hand-worked computation on a known rates table (nothing is
 measured here: the rates are written into the cache first), and the list scheduling of cells."""
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ltnb import config, estimate
-from ltnb._io import write_json
-from ltnb.plan import load_plan
+from ltnb.base import config
+from ltnb.study import estimate
+from ltnb.base._io import write_json
+from ltnb.study.plan import load_plan
 
 STEP, EVAL, FIXED = 0.1, 0.001, 0.5  # seconds: a training step of a batch, evaluating one text, per round
 
@@ -341,7 +342,7 @@ def test_the_dry_run_prints_the_estimate_and_names_the_bad_entry(plan_and_cache,
     """``ltnb batch PLAN --dry-run`` with a NaN rate in the cache: the line, then the estimate."""
     import io
 
-    from ltnb import batch
+    from ltnb.study import batch
 
     plan, cache = plan_and_cache
     monkeypatch.setenv("LTNB_CACHE", str(cache))

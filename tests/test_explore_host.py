@@ -15,7 +15,7 @@ import pytest
 
 from test_phase import write_study
 
-from ltnb import explore
+from ltnb.analysis import explore
 
 
 def _free_port() -> int:

@@ -23,9 +23,12 @@ import torch
 import yaml
 
 from conftest import ROOT
-from ltnb import batch, federated, federated_results, plan as planmod, tickets, tokens, vocab
-from ltnb.config import DataSettings, FederatedSettings, LotterySettings, VocabSettings
-from ltnb.lottery import chain_dir, ticket_name
+from ltnb.analysis import federated_results
+from ltnb.core import tickets
+from ltnb.study import batch, federated, plan as planmod
+from ltnb.text import tokens, vocab
+from ltnb.base.config import DataSettings, FederatedSettings, LotterySettings, VocabSettings
+from ltnb.core.lottery import chain_dir, ticket_name
 
 DEFAULTS = {"seed": 0, "max_epochs": 1, "patience": 1, "rounds": 2, "embed_dim": 16, "channels": 8, "hidden": 8,
             "batch_size": 32, "progress": False}
@@ -37,7 +40,7 @@ FRAMING_LIMIT = 4 * 1024
 
 
 def _plan(outputs, **federated_params):
-    Path(outputs).mkdir(parents=True, exist_ok=True)  # an absolute outputs folder must exist (ltnb.plan)
+    Path(outputs).mkdir(parents=True, exist_ok=True)  # an absolute outputs folder must exist (ltnb.study.plan)
     nb = {"data": "01_data.ipynb", "obtain": "03_obtain.ipynb", "federated": "05_federated.ipynb"}
     return {
         "study": "fed", "outputs": str(outputs), "defaults": dict(DEFAULTS),
@@ -58,7 +61,8 @@ def _plan(outputs, **federated_params):
 def fed(tmp_path_factory, builtin_cache):
     """The study's data and the source's reset chain through the API (seconds), then notebook 05 (05_federated) through
     papermill: the real notebook, the real Flower simulation."""
-    from ltnb import data, lottery
+    from ltnb.core import lottery
+    from ltnb.text import data
 
     tmp = tmp_path_factory.mktemp("fed")
     study = tmp / "outputs" / "fed"
@@ -342,7 +346,7 @@ def test_the_ray_supervisor_ends_the_whole_group_when_its_parent_dies(tmp_path):
     parent = tmp_path / "parent.py"  # plays the notebook kernel
     parent.write_text(
         "import subprocess, sys, time\n"
-        "from ltnb.federated import supervise\n"
+        "from ltnb.study.federated import supervise\n"
         f"sup = supervise([sys.executable, {str(leader)!r}], grace=2)\n"
         "print(sup.pid, flush=True)\n"
         "time.sleep(600)\n")
@@ -422,7 +426,7 @@ def test_a_rerun_reads_back_and_a_killed_run_restarts_alone(fed, monkeypatch, tm
 
 def test_the_report_shows_the_figure_table_and_savings(fed):
     assert fed["code"] == 0, fed["log"]
-    from ltnb import report
+    from ltnb.analysis import report
 
     report.build(fed["study"], log=lambda *_: None)
     out = fed["study"] / "report"
@@ -529,9 +533,9 @@ def test_lazy_decay_leaves_rows_no_text_looks_up_exactly_equal(sparse):
     """Training with ``lazy_decay`` equals the engine's training on every row the texts look up and on
     every other tensor, bit for bit, and leaves every other row exactly as received (the engine's Adam
     L2 term moves them all). ``sparse``: a 90%-pruned embedding that trains packed."""
-    from ltnb import train
-    from ltnb.config import ModelSettings, TrainSettings
-    from ltnb.model import KimCNN
+    from ltnb.core import train
+    from ltnb.base.config import ModelSettings, TrainSettings
+    from ltnb.core.model import KimCNN
 
     V = 50
     texts = [[1, 2, 3, 4, 5, 6], [2, 3, 7, 8, 9], [10, 11, 12, 2, 3, 4, 5]] * 4

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ltnb import findings, phase
+from ltnb.analysis import findings, phase
 
 
 def curve(r, level, collapse, width=0.4):

@@ -26,11 +26,15 @@ import yaml
 from safetensors.torch import save_file
 
 from conftest import ROOT
-from ltnb import amazon, batch, corpus, data, explore, integrity, lottery, paths, stages, tickets, tokens, vocab
-from ltnb._io import write_parquet
-from ltnb.config import DataSettings, LotterySettings, ModelSettings, TrainSettings, VocabSettings
-from ltnb.plan import PlanError, load_plan
-from ltnb.train import synthetic_data
+from ltnb.analysis import explore
+from ltnb.base import integrity, paths, stages
+from ltnb.core import lottery, tickets
+from ltnb.study import batch
+from ltnb.text import amazon, corpus, data, tokens, vocab
+from ltnb.base._io import write_parquet
+from ltnb.base.config import DataSettings, LotterySettings, ModelSettings, TrainSettings, VocabSettings
+from ltnb.study.plan import PlanError, load_plan
+from ltnb.core.train import synthetic_data
 from test_batch import plan_text
 from test_tickets import _write as write_ticket
 from test_vocab import _corpus as tiny_corpus
@@ -265,7 +269,7 @@ def test_item7_device_files_and_fifos_are_refused_without_reading_them(tmp_path)
     (tmp_path / "b").mkdir()
     os.mkfifo(tmp_path / "b" / "fifo")
     fifo = _ticket_with_theta(tmp_path / "b", "fifo")
-    code = ("import sys\nfrom ltnb import tickets\nfor p in sys.argv[1:]:\n"
+    code = ("import sys\nfrom ltnb.core import tickets\nfor p in sys.argv[1:]:\n"
             "    try:\n        tickets.load(p)\n    except ValueError as e:\n        print('refused:', e)\n")
     try:
         proc = subprocess.run([sys.executable, "-c", code, str(absolute), str(fifo)], capture_output=True, text=True,
@@ -290,7 +294,7 @@ def _plan(tmp_path: Path, stages: list[dict]) -> Path:
 def test_item8_bad_domain_names_are_refused_in_plans(tmp_path):
     for bad in ("../../..", "..", "a/b", ".hidden", "x__y"):
         p = _plan(tmp_path, [{"stage": "data", "params": {"corpus": "amazon", "amazon_files": {bad: "reviews.json"}}}])
-        with pytest.raises(PlanError, match="keys are each a name of letters, digits"):  # one rule: ltnb.config.NAME
+        with pytest.raises(PlanError, match="keys are each a name of letters, digits"):  # one rule: ltnb.base.config.NAME
             load_plan(p)
     p = _plan(tmp_path, [{"stage": "data", "params": {"corpus": "amazon", "amazon_files": {"..": "r.json", "b": "r.json"}}},
                          {"stage": "obtain", "params": {"strategies": ["reset"]}, "grid": {"domain": [".."], "seed": [0]}}])
@@ -402,7 +406,7 @@ def test_two_batches_on_one_study_run_each_cell_once(tmp_path):
     p = tmp_path / "plan.yaml"
     p.write_text(text)
     study = load_plan(p).study_dir
-    code = f"import sys; from ltnb import batch; sys.exit(batch.main({str(p)!r}, workers=2, estimate=False))"
+    code = f"import sys; from ltnb.study import batch; sys.exit(batch.main({str(p)!r}, workers=2, estimate=False))"
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                               start_new_session=True) for _ in range(2)]
     outs = []
@@ -467,7 +471,7 @@ def _start_worker(address: str, log: Path) -> subprocess.Popen:
 
 def _start_batch(plan: Path, address: str, worker_timeout: float | None = None) -> subprocess.Popen:
     timeout = "" if worker_timeout is None else f", worker_timeout={worker_timeout}"
-    code = (f"import sys; from ltnb import batch; "
+    code = (f"import sys; from ltnb.study import batch; "
             f"sys.exit(batch.main({str(plan)!r}, scheduler={address!r}, estimate=False{timeout}))")
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             start_new_session=True)

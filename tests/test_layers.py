@@ -14,7 +14,7 @@ def test_import_linter_contracts_are_kept():
 
 
 def test_analysis_modules_do_not_import_torch():
-    code = ("import sys, ltnb.report, ltnb.explore, ltnb.phase, ltnb.findings, ltnb.results, ltnb.plots; "
+    code = ("import sys, ltnb.analysis.report, ltnb.analysis.explore, ltnb.analysis.phase, ltnb.analysis.findings, ltnb.analysis.results, ltnb.analysis.plots; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"

@@ -2,10 +2,12 @@ import pandas as pd
 import pytest
 import torch
 
-from ltnb import lottery, paths, results, strategies, tickets
-from ltnb import train as _train
-from ltnb.config import LotterySettings, ModelSettings, TrainSettings
-from ltnb.train import synthetic_data
+from ltnb.analysis import results
+from ltnb.base import paths
+from ltnb.core import lottery, strategies, tickets
+from ltnb.core import train as _train
+from ltnb.base.config import LotterySettings, ModelSettings, TrainSettings
+from ltnb.core.train import synthetic_data
 
 DATA_A = synthetic_data(50, signal=0.5, seed=0)
 DATA_B = synthetic_data(50, signal=0.5, seed=1)
@@ -210,7 +212,7 @@ def test_reinit_trains_resets_masks_from_randoms_values(tmp_path):
 
 
 def test_a_cell_runs_every_chain_and_reports_each_failure(tmp_path, monkeypatch):
-    from ltnb import vocab
+    from ltnb.text import vocab
 
     monkeypatch.setattr(vocab, "load_encoded", lambda study, domain: (DATA_A, 50))
     monkeypatch.setattr(vocab, "data_key", lambda study: KEY)

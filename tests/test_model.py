@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from ltnb.config import ModelSettings
-from ltnb.model import KimCNN, initial_state, parameter_shapes
+from ltnb.base.config import ModelSettings
+from ltnb.core.model import KimCNN, initial_state, parameter_shapes
 
 
 def test_parameter_counts_at_paper_size():
@@ -68,7 +68,7 @@ def test_init_distributions_and_seed(a):
 def test_zero_biases_and_the_settings_enter_the_hash():
     m = KimCNN(100, embed_dim=8, channels=4, hidden=4, bias_init="zero", seed=0)
     assert all((layer.bias == 0).all() for layer in [*m.convs, m.fc1, m.fc2])
-    from ltnb.config import LotterySettings
+    from ltnb.base.config import LotterySettings
     base = LotterySettings()
     assert LotterySettings.from_params(init_a=0.0).settings_hash() != base.settings_hash()
     assert LotterySettings.from_params(bias_init="zero").settings_hash() != base.settings_hash()

@@ -9,11 +9,11 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ltnb.config import TrainSettings
-from ltnb.model import KimCNN
+from ltnb.base.config import TrainSettings
+from ltnb.core.model import KimCNN
 from multi import fit_many  # noqa: E402
-from ltnb.pruning import Mask, prune_step
-from ltnb.train import fit, synthetic_data
+from ltnb.core.pruning import Mask, prune_step
+from ltnb.core.train import fit, synthetic_data
 
 DATA = synthetic_data(50, sizes=(70, 40, 40), signal=0.5, seed=0)
 OTHER = synthetic_data(50, sizes=(70, 40, 40), signal=0.5, seed=5)
@@ -61,8 +61,8 @@ def test_fit_many_checks_inputs():
 
 
 def test_precision_setting_keeps_old_hashes_reads_the_old_flag_and_runs_on_cpu():
-    from ltnb.config import LotterySettings
-    from ltnb.lottery import run_hash
+    from ltnb.base.config import LotterySettings
+    from ltnb.core.lottery import run_hash
 
     off = LotterySettings(train=TrainSettings(precision="float32"))
     on = LotterySettings(train=TrainSettings(precision="bfloat16"))

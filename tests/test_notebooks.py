@@ -83,7 +83,7 @@ STUDY_NOTEBOOKS = ["01_data.ipynb", "02_divergence.ipynb", "03_obtain.ipynb", "0
 def _files(study):
     """sha256 of every file of the study a batch wrote, except the executed notebooks and the report
     (which these notebooks may rewrite) and the batch's own records."""
-    from ltnb import integrity
+    from ltnb.base import integrity
 
     return {p.relative_to(study).as_posix(): integrity.file_sha256(p) for p in sorted(study.rglob("*"))
             if p.is_file() and p.suffix != ".ipynb" and p.parts[len(study.parts)] not in ("report", "phase")
@@ -104,7 +104,8 @@ def test_notebooks_run_with_their_defaults_after_the_smoke_plan_train_nothing(sm
     import shutil
     import time
 
-    from ltnb import batch, results
+    from ltnb.analysis import results
+    from ltnb.study import batch
     from ltnb.base._io import read_json
 
     assert smoke["code"] == 0, smoke["log"]
@@ -148,7 +149,7 @@ def test_notebooks_run_with_their_defaults_after_the_smoke_plan_train_nothing(sm
 def test_a_notebook_names_what_it_would_train_first(smoke, tmp_path, monkeypatch):
     """A value the study did not run makes the notebook say, before it trains, how many rounds of which
     chains will train, with the estimate; the settings of the study's cells come with it."""
-    from ltnb import recorded
+    from ltnb.study import recorded
 
     study = smoke["pristine"]
     opened = recorded.cell(study, "obtain", domain="movies", seed=1)
@@ -172,7 +173,7 @@ def test_a_notebook_names_what_it_would_train_first(smoke, tmp_path, monkeypatch
 
 def test_before_a_study_has_run_its_plan_gives_the_values(tmp_path):
     """outputs/demo before `make study` (or as it ran): the demo plan's values, not the library's."""
-    from ltnb import recorded
+    from ltnb.study import recorded
 
     opened = recorded.cell(ROOT / "outputs" / "demo", "obtain")
     assert opened.origin in ("plan", "recorded") and opened["domain"] == "products" and opened["seed"] == 0

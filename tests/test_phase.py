@@ -1,4 +1,4 @@
-"""ltnb.phase on planted tables whose answer is known; the tests against scipy and brute force; the error
+"""ltnb.analysis.phase on planted tables whose answer is known; the tests against scipy and brute force; the error
 rates, power, onset accuracy and interval coverage of the estimators, simulated at the demo's design with
 curves shaped like the real ones (both strategies collapse, random first). ``pytest -s`` prints the tables."""
 import itertools
@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from scipy import optimize, stats
 
-from ltnb import phase
+from ltnb.analysis import phase
 from ltnb.analysis import simulate
-from ltnb._io import write_parquet
+from ltnb.base._io import write_parquet
 
 ROUNDS = 12
 GAP = phase.COMPARISONS[0]
@@ -56,7 +56,7 @@ def planted_rows(*, seeds=5, rounds=ROUNDS, transition=8, reset_collapse=None, d
 
 
 def write_study(study, *, seeds=5, rounds=ROUNDS):
-    """A study folder of synthetic rows laid out as ltnb.lottery writes them: two domains (products: random
+    """A study folder of synthetic rows laid out as ltnb.core.lottery writes them: two domains (products: random
     breaks away at round 8 and reset itself is at chance from round 11, as in the demo; movies: no
     difference) and a transfer pair products->movies (random breaks away at round 6)."""
     parts = [planted_rows(seeds=seeds, rounds=rounds, transition=8, reset_collapse=11, domain="products",
@@ -383,7 +383,7 @@ def test_summary_of_a_study_folder(tmp_path):
     assert s.loc["movies", "mde_pp"] > 0
     assert s.loc["products->movies", "transition_round"] == 6 and s.loc["products->movies", "a"] == "masks-reset"
     assert phase.POOLED in s.index and (s["seeds"] == 5).all() and s["method"].str.contains("max-T").all()
-    from ltnb import results
+    from ltnb.analysis import results
     assert phase.summary(results.load(study)).equals(phase.summary(study))
 
 

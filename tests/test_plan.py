@@ -1,13 +1,14 @@
 """Plan loading: every problem found before anything runs, with its path and line; grid expansion;
-the value checks come from the settings' own definitions (ltnb.config)."""
+the value checks come from the settings' own definitions (ltnb.base.config)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from ltnb import batch, config
-from ltnb.plan import PlanError, load_plan, plan_root
+from ltnb.base import config
+from ltnb.study import batch
+from ltnb.study.plan import PlanError, load_plan, plan_root
 
 FIX = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parent.parent
@@ -212,9 +213,10 @@ def test_shipped_plans_are_valid(name, cells):
 
 
 def test_every_registered_stage_has_its_notebook_with_its_cell_parameters():
-    """ltnb.stages: each stage's notebook exists, its parameters cell names the stage's cell parameters
+    """ltnb.base.stages: each stage's notebook exists, its parameters cell names the stage's cell parameters
     and takes ``settings`` exactly when the stage has settings; the plan runs the stages in that order."""
-    from ltnb import plan, stages
+    from ltnb.base import stages
+    from ltnb.study import plan
 
     root = Path(__file__).resolve().parent.parent
     assert plan.STAGES == tuple(stages.STAGES) == ("data", "divergence", "obtain", "transfer", "federated", "report",
@@ -228,10 +230,10 @@ def test_every_registered_stage_has_its_notebook_with_its_cell_parameters():
 
 
 def test_cells_follow_their_stages_needs():
-    """ltnb.stages: every cell lies under its stage's folder (``Stage.root``, which the explorer looks for);
+    """ltnb.base.stages: every cell lies under its stage's folder (``Stage.root``, which the explorer looks for);
     a stage that runs once reads every cell of the stages it needs (phase: the obtain and transfer cells,
     so it runs beside the report), the report every cell before it."""
-    from ltnb import stages
+    from ltnb.base import stages
 
     plan = load_plan(REPO / "params" / "smoke.yaml")
     for c in plan.cells:

@@ -4,9 +4,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ltnb.config import ModelSettings
-from ltnb.model import initial_state
-from ltnb.pruning import Mask, keep_count, prune_step, zero_fraction
+from ltnb.base.config import ModelSettings
+from ltnb.core.model import initial_state
+from ltnb.core.pruning import Mask, keep_count, prune_step, zero_fraction
 
 
 def _random_weights(seed=0):
@@ -99,7 +99,7 @@ def test_sparsity_per_round_and_per_layer():
 
 
 def test_fast_top_k_equals_stable_sort_with_many_ties():
-    from ltnb.pruning import _top_indices
+    from ltnb.core.pruning import _top_indices
 
     g = torch.Generator().manual_seed(0)
     for n, k in [(1000, 650), (1000, 1), (1000, 999), (7, 7), (50, 0)]:

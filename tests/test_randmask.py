@@ -1,12 +1,13 @@
 """The random-mask baselines (randmask-reset, randmask-random), obtain and transfer: the ticket's
 per-tensor counts at random positions, theta_0's or fresh values, through the same per-round body.
-Also the strategy table they are defined in (``ltnb.registry``)."""
+Also the strategy table they are defined in (``ltnb.base.registry``)."""
 import pytest
 import torch
 
-from ltnb import labels, lottery, registry, stages, strategies, tickets
-from ltnb import train as _train
-from ltnb.config import OBTAIN_STRATEGIES, TRANSFER_STRATEGIES
+from ltnb.base import labels, registry, stages
+from ltnb.core import lottery, strategies, tickets
+from ltnb.core import train as _train
+from ltnb.base.config import OBTAIN_STRATEGIES, TRANSFER_STRATEGIES
 
 from test_lottery import DATA_A, DATA_B, KEY, SMALL, _obtain, _wrap_fit
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ltnb import plots, report, results
+from ltnb.analysis import plots, report, results
 from test_phase import write_study
 
 
@@ -90,7 +90,7 @@ def test_report_of_a_study_folder(tmp_path):
 def test_a_scale_study_gets_its_training_size_section(tmp_path):
     """Chains of two training sizes (two settings hashes whose settings.json say train_size): the report
     writes report/scale.csv, the figure, and a section; a study of one size has none."""
-    from ltnb._io import write_json, write_parquet
+    from ltnb.base._io import write_json, write_parquet
     from ltnb.analysis import simulate
 
     study = tmp_path / "scale"

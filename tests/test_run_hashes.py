@@ -1,6 +1,6 @@
 """The run hashes of the shipped plans' cells, pinned (``tests/fixtures/run_hashes.json``).
 
-A run's folder is named by its hash (``ltnb.lottery.run_hash``): the settings that differ from their
+A run's folder is named by its hash (``ltnb.core.lottery.run_hash``): the settings that differ from their
 defaults (``LotterySettings.hash_dict``), the data key, the vocabulary size and ``ENGINE_VERSION``.
 
 IF THIS TEST FAILS, every finished chain of that plan is orphaned: a rerun would not find it and
@@ -33,7 +33,7 @@ DATA_KEY = "pinned-data-key"  # stands for the study's vocabulary folder name (v
 
 
 def _defaults() -> dict:
-    from ltnb.config import LotterySettings, _plain
+    from ltnb.base.config import LotterySettings, _plain
 
     out = {}
     for name, (_, f) in LotterySettings.flat_fields().items():
@@ -43,9 +43,10 @@ def _defaults() -> dict:
 
 def compute() -> dict:
     """Every (plan, cell, strategy) of the shipped plans' obtain and transfer cells -> its run hash."""
-    from ltnb import lottery, registry
-    from ltnb.config import LotterySettings, VocabSettings
-    from ltnb.plan import load_plan
+    from ltnb.base import registry
+    from ltnb.core import lottery
+    from ltnb.base.config import LotterySettings, VocabSettings
+    from ltnb.study.plan import load_plan
 
     plans = {}
     for name in PLANS:
@@ -85,8 +86,8 @@ def test_no_default_changed():
 
 
 def test_a_new_setting_at_its_default_keeps_every_hash():
-    from ltnb import lottery
-    from ltnb.config import LotterySettings, TrainSettings, integer, setting
+    from ltnb.core import lottery
+    from ltnb.base.config import LotterySettings, TrainSettings, integer, setting
 
     grown = dataclasses.make_dataclass("GrownTrainSettings", [("new_knob", int, setting(0, "a new setting", integer(0)))],
                                        bases=(TrainSettings,), frozen=True)

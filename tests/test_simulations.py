@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ltnb import findings, phase
+from ltnb.analysis import findings, phase
 from ltnb.analysis import simulate
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "simulations.md"

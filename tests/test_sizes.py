@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ltnb import config, data, plan, tokens
+from ltnb.base import config
+from ltnb.study import plan
+from ltnb.text import data, tokens
 
 
 def _table(per_class: dict[str, int]) -> pd.DataFrame:
@@ -53,7 +55,7 @@ def test_data_settings_sizes_checks():
 
 
 def test_sizes_build_records_and_rebuild(tmp_path, monkeypatch):
-    from ltnb import corpus
+    from ltnb.text import corpus
 
     df = _table({"products": 40, "movies": 40})
     monkeypatch.setattr(corpus, "_load_builtin", lambda *a, **k: (df, {}))
@@ -86,7 +88,7 @@ def test_first_per_class_is_nested_and_checked():
 
 
 def test_train_size_enters_the_run_hash_only_when_set():
-    from ltnb import lottery
+    from ltnb.core import lottery
 
     base = config.LotterySettings(rounds=2)
     assert "train_size" not in base.to_dict()

@@ -1,8 +1,9 @@
 """Slow checks at the paper's full model size (`make test-slow`; not part of CI's `make test`)."""
 import pytest
 
-from ltnb import data, lottery, vocab
-from ltnb.config import LotterySettings, VocabSettings
+from ltnb.core import lottery
+from ltnb.text import data, vocab
+from ltnb.base.config import LotterySettings, VocabSettings
 
 pytestmark = pytest.mark.slow
 

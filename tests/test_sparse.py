@@ -1,14 +1,14 @@
-"""The sparse conv path (ltnb.sparse) equals the dense one up to float rounding."""
+"""The sparse conv path (ltnb.core.sparse) equals the dense one up to float rounding."""
 import json
 
 import pytest
 import torch
 
-from ltnb import sparse
-from ltnb.config import TrainSettings
-from ltnb.model import KimCNN
-from ltnb.pruning import Mask, prune_step
-from ltnb.train import fit, synthetic_data
+from ltnb.core import sparse
+from ltnb.base.config import TrainSettings
+from ltnb.core.model import KimCNN
+from ltnb.core.pruning import Mask, prune_step
+from ltnb.core.train import fit, synthetic_data
 
 CONVS = ("convs.0.weight", "convs.1.weight", "convs.2.weight")
 
@@ -157,7 +157,7 @@ def _packed_forward(m, mask, ids, lengths, with_convs, seed=0):
 
 @pytest.mark.parametrize("rounds", [4, 8, 14])
 def test_packed_convs_match_dense(rounds):
-    """The packed product of embedding and convs (ltnb.sparse.PackedConvs) gives the dense masked path's
+    """The packed product of embedding and convs (ltnb.core.sparse.PackedConvs) gives the dense masked path's
     logits and gradients without dropout, and the CSR path's with dropout (the same draws); one-token
     sequences and eval mode too."""
     m, mask = _pruned(rounds=rounds, dropout=0.0)

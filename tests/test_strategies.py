@@ -3,10 +3,10 @@ import math
 import torch
 from scipy import stats
 
-from ltnb import strategies
-from ltnb.config import ModelSettings
-from ltnb.model import initial_state
-from ltnb.pruning import Mask, prune_step
+from ltnb.core import strategies
+from ltnb.base.config import ModelSettings
+from ltnb.core.model import initial_state
+from ltnb.core.pruning import Mask, prune_step
 
 SETTINGS = ModelSettings(embed_dim=32, channels=16, hidden=20)
 VOCAB = 300

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from conftest import assert_rows_equal_except_times
-from ltnb import batch, results
-from ltnb._io import write_parquet
+from ltnb.analysis import results
+from ltnb.study import batch
+from ltnb.base._io import write_parquet
 
 
 def _run(smoke, **kw):
@@ -129,7 +130,7 @@ def test_changed_inputs_rerun_what_depends_on_them(smoke, tmp_path):
     that read it are checked again and stay complete once it is as it was), and a transfer cell that
     reruns makes the report and the phase stage rerun: every rerun names the file, expected and found."""
     assert smoke["code"] == 0, smoke["log"]
-    from ltnb import integrity
+    from ltnb.base import integrity
 
     study = tmp_path / "outputs" / "smoke"
     shutil.copytree(smoke["pristine"], study)  # as the batch left it (other tests change the shared study)
@@ -173,9 +174,9 @@ def test_finished_trainings_teach_the_estimate_per_level_and_strategy(smoke, tmp
     """``estimate.learn`` on the smoke study's cells: one value per trained round (not the rounds 0
     that a seed's strategies share), the per-level mean of measured / modelled seconds and the
     per-strategy mean of epochs run (patience 1 here), and nothing counted twice."""
-    from ltnb import estimate
-    from ltnb._io import write_json
-    from ltnb.plan import load_plan
+    from ltnb.study import estimate
+    from ltnb.base._io import write_json
+    from ltnb.study.plan import load_plan
 
     plan = load_plan(smoke["plan"])
     cells = [c for c in plan.cells if c.stage in ("obtain", "transfer")]

@@ -1,7 +1,7 @@
 """Issue 31: tickets checked by meaning as well as by digest, and reruns that refuse instead of bless.
 
 Each test tampers as a hostile user would, with the library's own sealing tools where a digest would
-otherwise catch it (``ltnb.tensorfiles.seal``, ``ltnb._io.write_parquet``), and checks that the chain
+otherwise catch it (``ltnb.base.tensorfiles.seal``, ``ltnb.base._io.write_parquet``), and checks that the chain
 stops with the file and the number, whatever the digest says.
 """
 from __future__ import annotations
@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ltnb import integrity, lottery, paths, tensorfiles, tickets
-from ltnb._io import write_parquet
-from ltnb.config import LotterySettings, ModelSettings, TrainSettings
-from ltnb.train import synthetic_data
+from ltnb.base import integrity, paths, tensorfiles
+from ltnb.core import lottery, tickets
+from ltnb.base._io import write_parquet
+from ltnb.base.config import LotterySettings, ModelSettings, TrainSettings
+from ltnb.core.train import synthetic_data
 
 TWO = LotterySettings(rounds=2, model=ModelSettings(embed_dim=16, channels=8, hidden=16),
                       train=TrainSettings(max_epochs=1))
@@ -161,7 +162,7 @@ def test_a_theta_0_that_cannot_be_drawn_byte_identical_sets_the_chain_aside(chai
 
 
 def test_federated_tables_are_read_with_their_digest_checked(tmp_path):
-    from ltnb import federated_results
+    from ltnb.analysis import federated_results
     from ltnb.study.federated import protocol
 
     run = tmp_path / "runs" / "masks-reset-r02"
@@ -184,7 +185,8 @@ def test_os_errors_are_one_line_naming_the_path(tmp_path, monkeypatch, capsys):
     """A read-only or full outputs folder: the cell's lock fails as a failed cell naming the path, and
     anything else the command meets is one line on stderr, not a traceback (root ignores file modes, so
     the errors are raised where the OS would raise them)."""
-    from ltnb import batch, cli
+    from ltnb import cli
+    from ltnb.study import batch
 
     def denied(self, *a, **k):
         raise PermissionError(13, "Permission denied", str(self.path))

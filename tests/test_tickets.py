@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from ltnb import tickets
-from ltnb.config import LotterySettings, ModelSettings
-from ltnb.model import KimCNN, initial_state
-from ltnb.pruning import Mask, prune_step
+from ltnb.core import tickets
+from ltnb.base.config import LotterySettings, ModelSettings
+from ltnb.core.model import KimCNN, initial_state
+from ltnb.core.pruning import Mask, prune_step
 
 SETTINGS = LotterySettings(model=ModelSettings(embed_dim=16, channels=8, hidden=16))
 

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from ltnb.config import TrainSettings
-from ltnb.model import KimCNN
-from ltnb.pruning import Mask, prune_step
-from ltnb.tokens import TokenSplit
-from ltnb.train import evaluate, fit, make_batches, synthetic_data
+from ltnb.base.config import TrainSettings
+from ltnb.core.model import KimCNN
+from ltnb.core.pruning import Mask, prune_step
+from ltnb.text.tokens import TokenSplit
+from ltnb.core.train import evaluate, fit, make_batches, synthetic_data
 
 DATA = synthetic_data(50, signal=0.5, seed=0)
 FAST = TrainSettings(max_epochs=6, lr=5e-3)

@@ -3,10 +3,10 @@ import random
 import pandas as pd
 import pytest
 
-from ltnb import divergence, vocab
-from ltnb.config import VocabSettings
-from ltnb._io import write_parquet
-from ltnb.tokens import load_splits
+from ltnb.text import divergence, vocab
+from ltnb.base.config import VocabSettings
+from ltnb.base._io import write_parquet
+from ltnb.text.tokens import load_splits
 
 WORDS = ("good great bad awful movie phone food service plot screen battery tasty slow fast "
          "love hate wonderful terrible boring exciting actor camera waiter price").split()

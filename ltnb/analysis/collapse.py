@@ -1,6 +1,6 @@
 """Per-chain collapse points: where a chain's non-increasing isotonic fit first falls below the midpoint
-between its start level and chance (see ``ltnb.phase``'s module doc), and the paired test of two
-strategies' collapse points with the seed as the unit. Torch-free; ``ltnb.phase`` re-exports every name.
+between its start level and chance (see ``ltnb.analysis.phase``'s module doc), and the paired test of two
+strategies' collapse points with the seed as the unit. Torch-free; ``ltnb.analysis.phase`` re-exports every name.
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""The phase-transition explorer: ipywidgets controls over ``ltnb.phase`` and ``ltnb.plots``, and its
+"""The phase-transition explorer: ipywidgets controls over ``ltnb.analysis.phase`` and ``ltnb.analysis.plots``, and its
 Voila launcher.
 
 ``app(study)`` builds the interactive view of ``notebooks/07_phase_transition.ipynb``; ``serve(study)``
 (``ltnb explore STUDY``) serves that notebook as a standalone Voila app: controls and views only, no
-code. This module holds no chart and no statistics of its own: the charts are ``ltnb.plots``'s (the
-same as the report's), the numbers ``ltnb.phase``'s.
+code. This module holds no chart and no statistics of its own: the charts are ``ltnb.analysis.plots``'s (the
+same as the report's), the numbers ``ltnb.analysis.phase``'s.
 
 Rendering choice: every chart is rendered in the kernel to static SVG by vl-convert (which ships its
 own Vega engine inside the Python package) and shown in an ``ipywidgets.HTML``. Nothing is loaded from
@@ -64,7 +64,7 @@ class StudyRefused(ValueError):
 
 
 def is_study(folder: str | os.PathLike) -> bool:
-    """A folder a batch wrote a study into (it has one of the stages' folders, ``ltnb.stages``)."""
+    """A folder a batch wrote a study into (it has one of the stages' folders, ``ltnb.base.stages``)."""
     return any(s.root(folder).is_dir() for s in STAGES.values())
 
 
@@ -92,7 +92,7 @@ def shipped_note() -> str:
 
 
 def shipped_rows() -> pd.DataFrame:
-    """The shipped demo rows (``ltnb.results.load`` of the demo study, ``data/demo_rows.csv.gz``)."""
+    """The shipped demo rows (``ltnb.analysis.results.load`` of the demo study, ``data/demo_rows.csv.gz``)."""
     return pd.read_csv(SHIPPED_ROWS)
 
 
@@ -374,7 +374,7 @@ class Explorer:
 
 def app(study_dir=None, *, rows: pd.DataFrame | None = None, alpha: float = phase.ALPHA,
         test: str = "signflip") -> Explorer:
-    """The explorer over a study folder (``ltnb.results.load``) or over ``rows`` directly."""
+    """The explorer over a study folder (``ltnb.analysis.results.load``) or over ``rows`` directly."""
     if rows is None:
         if study_dir is None:
             raise ValueError("app() needs a study folder (study_dir) or a DataFrame of result rows (rows=)")

@@ -1,7 +1,7 @@
 """The federated stage's results, read and summarised without torch or Flower (the report's side of
-``ltnb.federated``): every run's rows, mean and spread over seeds, the table of bytes, rounds and
+``ltnb.study.federated``): every run's rows, mean and spread over seeds, the table of bytes, rounds and
 megabytes to reach the target accuracy, the ratio ticket / dense with an interval over seeds, and
-the savings in one sentence each. The chart is ``ltnb.plots.federated_chart``.
+the savings in one sentence each. The chart is ``ltnb.analysis.plots.federated_chart``.
 
 The target is fixed before the runs: ``target_share`` (a setting, default 0.95) times the fair dense
 baseline's final global accuracy, mean over seeds. Per seed, a run's megabytes to target are the

@@ -13,7 +13,7 @@ bigger role ... in the deeper stages". So each is two estimands, the gap average
 below 96% (``TRANSITION``) and over the rounds above it, and their difference: "match" below is shown by
 equivalence within ``MATCH``, "drops faster" above by superiority (the interval above 0). Findings 1 and
 3a speak of "0-90% sparsity" (``LOW_SPARSITY``). The collapse point, the onset and the instability test
-(``ltnb.phase``) are **secondary**: reported in finding 2's detail, never deciding it.
+(``ltnb.analysis.phase``) are **secondary**: reported in finding 2's detail, never deciding it.
 
 **Margins, once.** ``MATCH`` = 3 points: the smallest difference the paper itself names (its "3-5%
 dropoff" is what it calls "without much loss"), so two curves within 3 points of each other "match" in
@@ -93,7 +93,7 @@ COLUMNS = ["finding", "claim", "criterion", "statistic", "estimate", "ci_lo", "c
 
 def criteria_hash() -> str:
     """SHA-256 (16 hex digits) of the criteria texts, the margins and the code of this module and of the
-    statistics modules (``ltnb.phase``, ``ltnb.analysis.signflip``, ``ltnb.analysis.collapse``): what a
+    statistics modules (``ltnb.analysis.phase``, ``ltnb.analysis.signflip``, ``ltnb.analysis.collapse``): what a
     verdict was decided by."""
     from ltnb.analysis import collapse, signflip
     from ltnb.analysis import findings as me
@@ -592,7 +592,7 @@ def verdicts(rows: pd.DataFrame, *, alpha: float = phase.ALPHA, delta: float = M
     """The four findings' verdicts for result rows of one settings hash (see the module doc). ``delta``: the
     match margin (``MATCH``, 3 points, unless the study's phase settings say otherwise)."""
     if rows["settings_hash"].nunique() > 1:
-        raise ValueError("findings.verdicts: rows of several settings hashes; pass one (ltnb.report.settings_groups)")
+        raise ValueError("findings.verdicts: rows of several settings hashes; pass one (ltnb.analysis.report.settings_groups)")
     rows = rows.reset_index(drop=True)
     out = []
     for make, reads in FINDINGS:

@@ -24,7 +24,7 @@ Comparisons (``COMPARISONS``), each the paired difference ``a - b`` per seed and
   randmask-random, theta_0 vs fresh values on a random mask.
   ``values = placement + distribution + magnitude`` at every round.
 
-Pairing: the chains of one seed share the dense round 0 and every training draw (``ltnb.lottery``).
+Pairing: the chains of one seed share the dense round 0 and every training draw (``ltnb.core.lottery``).
 The **seed is the unit** of every test. Pooled over domains or pairs, a seed's differences are averaged
 over its domains first and its sign is flipped in all domains together (a cluster sign-flip test): a
 seed's chains are not independent across domains (they share the seed's draws and the vocabulary).
@@ -56,7 +56,7 @@ part: rounds where at most ``AT_CHANCE_SHARE`` (3/4) of the chains of both strat
 chance. That count is over both strategies, so swapping a and b within any seed cannot change it, and the
 test stays exact. Every significant round is a claim "a beats b here" with FWER <= alpha; the onset is the
 first of them, so with probability >= 1 - alpha the gap has begun by the onset (it is an upper confidence
-bound on where the gap begins). The findings (``ltnb.findings``) are decided by window estimands, not by this.
+bound on where the gap begins). The findings (``ltnb.analysis.findings``) are decided by window estimands, not by this.
 
 **Minimal detectable effect**: the difference one round's test detects with 80% power at ``alpha``
 with n seeds, from the noise of the informative rounds only (rounds with both strategies at exactly
@@ -430,7 +430,7 @@ def collapse_text(c: CollapseTest) -> str:
 
 
 def sparsity_text(s: float | None) -> str:
-    """"96.8%", "99.84%" (``ltnb.labels.sparsity_label``), "-" when unknown."""
+    """"96.8%", "99.84%" (``ltnb.base.labels.sparsity_label``), "-" when unknown."""
 
     return "-" if s is None or not np.isfinite(s) else f"{sparsity_label(s)}%"
 
@@ -450,7 +450,7 @@ def transition(rows: pd.DataFrame, cmp: Comparison | None = None, *, alpha: floa
         raise ValueError("no result rows given (has the study's obtain/transfer stage run?)")
     for col in ("stage", "settings_hash"):
         if rows[col].nunique() > 1:
-            raise ValueError(f"rows mix several values of column {col!r}; pass one selection (ltnb.phase.select)")
+            raise ValueError(f"rows mix several values of column {col!r}; pass one selection (ltnb.analysis.phase.select)")
     cmp = cmp or _default_comparison(rows)
     stage, h = rows["stage"].iloc[0], str(rows["settings_hash"].iloc[0])
     pair = rows["pair"].iloc[0] if rows["pair"].nunique() == 1 else POOLED
@@ -527,7 +527,7 @@ SUMMARY_COLUMNS = ["stage", "pair", "settings_hash", "comparison", "a", "b", "se
 def summary(study_or_rows, alpha: float = ALPHA, test: str = "signflip") -> pd.DataFrame:
     """One row per (stage, domain or pair or pooled, settings hash, comparison) with the measured
     onset (``transition_round``, NaN when none) and collapse points. ``study_or_rows``: a study folder
-    or result rows (``ltnb.results.load``)."""
+    or result rows (``ltnb.analysis.results.load``)."""
     if isinstance(study_or_rows, pd.DataFrame):
         rows = study_or_rows
     elif isinstance(study_or_rows, (str, os.PathLike)):

@@ -5,10 +5,10 @@ of labels; rendered offline.
   (``sparsity_label``: 0, 35, 58, ... 96.8, 98.7, 99.84). With a constant pruning fraction the rounds
   are evenly spaced in log(remaining weights), so this is the paper's axis, with the high-sparsity end
   as readable as the start.
-* ``accuracy_chart`` draws result rows (``ltnb.results.load``) as a mean line with a +-1 std band over
+* ``accuracy_chart`` draws result rows (``ltnb.analysis.results.load``) as a mean line with a +-1 std band over
   seeds (or each seed's chain), one panel per domain or pair, optional markers at estimated
   transitions; Figure 3, Figure 4, the notebooks and the explorer all use it.
-* Means and standard deviations over seeds come from ``ltnb.results.summarize`` (the one place they
+* Means and standard deviations over seeds come from ``ltnb.analysis.results.summarize`` (the one place they
   are computed).
 * Static PNG/SVG come from vl-convert (no browser, no network); ``svg`` renders a chart to a string for
   the explorer's widgets. Nothing is loaded from a CDN.
@@ -123,7 +123,7 @@ def accuracy_chart(curves: pd.DataFrame, *, facet: str | None = "pair", mode: st
     over seeds (``mode=MEAN``) or each seed's chain as a thin line under the mean (``mode=SEEDS``).
     ``curves``: rows with a ``series`` column (``obtain_curves``, ``transfer_curves``). One panel per
     value of ``facet`` (None: one panel). ``markers``: (sparsity, label, color) vertical rules.
-    ``collapse`` (one panel only): per chain its collapse point (``ltnb.phase.collapse_points`` with a
+    ``collapse`` (one panel only): per chain its collapse point (``ltnb.analysis.phase.collapse_points`` with a
     ``series`` column), drawn as a cross at (collapse round, midpoint level) in the series' colour."""
     from ltnb.analysis.results import summarize
 
@@ -208,7 +208,7 @@ DIAGNOSTIC_TITLES = {"epochs_run": "epochs run (mean)", "converged": "converged 
 
 def diagnostics_chart(summary: pd.DataFrame, *, columns: int = 3, width: int = 240, height: int = 150,
                       title: str = "Training diagnostics per strategy and round (mean over domains and seeds)"):
-    """The training diagnostics (``ltnb.results.diagnostics``) against the rounds' sparsity, one panel per
+    """The training diagnostics (``ltnb.analysis.results.diagnostics``) against the rounds' sparsity, one panel per
     measure, one line per strategy (None without rows)."""
     if summary.empty:
         return None
@@ -234,7 +234,7 @@ VERDICT_COLORS = {"significant (max-T)": "#1f77b4", "not significant": "#d62728"
 def gap_chart(gaps: pd.DataFrame, *, pairs: pd.DataFrame | None = None, title: str = "",
               ylabel: str = "difference (pp)", markers=(), width: int = WIDTH, height: int = HEIGHT):
     """The paired difference (percentage points) per round with one round's exact sign-flip interval
-    (``ltnb.phase.gap_table``), coloured by the max-T verdict; with ``pairs`` each seed's own difference
+    (``ltnb.analysis.phase.gap_table``), coloured by the max-T verdict; with ``pairs`` each seed's own difference
     as a tick."""
     g = gaps.copy()
     g["gap"] = 100 * g["mean_gap"].astype(float)
@@ -261,7 +261,7 @@ def gap_chart(gaps: pd.DataFrame, *, pairs: pd.DataFrame | None = None, title: s
 def spread_chart(curves: pd.DataFrame, chance: pd.DataFrame | None = None, *, title: str = "",
                  markers=(), width: int = WIDTH, height: int = HEIGHT):
     """Standard deviation across seeds (pp) of test accuracy per series and round; with ``chance``
-    (``ltnb.phase.chance_table``) the share of each strategy's chains at chance as dashed lines."""
+    (``ltnb.analysis.phase.chance_table``) the share of each strategy's chains at chance as dashed lines."""
     from ltnb.analysis.results import summarize
 
     s = summarize(curves, by=["series", "round"])

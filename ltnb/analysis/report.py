@@ -2,17 +2,17 @@
 
 - Figure 3 (obtaining tickets): per domain, test accuracy against sparsity for FULL-MODEL (the dense
   round 0, a dashed reference), TICKET-RESET, TICKET-RANDOM and the control TICKET-REINIT (the reset
-  chain's masks, fresh values); mean line and +-1 std band over seeds (``ltnb.plots``).
+  chain's masks, fresh values); mean line and +-1 std band over seeds (``ltnb.analysis.plots``).
 - Figure 4 (transferring tickets): per source->target pair, MASKS-RESET, MASKS-RANDOM and the target's
   own TICKET-RESET chain with the same seeds and settings (TICKET-TARGET).
-- The training diagnostics per strategy and round (``ltnb.results.diagnostics``: epochs run, best epoch,
+- The training diagnostics per strategy and round (``ltnb.analysis.results.diagnostics``: epochs run, best epoch,
   the share of trainings that converged, the relative weight change per layer group, the embedding rows
   seen in training), a table and a chart (``diagnostics.csv``, ``diagnostics.{png,svg}``).
 - The masks' overlap (Jaccard, per layer group and round; ``mask_overlap.csv``): reset's against
   random's, and a transfer source's against the target's own; computed from the tickets by
-  ``ltnb.lottery.write_mask_overlap`` (the report stage runs it first; torch is not imported here).
-- Beside them, the measured transitions (``ltnb.phase.summary``) and the verdict on each of the
-  paper's four findings (``ltnb.findings``), computed from the same rows.
+  ``ltnb.core.lottery.write_mask_overlap`` (the report stage runs it first; torch is not imported here).
+- Beside them, the measured transitions (``ltnb.analysis.phase.summary``) and the verdict on each of the
+  paper's four findings (``ltnb.analysis.findings``), computed from the same rows.
 
 A study may hold runs of several settings (a plan that varies ``init_a``, or a changed plan): each
 settings hash is one *group*, reported on its own (figures, transitions, findings), labelled by the
@@ -199,7 +199,7 @@ def build(study_dir: str | os.PathLike, settings: PhaseSettings | None = None, *
 
 
 def load_overlap(study: Path) -> pd.DataFrame:
-    """``report/mask_overlap.parquet`` (``ltnb.lottery.write_mask_overlap``), or an empty frame."""
+    """``report/mask_overlap.parquet`` (``ltnb.core.lottery.write_mask_overlap``), or an empty frame."""
     from ltnb.base import integrity
 
     f = paths.report_dir(study) / "mask_overlap.parquet"
@@ -359,9 +359,9 @@ def _findings_html(fi: pd.DataFrame) -> str:
             html.escape(str(r.get("power", "") or "-")), html.escape(r["criterion"]), html.escape(r["detail"]))) + "</tr>")
     rows.append("</table>")
     if len(fi) and "criteria_hash" in fi:
-        rows.append(f"<p style='font-size:12px;color:#555'>Criteria fixed in <code>ltnb.findings</code> before the data; "
+        rows.append(f"<p style='font-size:12px;color:#555'>Criteria fixed in <code>ltnb.analysis.findings</code> before the data; "
                     f"criteria hash <code>{html.escape(str(fi['criteria_hash'].iloc[0]))}</code> (the criteria's text and "
-                    f"the code of ltnb.findings and of the statistics modules; docs/statistics.md, docs/simulations.md).</p>")
+                    f"the code of ltnb.analysis.findings and of the statistics modules; docs/statistics.md, docs/simulations.md).</p>")
     return "\n".join(rows)
 
 

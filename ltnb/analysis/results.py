@@ -1,11 +1,11 @@
 """All result rows of a study as one tidy pandas DataFrame, and their summary per round.
 
-Rows are written by ``ltnb.lottery`` (one per finished round) into ``results.parquet`` files under
+Rows are written by ``ltnb.core.lottery`` (one per finished round) into ``results.parquet`` files under
 ``<study>/obtain/`` and ``<study>/transfer/``. ``load`` reads them all. If the study holds runs with
 different settings (different hash folders) their rows are all returned; the ``settings_hash``
 column tells them apart (pass ``settings_hash=`` to keep one). An empty study (no results yet)
 gives an empty frame with the columns, so notebooks can still draw empty figures. A table whose rows
-no longer match the digest recorded when it was written is refused (``ltnb.integrity.IntegrityError``).
+no longer match the digest recorded when it was written is refused (``ltnb.base.integrity.IntegrityError``).
 """
 from __future__ import annotations
 

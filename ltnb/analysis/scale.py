@@ -3,7 +3,7 @@ training texts each chain saw.
 
 Per training size (the chains' ``train_size`` setting, read from each run's settings: one settings hash
 per size) and per domain, and pooled over domains with the seed as the unit: reset - random averaged over
-the rounds at or below 96% sparsity and above it, and their difference (``ltnb.findings.windows``, exact
+the rounds at or below 96% sparsity and above it, and their difference (``ltnb.analysis.findings.windows``, exact
 sign-flip intervals), finding 2's verdict on that size alone (``findings.match_then_gap``), the dense
 network's test accuracy (round 0), and the share of surviving embedding rows that received a gradient
 (``emb_rows_seen``, mean over the rounds above 96%). ``size_table`` is the table, ``size_chart`` the figure

@@ -1,6 +1,6 @@
 """The exact tests of the phase analysis, with the seed as the unit: one-sided sign-flip p-values and
 their inverted intervals, Westfall and Young's step-down max-T over rounds on a studentized statistic,
-the binomial "at chance" test, and the power of these tests. Torch-free; ``ltnb.phase`` re-exports
+the binomial "at chance" test, and the power of these tests. Torch-free; ``ltnb.analysis.phase`` re-exports
 every name.
 
 **Studentized max-T** (``maxt_stepdown``). Per round the statistic is the sum of the units'

@@ -1,6 +1,6 @@
 """Simulated studies at the real design, and what the findings' procedures call on them: false-positive
 rates and power of every finding and of the onset, computed with the same functions the verdicts use
-(``ltnb.findings``' verdict rules, ``ltnb.phase``'s max-T and informative rounds, the collapse points).
+(``ltnb.analysis.findings``' verdict rules, ``ltnb.analysis.phase``'s max-T and informative rounds, the collapse points).
 
 The design is the demo's: 3 domains x 5 seeds x rounds 0..20 (sparsity 1 - 0.65^r), accuracies whole counts
 of ``test_n`` test texts. A scenario gives each strategy's expected accuracy per round (round 0 is the

@@ -81,7 +81,7 @@ def frame_digest(df) -> str:
 
 def write_parquet(path: str | os.PathLike, frame) -> Path:
     """Write a pandas DataFrame (without its index) as Parquet, atomically, with a digest of its rows
-    in the file's metadata (``ltnb.integrity.read_parquet`` checks it)."""
+    in the file's metadata (``ltnb.base.integrity.read_parquet`` checks it)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -4,8 +4,8 @@ A setting is one line: ``name: type = setting(default, "help", schema)``. The sc
 Schema fragment (``{"type": "integer", "minimum": 1}``); from it come
 
 * the check in ``__post_init__`` (a bad value is refused naming the field and what is allowed),
-* the plan's value checks (``ltnb.plan`` checks every stage's parameters against
-  ``ltnb.stages.param_schema``, so ``patience: 0`` is refused at ``--dry-run`` with its line),
+* the plan's value checks (``ltnb.study.plan`` checks every stage's parameters against
+  ``ltnb.base.stages.param_schema``, so ``patience: 0`` is refused at ``--dry-run`` with its line),
 * the notebooks' accepted parameters (a notebook takes ``settings = {}``, a dict of overrides by
   flat name, see ``LotterySettings.from_params``),
 * the command line's options (``ltnb data build`` is generated from ``DataSettings`` and
@@ -269,7 +269,7 @@ SIZES_SCHEMA = {
 
 @dataclass(frozen=True)
 class DataSettings(_Checked):
-    """The data stage (``ltnb.data.build``): which corpus, which domains, how many texts, the split seed."""
+    """The data stage (``ltnb.text.data.build``): which corpus, which domains, how many texts, the split seed."""
 
     corpus: str = setting("builtin", "which corpus: the built-in five-domain corpus, McAuley's Amazon files, "
                           "or Blitzer's multi-domain folders", one_of(CORPORA))
@@ -320,7 +320,7 @@ class DataSettings(_Checked):
 
 @dataclass(frozen=True)
 class VocabSettings(_Checked):
-    """The shared SentencePiece vocabulary (``ltnb.vocab.build``): the paper's 8K BPE pieces."""
+    """The shared SentencePiece vocabulary (``ltnb.text.vocab.build``): the paper's 8K BPE pieces."""
 
     vocab_size: int = setting(8000, "SentencePiece pieces (paper: 8000)", integer(4))
     character_coverage: float = setting(0.9995, "SentencePiece character coverage (paper: 0.9995)",
@@ -331,7 +331,7 @@ class VocabSettings(_Checked):
 
 @dataclass(frozen=True)
 class ModelSettings(_Checked):
-    """The Kim CNN of the paper (``ltnb.model.KimCNN``): 417-d embeddings, filters 3/4/5 x 127, MLP 117,
+    """The Kim CNN of the paper (``ltnb.core.model.KimCNN``): 417-d embeddings, filters 3/4/5 x 127, MLP 117,
     and its initial distributions (see the module doc for the default of ``init_a``)."""
 
     embed_dim: int = setting(417, "embedding dimension (paper: 417)", integer(1))
@@ -488,19 +488,19 @@ class LotterySettings(_Checked):
 
 @dataclass(frozen=True)
 class DivergenceSettings(_Checked):
-    """Figure 1 (``ltnb.divergence``): the Jensen-Shannon divergence of the domains' unigram distributions."""
+    """Figure 1 (``ltnb.text.divergence``): the Jensen-Shannon divergence of the domains' unigram distributions."""
 
     log_base: float = setting(2.0, "logarithm base of the divergence (2: bits, in [0, 1])", number(1, low_open=True))
 
 
 @dataclass(frozen=True)
 class PhaseSettings(_Checked):
-    """The phase-transition statistics (``ltnb.phase``) and the findings' verdicts (``ltnb.findings``)."""
+    """The phase-transition statistics (``ltnb.analysis.phase``) and the findings' verdicts (``ltnb.analysis.findings``)."""
 
     alpha: float = setting(0.05, "significance level of every test (family-wise over rounds, by max-T)",
                            number(0, 1, low_open=True, high_open=True))
     delta: float = setting(0.03, "the findings' match margin, in accuracy (0.03 = 3 points: the smallest difference "
-                           "the paper names, its '3-5% dropoff'; ltnb.findings)",
+                           "the paper names, its '3-5% dropoff'; ltnb.analysis.findings)",
                            number(0, 1, low_open=True, high_open=True))
     test: str = setting("signflip", "the per-round test: exact sign-flip permutation, or the t-test",
                         one_of(("signflip", "t")))
@@ -508,7 +508,7 @@ class PhaseSettings(_Checked):
 
 @dataclass(frozen=True)
 class FederatedSettings(_Checked):
-    """The federated stage (``ltnb.federated``): which of the source chain's tickets, how many clients,
+    """The federated stage (``ltnb.study.federated``): which of the source chain's tickets, how many clients,
     how many federated rounds. The source chain itself is named by the ``LotterySettings``."""
 
     ticket_rounds: tuple[int, ...] = setting((3, 5, 7, 10), "IMP rounds of the source's reset chain whose masks are "

@@ -4,15 +4,15 @@ Small helpers the other modules call (no framework):
 
 - **Content hashes recorded when a file is written, checked when it is read.** Tensor files
   (tickets, theta_0, encoded tokens) carry a SHA-256 of all their tensors and their metadata in the
-  safetensors header (``content_sha256``); Parquet tables written by ``ltnb._io.write_parquet``
+  safetensors header (``content_sha256``); Parquet tables written by ``ltnb.base._io.write_parquet``
   carry a SHA-256 of their rows in the Parquet schema metadata (``ltnb.content_sha256``). A file
   whose content no longer matches, or that has no hash (written by another tool, or by an ltnb older
   than these checks), is refused with an ``IntegrityError`` naming the file, the expected and the
   found hash.
 - **Hash once per file per run**: ``file_sha256`` caches by (path, device, inode, size, mtime), so a
   resume that checks every recorded input hashes each file once per process.
-- **Cell records** (``ltnb.stages.cell_outputs``): the files of a batch cell that later cells read, with their
-  SHA-256. ``ltnb.batch`` stores them (and those of the cell's inputs) in the cell's completeness
+- **Cell records** (``ltnb.base.stages.cell_outputs``): the files of a batch cell that later cells read, with their
+  SHA-256. ``ltnb.study.batch`` stores them (and those of the cell's inputs) in the cell's completeness
   marker; a cell is complete only while those files still have those hashes.
 - **Paths from data stay in their place**: ``resolve_inside`` refuses absolute paths, paths that leave
   their root (``..``, symlinks) and anything that is not a regular file (``/dev/zero``, FIFOs), before
@@ -36,14 +36,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ltnb.base._io import PARQUET_KEY, frame_digest  # noqa: E402,F401  (tables are sealed by ltnb._io.write_parquet)
-from ltnb.base.config import NAME_PATTERN  # noqa: E402  (the one rule for names: ltnb.config)
+from ltnb.base._io import PARQUET_KEY, frame_digest  # noqa: E402,F401  (tables are sealed by ltnb.base._io.write_parquet)
+from ltnb.base.config import NAME_PATTERN  # noqa: E402  (the one rule for names: ltnb.base.config)
 
 LOCK_NAME = ".ltnb-lock"
 
 _NAME = re.compile(NAME_PATTERN)
-# ``tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")`` (ltnb._io.atomic_path) and
-# ``tempfile.mkdtemp(prefix=".<key>.")`` (ltnb.vocab): 8 random characters from [a-z0-9_].
+# ``tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")`` (ltnb.base._io.atomic_path) and
+# ``tempfile.mkdtemp(prefix=".<key>.")`` (ltnb.text.vocab): 8 random characters from [a-z0-9_].
 _TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 _TEMP_DIR = re.compile(r"^\.[0-9a-f]+\.[a-z0-9_]{8}$")
 

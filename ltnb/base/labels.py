@@ -1,5 +1,5 @@
 """The paper's names and colours of the strategies' curves, and the short sparsity label: what a
-table, a statistic and a chart all call a thing (charts are drawn by ``ltnb.plots``; this module needs
+table, a statistic and a chart all call a thing (charts are drawn by ``ltnb.analysis.plots``; this module needs
 no chart library). The strategies' labels and colours are their definitions' (``ltnb.base.registry``)."""
 from __future__ import annotations
 

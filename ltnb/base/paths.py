@@ -7,7 +7,7 @@ A study folder (``outputs/<study>/``) holds everything one study writes::
     divergence/      jsd.parquet, figure1.{png,svg}
     obtain/<domain>/<strategy>/seed<k>/     one IMP chain (folders named by a settings hash inside)
     transfer/<source>__<target>/<strategy>/seed<k>/
-    federated/<source>/seed<k>/             federated runs with the source's tickets (ltnb.federated)
+    federated/<source>/seed<k>/             federated runs with the source's tickets (ltnb.study.federated)
     report/          figures and tables of the whole study (written by the report stage only)
     phase/           the executed phase-transition notebook
 
@@ -21,7 +21,7 @@ from pathlib import Path
 CACHE_ENV = "LTNB_CACHE"
 COMPLETE_MARKER = "_COMPLETE.json"
 
-# the files of one chain or transfer run (``ltnb.lottery``), and the columns of its result rows
+# the files of one chain or transfer run (``ltnb.core.lottery``), and the columns of its result rows
 RESULTS = "results.parquet"
 THETA_0 = "theta_0.safetensors"
 REWOUND = "theta_rewind.safetensors"
@@ -32,14 +32,14 @@ LEDGER = "ledger.json"
 #: again and differs from what their tickets record); kept for a person to look at, read by nothing
 STALE = "stale"
 #: one row per (stage, domain or pair, seed, strategy, round); ``test_n`` is the test split's size.
-#: The training diagnostics (``ltnb.lottery.diagnostics``): ``converged`` is ``best_epoch < epochs_run``
+#: The training diagnostics (``ltnb.core.lottery.diagnostics``): ``converged`` is ``best_epoch < epochs_run``
 #: (validation accuracy stopped improving before the last epoch run); ``wchange_*`` the relative L2
 #: change ||w_end - w_start|| / ||w_start|| of a layer group's weight matrices over the round (pruned
 #: entries are 0 at both ends); ``emb_rows_seen`` the share of the embedding rows with a surviving
 #: entry whose token id occurs in the training split, ``emb_weights_seen`` the share of surviving
 #: embedding entries in such rows (the others get no gradient but weight decay).
 #: ``seconds`` is a round's wall time; ``cpu_seconds`` the CPU time its process got meanwhile (all its
-#: threads): on a machine shared with other work, wall time grows and CPU time does not (``ltnb.estimate``
+#: threads): on a machine shared with other work, wall time grows and CPU time does not (``ltnb.study.estimate``
 #: learns from the smaller of the two when a worker trains with one thread).
 DIAGNOSTIC_COLUMNS = ["converged", "wchange_embedding", "wchange_conv", "wchange_mlp", "emb_rows_seen",
                       "emb_weights_seen"]
@@ -90,7 +90,7 @@ def transfer_dir(study_dir: str | os.PathLike, source: str, target: str, strateg
 
 
 def federated_dir(study_dir: str | os.PathLike, source: str, seed: int) -> Path:
-    """One source's federated runs for a seed (ltnb.federated; folders named by a settings hash inside)."""
+    """One source's federated runs for a seed (ltnb.study.federated; folders named by a settings hash inside)."""
     return Path(study_dir) / "federated" / source / f"seed{int(seed)}"
 
 

@@ -8,7 +8,7 @@ how its curve is named and coloured. Every consumer reads this table instead of 
   ``plan``'s "list reset too" rule from ``masks == "reset"``),
 * the engine (``ltnb.core.strategies`` maps ``values`` and ``hook`` to functions; ``ltnb.core.lottery``
   runs every strategy through the same per-round body),
-* the labels and colours of tables and charts (``ltnb.labels``), the explorer's order, the estimate and
+* the labels and colours of tables and charts (``ltnb.base.labels``), the explorer's order, the estimate and
   the cell records (``trains_round0``, ``default``).
 
 The table is torch-free (``ltnb.base``), so the analysis reads it without the engine.
@@ -32,7 +32,7 @@ Fields:
 * ``trains_round0``: the chain trains its dense round 0 itself (rewind watches it train) instead of
   copying a sibling chain's.
 * ``default``: run by a cell that names no strategies.
-* ``federated``: a transfer strategy the federated stage may train too (``ltnb.federated`` sets its
+* ``federated``: a transfer strategy the federated stage may train too (``ltnb.study.federated`` sets its
   clients' start values with it, under the ticket's masks as they are).
 
 Adding a strategy is one ``Strategy`` here (and, for a new kind of values or state, one function in

@@ -1,6 +1,6 @@
 """The stages of a study, each written down once: ``STAGES["obtain"]`` says which notebook runs it, which
 settings and cell parameters it takes, which folder a cell writes, which stages it reads from and which
-of its files later cells read. The plan (``ltnb.plan``: expansion, checks, dependencies) and the cell
+of its files later cells read. The plan (``ltnb.study.plan``: expansion, checks, dependencies) and the cell
 records (``cell_outputs``) read these objects; adding a stage is one ``Stage`` here and its
 notebook.
 
@@ -11,14 +11,14 @@ A cell of a stage is named by its cell parameters (``cell``): none for a stage t
 ``{key}``, ``{name}`` (the second part of the key: a domain, a pair or a source) and ``{seed}`` (the
 third: ``seed<k>``) filled in; patterns are expanded with ``glob`` (sorted), and ``VOCAB`` stands for the
 current vocabulary's files. ``cell_outputs`` hashes them for a cell's completeness record
-(``ltnb.batch``); a cell is complete only while they still have those hashes.
+(``ltnb.study.batch``); a cell is complete only while they still have those hashes.
 
-``needs`` names the stages whose cells a cell reads (``ltnb.plan`` makes them its inputs: the batch runs
+``needs`` names the stages whose cells a cell reads (``ltnb.study.plan`` makes them its inputs: the batch runs
 it after them and reruns it when they change). A cell of a grid stage reads the data cell and (transfer,
 federated) the obtain cells of its own domains and seed; a stage that runs once reads every cell of the stages it needs, and
 ``EVERYTHING_BEFORE`` every cell that runs before it.
 
-``cost`` names the model by which ``ltnb.estimate.estimate_cells`` prices a cell: ``"chains"`` (IMP
+``cost`` names the model by which ``ltnb.study.estimate.estimate_cells`` prices a cell: ``"chains"`` (IMP
 rounds: calibrated training rates by sparsity, epochs and ratios learned from finished trainings),
 ``"federated"`` (``estimate._federated_seconds``) or ``"wall"`` (the cell's measured wall time).
 Until a batch on this machine has measured them, ``overhead`` (seconds per cell besides training:
@@ -39,7 +39,7 @@ from ltnb.base import config, integrity, paths
 from ltnb.base.config import (DataSettings, DivergenceSettings, FederatedSettings, LotterySettings,
                               PhaseSettings, VocabSettings)
 
-#: stands for the current vocabulary's files in ``Stage.outputs`` (``ltnb.integrity`` lists them)
+#: stands for the current vocabulary's files in ``Stage.outputs`` (``ltnb.base.integrity`` lists them)
 VOCAB = "<vocabulary>"
 #: ``Stage.needs`` of a stage that reads every cell that runs before it (report)
 EVERYTHING_BEFORE = ("*",)
@@ -58,7 +58,7 @@ class Stage:
     strategies: tuple[str, ...] = ()             # what its ``strategies`` may name (empty: no strategies)
     needs: tuple[str, ...] = ()                  # the stages whose cells it reads
     outputs: tuple[str, ...] = ()                # the files of a cell that later cells read (module doc)
-    cost: str = "wall"                           # how ``ltnb.estimate`` prices a cell (module doc)
+    cost: str = "wall"                           # how ``ltnb.study.estimate`` prices a cell (module doc)
     overhead: float = 6.0                        # seconds per cell besides training, until measured (module doc)
     wall: float = 10.0                           # seconds of a ``"wall"`` cell, until measured (module doc)
 
@@ -127,7 +127,7 @@ def output_patterns(key: str) -> list[str]:
 
 def cell_outputs(study_dir: str | os.PathLike, key: str) -> dict[str, str]:
     """``{path relative to the study: sha256}`` of the files of cell ``key`` that later cells read (its
-    stage's ``outputs`` in ``ltnb.stages``). An obtain cell ``obtain/<domain>/seed<k>[/<settings>]`` runs the
+    stage's ``outputs`` in ``ltnb.base.stages``). An obtain cell ``obtain/<domain>/seed<k>[/<settings>]`` runs the
     chains ``obtain/<domain>/<strategy>/seed<k>/<hash>/`` (likewise transfer): every chain of that domain
     (pair) and seed."""
     study = Path(study_dir)

@@ -1,8 +1,8 @@
-"""Tensor files with a content digest: what ``ltnb.tickets`` and ``ltnb.tokens`` write and check.
+"""Tensor files with a content digest: what ``ltnb.core.tickets`` and ``ltnb.text.tokens`` write and check.
 
 Every safetensors file the study writes carries a SHA-256 of all its tensors (name, dtype, shape,
 bytes) and of its metadata in its header (``content_sha256``); a file whose tensors or metadata no
-longer match is refused with an ``ltnb.integrity.IntegrityError`` naming the file, the expected and
+longer match is refused with an ``ltnb.base.integrity.IntegrityError`` naming the file, the expected and
 the found digest.
 """
 from __future__ import annotations

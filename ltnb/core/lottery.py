@@ -3,7 +3,7 @@
 One round of ``obtain`` reads like the paper (Section 4.3.2)::
 
     prune 35% of each layer's survivors of the previous round's trained weights   (round >= 1)
-    set the survivors' initial values by strategy (reset / random / reinit / rewind ..., ltnb.registry)
+    set the survivors' initial values by strategy (reset / random / reinit / rewind ..., ltnb.base.registry)
     train, keep the best validation epoch, evaluate on validation and test
     save the ticket (mask, theta_0 reference, trained weights) and append the round's result row
 
@@ -20,7 +20,7 @@ are or at random positions) and which values it starts from (``values``); per-ch
 (the chain the others read).
 
 ``reinit`` is the control that separates initial values from mask history: at round r it trains
-the *reset* chain's mask of round r from fresh values (``ltnb.strategies.reinit``), so the reset
+the *reset* chain's mask of round r from fresh values (``ltnb.core.strategies.reinit``), so the reset
 chain must have reached round r first (``obtain_cell`` runs reset first); so do the other strategies
 with ``masks == "reset"`` (shuffle, rescaled, randmask-*).
 
@@ -69,9 +69,9 @@ from ltnb.text.tokens import SPLITS, TokenSplit, fingerprint
 
 #: Bumped whenever the engine's arithmetic changes, so a chain resumed by a newer engine never mixes
 #: its rounds with rounds of an older one: it starts a new folder instead. 3: dropout on a pruned
-#: embedding draws for its surviving entries only (ltnb.sparse.PackedEmbedding). 4: theta_0 per
+#: embedding draws for its surviving entries only (ltnb.core.sparse.PackedEmbedding). 4: theta_0 per
 #: (seed, domain) by default (``theta_0_per``), and every row carries the training diagnostics. 5: the
-#: sparsest rounds run embedding and convs as one packed sparse product (ltnb.sparse.PackedConvs; other
+#: sparsest rounds run embedding and convs as one packed sparse product (ltnb.core.sparse.PackedConvs; other
 #: float rounding), and the test runs on the validations' path.
 #: (The run hash's rule changed once without a bump: since the registry, it covers non-default
 #: settings only, so every hash of version 4 written before then differs; see docs/extending.md.)
@@ -186,7 +186,7 @@ def _resolve_data(study_dir, domain, data, vocab_size, data_key):
 
 
 def _train_size(data, settings: LotterySettings):
-    """``data`` with its training split cut to ``settings.train_size`` (``ltnb.tokens.first_per_class``);
+    """``data`` with its training split cut to ``settings.train_size`` (``ltnb.text.tokens.first_per_class``);
     validation and test untouched. The setting is part of the run's hash, so each size has its own folder."""
     if settings.train_size is None:
         return data
@@ -198,7 +198,7 @@ def _train_size(data, settings: LotterySettings):
 def _check_common(seed, settings) -> None:
     check_value("lottery", "seed", seed, CELL_PARAMS["seed"]["schema"])
     if not isinstance(settings, LotterySettings):
-        raise ValueError(f"settings: expected a ltnb.config.LotterySettings, got {type(settings).__name__}")
+        raise ValueError(f"settings: expected a ltnb.base.config.LotterySettings, got {type(settings).__name__}")
 
 
 def _check_chain(stage: str, seed, settings, strategy: str, **names) -> None:
@@ -209,13 +209,13 @@ def _check_chain(stage: str, seed, settings, strategy: str, **names) -> None:
         _check_name(param, value)
     allowed = strategies.OBTAIN if stage == "obtain" else strategies.TRANSFER
     if strategy not in allowed:
-        hint = (f" (transfer strategies {sorted(strategies.TRANSFER)} belong to ltnb.lottery.transfer)"
+        hint = (f" (transfer strategies {sorted(strategies.TRANSFER)} belong to ltnb.core.lottery.transfer)"
                 if stage == "obtain" else "")
         raise ValueError(f"strategy = {strategy!r}: expected one of {sorted(allowed)} for {stage}{hint}")
 
 
 def _check_name(param: str, value) -> None:
-    """A domain name becomes a folder name: the rule of ``ltnb.config.NAME`` (via ``ltnb.integrity``)."""
+    """A domain name becomes a folder name: the rule of ``ltnb.base.config.NAME`` (via ``ltnb.base.integrity``)."""
     problem = integrity.name_problem(value, param)
     if problem:
         raise ValueError(f"{param} = {value!r}: expected a domain name; {problem}")
@@ -444,8 +444,8 @@ def obtain(
 ) -> pd.DataFrame:
     """Run (or resume, or just read) one IMP chain; return its result rows (rounds 0..settings.rounds).
 
-    ``data=None`` reads the study's encodings with ``ltnb.vocab.load_encoded(study_dir, domain)``
-    and keys the run by ``ltnb.vocab.data_key(study_dir)``. Passing ``data`` (dict split ->
+    ``data=None`` reads the study's encodings with ``ltnb.text.vocab.load_encoded(study_dir, domain)``
+    and keys the run by ``ltnb.text.vocab.data_key(study_dir)``. Passing ``data`` (dict split ->
     TokenSplit) needs ``vocab_size``; ``data_key`` then defaults to a fingerprint of the tensors.
     """
     chain, theta_0, reset_run, start_round = _open_chain(study_dir, domain, seed=seed, strategy=strategy,
@@ -590,7 +590,7 @@ def _reset_mask(reset_run: Path, r: int, strategy: str) -> Mask:
     if r not in (_finished_rounds(reset_run) if reset_run.exists() else set()):
         raise FileNotFoundError(f"strategy {strategy!r} trains the reset chain's mask of round {r}, but {f} is not "
                                 f"finished: run the reset chain of this domain, seed and settings first "
-                                f"(ltnb.lottery.obtain_cell runs reset before the others)")
+                                f"(ltnb.core.lottery.obtain_cell runs reset before the others)")
     return tickets.load(f).masks
 
 
@@ -662,7 +662,7 @@ def transfer(
     The saved tickets reference the source chain's theta_0 (``Ticket.init``) for both strategies;
     masks-random's fresh values are re-drawable from (seed, round) (``strategies.random``).
     ``data`` is the *target* data; ``data_key`` must name the key the source chain was run with
-    (default: the study's ``ltnb.vocab.data_key``, or a fingerprint of ``data`` when passed).
+    (default: the study's ``ltnb.text.vocab.data_key``, or a fingerprint of ``data`` when passed).
     """
     _check_chain("transfer", seed, settings, strategy, source=source, target=target)
     if source == target:
@@ -677,7 +677,7 @@ def transfer(
     if missing:
         raise FileNotFoundError(
             f"transfer {source}->{target}: the source's reset chain at {src} lacks round(s) {missing} "
-            f"(has {sorted(src_done) or 'none'}). Create it first with ltnb.lottery.obtain(study_dir, {source!r}, "
+            f"(has {sorted(src_done) or 'none'}). Create it first with ltnb.core.lottery.obtain(study_dir, {source!r}, "
             f"seed={seed}, strategy='reset', settings=<the same settings>), i.e. notebooks/03_obtain.ipynb with "
             f"domain={source!r} seed={seed} rounds>={settings.rounds} and the same other settings."
         )

@@ -13,7 +13,7 @@ Choices the paper leaves open, made here:
   ``lengths`` is passed (training and evaluation always pass it), pooling only looks at the
   windows of each sequence's own (width-padded) length: the batch's extra padding is invisible,
   and a sequence's logits do not depend on which other sequences share its batch (up to dropout).
-* **Initialisation** (``ModelSettings.init_a``, ``bias_init``; why the defaults, see ``ltnb.config``).
+* **Initialisation** (``ModelSettings.init_a``, ``bias_init``; why the defaults, see ``ltnb.base.config``).
   Embedding ~ N(0, 1). Conv and linear weights He-uniform, ``kaiming_uniform_(a=init_a,
   nonlinearity="leaky_relu")``: U(-b, b) with b = sqrt(6 / ((1 + a^2) fan_in)); the default a = sqrt(5)
   is PyTorch's layer default (b = 1/sqrt(fan_in)), a = 0 is He et al.'s ReLU bound sqrt(6/fan_in).
@@ -72,10 +72,10 @@ class KimCNN(nn.Module):
             self.fc2 = nn.Linear(hidden, classes)
         if seed is not None:
             init_parameters(self, torch.Generator().manual_seed(int(seed)))
-        # set by ltnb.train.fit while training a pruned model whose convs are sparse enough
-        # (ltnb.sparse); None: dense convolutions. Not a parameter or buffer: never saved.
+        # set by ltnb.core.train.fit while training a pruned model whose convs are sparse enough
+        # (ltnb.core.sparse); None: dense convolutions. Not a parameter or buffer: never saved.
         self.sparse_plan = None
-        self.packed_embedding = None  # likewise: a ltnb.sparse.PackedEmbedding of a pruned table
+        self.packed_embedding = None  # likewise: a ltnb.core.sparse.PackedEmbedding of a pruned table
 
     @classmethod
     def from_settings(cls, vocab_size: int, settings: ModelSettings, *, seed: int | None = 0) -> "KimCNN":
@@ -102,7 +102,7 @@ class KimCNN(nn.Module):
                 noise = F.pad(noise, (0, 0, 0, width - noise.shape[-2]), value=1.0)
         packed = getattr(self, "packed_embedding", None)
         if packed is not None and getattr(packed, "packed_convs", None) is not None:
-            # the sparsest rounds: embedding and convs as one sparse product (ltnb.sparse), all convs'
+            # the sparsest rounds: embedding and convs as one sparse product (ltnb.core.sparse), all convs'
             # outputs stacked [batch, time, convs x channels]; pooled as below, in one pass
             y = F.relu(packed.convs(ids, packed.packed_convs, [c.bias for c in self.convs],
                                     dropout=self.dropout.p if self.training else 0.0))

@@ -16,7 +16,7 @@ One step, for each tensor with ``n`` surviving (unmasked) entries:
 
 Sparsity is the fraction of parameters that are pruned (mask False), which equals the fraction of
 weights that are exactly zero because training keeps pruned weights at exactly 0
-(``ltnb.train.fit``). After round r it is ``1 - 0.65^r`` up to the per-tensor ceiling.
+(``ltnb.core.train.fit``). After round r it is ``1 - 0.65^r`` up to the per-tensor ceiling.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ strategy: it reads the strategy's definition (``ltnb.base.registry``) and calls 
 
 * ``reset``  (TICKET-RESET, Frankle & Carbin): theta_0 under the mask.
 * ``random`` (TICKET-RANDOM, Liu et al.): fresh values from the same initial distributions
-  (``ltnb.model.init_parameters``), drawn with a seed derived from (seed, round, strategy), so a
+  (``ltnb.core.model.init_parameters``), drawn with a seed derived from (seed, round, strategy), so a
   resumed chain draws the same values.
 * ``reinit`` (the control of Frankle & Carbin 2019): the *reset* chain's own mask of the round
   (the lottery module passes it), with fresh values: the very draw ``random`` makes for that seed
@@ -138,7 +138,7 @@ def random_positions(ticket: Mapping[str, torch.Tensor], prev: Mapping[str, torc
     tensor. The same (seed, round) draws the same positions for every strategy (randmask-reset and
     randmask-random differ only in values) and for a resumed chain. A tensor the ticket keeps whole (a
     bias with ``prune_biases`` off) stays whole; no other structure is imposed (the magnitude step
-    prunes every tensor on its own, the embedding entry by entry, ``ltnb.pruning``)."""
+    prunes every tensor on its own, the embedding entry by entry, ``ltnb.core.pruning``)."""
     out = {}
     for name, m in ticket.items():
         k = int(m.sum())

@@ -18,7 +18,7 @@ or changed theta_0, missing tensors, shapes that do not match the recorded shape
 with ``model=`` or ``settings=``) a ticket made for another model.
 
 Integrity: every file written by ``save_state`` (tickets, theta_0) carries a SHA-256 of all its
-tensors and its metadata in its header (``ltnb.integrity``); ``load_state`` refuses a file whose
+tensors and its metadata in its header (``ltnb.base.integrity``); ``load_state`` refuses a file whose
 tensors or metadata (a flipped byte, an edited ``sparsity``) no longer match it, naming the file, the
 expected and the found hash. theta_0's path comes from the ticket, so it is resolved inside the
 study (the ticket's folder, or for a transfer ticket the source chain's folder of the same study)
@@ -94,7 +94,7 @@ def save_state(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], met
 
 def load_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a file written by ``save_state``, with a clear error for missing,
-    corrupted or changed files (``ltnb.integrity.IntegrityError``: file, expected and found hash)."""
+    corrupted or changed files (``ltnb.base.integrity.IntegrityError``: file, expected and found hash)."""
     path = Path(path)
     tensors, meta = tensorfiles.read(path, missing="no such file")
     if meta.get("format") in OLD_FORMATS:
@@ -156,7 +156,7 @@ def _theta_0(path: Path, sha256: str) -> dict[str, torch.Tensor]:
 def _check_meaning(path: Path, masks: Mask, rnd: int, settings: LotterySettings) -> None:
     """A ticket is checked by what it means, whatever its digest says: a file named ``round_RR`` holds
     round RR, and each tensor keeps exactly the count ``rnd`` prune steps of the chain's
-    ``prune_fraction`` leave (``ltnb.pruning.kept_after``; biases all, when ``prune_biases`` is off).
+    ``prune_fraction`` leave (``ltnb.core.pruning.kept_after``; biases all, when ``prune_biases`` is off).
     A mask set to all ones and sealed again, or a round-2 ticket copied over round 1, is refused here
     with the file, the tensor and the numbers."""
     m = re.fullmatch(r"round_(\d+)\.safetensors", path.name)

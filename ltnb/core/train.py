@@ -12,19 +12,19 @@
 * Epochs: at most ``max_epochs``; after each, validation accuracy; the best epoch's weights (first
   best on ties) are restored at the end. ``patience`` stops early after that many epochs without
   improvement; ``None`` runs every epoch.
-* Sparse kernels (``ltnb.sparse``): with ``sparse="auto"`` (default) a pruned embedding trains as its
+* Sparse kernels (``ltnb.core.sparse``): with ``sparse="auto"`` (default) a pruned embedding trains as its
   surviving entries only (on the CPU), and the convolutions run through CSR kernels once their
   surviving fraction is below the machine's measured crossover; below a second measured crossover
-  (``ltnb.sparse.packed_crossover``, about 1% surviving on the demo's machine) the embedding and the
+  (``ltnb.core.sparse.packed_crossover``, about 1% surviving on the demo's machine) the embedding and the
   convs run as one packed sparse product whose conv weights train as their survivors only
-  (``ltnb.sparse.PackedConvs``), validations and the test included. Same semantics as the dense masked
+  (``ltnb.core.sparse.PackedConvs``), validations and the test included. Same semantics as the dense masked
   path; the numbers agree up to float rounding (``tests/test_sparse.py``). ``sparse="off"`` is the
   plain dense path.
 * Evaluation batches are sorted by length and capped at ``EVAL_TOKENS`` padded tokens.
 * ``TrainSettings.precision``: ``"bfloat16"`` runs every forward pass (training, validation, test) under
   bf16 autocast: convolutions and matrix products in bf16 (AMX / AVX-512 BF16 on this CPU, tensor cores
   on GPUs), accumulated in float32; parameters, gradients and Adam stay float32, and the sparse kernels
-  run in float32 (``ltnb.sparse``). ``"float32"`` is plain float32.
+  run in float32 (``ltnb.core.sparse``). ``"float32"`` is plain float32.
 * Randomness: shuffling uses its own ``torch.Generator``; dropout uses torch's global generator,
   seeded inside ``torch.random.fork_rng`` so the caller's random state is untouched. Both are derived
   from ``seed``; on the CPU the same seed gives the same numbers.
@@ -50,7 +50,7 @@ EVAL_BATCH = 256
 # not pad a whole 256-sequence batch (that padding was ~45% of a dense demo round's time). Logits do
 # not depend on the batch a sequence is in (lengths are passed), so accuracies are unchanged.
 EVAL_TOKENS = 4096
-# the pruned embedding trains packed (ltnb.sparse.PackedEmbedding) once at most this fraction of it
+# the pruned embedding trains packed (ltnb.core.sparse.PackedEmbedding) once at most this fraction of it
 # survives: above it, gathering and scattering the survivors costs more than the dense table saves
 # (measured on the demo: 7-19% slower at 65% and 42% surviving, 25% faster at 27%)
 PACKED_BELOW = 0.35
@@ -156,7 +156,7 @@ class FitResult:
 def _masked_parameters(model, params, masks, device, sparse) -> tuple[list, object]:
     """Check the masks, zero the pruned entries, and choose the sparse kernels: returns the (parameter,
     float mask) pairs to re-mask after every step and the packed embedding (or None). A pruned
-    embedding table trains as its survivors only (``ltnb.sparse.PackedEmbedding``; on the CPU, where
+    embedding table trains as its survivors only (``ltnb.core.sparse.PackedEmbedding``; on the CPU, where
     Adam and the masking over 3.3M entries cost as much as the convolutions at 99% sparsity); the
     convolutions run sparse below the measured crossover (``model.sparse_plan``)."""
     fmasks: dict[str, torch.Tensor] = {}  # float masks, only for tensors that are actually pruned
@@ -228,7 +228,7 @@ def fit(
     (1-based), e.g. to capture rewind weights.
 
     ``sparse``: ``"auto"`` (default, or ``$LTNB_SPARSE``) runs the convolutions through CSR kernels
-    when their surviving fraction is below this machine's measured crossover (``ltnb.sparse``);
+    when their surviving fraction is below this machine's measured crossover (``ltnb.core.sparse``);
     ``"on"`` / ``"off"`` force it. The numbers equal the dense path's up to float rounding.
     """
     for split in ("train", "validation", "test"):

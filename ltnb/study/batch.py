@@ -2,11 +2,11 @@
 
 ``main(plan_path, ...)`` is what ``ltnb batch PLAN`` calls. What it does:
 
-1. Load and check the plan (``ltnb.plan.load_plan``); on any problem print them all and return 2,
+1. Load and check the plan (``ltnb.study.plan.load_plan``); on any problem print them all and return 2,
    having run nothing and created nothing.
 2. Find the complete cells: ``<cell_dir>/_COMPLETE.json`` exists, holds the cell's ``params_hash``,
    and every file it records (what the cell wrote for later cells, and what it read from earlier
-   ones, ``ltnb.stages.cell_outputs``) still has the SHA-256 it had when the cell ran; a changed
+   ones, ``ltnb.base.stages.cell_outputs``) still has the SHA-256 it had when the cell ran; a changed
    file makes the cell rerun, and the run says which file, with the expected and found hash. A
    complete cell whose inputs are about to rerun is checked again once they have finished.
    ``--dry-run`` lists every cell with its state and stops there. Leftover temporary files of killed
@@ -28,7 +28,7 @@
    arrives, for ``worker_timeout`` seconds), or 130 after Ctrl-C or SIGTERM (pending cells
    cancelled, cluster closed, partial summary printed).
 
-The papermill working directory of every cell is the plan's root (see ``ltnb.plan``), so relative
+The papermill working directory of every cell is the plan's root (see ``ltnb.study.plan``), so relative
 paths in parameters (e.g. ``amazon_files``) resolve against it.
 """
 from __future__ import annotations
@@ -217,7 +217,7 @@ def _run_cell(spec: dict, out: dict, watch: _TaskWatch) -> dict:
     threads = str(int(spec["threads"]))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", TORCH_THREADS_ENV):
         os.environ[var] = threads  # the kernel is a child process and inherits these
-    # the notebook takes its values from the plan alone, never from what the study recorded (ltnb.recorded)
+    # the notebook takes its values from the plan alone, never from what the study recorded (ltnb.study.recorded)
     os.environ[CELL_ENV] = spec["key"]
     # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (to hand memory back to the OS).
     # Inherited by the kernel, it makes glibc unmap and re-fault torch's large buffers on every step:
@@ -547,7 +547,7 @@ def _fmt(seconds: float) -> str:
 
 
 def _estimate(plan: Plan, todo: list[Cell], workers: int, threads: int, out: TextIO) -> dict | None:
-    """The estimate for the cells to run (``ltnb.estimate``); None, with a note, if it cannot be made."""
+    """The estimate for the cells to run (``ltnb.study.estimate``); None, with a note, if it cannot be made."""
     if not todo:
         return None
     from ltnb.study import estimate
@@ -567,7 +567,7 @@ def _estimate(plan: Plan, todo: list[Cell], workers: int, threads: int, out: Tex
 
 def _record(plan: Plan, outcomes: list[Outcome], run: RunTimes, est: dict | None, *, threads: int = 1) -> None:
     """batch_times.csv, the measured overheads, and what the finished trainings teach later estimates
-    (``ltnb.estimate.learn``); never fails the batch."""
+    (``ltnb.study.estimate.learn``); never fails the batch."""
     try:
         write_times(plan, outcomes, run, est)
         from ltnb.study import estimate

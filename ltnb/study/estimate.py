@@ -1,6 +1,6 @@
 """How long will a plan take on this machine? An estimate from measured rates, before a run.
 
-The model of one training round (``ltnb.train.fit``) is::
+The model of one training round (``ltnb.core.train.fit``) is::
 
     epochs x (ceil(n_train / batch) x step(s, L) + n_val x eval(s, L)) + n_test x eval(s, L) + fixed(s)
 
@@ -35,7 +35,7 @@ of the budget: measured 7.6-8.6 epochs for 15 and patience 3 on the demo's produ
 
 A batch run also records the mean overhead of a cell of each stage (kernel start, imports, cells
 other than the training call) and the wall time of the cells that do not train (the stages whose
-``cost`` is ``"wall"`` in ``ltnb.stages``, which also holds the defaults used until then), so later
+``cost`` is ``"wall"`` in ``ltnb.base.stages``, which also holds the defaults used until then), so later
 estimates use this machine's own numbers.
 
 A plan's cells are then scheduled on ``workers`` workers in dependency order (the runner's rule:
@@ -122,7 +122,7 @@ def _migrate(key: str) -> str:
 
 def calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int = 32, *, threads: int = 1,
               precision: str = "float32", log=print) -> dict:
-    """Time ``ltnb.train.fit`` at ``SPARSITIES`` x ``LENGTHS`` on synthetic data (see the module doc),
+    """Time ``ltnb.core.train.fit`` at ``SPARSITIES`` x ``LENGTHS`` on synthetic data (see the module doc),
     with ``threads`` torch threads (a batch worker's) in ``precision``. Returns ``{"step": {s: [t(L1),
     t(L2)]}, "eval": {...}, "fixed": {s: t}, "lengths": [...]}``."""
     import torch

@@ -1,18 +1,18 @@
 """How much memory a training cell needs at its peak, and how much this machine has.
 
-The plan refuses (``ltnb.plan``, at ``--dry-run``) a cell that cannot fit the machine, saying by how
+The plan refuses (``ltnb.study.plan``, at ``--dry-run``) a cell that cannot fit the machine, saying by how
 much, instead of letting a kernel be killed by the OS (or a swap storm) an hour into a batch:
 ``embed_dim: 1000000000000`` is an integer >= 1, but no machine can hold its embedding.
 
 The estimate is an upper bound from the model's parameter count ``P`` (asked of the model itself,
-``ltnb.model.parameter_shapes``, on the meta device: nothing is allocated) and one batch's activations:
+``ltnb.core.model.parameter_shapes``, on the meta device: nothing is allocated) and one batch's activations:
 
 * ``FLOAT_COPIES x 4 P`` bytes: the parameters, their gradients, Adam's two moments, theta_0, the best
   epoch's copy, the trained state, the previous round's trained state, the round's starting values,
   fresh random values, the ticket being written, the masks (float and bool);
 * activations of one training batch, ``batch_size x L x (3 E + 4 C K) x 4`` bytes (the embedded batch,
   its dropout mask and transposed copy; each convolution's output, ReLU, and their gradients), or of
-  one evaluation batch (at most ``ltnb.train.EVAL_TOKENS`` tokens), whichever is larger, ``L`` the longest
+  one evaluation batch (at most ``ltnb.core.train.EVAL_TOKENS`` tokens), whichever is larger, ``L`` the longest
   sequence (``max_len`` of training and of the vocabulary, whichever is smaller);
 * ``RUNTIME_BYTES`` for the process itself (Python, torch, pandas, the data).
 

@@ -21,15 +21,15 @@ cross; ``defaults`` apply to every stage that accepts the key::
 
 What a stage accepts, and what each value may be, is defined once:
 
-- the *settings* of a stage are the fields of its dataclasses in ``ltnb.config`` (``ltnb.stages``
+- the *settings* of a stage are the fields of its dataclasses in ``ltnb.base.config`` (``ltnb.base.stages``
   names them per stage: obtain and transfer take every ``LotterySettings`` field by its flat name, data takes
   ``DataSettings`` and ``VocabSettings``, ...). Their notebooks take them as one parameter,
   ``settings = {}``, which the runner fills in; each value is checked against the field's schema.
 - the *cell parameters* (``study_dir``, ``domain``, ``seed``, ``strategies``, ``progress``, ...) are
-  read from the notebook's ``parameters`` cell; those ``ltnb.config.CELL_PARAMS`` knows are checked
+  read from the notebook's ``parameters`` cell; those ``ltnb.base.config.CELL_PARAMS`` knows are checked
   against its schemas.
 
-The plan's structure is checked with ``jsonschema`` and every value with ``ltnb.config.fits``, against
+The plan's structure is checked with ``jsonschema`` and every value with ``ltnb.base.config.fits``, against
 schemas built from those definitions; every problem is reported at once with its path in the file (``stages[2].grid.domian``)
 and YAML line, as a ``PlanError``, before anything runs or any folder is made. What the library
 would refuse later is refused here (``patience: 0``, a transfer with ``rounds: 0``, a ``reinit`` chain
@@ -63,7 +63,7 @@ import yaml
 from ltnb.base import config, paths, stages
 from ltnb.base._io import stable_hash
 
-STAGES = stages.ORDER  # the stages, in the order they run (``ltnb.stages`` defines each)
+STAGES = stages.ORDER  # the stages, in the order they run (``ltnb.base.stages`` defines each)
 TOP_KEYS = ("study", "outputs", "defaults", "stages")
 STAGE_KEYS = ("stage", "notebook", "params", "grid")
 SETTINGS_PARAM = "settings"
@@ -417,7 +417,7 @@ def _stage_entries(raw: dict, root: Path, P: _Problems) -> list[_Stage]:
 
 
 def _check_values(entries: list[_Stage], defaults: dict, P: _Problems) -> None:
-    """Every key accepted where it is written, every value valid (``ltnb.config.fits``)."""
+    """Every key accepted where it is written, every value valid (``ltnb.base.config.fits``)."""
     known = [e for e in entries if e.nb_params is not None]
     union = set().union(*(e.accepted for e in known)) if known else set()
     for k, v in defaults.items():
@@ -628,7 +628,7 @@ def _check_sizes(entries: list[_Stage], defaults: dict, data_domains, P: _Proble
 
 
 def _check_cells(e: _Stage, cells: list[Cell], data_domains, P: _Problems) -> None:
-    """What the library would refuse for these cells, refused now (one rule, defined in ltnb.config)."""
+    """What the library would refuse for these cells, refused now (one rule, defined in ltnb.base.config)."""
     for c in cells:
         for k in ("domain", "source", "target"):
             v = c.params.get(k)
@@ -667,7 +667,7 @@ def _check_federated(e: _Stage, c: Cell, data_domains, P: _Problems) -> None:
 
 
 def _check_memory(entries: list[_Stage], defaults: dict, P: _Problems) -> dict[str, tuple[int, str]]:
-    """Refuse a training cell whose peak memory (``ltnb.memory.peak_bytes``) exceeds the machine's,
+    """Refuse a training cell whose peak memory (``ltnb.study.memory.peak_bytes``) exceeds the machine's,
     saying by how much; one message per stage, for its largest cell. Returns each training stage's
     largest estimate and its cell, ``{stage: (bytes, key)}``."""
     from ltnb.study import memory

@@ -7,7 +7,7 @@ library's defaults (the settings are part of a chain's folder name, so other set
 chains). Where the values come from, in order:
 
 1. **recorded**: the cells of that stage the batch completed in the study folder; each
-   ``_COMPLETE.json`` holds the parameters and settings its notebook ran with (``ltnb.batch``); the
+   ``_COMPLETE.json`` holds the parameters and settings its notebook ran with (``ltnb.study.batch``); the
    first is the first in the study's plan order (by key when no plan in ``params/`` names the study);
 2. **the plan**: a plan in the project's ``params/`` whose study is this folder (``params/demo.yaml`` for
    ``outputs/demo``): what the batch would run, before it has run;
@@ -20,7 +20,7 @@ the batch gives a notebook), never mixed with recorded ones. Inside a batch (``$
 runner) nothing is read from the study: a ``None`` is the library's default, as the plan's hash took it.
 
 ``Opened.announce()`` says, before a notebook trains, whether its training cell will train (how many
-rounds of which chains, with ``ltnb.estimate``'s time for them on this machine) or read finished
+rounds of which chains, with ``ltnb.study.estimate``'s time for them on this machine) or read finished
 rounds back.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 from ltnb.base import paths, registry, stages
 from ltnb.base._io import read_json
 
-CELL_ENV = "LTNB_CELL"  # set by the batch runner for the kernel of a cell it runs (ltnb.batch)
+CELL_ENV = "LTNB_CELL"  # set by the batch runner for the kernel of a cell it runs (ltnb.study.batch)
 #: what a stage's cell runs when ``strategies`` is left as None and nothing is recorded
 DEFAULT_STRATEGIES = {"obtain": list(registry.defaults("obtain")), "transfer": list(registry.defaults("transfer")),
                       "federated": [s for s in registry.defaults("transfer") if s in registry.federated()]}
@@ -46,7 +46,7 @@ class NotInStudy(LookupError):
 @dataclass
 class Opened:
     """A notebook's cell resolved against its study: ``params`` (the cell parameters, every ``None``
-    filled in), ``settings`` (flat, for ``ltnb.stages.for_stage``) and where they came from."""
+    filled in), ``settings`` (flat, for ``ltnb.base.stages.for_stage``) and where they came from."""
 
     study: Path
     stage: str
@@ -108,7 +108,7 @@ class Opened:
         return out
 
     def announce(self, *, log=print) -> float:
-        """Say whether the training cell will train, and for how long (``ltnb.estimate``); return the
+        """Say whether the training cell will train, and for how long (``ltnb.study.estimate``); return the
         estimated seconds (0: nothing to train)."""
         log(self.describe())
         if self.stage in ("obtain", "transfer"):
@@ -124,7 +124,7 @@ class Opened:
             seconds = self._estimate(log) * left / max(1, sum(n for _, n in todo.values()))
             runs = ", ".join(f"{k} {t} of {n}" for k, (t, n) in todo.items() if t)
             log(f"  THE TRAINING CELL TRAINS: rounds to train per run: {runs}; estimated {_seconds(seconds)} on this "
-                "machine (ltnb.estimate); finished rounds are read back")
+                "machine (ltnb.study.estimate); finished rounds are read back")
             return seconds
         if self.stage == "federated":
             if self.origin == "recorded" and self._complete():
@@ -132,7 +132,7 @@ class Opened:
                 return 0.0
             seconds = self._estimate(log)
             log(f"  THE TRAINING CELL TRAINS the cell's unfinished federated runs: estimated {_seconds(seconds)} on this "
-                "machine (ltnb.estimate; finished runs are read back)")
+                "machine (ltnb.study.estimate; finished runs are read back)")
             return seconds
         return 0.0
 

@@ -29,7 +29,7 @@ refuses a missing or changed file naming it, both checksums and the command that
   9,178 / 3,099 / 2,363.
 - **neutral dropped**: negative is 0, positive is 1.
 - **duplicates** (retweets, the same tweet in two collections) are kept here and removed by the
-  data stage's rule like every other domain's (``ltnb.data.deduplicate``); ``report`` counts them.
+  data stage's rule like every other domain's (``ltnb.text.data.deduplicate``); ``report`` counts them.
 """
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ from ltnb.base.config import DataSettings
 
 BUILTIN_DOMAINS = ("products", "movies", "restaurants", "tweets", "news")
 #: domains of the built-in corpus a plan must name to get (``domains: null`` still means the five above, so a
-#: plan that does not name them builds exactly the data it built before they existed); ``ltnb.airlines``
+#: plan that does not name them builds exactly the data it built before they existed); ``ltnb.text.airlines``
 EXTRA_DOMAINS = ("airlines",)
 ALL_DOMAINS = BUILTIN_DOMAINS + EXTRA_DOMAINS
 
@@ -405,7 +405,7 @@ def load_builtin(cache_dir: str | os.PathLike | None = None, *, pos_threshold: f
 
     Rows come in file order, domains in ``ALL_DOMAINS`` order. ``domains``: those to load (default the
     five of ``BUILTIN_DOMAINS``; ``airlines`` only when named). Nothing is balanced or de-duplicated here;
-    ``ltnb.data.sample_and_split`` does that.
+    ``ltnb.text.data.sample_and_split`` does that.
     """
     return _load_builtin(cache_dir, pos_threshold=pos_threshold, neg_threshold=neg_threshold, domains=domains)[0]
 
@@ -413,7 +413,7 @@ def load_builtin(cache_dir: str | os.PathLike | None = None, *, pos_threshold: f
 def _load_builtin(cache_dir=None, *, pos_threshold=1.0, neg_threshold=-1.0,
                   domains=None) -> tuple[pd.DataFrame, dict]:
     """``load_builtin`` plus a report ``{source: {"read", "kept", "dropped_middle"}}`` (for airlines the
-    report of ``ltnb.airlines.read_airlines_csv``)."""
+    report of ``ltnb.text.airlines.read_airlines_csv``)."""
     check_thresholds(pos_threshold, neg_threshold)
     wanted = list(BUILTIN_DOMAINS) if domains is None else [str(d) for d in domains]
     unknown = [d for d in wanted if d not in ALL_DOMAINS]
@@ -440,7 +440,7 @@ def _load_five(cache_dir, pos_threshold, neg_threshold, report) -> pd.DataFrame:
     if not (builtin / MANIFEST_NAME).exists():
         raise CorpusError(
             f"the built-in corpus is not fetched (no {builtin / MANIFEST_NAME}): run `ltnb data fetch` "
-            "(or `ltnb.corpus.fetch()`) first"
+            "(or `ltnb.text.corpus.fetch()`) first"
         )
     if not _manifest_ok(builtin):
         raise CorpusError(

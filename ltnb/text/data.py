@@ -328,7 +328,7 @@ def load_corpus(study_dir: str | os.PathLike) -> pd.DataFrame:
     path = corpus_path(study_dir)
     if not path.exists():
         raise FileNotFoundError(
-            f"no corpus at {path}: run the data stage first (notebooks/01_data.ipynb, or ltnb.data.build({str(study_dir)!r}))"
+            f"no corpus at {path}: run the data stage first (notebooks/01_data.ipynb, or ltnb.text.data.build({str(study_dir)!r}))"
         )
     df = integrity.read_parquet(path)  # refused if changed since the data stage wrote it
     missing = [c for c in COLUMNS if c not in df.columns]

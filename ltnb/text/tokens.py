@@ -2,7 +2,7 @@
 
 This is the hand-off between the data side (vocabulary, encodings) and the training side
 (length-bucketed batches). Saved with safetensors (no pickle), with a SHA-256 of the tensors in the
-header that ``load_splits`` checks (``ltnb.integrity``).
+header that ``load_splits`` checks (``ltnb.base.integrity``).
 """
 from __future__ import annotations
 
@@ -80,8 +80,8 @@ def first_per_class(split: TokenSplit, n: int, *, what: str = "train") -> TokenS
 
 def fingerprint(splits: Mapping[str, TokenSplit]) -> str:
     """SHA-256 (hex) of the token ids, offsets and labels of ``splits``, in split-name order. It names
-    data passed directly to a chain (``ltnb.lottery``: ``data-`` and its first 16 digits, part of the
-    chain's folder hash) and a federated client's shard (``ltnb.federated``: all 64 digits, in
+    data passed directly to a chain (``ltnb.core.lottery``: ``data-`` and its first 16 digits, part of the
+    chain's folder hash) and a federated client's shard (``ltnb.study.federated``: all 64 digits, in
     ``clients.json`` and in audited replies); both stored values are this digest."""
     h = hashlib.sha256()
     for name in sorted(splits):

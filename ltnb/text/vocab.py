@@ -14,7 +14,7 @@ vocabulary settings), so a changed setting gets a new folder and later notebooks
 
 Integrity: ``info.json`` records the SHA-256 of the corpus table the encodings were made from and of
 every file in the folder. ``load_encoded`` refuses encodings whose corpus table has changed since (new
-chains never train on stale encodings) or whose files changed (``ltnb.integrity.IntegrityError``, naming
+chains never train on stale encodings) or whose files changed (``ltnb.base.integrity.IntegrityError``, naming
 the file, the expected and the found hash); ``build`` rebuilds a folder that fails these checks.
 
 Id 0 is the padding piece (``<pad>``) and id 1 the unknown piece (``<unk>``); no BOS/EOS pieces

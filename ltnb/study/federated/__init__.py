@@ -4,13 +4,13 @@ The paper closes with "Applications in Federated Learning": a server finds a tic
 see, then clients retrain only that sparse ticket on their own data. This package runs it.
 
 * The server holds one *source* domain. Its ticket is the mask of the source's TICKET-RESET chain
-  (``ltnb.lottery.obtain``) at a chosen IMP round, read with ``ltnb.tickets.load``.
+  (``ltnb.core.lottery.obtain``) at a chosen IMP round, read with ``ltnb.core.tickets.load``.
 * The clients hold the other domains' training data: each client domain's training (and
   validation) split is cut into ``clients_per_domain`` disjoint shards, one per client, each in its
   own file that only that client reads.
 * Runs: two dense FedAvg runs from theta_0, the fair baseline (``dense``, protocol ``rows``) and
   the naive reference (``dense-naive``, protocol ``full``), and the ticket at each chosen round with
-  the initial values of ``ltnb.strategies`` (``masks-reset``: the chain's theta_0 under the mask;
+  the initial values of ``ltnb.core.strategies`` (``masks-reset``: the chain's theta_0 under the mask;
   ``masks-random``: fresh values under the mask; protocol ``rows``), for a seed.
 * Federated rounds: the server sends the global survivors to every client; each client trains
   them under the mask as the engine does and sends its survivors back; the server averages them

@@ -5,7 +5,7 @@ how a client trains. (Flower's messages: ``flower``; the Ray cluster: ``simulati
   the cell's folder (named by a settings hash); it creates nothing.
 * Client data (``write_shards``): each client domain's training (and validation) split is cut into
   ``clients_per_domain`` disjoint shards, one per client, each written to its own file before the
-  federation starts (fingerprint: ``ltnb.tokens.fingerprint``); only that client's ClientApp reads it.
+  federation starts (fingerprint: ``ltnb.text.tokens.fingerprint``); only that client's ClientApp reads it.
 * Sparse all the way: the mask travels once per client and run (record ``mask``: ``bits``, the
   ``numpy.packbits`` of every tensor that has pruned entries, and ``pruned``, one flag byte per
   tensor; ``pack_masks``); afterwards only the surviving values travel, in both directions, as one
@@ -16,7 +16,7 @@ how a client trains. (Flower's messages: ``flower``; the Ray cluster: ``simulati
   ``rows``: their indices, uint16 up to 65,536 rows; ``embedding``: their survivors; ``rest``: every
   survivor of the other tensors; ``RowLayout``), both ways, with lazy weight decay on the clients
   (``lazy_decay``). Dense runs send no mask.
-* A client's training step (``local_training``): the engine's training (``ltnb.train.fit``: masked
+* A client's training step (``local_training``): the engine's training (``ltnb.core.train.fit``: masked
   Adam, pruned weights stay 0, at most ``local_epochs``, early stopping after ``local_patience``
   epochs without a better local validation accuracy, best local epoch kept) from the global survivors.
 * ``collect``: every finished run's rows of a cell.
@@ -45,7 +45,7 @@ from ltnb.core.model import parameter_shapes
 from ltnb.core.pruning import Mask
 from ltnb.text.tokens import TokenSplit, fingerprint, save_splits
 
-# (reading, summarising and drawing the results: ltnb.federated_results and ltnb.plots, torch-free)
+# (reading, summarising and drawing the results: ltnb.analysis.federated_results and ltnb.analysis.plots, torch-free)
 
 #: bumped whenever what a run computes changes, so old cells are never resumed by new code
 FEDERATED_VERSION = 2  # 2: the fair dense baseline (changed rows only), lazy decay, the naive run, local patience
@@ -65,16 +65,16 @@ class ClientShard:
     partition: int  # Flower's partition-id of the node that plays this client
     domain: str
     shard: int  # 0 .. clients_per_domain - 1 within the domain
-    path: str  # safetensors file with "train" and "validation" (ltnb.tokens.save_splits); relative to the
+    path: str  # safetensors file with "train" and "validation" (ltnb.text.tokens.save_splits); relative to the
     #            cell's hash folder in clients.json, absolute in the ClientSpec the clients get
     n_train: int
     n_validation: int
-    sha256: str  # fingerprint of the shard's token ids, offsets and labels (ltnb.tokens.fingerprint)
+    sha256: str  # fingerprint of the shard's token ids, offsets and labels (ltnb.text.tokens.fingerprint)
 
 
 @dataclass(frozen=True)
 class Federation:
-    """Everything a cell needs, checked before anything starts (``prepare``); ``ltnb.federated.run`` takes it whole."""
+    """Everything a cell needs, checked before anything starts (``prepare``); ``ltnb.study.federated.run`` takes it whole."""
 
     study: Path
     source: str
@@ -394,7 +394,7 @@ class ClientSpec:
 def local_training(spec: ClientSpec, pid: int, data: Mapping[str, TokenSplit], received: np.ndarray,
                    masks: Mapping[str, torch.Tensor], *, run: str, fl_round: int, lazy: bool):
     """One client's training in a federated round: the model from the global survivors ``received``
-    (``flatten``'s order) under ``masks``, trained as the engine trains (``ltnb.train.fit`` on the
+    (``flatten``'s order) under ``masks``, trained as the engine trains (``ltnb.core.train.fit`` on the
     client's ``train`` split, its ``validation`` split choosing the best local epoch). Returns the
     trained survivors (``flatten``'s order), ``fit``'s result and the rows its training texts look up.
 

@@ -4,7 +4,7 @@ Flower's simulation engine (``flwr.simulation.run_simulation``, Ray backend) run
 ServerApp and ClientApps (``flower``). Ray on a small machine: Ray's raylet waits a limited time
 for its dashboard agent to start, and on a busy 2-core machine the agent (a Python process that
 imports ray, about 5 s of CPU here) can miss that window. ``RayHead`` therefore starts one private
-single-node Ray cluster per call of ``ltnb.federated.run`` (``ray start --head --block`` on
+single-node Ray cluster per call of ``ltnb.study.federated.run`` (``ray start --head --block`` on
 127.0.0.1 with free ports; no dashboard, no log monitor, usage stats off, the agent given 180 s to
 register, no idle workers started ahead, workers at niceness 0 like every other cell instead of
 Ray's 15). It retries a failed start, and a small supervisor process stops Ray's process group on

@@ -1,0 +1,6 @@
+"""``ltnb.model`` is ``ltnb.core.model``, the same module object (a public name of the design; see ``ltnb/__init__.py``)."""
+import sys
+
+from ltnb.core import model as _module
+
+sys.modules[__name__] = _module
