@@ -74,3 +74,26 @@ def test_zero_biases_and_the_settings_enter_the_hash():
     assert LotterySettings.from_params(bias_init="zero").settings_hash() != base.settings_hash()
     with pytest.raises(ValueError, match="bias_init"):
         ModelSettings(bias_init="ones")
+
+
+def test_the_models_names_come_from_the_model_and_a_second_architecture_is_a_class_and_a_setting(monkeypatch):
+    """Layer names and groups are asked of the model class (``KimCNN.EMBEDDING``, ``LAYER_GROUPS``,
+    ``conv_weights``), and ``ModelSettings.architecture`` picks the class from ``ltnb.core.model.MODELS``; the
+    setting at its default changes no run hash (``hash_dict`` leaves it out)."""
+    from ltnb.base.config import LotterySettings, ModelSettings
+    from ltnb.core import lottery, model as M
+
+    m = M.build(100, ModelSettings(embed_dim=8, channels=4, hidden=6), seed=0)
+    names = dict(m.named_parameters())
+    assert type(m) is M.KimCNN and M.KimCNN.EMBEDDING in names and set(m.conv_weights()) <= set(names)
+    assert {M.KimCNN.layer_group(n) for n in names} == set(M.KimCNN.LAYER_GROUPS)
+    assert "architecture" not in LotterySettings().hash_dict().get("model", {})
+    with pytest.raises(ValueError, match="architecture"):
+        ModelSettings(architecture="transformer")
+
+    class Tiny(M.KimCNN):  # a second architecture: a class in MODELS and a value of the setting
+        LAYER_GROUPS = {**M.KimCNN.LAYER_GROUPS}
+
+    monkeypatch.setitem(M.MODELS, "kimcnn", Tiny)
+    assert type(M.build(100, ModelSettings(embed_dim=8, channels=4, hidden=6), seed=0)) is Tiny
+    assert lottery.layer_group("fc1.weight", Tiny) == "mlp"

@@ -329,11 +329,17 @@ class VocabSettings(_Checked):
     max_len: int = setting(500, "subwords kept per text (paper: 500); longer texts are truncated", integer(1))
 
 
+#: the models ``ModelSettings.architecture`` may name (``ltnb.core.model.MODELS`` holds their classes)
+ARCHITECTURES = ("kimcnn",)
+
+
 @dataclass(frozen=True)
 class ModelSettings(_Checked):
     """The Kim CNN of the paper (``ltnb.core.model.KimCNN``): 417-d embeddings, filters 3/4/5 x 127, MLP 117,
     and its initial distributions (see the module doc for the default of ``init_a``)."""
 
+    architecture: str = setting("kimcnn", "the model (ltnb.core.model.MODELS): kimcnn, the paper's Kim CNN",
+                                one_of(ARCHITECTURES))
     embed_dim: int = setting(417, "embedding dimension (paper: 417)", integer(1))
     kernel_sizes: tuple[int, ...] = setting((3, 4, 5), "convolution heights (paper: 3, 4, 5)",
                                             {"type": "array", "items": integer(1), "minItems": 1})

@@ -62,6 +62,7 @@ from ltnb.core import train as _train
 from ltnb.base._io import read_json, stable_hash, write_json, write_parquet
 from ltnb.base.config import CELL_PARAMS, LotterySettings, check_transfer, check_value, derive_seed
 from ltnb.core.model import KimCNN, initial_state
+from ltnb.core.model import build as build_model
 from ltnb.base.paths import LEDGER, RESULTS, THETA_0, ticket_name
 from ltnb.base.paths import ROW_COLUMNS as COLUMNS
 from ltnb.core.pruning import Mask, prune_step
@@ -86,12 +87,13 @@ def theta_0_seed(seed: int, domain: str, settings: LotterySettings) -> int:
     return derive_seed(seed, domain, "theta_0")
 
 
-#: layer groups of the diagnostics: parameter-name prefixes of their weight matrices
-LAYER_GROUPS = {"embedding": ("embedding.",), "conv": ("convs.",), "mlp": ("fc1.", "fc2.")}
+#: layer groups of the diagnostics and the mask overlap, asked of the model (``KimCNN.LAYER_GROUPS``:
+#: parameter-name prefixes); another architecture brings its own
+LAYER_GROUPS = KimCNN.LAYER_GROUPS
 
 
-def layer_group(name: str) -> str | None:
-    return next((g for g, prefixes in LAYER_GROUPS.items() if name.startswith(prefixes)), None)
+def layer_group(name: str, model_cls=KimCNN) -> str | None:
+    return model_cls.layer_group(name)
 
 
 def seen_ids(split: TokenSplit, max_len: int) -> torch.Tensor:
@@ -103,22 +105,22 @@ def seen_ids(split: TokenSplit, max_len: int) -> torch.Tensor:
 
 
 def diagnostics(start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor],
-                seen: torch.Tensor, result) -> dict:
+                seen: torch.Tensor, result, model_cls=KimCNN) -> dict:
     """The training diagnostics of a round (``paths.DIAGNOSTIC_COLUMNS``): ``start`` the values the round
     trained from (pruned entries 0), ``end`` its trained values, ``seen`` the token ids of the training split."""
     out: dict = {"converged": bool(int(result.best_epoch) < int(result.epochs_run))}
-    diff2 = {g: 0.0 for g in LAYER_GROUPS}
-    base2 = {g: 0.0 for g in LAYER_GROUPS}
+    diff2 = {g: 0.0 for g in model_cls.LAYER_GROUPS}
+    base2 = {g: 0.0 for g in model_cls.LAYER_GROUPS}
     for name, w0 in start.items():
-        g = layer_group(name)
+        g = model_cls.layer_group(name)
         if g is None or not name.endswith(".weight"):
             continue
         w0 = w0.detach().double() * mask[name].double()  # the round's starting values under its mask
         diff2[g] += float((end[name].detach().double() - w0).pow(2).sum())
         base2[g] += float(w0.pow(2).sum())
-    for g in LAYER_GROUPS:
+    for g in model_cls.LAYER_GROUPS:
         out[f"wchange_{g}"] = (diff2[g] / base2[g]) ** 0.5 if base2[g] > 0 else float("nan")
-    emb = mask["embedding.weight"].bool()
+    emb = mask[model_cls.EMBEDDING].bool()
     rows_alive = emb.any(dim=1)
     in_train = torch.zeros(emb.shape[0], dtype=torch.bool)
     in_train[seen[seen < emb.shape[0]]] = True
@@ -377,12 +379,12 @@ class _Run:
         """One round: load ``init``, train under ``mask``, save the ticket, append the row."""
         t0, c0 = time.perf_counter(), time.process_time()
         if self.model is None:  # built once per run (~0.1 s); every round overwrites all its values
-            self.model = KimCNN.from_settings(self.vocab_size, self.settings.model, seed=None)
+            self.model = build_model(self.vocab_size, self.settings.model, seed=None)
         _load_weights(self.model, init)
         result = _train.fit(self.model, self.data, self.settings.train, masks=mask, seed=seed, device=self.device,
                             progress=self.progress, desc=f"round {r}", on_step=on_step)
         trained = _trained_state(self.model)
-        diag = diagnostics(init, trained, mask, self.seen, result)
+        diag = diagnostics(init, trained, mask, self.seen, result, type(self.model))
         self.save_round(r, mask, trained, result, seconds=time.perf_counter() - t0,
                         cpu_seconds=time.process_time() - c0, diag=diag)
         return trained, result

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltnb.base.config import ModelSettings
+from ltnb.base.config import ARCHITECTURES, ModelSettings
 
 PAD_ID = 0
 
@@ -76,6 +76,21 @@ class KimCNN(nn.Module):
         # (ltnb.core.sparse); None: dense convolutions. Not a parameter or buffer: never saved.
         self.sparse_plan = None
         self.packed_embedding = None  # likewise: a ltnb.core.sparse.PackedEmbedding of a pruned table
+
+    #: the parameter names of the parts other modules ask about (``ltnb.core.lottery``'s diagnostics, the sparse
+    #: kernels, the federated wire format): asked of the model, never spelled out elsewhere
+    EMBEDDING = "embedding.weight"
+    #: layer group -> the prefixes of its parameters' names (weights and biases)
+    LAYER_GROUPS = {"embedding": ("embedding.",), "conv": ("convs.",), "mlp": ("fc1.", "fc2.")}
+
+    @classmethod
+    def layer_group(cls, name: str) -> str | None:
+        """The layer group of a parameter name (``LAYER_GROUPS``), None for none."""
+        return next((g for g, prefixes in cls.LAYER_GROUPS.items() if name.startswith(prefixes)), None)
+
+    def conv_weights(self) -> list[str]:
+        """The names of the convolutions' weights, in order (what the sparse kernels replace)."""
+        return [f"convs.{i}.weight" for i in range(len(self.convs))]
 
     @classmethod
     def from_settings(cls, vocab_size: int, settings: ModelSettings, *, seed: int | None = 0) -> "KimCNN":
@@ -164,14 +179,33 @@ def fan_in(weight: torch.Tensor) -> int:
 
 
 
+#: ``ModelSettings.architecture`` -> its class (with ``from_settings``, ``EMBEDDING``, ``LAYER_GROUPS``,
+#: ``layer_group``): a second architecture is one class here and one value of the setting
+MODELS: dict[str, type[nn.Module]] = {"kimcnn": KimCNN}
+assert tuple(MODELS) == ARCHITECTURES  # one list of names (the settings check reads config's)
+
+
+def model_class(settings: ModelSettings) -> type[nn.Module]:
+    """The class of ``settings.architecture``."""
+    try:
+        return MODELS[settings.architecture]
+    except KeyError:
+        raise ValueError(f"model: architecture = {settings.architecture!r}: expected one of {', '.join(MODELS)}") from None
+
+
+def build(vocab_size: int, settings: ModelSettings, *, seed: int | None = 0) -> nn.Module:
+    """The model of ``settings`` (its architecture's ``from_settings``), initialised with ``seed`` (None: not)."""
+    return model_class(settings).from_settings(vocab_size, settings, seed=seed)
+
+
 def initial_state(vocab_size: int, settings: ModelSettings, seed: int) -> dict[str, torch.Tensor]:
     """Fresh initial values (a dict name -> tensor, on the CPU) drawn with ``seed``."""
-    model = KimCNN.from_settings(vocab_size, settings, seed=seed)
+    model = build(vocab_size, settings, seed=seed)
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 def parameter_shapes(vocab_size: int, settings: ModelSettings) -> dict[str, tuple[int, ...]]:
     """Shapes of every parameter, without allocating the model (meta device)."""
     with torch.device("meta"):
-        model = KimCNN.from_settings(vocab_size, settings, seed=None)
+        model = build(vocab_size, settings, seed=None)
     return {n: tuple(p.shape) for n, p in model.named_parameters()}

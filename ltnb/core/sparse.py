@@ -288,7 +288,7 @@ def plan_for(model, masks, *, mode: str | None = "auto", device="cpu") -> ConvPl
     mode = resolve_mode(mode)
     if mode == "off" or not hasattr(model, "convs"):
         return None
-    names = [f"convs.{i}.weight" for i in range(len(model.convs))]
+    names = model.conv_weights() if hasattr(model, "conv_weights") else [f"convs.{i}.weight" for i in range(len(model.convs))]
     if masks is None or any(n not in masks for n in names):
         return None
     conv_masks = [masks[n].to("cpu", torch.bool) for n in names]

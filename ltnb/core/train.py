@@ -173,30 +173,31 @@ def _masked_parameters(model, params, masks, device, sparse) -> tuple[list, obje
     mode = _sparse.resolve_mode(sparse)
     model.sparse_plan = _sparse.plan_for(model, masks, mode=mode, device=device)
     packed = None
-    emb = fmasks.get("embedding.weight")
+    emb_name = getattr(model, "EMBEDDING", None)  # a model with the packed path names its embedding (KimCNN)
+    emb = fmasks.get(emb_name) if emb_name else None
     dense_enough = emb is not None and mode == "auto" and float(emb.mean()) > PACKED_BELOW
     if (mode != "off" and emb is not None and not dense_enough and (device.type == "cpu" or mode == "on")
             and hasattr(model, "embedding")):
-        packed = _sparse.PackedEmbedding(params["embedding.weight"], fmasks.pop("embedding.weight").bool())
+        packed = _sparse.PackedEmbedding(params[emb_name], fmasks.pop(emb_name).bool())
         packed.packed_convs = None
         if _sparse.use_packed_convs(model.sparse_plan, float(emb.mean()), mode=mode, device=device):
-            names = [f"convs.{i}.weight" for i in range(len(model.convs))]
+            names = model.conv_weights()
             packed.packed_convs = _sparse.PackedConvs([params[n] for n in names], [fmasks.pop(n).bool() for n in names])
             model.sparse_plan = None  # the packed product replaces the CSR kernels
     model.packed_embedding = packed
     return [(params[n], fm) for n, fm in fmasks.items()], packed
 
 
-def _trained_parameters(params: dict, packed) -> list | None:
+def _trained_parameters(model, params: dict, packed) -> list | None:
     """What the optimizer updates: the model's parameters, with the packed ones' survivors in place of
     their dense tensors (None: all parameters as they are)."""
     if packed is None:
         return None
     out = [packed.values]
-    skip = {"embedding.weight"}
+    skip = {model.EMBEDDING}
     if packed.packed_convs is not None:
         out.append(packed.packed_convs.values)
-        skip |= {n for n in params if n.startswith("convs.") and n.endswith(".weight")}
+        skip |= set(model.conv_weights())
     return [p for n, p in params.items() if n not in skip] + out
 
 
@@ -242,7 +243,7 @@ def fit(
     params = dict(model.named_parameters())
     masked, packed = _masked_parameters(model, params, masks, device, sparse)
     precision = settings.precision
-    optimizer = make_optimizer(model, settings, _trained_parameters(params, packed))
+    optimizer = make_optimizer(model, settings, _trained_parameters(model, params, packed))
 
     def apply_masks():
         with torch.no_grad():
@@ -299,7 +300,7 @@ def fit(
     model.packed_embedding = None
     model.load_state_dict(best_state)
     if packed is not None:  # the test runs on the same path as the validations: the best weights, packed again
-        model.packed_embedding = _sparse.PackedEmbedding(params["embedding.weight"], packed.mask())
+        model.packed_embedding = _sparse.PackedEmbedding(params[model.EMBEDDING], packed.mask())
         model.packed_embedding.packed_convs = None if packed.packed_convs is None else _sparse.PackedConvs(
             [c.weight for c in model.convs], packed.packed_convs.masks([c.weight for c in model.convs]))
     test = [b.to(device) for b in make_batches(data["test"], EVAL_BATCH, max_len=settings.max_len, max_tokens=EVAL_TOKENS)]

@@ -139,7 +139,7 @@ def _calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int, *,
                log=print) -> dict:
     import torch
 
-    from ltnb.core.model import KimCNN
+    from ltnb.core.model import build as build_model
     from ltnb.core.pruning import Mask, prune_step
     from ltnb.text.tokens import TokenSplit
     from ltnb.core.train import EVAL_BATCH, _masked_parameters, evaluate, fit, make_batches
@@ -154,11 +154,11 @@ def _calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int, *,
         return TokenSplit.from_lists(ids.tolist(), (torch.arange(n) % 2).tolist())
 
     out = {"step": {}, "eval": {}, "fixed": {}, "lengths": list(LENGTHS), "sparsities": list(SPARSITIES)}
-    model_ = KimCNN.from_settings(vocab_size, model, seed=0)
+    model_ = build_model(vocab_size, model, seed=0)
     weights = {n: p.detach().clone() for n, p in model_.named_parameters()}
     mask = Mask.ones_like(weights)
     warm = {"train": split(2 * batch_size, LENGTHS[0]), "validation": split(1, LENGTHS[0]), "test": split(1, LENGTHS[0])}
-    fit(KimCNN.from_settings(vocab_size, model, seed=0), warm, train_settings, seed=0, progress=False)  # first-call costs
+    fit(build_model(vocab_size, model, seed=0), warm, train_settings, seed=0, progress=False)  # first-call costs
     for s in SPARSITIES:
         while mask.sparsity() < s - 1e-3:  # (a tiny model's ceilings may stop short of s: then as far as it goes)
             before = mask.kept()
@@ -171,7 +171,7 @@ def _calibrate(model: config.ModelSettings, vocab_size: int, batch_size: int, *,
             for k in CALIBRATION_BATCHES:  # the best of two tries each: noise only ever adds time
                 data = {"train": split(k * batch_size, length), "validation": split(1, length), "test": split(1, length)}
                 for _ in range(2):
-                    m = KimCNN.from_settings(vocab_size, model, seed=0)
+                    m = build_model(vocab_size, model, seed=0)
                     t = time.perf_counter()
                     fit(m, data, train_settings, masks=mask if s > 0 else None, seed=0, progress=False)
                     times[k] = min(times.get(k, math.inf), time.perf_counter() - t)

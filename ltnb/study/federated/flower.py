@@ -405,11 +405,11 @@ class _Evaluator:
     def __init__(self, plan: Federation):
         from ltnb.core import train as _train
         from ltnb.text import vocab
-        from ltnb.core.model import KimCNN
+        from ltnb.core.model import build as build_model
 
         self.domains = (plan.source, *plan.client_domains)
         self.client_domains = plan.client_domains
-        self.model = KimCNN.from_settings(plan.vocab_size, plan.settings.model, seed=None)
+        self.model = build_model(plan.vocab_size, plan.settings.model, seed=None)
         self.batches = {}
         for d in self.domains:
             test = vocab.load_encoded(plan.study, d)[0]["test"]

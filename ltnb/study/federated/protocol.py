@@ -41,7 +41,7 @@ from ltnb.base.config import CELL_PARAMS, FederatedSettings, LotterySettings, Mo
 from ltnb.base.config import FEDERATED_DENSE as DENSE
 from ltnb.base.config import FEDERATED_NAIVE as NAIVE
 from ltnb.base.config import FEDERATED_STRATEGIES as STRATEGIES
-from ltnb.core.model import parameter_shapes
+from ltnb.core.model import KimCNN, parameter_shapes
 from ltnb.core.pruning import Mask
 from ltnb.text.tokens import TokenSplit, fingerprint, save_splits
 
@@ -54,7 +54,7 @@ ROUNDS = "rounds.parquet"
 MESSAGES = "messages.parquet"
 GLOBAL = "global.safetensors"
 MB = 1e6  # megabytes are decimal (10^6 bytes) throughout
-EMBEDDING = "embedding.weight"
+EMBEDDING = KimCNN.EMBEDDING  # the name of the embedding, asked of the model (the wire format sends its rows)
 
 
 # ------------------------------------------------------------------------------------ parameters
@@ -405,9 +405,9 @@ def local_training(spec: ClientSpec, pid: int, data: Mapping[str, TokenSplit], r
     Without that, Adam's L2 term moves every row every step and every row would have to travel.
     Otherwise (protocol ``full``) decay applies to every row, as the engine trains."""
     from ltnb.core import train as _train
-    from ltnb.core.model import KimCNN
+    from ltnb.core.model import build as build_model
 
-    model = KimCNN.from_settings(spec.vocab_size, spec.model, seed=None)
+    model = build_model(spec.vocab_size, spec.model, seed=None)
     shapes = parameter_shapes(spec.vocab_size, spec.model)  # the order the server flattens in
     weights = unflatten(received, shapes, masks)
     with torch.no_grad():
