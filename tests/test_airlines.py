@@ -3,13 +3,12 @@ duplicates), on small files the tests write; and the real file when set-up has f
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 
 import pytest
 
 from ltnb.text import airlines, corpus, data
 from ltnb.base._io import sha256_file
+from test_corpus import _tgz  # the same small tar.gz writer
 
 HEADER = b"sentiment,confidence,text\r\n"
 
@@ -19,13 +18,6 @@ def _csv(path, lines: list[bytes]):
     return path
 
 
-def _tgz(path, members: dict[str, bytes]):
-    with tarfile.open(path, "w:gz") as tar:
-        for name, blob in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    return path
 
 
 def _fake_archive(tmp_path, monkeypatch, csv_bytes: bytes):

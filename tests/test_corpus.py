@@ -18,6 +18,7 @@ def _tgz(path, members: dict[str, bytes]):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+    return path
 
 
 def _no_download(*a, **k):

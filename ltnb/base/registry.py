@@ -147,22 +147,23 @@ def federated() -> tuple[str, ...]:
     return tuple(s.name for s in BY_STAGE["transfer"].values() if s.federated)
 
 
+def _one_each(pairs, what: str) -> dict[str, str]:
+    """key -> value from (key, value) pairs, refusing a key with two values."""
+    out: dict[str, str] = {}
+    for k, v in pairs:
+        if out.setdefault(k, v) != v:
+            raise ValueError(f"{what} {k!r} has two values ({out[k]}, {v})")
+    return out
+
+
 def labels() -> dict[str, str]:
     """Strategy name -> label (a name used in both stages has one label there)."""
-    out: dict[str, str] = {}
-    for s in STRATEGIES:
-        if out.setdefault(s.name, s.label) != s.label:
-            raise ValueError(f"strategy {s.name!r} has two labels ({out[s.name]}, {s.label})")
-    return out
+    return _one_each(((s.name, s.label) for s in STRATEGIES), "the label of strategy")
 
 
 def colors() -> dict[str, str]:
     """Label -> colour."""
-    out: dict[str, str] = {}
-    for s in STRATEGIES:
-        if out.setdefault(s.label, s.color) != s.color:
-            raise ValueError(f"label {s.label!r} has two colours ({out[s.label]}, {s.color})")
-    return out
+    return _one_each(((s.label, s.color) for s in STRATEGIES), "the colour of label")
 
 
 def order() -> tuple[str, ...]:
