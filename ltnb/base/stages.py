@@ -43,6 +43,8 @@ from ltnb.base.config import (DataSettings, DivergenceSettings, FederatedSetting
 VOCAB = "<vocabulary>"
 #: ``Stage.needs`` of a stage that reads every cell that runs before it (report)
 EVERYTHING_BEFORE = ("*",)
+#: the stage whose cells make the IMP chains other stages read (``Stage.reads``)
+CHAINS = "obtain"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,11 @@ class Stage:
     strategies: tuple[str, ...] = ()             # what its ``strategies`` may name (empty: no strategies)
     needs: tuple[str, ...] = ()                  # the stages whose cells it reads
     outputs: tuple[str, ...] = ()                # the files of a cell that later cells read (module doc)
+    pair: tuple[str, ...] = ()                   # the two cell parameters a grid's ``pair: [a, b]`` sets (module doc)
+    reads: Callable[[Mapping], tuple[str, ...]] | None = None  # the domains whose reset chains a cell reads
+    rounds_problem: Callable[[Mapping, str, int], tuple[str | None, str] | None] | None = None  # (module doc)
+    check: Callable[[Mapping, tuple | None], list[tuple[str | None, str]]] | None = None  # (module doc)
+    check_settings: Callable[[LotterySettings], None] | None = None  # refuses settings this stage cannot run
     cost: str = "wall"                           # how ``ltnb.study.estimate`` prices a cell (module doc)
     overhead: float = 6.0                        # seconds per cell besides training, until measured (module doc)
     wall: float = 10.0                           # seconds of a ``"wall"`` cell, until measured (module doc)
@@ -80,6 +87,39 @@ def _seed(values: Mapping) -> str:
     return f"seed{values['seed']}"
 
 
+def _transfer_rounds(v: Mapping, domain: str, have: int) -> tuple[str | None, str] | None:
+    """A transfer trains every round 1..rounds of its source's chain."""
+    need = v.get("rounds", config.LotterySettings.rounds)
+    if domain == v.get("source") and isinstance(need, int) and have < need:
+        return None, (f"transfer {v['source']}->{v['target']} needs rounds 1..{need} of the source chain, but {{src}} "
+                      f"runs {have}")
+    return None
+
+
+def _federated_clients(v: Mapping, data_domains) -> list[tuple[str | None, str]]:
+    """The federated stage's clients: domains the data stage makes, not the source, at least one."""
+    source, clients, out = v.get("source"), v.get("client_domains"), []
+    for d in clients or []:
+        if d == source:
+            out.append(("client_domains", f"client_domains: {d!r} is the source (the server's domain); clients hold "
+                                          "the other domains"))
+        elif data_domains is not None and d not in data_domains:
+            out.append(("client_domains", f"client_domains: unknown domain {d!r}; the data stage makes: "
+                                          f"{', '.join(data_domains)}"))
+    if clients is None and data_domains is not None and not [d for d in data_domains if d != source]:
+        out.append((None, f"federated {source}: no client domain; the data stage makes only {', '.join(data_domains)}"))
+    return out
+
+
+def _federated_rounds(v: Mapping, domain: str, have: int) -> tuple[str | None, str] | None:
+    """A federated cell reads the source chain's tickets of its ``ticket_rounds``."""
+    wanted = v.get("ticket_rounds", config.FederatedSettings.ticket_rounds)
+    if isinstance(wanted, list) and wanted and all(isinstance(r, int) for r in wanted) and max(wanted) > have:
+        return "ticket_rounds", (f"ticket_rounds = {wanted!r}: round {max(wanted)} is beyond the source chain {{src}}, "
+                                 f"which runs rounds 0..{have}")
+    return None
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("data", "notebooks/01_data.ipynb", (DataSettings, VocabSettings), single=paths.data_dir,
           outputs=("data/corpus.parquet", VOCAB), overhead=8.0, wall=20.0),
@@ -94,10 +134,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("transfer", "notebooks/04_transfer.ipynb", (LotterySettings,), cell=("source", "target", "seed"),
           folder=lambda study, v: study / "transfer" / f"{v['source']}__{v['target']}" / _seed(v),
           strategies=config.TRANSFER_STRATEGIES, needs=("data", "obtain"), cost="chains", overhead=7.0,
+          pair=("source", "target"), reads=lambda v: (v["source"], v["target"]), rounds_problem=_transfer_rounds,
+          check_settings=config.check_transfer,
           outputs=("transfer/{name}/*/{seed}/*/results.parquet",)),
     Stage("federated", "notebooks/05_federated.ipynb", (LotterySettings, FederatedSettings), cell=("source", "seed"),
           folder=lambda study, v: study / "federated" / v["source"] / _seed(v),
           strategies=config.FEDERATED_STRATEGIES, needs=("data", "obtain"), cost="federated",
+          reads=lambda v: (v["source"],), rounds_problem=_federated_rounds, check=_federated_clients,
           outputs=("{key}/*/results.parquet",)),
     Stage("report", "notebooks/06_report.ipynb", (PhaseSettings,), single=paths.report_dir, needs=EVERYTHING_BEFORE,
           # everything a reader reads, not only what later cells read: a changed table, figure or page

@@ -60,7 +60,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from ltnb.base import config, paths, stages
+from ltnb.base import config, paths, registry, stages
 from ltnb.base._io import stable_hash
 
 STAGES = stages.ORDER  # the stages, in the order they run (``ltnb.base.stages`` defines each)
@@ -433,7 +433,7 @@ def _check_values(entries: list[_Stage], defaults: dict, P: _Problems) -> None:
         if e.grid and stages.STAGES[e.name].one_cell:
             P.add(f"{e.at}.grid", f"stage {e.name} runs once per study (one folder); put its values under params")
             e.grid = {}
-        allowed = e.accepted + (["pair"] if e.name == "transfer" else [])
+        allowed = e.accepted + (["pair"] if stages.STAGES[e.name].pair else [])
         for k, v in e.params.items():
             if k in RUNNER_PARAMS or k == SETTINGS_PARAM:
                 P.add(f"{e.at}.params.{k}", "is set by the runner from study/outputs (settings: give each setting by name); remove it")
@@ -467,7 +467,7 @@ def _check_axis(e: _Stage, k: str, vs: Any, allowed: list[str], P: _Problems) ->
                     P.add(f"{gat}[{j}]", f"a pair is [source, target] or \"source->target\", got {v!r}")
                     ok = False
                 else:
-                    for name, dom in zip(("source", "target"), _parse_pair(v)):
+                    for name, dom in zip(stages.STAGES[e.name].pair, _parse_pair(v)):
                         _check_one(e, name, dom, f"{gat}[{j}]", P)
             else:
                 _check_one(e, k, v, f"{gat}[{j}]", P)
@@ -483,8 +483,10 @@ def _check_one(e: _Stage, key: str, value: Any, where: str, P: _Problems) -> Non
             for j, s in enumerate(value):
                 if s not in allowed:
                     P.add(f"{where}[{j}]", f"unknown {e.name} strategy {s!r}; allowed: {', '.join(allowed)}")
-            controls = [s for s in value if s in config.RESET_MASK_STRATEGIES]
-            if e.name == "obtain" and controls and "reset" not in value:
+            # strategies that train the reset chain's masks of the same cell (obtain's controls) need it listed
+            own = registry.BY_STAGE.get(e.name, {})
+            controls = [s for s in value if "reset" in own and s in own and own[s].masks == "reset"]
+            if controls and "reset" not in value:
                 P.add(where, f"strateg{'ies' if len(controls) > 1 else 'y'} {', '.join(map(str, controls))} "
                              f"train{'' if len(controls) > 1 else 's'} the reset chain's masks: list reset too (it runs first)")
             if len(set(map(str, value))) != len(value):
@@ -556,7 +558,7 @@ def _expand(e: _Stage, defaults: dict, study_dir: Path, data_domains, P: _Proble
         values = dict(fixed)
         for (k, _), v in zip(axes, combo):
             if k == "pair":
-                values["source"], values["target"] = _parse_pair(v) or (None, None)
+                values.update(zip(stages.STAGES[e.name].pair, _parse_pair(v) or (None, None)))
             else:
                 values[k] = v
         folder, problem = _cell_folder(e, study_dir, values, varied)
@@ -618,7 +620,7 @@ def _check_sizes(entries: list[_Stage], defaults: dict, data_domains, P: _Proble
                     P.add(where, str(ex))
                     return
     for s in entries:
-        if s.name not in ("obtain", "transfer") or not train:
+        if stages.STAGES[s.name].cost != "chains" or not train:
             continue
         for c in s.cells or ():
             n, dom = c.params.get("train_size"), c.params.get("domain") or c.params.get("target")
@@ -634,36 +636,24 @@ def _check_cells(e: _Stage, cells: list[Cell], data_domains, P: _Problems) -> No
             v = c.params.get(k)
             if v is not None and data_domains is not None and v not in data_domains:
                 P.add(_grid_where(e, k, v), f"unknown domain {v!r}; the data stage makes: {', '.join(data_domains)}")
-        if e.name == "federated":
-            _check_federated(e, c, data_domains, P)
-        if e.name != "transfer":
+        stage = stages.STAGES[e.name]
+        for key, message in (stage.check(c.params, data_domains) if stage.check else ()):
+            P.add(_grid_where(e, key, c.params.get(key)) if key else e.at, message)
+        if stage.pair and c.params.get(stage.pair[0]) == c.params.get(stage.pair[1]):
+            a, b = stage.pair
+            P.add(_grid_where(e, a, c.params[a]),
+                  f"{a} and {b} are both {c.params[a]!r}; a {e.name} needs two different domains")
+        if stage.check_settings is None:
             continue
-        if c.params.get("source") == c.params.get("target"):
-            P.add(_grid_where(e, "source", c.params["source"]),
-                  f"source and target are both {c.params['source']!r}; a transfer needs two different domains")
         try:  # the valid values only: a bad one is already reported where it is written
             settings = config.LotterySettings.from_params(**{k: c.params[k] for k in c.settings_names
                                                              if _valid(e.schema(k), c.params[k])})
         except ValueError:
             continue
         try:
-            config.check_transfer(settings)
+            stage.check_settings(settings)
         except ValueError as ex:
             P.add(_grid_where(e, "rounds", c.params.get("rounds")), str(ex))
-
-
-def _check_federated(e: _Stage, c: Cell, data_domains, P: _Problems) -> None:
-    """The federated stage's clients: domains the data stage makes, not the source, at least one."""
-    source = c.params.get("source")
-    clients = c.params.get("client_domains")
-    where = _grid_where(e, "client_domains", clients)
-    for d in clients or []:
-        if d == source:
-            P.add(where, f"client_domains: {d!r} is the source (the server's domain); clients hold the other domains")
-        elif data_domains is not None and d not in data_domains:
-            P.add(where, f"client_domains: unknown domain {d!r}; the data stage makes: {', '.join(data_domains)}")
-    if clients is None and data_domains is not None and not [d for d in data_domains if d != source]:
-        P.add(e.at, f"federated {source}: no client domain; the data stage makes only {', '.join(data_domains)}")
 
 
 def _check_memory(entries: list[_Stage], defaults: dict, P: _Problems) -> dict[str, tuple[int, str]]:
@@ -763,7 +753,7 @@ def _link(entries: list[_Stage], study_dir: Path, stages_present: set, P: _Probl
     """Dependencies (and the inputs the plan does not produce) and the final hashes."""
     final: list[Cell] = []
     hashes: dict[str, str] = {}
-    obtain = _obtain_index(next((e.cells for e in entries if e.name == "obtain"), []))
+    obtain = _obtain_index(next((e.cells for e in entries if e.name == stages.CHAINS), []))
     for e in entries:
         stage = stages.STAGES[e.name]
         needs = stage.needs
@@ -772,24 +762,8 @@ def _link(entries: list[_Stage], study_dir: Path, stages_present: set, P: _Probl
             external: list[str] = []
             if "data" in needs:
                 (deps if "data" in stages_present else external).append("data")
-            if e.name == "federated":
-                _federated_source(e, c, obtain, deps, external, stages_present, P)
-            if e.name == "transfer":
-                for dom in (c.params["source"], c.params["target"]):
-                    src = _source_cell(c, dom, obtain)
-                    key = f"obtain/{dom}/seed{c.params['seed']}"
-                    if src is not None:
-                        deps.append(src.key)
-                        rounds = c.params.get("rounds", DEFAULT_ROUNDS)
-                        if src.params.get("rounds", DEFAULT_ROUNDS) < rounds and dom == c.params["source"]:
-                            P.add(e.at, f"transfer {c.params['source']}->{c.params['target']} needs rounds 1..{rounds} of "
-                                        f"the source chain, but {src.key} runs {src.params.get('rounds', DEFAULT_ROUNDS)}")
-                    elif "obtain" in stages_present:
-                        P.add(f"{e.at}.grid", f"impossible grid: transfer {c.params['source']}->{c.params['target']} "
-                                              f"seed {c.params['seed']} needs the obtain cell {key} with strategy reset "
-                                              "and the same settings, which the obtain stage does not produce; add it")
-                    else:
-                        external.append(key)
+            for dom in (stage.reads(c.params) if stage.reads else ()):
+                _chain_input(e, stage, c, dom, obtain, deps, external, stages_present, P)
             if needs == stages.EVERYTHING_BEFORE:  # summaries of everything run before them
                 deps.extend(k.key for k in final)
             elif stage.one_cell:  # a stage that runs once reads every cell of the stages it needs
@@ -803,24 +777,25 @@ def _link(entries: list[_Stage], study_dir: Path, stages_present: set, P: _Probl
     return final
 
 
-def _federated_source(e: _Stage, c: Cell, obtain: list[Cell], deps: list, external: list, stages_present: set,
-                      P: _Problems) -> None:
-    """A federated cell reads the tickets of its source's reset chain (same seed and settings), up to
-    the largest of its ``ticket_rounds``."""
-    src = _source_cell(c, c.params["source"], obtain)
-    key = f"obtain/{c.params['source']}/seed{c.params['seed']}"
-    wanted = c.params.get("ticket_rounds", config.FederatedSettings.ticket_rounds)
+def _chain_input(e: _Stage, stage, c: Cell, domain: str, obtain: dict, deps: list, external: list, stages_present: set,
+                 P: _Problems) -> None:
+    """A cell that reads the reset chain of ``domain`` (same seed and settings; ``Stage.reads``) depends on
+    the cell that makes it, which must run enough rounds for it (``Stage.rounds_problem``)."""
+    src = _source_cell(c, domain, obtain)
+    key = f"{stages.CHAINS}/{domain}/seed{c.params['seed']}"
     if src is not None:
         deps.append(src.key)
-        have = src.params.get("rounds", DEFAULT_ROUNDS)
-        if isinstance(wanted, list) and wanted and max(wanted) > have:
-            P.add(_grid_where(e, "ticket_rounds", wanted), f"ticket_rounds = {wanted!r}: round {max(wanted)} is beyond the "
-                                                           f"source chain {src.key}, which runs rounds 0..{have}")
-    elif "obtain" in stages_present:
+        problem = stage.rounds_problem(c.params, domain, src.params.get("rounds", DEFAULT_ROUNDS)) \
+            if stage.rounds_problem else None
+        if problem is not None:
+            grid_key, message = problem
+            P.add(_grid_where(e, grid_key, c.params.get(grid_key)) if grid_key else e.at, message.format(src=src.key))
+    elif stages.CHAINS in stages_present:
+        name = "->".join(str(c.params[k]) for k in (stage.pair or stage.cell[:-1]))
         P.add(f"{e.at}.grid" if e.grid else e.at,
-              f"impossible grid: federated {c.params['source']} seed {c.params['seed']} needs the obtain cell {key} "
-              "with strategy reset and the same settings, which the obtain stage does not produce; add it")
-    else:
+              f"impossible grid: {e.name} {name} seed {c.params['seed']} needs the obtain cell {key} with strategy "
+              "reset and the same settings, which the obtain stage does not produce; add it")
+    elif key not in external:
         external.append(key)
 
 
