@@ -209,6 +209,46 @@ def _write_back(model, packed) -> None:
             packed.packed_convs.write_back([c.weight for c in model.convs])
 
 
+def _check_splits(data: Mapping[str, TokenSplit]) -> None:
+    for split in ("train", "validation", "test"):
+        if split not in data:
+            raise ValueError(f"fit: data has no {split!r} split (has {sorted(data)})")
+        if len(data[split]) == 0:
+            raise ValueError(f"fit: the {split!r} split is empty")
+
+
+def _masked_step(model, b: Batch, optimizer, masked, device, precision) -> torch.Tensor:
+    """One optimizer step on batch ``b`` under the masks: pruned gradients zeroed before the step and the
+    masks multiplied in again after it. Returns the batch's loss (a tensor: no device sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, precision):
+        loss = F.cross_entropy(model(b.ids, b.lengths).float(), b.labels)
+    loss.backward()
+    for p, fm in masked:
+        if p.grad is not None:
+            p.grad.mul_(fm)
+    optimizer.step()
+    with torch.no_grad():
+        for p, fm in masked:
+            p.mul_(fm)
+    return loss
+
+
+def _test_accuracy(model, params, packed, data, settings: TrainSettings, device) -> float:
+    """The best epoch's weights (already loaded) on the test split, on the path the validations took: a
+    pruned model packed again as it trained."""
+    if packed is not None:
+        model.packed_embedding = _sparse.PackedEmbedding(params[model.EMBEDDING], packed.mask())
+        model.packed_embedding.packed_convs = None if packed.packed_convs is None else _sparse.PackedConvs(
+            [c.weight for c in model.convs], packed.packed_convs.masks([c.weight for c in model.convs]))
+    test = [b.to(device) for b in make_batches(data["test"], EVAL_BATCH, max_len=settings.max_len, max_tokens=EVAL_TOKENS)]
+    try:
+        return evaluate(model, test, settings.precision)
+    finally:
+        model.packed_embedding = None
+        model.sparse_plan = None  # the trained model is an ordinary dense module again
+
+
 def fit(
     model: torch.nn.Module,
     data: Mapping[str, TokenSplit],
@@ -232,11 +272,7 @@ def fit(
     when their surviving fraction is below this machine's measured crossover (``ltnb.core.sparse``);
     ``"on"`` / ``"off"`` force it. The numbers equal the dense path's up to float rounding.
     """
-    for split in ("train", "validation", "test"):
-        if split not in data:
-            raise ValueError(f"fit: data has no {split!r} split (has {sorted(data)})")
-        if len(data[split]) == 0:
-            raise ValueError(f"fit: the {split!r} split is empty")
+    _check_splits(data)
     device = torch.device(device or default_device())
     t_start = time.perf_counter()
     model.to(device)
@@ -244,14 +280,6 @@ def fit(
     masked, packed = _masked_parameters(model, params, masks, device, sparse)
     precision = settings.precision
     optimizer = make_optimizer(model, settings, _trained_parameters(model, params, packed))
-
-    def apply_masks():
-        with torch.no_grad():
-            for p, fm in masked:
-                p.mul_(fm)
-
-    def sync():
-        _write_back(model, packed)
     shuffle = torch.Generator().manual_seed(derive_seed(seed, "shuffle"))
     val = [b.to(device) for b in make_batches(data["validation"], EVAL_BATCH, max_len=settings.max_len, max_tokens=EVAL_TOKENS)]
 
@@ -267,23 +295,15 @@ def fit(
             total_loss, n_seen = torch.zeros((), dtype=torch.float64, device=device), 0
             for b in make_batches(data["train"], settings.batch_size, max_len=settings.max_len, generator=shuffle):
                 b = b.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(device, precision):
-                    loss = F.cross_entropy(model(b.ids, b.lengths).float(), b.labels)
-                loss.backward()
-                for p, fm in masked:
-                    if p.grad is not None:
-                        p.grad.mul_(fm)
-                optimizer.step()
-                apply_masks()
+                loss = _masked_step(model, b, optimizer, masked, device, precision)
                 step += 1
                 total_loss += loss.detach().double() * b.labels.numel()  # no per-step device sync
                 n_seen += b.labels.numel()
                 if on_step is not None:
-                    sync()
+                    _write_back(model, packed)  # the dense tables mirror the packed survivors for the callback
                     on_step(step, model)
             epochs_run = epoch
-            sync()
+            _write_back(model, packed)
             val_acc = evaluate(model, val, precision)
             history.append(
                 {"epoch": epoch, "loss": float(total_loss) / max(n_seen, 1), "val_acc": val_acc, "seconds": time.perf_counter() - t_epoch}
@@ -299,14 +319,7 @@ def fit(
         bar.close()
     model.packed_embedding = None
     model.load_state_dict(best_state)
-    if packed is not None:  # the test runs on the same path as the validations: the best weights, packed again
-        model.packed_embedding = _sparse.PackedEmbedding(params[model.EMBEDDING], packed.mask())
-        model.packed_embedding.packed_convs = None if packed.packed_convs is None else _sparse.PackedConvs(
-            [c.weight for c in model.convs], packed.packed_convs.masks([c.weight for c in model.convs]))
-    test = [b.to(device) for b in make_batches(data["test"], EVAL_BATCH, max_len=settings.max_len, max_tokens=EVAL_TOKENS)]
-    test_acc = evaluate(model, test, precision)
-    model.packed_embedding = None
-    model.sparse_plan = None  # the trained model is an ordinary dense module again
+    test_acc = _test_accuracy(model, params, packed, data, settings, device)
     return FitResult(best_acc, test_acc, best_epoch, epochs_run, step, time.perf_counter() - t_start, history)
 
 
