@@ -371,6 +371,69 @@ def _check_settings(settings_path: Path, corpus_file: Path, settings: dict, keys
         )
 
 
+def _recorded(settings: DataSettings, domains, files, sizes) -> dict:
+    """What ``settings.json`` records of the data stage's settings (the keys a rebuild must match)."""
+    recorded = {"corpus": settings.corpus, "domains": domains, "seed": int(settings.seed), "ratios": [2, 1, 1]}
+    if sizes is not None:  # every split's size given: no ratios, no surplus (absent otherwise, as before)
+        recorded = {"corpus": settings.corpus, "domains": domains, "seed": int(settings.seed), "sizes": sizes}
+    elif settings.test_surplus:  # (absent when off: studies built before this setting existed keep their settings)
+        recorded["test_surplus"] = True
+    if settings.corpus == "builtin":
+        recorded.update(pos_threshold=float(settings.pos_threshold), neg_threshold=float(settings.neg_threshold))
+    else:
+        recorded["files"] = files
+    return recorded
+
+
+def _load_raw(settings: DataSettings, domains, files, cache_dir, log) -> tuple[pd.DataFrame, dict]:
+    """Every labelled text of the domains (before de-duplication and balancing), and the load report."""
+    from ltnb.text import amazon as amazon_mod
+    from ltnb.text import corpus as corpus_mod
+
+    if settings.corpus == "builtin":
+        raw, src_report = corpus_mod._load_builtin(cache_dir, pos_threshold=settings.pos_threshold,
+                                                   neg_threshold=settings.neg_threshold, domains=domains)
+        return raw, {"sources": src_report}
+    rep = amazon_mod.LoadReport()
+    per_class = None
+    if settings.corpus == "amazon":
+        target = PAPER_PER_DOMAIN if settings.per_domain is None else int(settings.per_domain)
+        per_class = target // 2 + max(100, target // 40)  # a margin for duplicates removed later
+    raw = amazon_mod.load_files(files, kind=settings.corpus, per_class=per_class, seed=int(settings.seed),
+                                strict=settings.strict, report=rep)
+    log(rep.summary())
+    return raw, {"files": rep.to_dict(), "skipped_total": rep.n_skipped}
+
+
+def _summary(df: pd.DataFrame, recorded: dict, settings: DataSettings, domains, requested, sizes, dedup_stats,
+             load_report) -> dict:
+    """``summary.json``: the settings, sizes, counts per domain, split and class, sources, de-duplication,
+    leaks, the load report and the corpus hash."""
+    from ltnb.text import corpus as corpus_mod
+
+    c = counts(df)
+    summary = {
+        "settings": recorded,
+        "strict": bool(settings.strict),
+        "per_domain": recorded.get("per_domain"),
+        "per_domain_requested": requested,
+        "rows": int(len(df)),
+        "test_surplus": bool(settings.test_surplus) and sizes is None,
+        "test_sizes": {d: int(((df["domain"] == d) & (df["split"] == "test")).sum()) for d in domains},
+        "counts": {d: {s: {k: int(c.loc[(d, s), k]) for k in ("negative", "positive")} for s in SPLITS}
+                   for d in domains},
+        "sources": {d: {str(k): int(v) for k, v in df[df["domain"] == d]["source"].value_counts().sort_index().items()}
+                    for d in domains},
+        "dedup": dedup_stats,
+        "leaks": leaks(df),
+        "load": load_report,
+        "corpus_hash": corpus_hash(df),
+    }
+    if settings.corpus == "builtin":
+        summary["citations"] = list(corpus_mod.CITATIONS)
+    return summary
+
+
 def build(study_dir: str | os.PathLike, settings: DataSettings = DataSettings(), *,
           cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print,
           reuse: bool = False) -> pd.DataFrame:
@@ -387,24 +450,11 @@ def build(study_dir: str | os.PathLike, settings: DataSettings = DataSettings(),
     is read back (``load_corpus``, checked against its recorded hash), not rebuilt, so its files stay
     exactly as the cells built on them recorded them; one that fails that check is built again.
     """
-    from ltnb.text import amazon as amazon_mod
-    from ltnb.text import corpus as corpus_mod
-
     corpus, seed, per_domain = settings.corpus, int(settings.seed), settings.per_domain
-    pos_threshold, neg_threshold = settings.pos_threshold, settings.neg_threshold
-    strict, test_surplus = settings.strict, settings.test_surplus
     domains, files = _resolve_domains(settings)
     requested = per_domain
     sizes = resolve_sizes(settings.sizes, domains) if settings.sizes is not None else None
-    recorded = {"corpus": corpus, "domains": domains, "seed": seed, "ratios": [2, 1, 1]}
-    if sizes is not None:  # every split's size given: no ratios, no surplus (absent otherwise, as before)
-        recorded = {"corpus": corpus, "domains": domains, "seed": seed, "sizes": sizes}
-    elif test_surplus:  # (absent when off: studies built before this setting existed keep their settings)
-        recorded["test_surplus"] = True
-    if corpus == "builtin":
-        recorded.update(pos_threshold=float(pos_threshold), neg_threshold=float(neg_threshold))
-    else:
-        recorded["files"] = files
+    recorded = _recorded(settings, domains, files, sizes)
     ddir = paths.data_dir(study_dir)
     settings_path, corpus_file = ddir / "settings.json", ddir / "corpus.parquet"
     _check_settings(settings_path, corpus_file, recorded, keys=sorted(recorded))  # fail fast, before loading
@@ -418,53 +468,20 @@ def build(study_dir: str | os.PathLike, settings: DataSettings = DataSettings(),
             log(f"data stage: {corpus_file} was built with these settings; read back ({len(df)} texts), not rebuilt")
             return df
 
-    load_report = None
-    if corpus == "builtin":
-        raw, src_report = corpus_mod._load_builtin(cache_dir, pos_threshold=pos_threshold, neg_threshold=neg_threshold,
-                                                   domains=domains)
-        load_report = {"sources": src_report}
-    else:
-        rep = amazon_mod.LoadReport()
-        if corpus == "amazon":
-            target = PAPER_PER_DOMAIN if per_domain is None else int(per_domain)
-            per_class = target // 2 + max(100, target // 40)  # a margin for duplicates removed later
-        else:
-            per_class = None
-        raw = amazon_mod.load_files(files, kind=corpus, per_class=per_class, seed=seed, strict=strict, report=rep)
-        log(rep.summary())
-        load_report = {"files": rep.to_dict(), "skipped_total": rep.n_skipped}
+    raw, load_report = _load_raw(settings, domains, files, cache_dir, log)
     if per_domain is None and corpus == "amazon" and sizes is None:
         dd, _ = deduplicate(raw)
         per_domain = min(PAPER_PER_DOMAIN, largest_per_domain(dd))
     if sizes is not None:
         df, dedup_stats = _sample_and_split(raw, seed=seed, sizes=sizes)
     else:
-        df, dedup_stats = _sample_and_split(raw, per_domain=per_domain, seed=seed, test_surplus=test_surplus)
+        df, dedup_stats = _sample_and_split(raw, per_domain=per_domain, seed=seed, test_surplus=settings.test_surplus)
         # the balanced size every domain gives (training, validation and the base test split); the test
         # surplus comes on top (summary.json: "test_sizes")
         recorded["per_domain"] = int(df.attrs["per_domain"])
     _check_settings(settings_path, corpus_file, recorded)
 
-    c = counts(df)
-    summary = {
-        "settings": recorded,
-        "strict": bool(strict),
-        "per_domain": recorded.get("per_domain"),
-        "per_domain_requested": requested,
-        "rows": int(len(df)),
-        "test_surplus": bool(test_surplus) and sizes is None,
-        "test_sizes": {d: int(((df["domain"] == d) & (df["split"] == "test")).sum()) for d in domains},
-        "counts": {d: {s: {k: int(c.loc[(d, s), k]) for k in ("negative", "positive")} for s in SPLITS}
-                   for d in domains},
-        "sources": {d: {str(k): int(v) for k, v in df[df["domain"] == d]["source"].value_counts().sort_index().items()}
-                    for d in domains},
-        "dedup": dedup_stats,
-        "leaks": leaks(df),
-        "load": load_report,
-        "corpus_hash": corpus_hash(df),
-    }
-    if corpus == "builtin":
-        summary["citations"] = list(corpus_mod.CITATIONS)
+    summary = _summary(df, recorded, settings, domains, requested, sizes, dedup_stats, load_report)
     write_parquet(corpus_file, df)
     write_json(ddir / "summary.json", summary)
     write_json(settings_path, recorded)
