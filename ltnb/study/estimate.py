@@ -740,6 +740,66 @@ def _federated_seconds(plan, c, notes: set, *, threads: int = 1, cache_dir=None,
     return total
 
 
+def _chain_seconds(c, s, n: int, length: int, vocab_size: int, model_key: str, *, threads: int, workers, cache_dir, log,
+                   learned_epochs: dict, bins, cell_ratio, extra: dict, sources: dict, used: set) -> tuple[float, float]:
+    """A chains cell's (training, raw training) seconds: every strategy's rounds at the calibrated rates
+    (``rounds``), times the ratio learned at the round's sparsity level (``bins``), else the last batch's
+    cell-level ratio, else 1; plus the learned seconds per result row outside training. ``sources`` and
+    ``used`` collect what was assumed (``_assumptions``)."""
+    r = rates(s.model, vocab_size, s.train.batch_size, threads=threads, cache_dir=cache_dir,
+              precision=s.train.precision, log=log)
+    training = raw_training = 0.0
+    rows = 0
+    for i, strategy in enumerate(_strategies(c)):
+        first = 0 if (c.stage == "obtain" and (i == 0 or registry.get("obtain", strategy).trains_round0)) else 1
+        rows += s.rounds + 1
+        for rnd in range(first, s.rounds + 1):
+            sp = 1 - (1 - s.prune_fraction) ** rnd
+            lvl = level(sp)
+            epochs, src = round_epochs(s.train, strategy, lvl, learned_epochs)
+            sources["epochs"].add(src)
+            raw = round_seconds(r, sparsity=sp, n=n, length=min(length, s.train.max_len), epochs=epochs,
+                                batch_size=s.train.batch_size)
+            factor = _at(bins, lvl)
+            if factor is not None:
+                sources["time"].add("learned")
+            elif cell_ratio:
+                factor = cell_ratio
+                used.add(round(cell_ratio, 2))
+            else:
+                factor = 1.0
+                sources["time"].add("calibrated")
+            raw_training += raw
+            training += raw * factor
+    part = (extra.get(f"{workers}|{model_key}") or {}).get("0" if c.stage == "obtain" else "1")
+    if part and part[1] is not None:
+        training += part[1] * rows
+    return training, raw_training
+
+
+def _assumptions(sources: dict, used: set, workers, threads: int) -> set[str]:
+    """The notes that say what the training estimates rest on."""
+    notes: set[str] = set()
+    if "learned" in sources["time"]:
+        notes.add(f"training times per sparsity level learned from finished trainings of this model with {workers} "
+                  "worker(s) on this machine")
+    if used:
+        notes.add(f"training times x {', '.join(f'{r:.2f}' for r in sorted(used))}: what the last batch of this "
+                  f"model with {workers} worker(s) here measured against the calibrated rates")
+    if "calibrated" in sources["time"] and not used:
+        notes.add(f"training times from rates measured by one process alone ({threads} thread(s)) on synthetic "
+                  "data; the first batch learns how this model's real trainings with its workers compare, and later "
+                  "estimates use it")
+    if sources["epochs"] == {"exact"}:
+        notes.add("no early stopping (patience null): every round runs max_epochs")
+    elif "prior" in sources["epochs"]:
+        notes.add("early stopping: epochs per round not yet learned for some strategies; assumed "
+                  "min(max_epochs, ceil(max_epochs / 3) + patience) (the prior)")
+    elif "learned" in sources["epochs"]:
+        notes.add("early stopping: epochs per round learned from finished trainings (per strategy and sparsity)")
+    return notes
+
+
 def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_dir=None,
                    log=print) -> tuple[list[CellEstimate], list[str]]:
     """Per cell: estimated training and overhead seconds; and notes on what was assumed. A round's
@@ -769,35 +829,10 @@ def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_
         cell_ratio = ratios.get(f"{workers}|{model_key}") if (workers and model_key) else None
         if cost == "chains":
             notes.add(f"data sizes and lengths from {where}")
-            r = rates(s.model, vocab_size, s.train.batch_size, threads=threads, cache_dir=cache_dir,
-                      precision=s.train.precision, log=log)
-            bins = round_ratio.get(f"{workers}|{model_key}") if workers else None
-            rows = 0
-            for i, strategy in enumerate(_strategies(c)):
-                first = 0 if (c.stage == "obtain" and (i == 0 or registry.get("obtain", strategy).trains_round0)) else 1
-                rows += s.rounds + 1
-                for rnd in range(first, s.rounds + 1):
-                    sp = 1 - (1 - s.prune_fraction) ** rnd
-                    lvl = level(sp)
-                    epochs, src = round_epochs(s.train, strategy, lvl, learned_epochs)
-                    sources["epochs"].add(src)
-                    raw = round_seconds(r, sparsity=sp, n=n, length=min(length, s.train.max_len), epochs=epochs,
-                                        batch_size=s.train.batch_size)
-                    factor = _at(bins, lvl)
-                    if factor is not None:
-                        sources["time"].add("learned")
-                    elif cell_ratio:
-                        factor = cell_ratio
-                        used.add(round(cell_ratio, 2))
-                    else:
-                        factor = 1.0
-                        sources["time"].add("calibrated")
-                    raw_training += raw
-                    training += raw * factor
-            part = (extra.get(f"{workers}|{model_key}") or {}).get("0" if c.stage == "obtain" else "1")
-            per_row = part[1] if part else None
-            if per_row is not None:
-                training += per_row * rows
+            training, raw_training = _chain_seconds(
+                c, s, n, length, vocab_size, model_key, threads=threads, workers=workers, cache_dir=cache_dir,
+                log=log, learned_epochs=learned_epochs, bins=round_ratio.get(f"{workers}|{model_key}") if workers else None,
+                cell_ratio=cell_ratio, extra=extra, sources=sources, used=used)
         elif cost == "federated":
             raw_training = _federated_seconds(plan, c, notes, threads=threads, cache_dir=cache_dir, log=log)
             training = raw_training * cell_ratio if cell_ratio else raw_training
@@ -811,23 +846,7 @@ def estimate_cells(plan, *, threads: int = 1, workers: int | None = None, cache_
         out.append(CellEstimate(c.key, c.stage, tuple(c.deps), training, overhead, raw_training=raw_training,
                                 model_key=model_key))
     if any(stages.STAGES[c.stage].cost != "wall" for c in plan.cells):
-        if "learned" in sources["time"]:
-            notes.add(f"training times per sparsity level learned from finished trainings of this model with {workers} "
-                      "worker(s) on this machine")
-        if used:
-            notes.add(f"training times x {', '.join(f'{r:.2f}' for r in sorted(used))}: what the last batch of this "
-                      f"model with {workers} worker(s) here measured against the calibrated rates")
-        if "calibrated" in sources["time"] and not used:
-            notes.add(f"training times from rates measured by one process alone ({threads} thread(s)) on synthetic "
-                      "data; the first batch learns how this model's real trainings with its workers compare, and later "
-                      "estimates use it")
-        if sources["epochs"] == {"exact"}:
-            notes.add("no early stopping (patience null): every round runs max_epochs")
-        elif "prior" in sources["epochs"]:
-            notes.add("early stopping: epochs per round not yet learned for some strategies; assumed "
-                      "min(max_epochs, ceil(max_epochs / 3) + patience) (the prior)")
-        elif "learned" in sources["epochs"]:
-            notes.add("early stopping: epochs per round learned from finished trainings (per strategy and sparsity)")
+        notes |= _assumptions(sources, used, workers, threads)
     return out, sorted(notes)
 
 
