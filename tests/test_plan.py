@@ -362,3 +362,51 @@ def test_allowed_outputs_are_named_with_their_rule_in_the_first_line(tmp_path):
     out = io.StringIO()
     batch.print_dry_run(inside, list(inside.cells), out)
     assert f"(inside the project root {tmp_path.resolve()})" in out.getvalue().splitlines()[0]
+
+
+def test_a_new_stage_is_one_stage_and_its_notebook(tmp_path):
+    """docs/extending.md, "A stage": a grid stage that reads the reset chains of its source domain is one
+    ``Stage`` (here added before the plan module is imported, as a new entry of ``ltnb/base/stages.py``
+    would be) and its notebook; the plan expands it, links each cell to the obtain cell whose chain it reads
+    (``Stage.reads``), checks that chain's rounds (``Stage.rounds_problem``) and refuses an impossible grid,
+    with no line of ``plan.py`` naming it."""
+    import subprocess
+    import sys
+
+    plan_text = GOOD.replace(REPORT, f"""\
+  - stage: probe
+    notebook: {FIX / 'transfer.ipynb'}
+    params: {{rounds: 2}}
+    grid: {{source: [movies], seed: [0]}}
+""")
+    (tmp_path / "plan.yaml").write_text(plan_text)
+    (tmp_path / "bad.yaml").write_text(plan_text.replace("source: [movies], seed: [0]", "source: [movies], seed: [7]"))
+    (tmp_path / "ok.yaml").write_text(plan_text.replace("params: {rounds: 2, strategies: [reset, random]}",
+                                                        "params: {rounds: 3, strategies: [reset, random]}"))
+    code = f"""
+import dataclasses, sys
+from ltnb.base import stages
+def probe_rounds(v, domain, have):
+    return (None, "probe needs round 3 of {{src}}") if have < 3 else None
+stages.STAGES["probe"] = stages.Stage("probe", "notebooks/04_transfer.ipynb", stages.STAGES["transfer"].settings,
+    cell=("source", "seed"), folder=lambda study, v: study / "probe" / v["source"] / f"seed{{v['seed']}}",
+    needs=("data", "obtain"), reads=lambda v: (v["source"],), rounds_problem=probe_rounds)
+stages.ORDER = tuple(stages.STAGES)
+from ltnb.study.plan import PlanError, load_plan
+try:
+    load_plan({str(tmp_path / 'plan.yaml')!r})
+except PlanError as e:
+    print("PROBLEMS", e.problems)
+cells = {{c.key: c for c in load_plan({str(tmp_path / 'ok.yaml')!r}).cells}}
+print("DEPS", cells["probe/movies/seed0"].deps)
+try:
+    load_plan({str(tmp_path / 'bad.yaml')!r})
+except PlanError as e:
+    print("BAD", e.problems)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "probe needs round 3 of obtain/movies/seed0" in out.stdout  # its rounds rule, read from the Stage
+    assert "DEPS ('data', 'obtain/movies/seed0')" in out.stdout, out.stdout  # linked to the chain it reads
+    bad = out.stdout.split("BAD", 1)[1]
+    assert "impossible grid: probe movies seed 7 needs the obtain cell obtain/movies/seed7" in bad
