@@ -177,8 +177,8 @@ def test_before_a_study_has_run_its_plan_gives_the_values(tmp_path):
 
     opened = recorded.cell(ROOT / "outputs" / "demo", "obtain")
     assert opened.origin in ("plan", "recorded") and opened["domain"] == "products" and opened["seed"] == 0
-    assert opened.settings["precision"] == "bfloat16" and opened.settings["rounds"] == 15
-    assert opened["strategies"] == ["reset", "random", "reinit", "shuffle"]
+    assert opened.settings["precision"] == "bfloat16" and opened.settings["rounds"] == 20
+    assert opened["strategies"] == ["reset", "random", "reinit", "randmask-reset"]
     tr = recorded.cell(ROOT / "outputs" / "demo", "transfer")
     assert (tr["source"], tr["target"]) == ("restaurants", "products")
     with pytest.raises(recorded.NotInStudy, match=r"study_dir = .*nothing to open for stage obtain: the study folder "
